@@ -1,0 +1,128 @@
+"""The engine core: requests in, per-step token deltas out. Knows token ids, never text."""
+from __future__ import annotations
+
+import itertools
+import logging
+import time
+from dataclasses import dataclass, replace
+
+from bastion.config import EngineConfig
+from bastion.engine.kv_cache import BlockManager
+from bastion.engine.request import FinishReason, Request, TokenLogprob
+from bastion.engine.runner import EngineLimits, ModelRunner
+from bastion.engine.sampler import Sampler
+from bastion.engine.sampling_params import SamplingParams
+from bastion.engine.scheduler import Scheduler
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class EngineOutput:
+    """What one step produced for one sequence (`index` tells the n>1 siblings apart)."""
+
+    request_id: str
+    index: int
+    new_token_ids: list[int]
+    new_logprobs: list[TokenLogprob]
+    finish_reason: FinishReason | None = None
+    num_cached_tokens: int = 0
+
+    @property
+    def finished(self) -> bool:
+        return self.finish_reason is not None
+
+
+class EngineCore:
+    """Owns the runner, the block manager and the scheduler of one data-parallel rank."""
+
+    def __init__(self, config: EngineConfig) -> None:
+        self.config = config
+        self.runner = ModelRunner(config)
+        self.limits: EngineLimits = self.runner.limits
+        self.blocks = BlockManager(self.limits.num_kv_blocks, self.limits.block_size,
+                                   config.cache.enable_prefix_caching)
+        self.scheduler = Scheduler(config.scheduler, self.blocks)
+        self.sampler = Sampler(config.model.seed)
+        self.eos_token_ids = frozenset(self.runner.arch.eos_token_ids)
+        self._groups: dict[str, list[Request]] = {}
+        self._arrivals = itertools.count()
+        self.wall_seconds = 0.0
+
+    def validate(self, prompt_token_ids: list[int], params: SamplingParams) -> None:
+        """Raise ValueError for a request the engine could never serve."""
+        n = len(prompt_token_ids)
+        if n == 0:
+            raise ValueError("prompt is empty: give at least one token")
+        vocab = self.limits.vocab_size
+        if any(not isinstance(t, int) or t < 0 or t >= vocab for t in prompt_token_ids):
+            raise ValueError(f"prompt token ids must be integers in [0, {vocab})")
+        if n >= self.limits.max_model_len:
+            raise ValueError(f"prompt has {n} tokens but the model's context is "
+                             f"{self.limits.max_model_len} tokens (room is needed for at least one "
+                             "new token)")
+        if n + 1 > self.limits.pool_tokens:
+            raise ValueError(f"prompt has {n} tokens but the whole KV pool holds "
+                             f"{self.limits.pool_tokens}")
+
+    def add_request(self, request_id: str, prompt_token_ids: list[int],
+                    params: SamplingParams, cache_salt: str | None = None) -> None:
+        """Queue a request (n sequences when params.n > 1); raise ValueError if it is invalid."""
+        if request_id in self._groups:
+            raise ValueError(f"request id {request_id!r} is already in use")
+        self.validate(prompt_token_ids, params)
+        max_total = min(self.limits.max_model_len, self.limits.pool_tokens)
+        group: list[Request] = []
+        for i in range(params.n):
+            child_params = params if params.n == 1 or params.seed is None else replace(
+                params, seed=params.seed + i)
+            req = Request(request_id, prompt_token_ids, child_params, self.eos_token_ids,
+                          max_total, cache_salt, next(self._arrivals), index=i)
+            if i and self.blocks.enable_prefix_caching:
+                req.wait_for = group[0]
+            group.append(req)
+            self.scheduler.add(req)
+        self._groups[request_id] = group
+
+    def abort_request(self, request_id: str) -> list[EngineOutput]:
+        """End every sequence of a request now; their blocks return to the pool at once."""
+        outputs = []
+        for req in self._groups.pop(request_id, []):
+            if not req.is_finished:
+                self.scheduler.finish(req, FinishReason.ABORT)
+                outputs.append(EngineOutput(request_id, req.index, [], [], FinishReason.ABORT))
+        return outputs
+
+    @property
+    def has_unfinished(self) -> bool:
+        return self.scheduler.has_unfinished
+
+    def step(self) -> list[EngineOutput]:
+        """Schedule, run the model, sample, and report what changed."""
+        started = time.perf_counter()
+        out = self.scheduler.schedule()
+        if out.is_empty:
+            return []
+        try:
+            sampling, logits = self.runner.execute(out)
+            reqs = [s.request for s in sampling]
+            tokens, logprobs = self.sampler(logits, reqs)
+        except Exception:
+            logger.error("engine step failed; scheduler state:\n%s", self.scheduler.dump_state())
+            raise
+        self.scheduler.finish_step(out)
+        outputs = [self._append(req, tok, lp) for req, tok, lp in zip(reqs, tokens, logprobs)]
+        self.wall_seconds += time.perf_counter() - started
+        return outputs
+
+    def _append(self, req: Request, token: int, logprob: TokenLogprob | None) -> EngineOutput:
+        reason = req.append_token(token)
+        if logprob is not None:
+            req.logprobs.append(logprob)
+        if reason is not None:
+            self.scheduler.finish(req, reason)
+            group = self._groups.get(req.request_id, [])
+            if all(r.is_finished for r in group):
+                self._groups.pop(req.request_id, None)
+        return EngineOutput(req.request_id, req.index, [token],
+                            [logprob] if logprob is not None else [], reason, req.num_cached_tokens)

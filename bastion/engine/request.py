@@ -1,0 +1,104 @@
+"""A request inside the engine: token ids, counters and the blocks that hold its KV."""
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+import torch
+
+from bastion.engine.sampling_params import SamplingParams
+
+
+class RequestStatus(enum.Enum):
+    WAITING = "waiting"
+    RUNNING = "running"
+    FINISHED = "finished"
+
+
+class FinishReason(str, enum.Enum):
+    STOP = "stop"
+    LENGTH = "length"
+    ABORT = "abort"
+
+
+@dataclass
+class TokenLogprob:
+    """Log-probability of a chosen token plus the top alternatives at that position."""
+
+    token_id: int
+    logprob: float
+    rank: int
+    top: list[tuple[int, float]] = field(default_factory=list)
+
+
+class Request:
+    """Token ids plus counters; the scheduler tops `num_computed_tokens` up to `num_tokens`.
+
+    NOTE: `num_computed_tokens <= num_tokens` always; a token is sampled only in a step that
+    brings `num_computed_tokens` up to `num_tokens`, so prefill, chunked prefill, prefix hits and
+    decode are one piece of arithmetic.
+    """
+
+    def __init__(self, request_id: str, prompt_token_ids: list[int], params: SamplingParams,
+                 eos_token_ids: frozenset[int], max_total_tokens: int,
+                 cache_salt: str | None = None, arrival: int = 0, index: int = 0) -> None:
+        self.request_id = request_id
+        self.index = index  # which of the request's n sequences this is
+        self.params = params
+        self.all_token_ids: list[int] = list(prompt_token_ids)
+        self.num_prompt_tokens = len(prompt_token_ids)
+        self.num_computed_tokens = 0
+        self.num_cached_tokens = 0  # prompt tokens served from the prefix cache (first admission)
+        self.block_ids: list[int] = []
+        self.block_hashes: list[bytes] = []
+        self.num_registered_blocks = 0
+        self.status = RequestStatus.WAITING
+        self.finish_reason: FinishReason | None = None
+        self.cache_salt = cache_salt
+        self.arrival = arrival
+        self.num_preemptions = 0
+        self.logprobs: list[TokenLogprob] | None = [] if params.logprobs is not None else None
+        self.stop_ids = frozenset(params.stop_token_ids) | (
+            frozenset() if params.ignore_eos else eos_token_ids)
+        self.max_total_tokens = max_total_tokens
+        self.wait_for: Request | None = None  # an n>1 sibling whose prompt KV we will share
+        self.generator: torch.Generator | None = None
+        if params.seed is not None:
+            self.generator = torch.Generator().manual_seed(params.seed)
+
+    @property
+    def num_tokens(self) -> int:
+        return len(self.all_token_ids)
+
+    @property
+    def num_output_tokens(self) -> int:
+        return len(self.all_token_ids) - self.num_prompt_tokens
+
+    @property
+    def output_token_ids(self) -> list[int]:
+        return self.all_token_ids[self.num_prompt_tokens:]
+
+    @property
+    def is_finished(self) -> bool:
+        return self.status is RequestStatus.FINISHED
+
+    @property
+    def prefill_done(self) -> bool:
+        return self.num_computed_tokens >= self.num_prompt_tokens
+
+    def append_token(self, token_id: int) -> FinishReason | None:
+        """Add a sampled token; return why the request stops, if it does."""
+        self.all_token_ids.append(token_id)
+        produced = self.num_output_tokens
+        if produced >= self.params.min_tokens and token_id in self.stop_ids:
+            return FinishReason.STOP
+        if self.params.max_tokens is not None and produced >= self.params.max_tokens:
+            return FinishReason.LENGTH
+        if self.num_tokens >= self.max_total_tokens:
+            return FinishReason.LENGTH
+        return None
+
+    def __repr__(self) -> str:
+        return (f"Request({self.request_id!r}, tokens={self.num_tokens}, "
+                f"computed={self.num_computed_tokens}, blocks={self.block_ids}, "
+                f"status={self.status.value})")

@@ -1,0 +1,113 @@
+"""Reads a Hugging Face `config.json` into the few numbers a Llama-family model needs."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM", "MistralForCausalLM",
+                           "Qwen2ForCausalLM", "Qwen3ForCausalLM")
+
+
+class ModelLoadError(ValueError):
+    """A model folder that cannot be served, with a message that says why."""
+
+
+@dataclass(frozen=True)
+class ArchConfig:
+    architecture: str
+    vocab_size: int
+    hidden_size: int
+    intermediate_size: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    rms_norm_eps: float
+    rope_theta: float
+    rope_scaling: dict | None
+    max_position_embeddings: int
+    tie_word_embeddings: bool
+    qkv_bias: bool
+    qk_norm: bool
+    torch_dtype: str | None
+    eos_token_ids: tuple[int, ...]
+    sliding_window: int | None
+
+    @property
+    def q_size(self) -> int:
+        return self.num_heads * self.head_dim
+
+    @property
+    def kv_size(self) -> int:
+        return self.num_kv_heads * self.head_dim
+
+
+def _eos_ids(raw: dict, folder: Path) -> tuple[int, ...]:
+    ids: list[int] = []
+    gen = folder / "generation_config.json"
+    sources = [raw]
+    if gen.is_file():
+        sources.insert(0, json.loads(gen.read_text()))
+    for src in sources:
+        value = src.get("eos_token_id")
+        for item in value if isinstance(value, list) else [value]:
+            if isinstance(item, int) and item not in ids:
+                ids.append(item)
+    return tuple(ids)
+
+
+def read_arch_config(folder: str | Path) -> ArchConfig:
+    """Parse `folder/config.json`; raise ModelLoadError for anything we cannot serve."""
+    folder = Path(folder)
+    path = folder / "config.json"
+    if not folder.is_dir():
+        raise ModelLoadError(f"model path {str(folder)!r} is not a directory "
+                             "(bastion loads models from local folders only)")
+    if not path.is_file():
+        raise ModelLoadError(f"{str(folder)!r} is not a model folder: config.json is missing")
+    try:
+        raw = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ModelLoadError(f"{path}: invalid JSON ({exc})") from None
+    archs = raw.get("architectures") or []
+    arch = next((a for a in archs if a in SUPPORTED_ARCHITECTURES), None)
+    if arch is None:
+        raise ModelLoadError(f"{path}: unsupported architecture {archs or 'missing'}; "
+                             f"supported: {', '.join(SUPPORTED_ARCHITECTURES)}")
+    try:
+        return _build(raw, arch, folder)
+    except KeyError as exc:
+        raise ModelLoadError(f"{path}: missing required field {exc.args[0]!r}") from None
+
+
+def _build(raw: dict, arch: str, folder: Path) -> ArchConfig:
+    num_heads = raw["num_attention_heads"]
+    hidden = raw["hidden_size"]
+    scaling = raw.get("rope_scaling") or raw.get("rope_parameters")
+    rope_type = (scaling or {}).get("rope_type", (scaling or {}).get("type", "default"))
+    if rope_type not in ("default", "llama3"):
+        raise ModelLoadError(f"{folder / 'config.json'}: unsupported rope scaling {rope_type!r}; "
+                             "supported: default, llama3")
+    theta = raw.get("rope_theta", (scaling or {}).get("rope_theta", 10000.0))
+    window = raw.get("sliding_window") if raw.get("use_sliding_window", True) else None
+    return ArchConfig(
+        architecture=arch,
+        vocab_size=raw["vocab_size"],
+        hidden_size=hidden,
+        intermediate_size=raw["intermediate_size"],
+        num_layers=raw["num_hidden_layers"],
+        num_heads=num_heads,
+        num_kv_heads=raw.get("num_key_value_heads") or num_heads,
+        head_dim=raw.get("head_dim") or hidden // num_heads,
+        rms_norm_eps=raw.get("rms_norm_eps", 1e-6),
+        rope_theta=float(theta),
+        rope_scaling=scaling if rope_type == "llama3" else None,
+        max_position_embeddings=raw.get("max_position_embeddings", 2048),
+        tie_word_embeddings=bool(raw.get("tie_word_embeddings", False)),
+        qkv_bias=arch == "Qwen2ForCausalLM" or bool(raw.get("attention_bias", False)),
+        qk_norm=arch == "Qwen3ForCausalLM",
+        torch_dtype=raw.get("torch_dtype") or raw.get("dtype"),
+        eos_token_ids=_eos_ids(raw, folder),
+        sliding_window=window if isinstance(window, int) else None,
+    )

@@ -1,0 +1,146 @@
+"""Loads safetensors weights (never pickle) into a LlamaModel built on the meta device."""
+from __future__ import annotations
+
+import json
+import logging
+import re
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+
+from bastion.model.arch import ArchConfig, ModelLoadError
+from bastion.model.llama import LlamaModel
+
+logger = logging.getLogger(__name__)
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+_IGNORED = re.compile(r".*rotary_emb\.inv_freq$")
+# HF tensor suffix -> (our parameter suffix, shard index, number of shards)
+_MERGED = {
+    "self_attn.q_proj": ("self_attn.qkv_proj", 0), "self_attn.k_proj": ("self_attn.qkv_proj", 1),
+    "self_attn.v_proj": ("self_attn.qkv_proj", 2),
+    "mlp.gate_proj": ("mlp.gate_up_proj", 0), "mlp.up_proj": ("mlp.gate_up_proj", 1),
+}
+
+
+def resolve_device(device: str) -> torch.device:
+    """`auto` picks CUDA when present, else CPU."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ModelLoadError(f"device {device!r} was asked for but no CUDA device is available")
+    return torch.device(device)
+
+
+def resolve_dtype(requested: str, checkpoint_dtype: str | None, device: torch.device) -> torch.dtype:
+    """Pick the compute dtype; refuse one the device cannot run."""
+    if requested == "auto":
+        name = checkpoint_dtype if checkpoint_dtype in _DTYPES else "float32"
+        if device.type == "cpu" and name == "float16":
+            logger.info("checkpoint is float16; using bfloat16 on CPU")
+            name = "bfloat16"
+        return _DTYPES[name]
+    if device.type == "cpu" and requested == "float16":
+        raise ModelLoadError("--dtype float16 is not supported on CPU; use bfloat16 or float32")
+    if device.type == "cuda" and requested == "bfloat16" and not torch.cuda.is_bf16_supported():
+        raise ModelLoadError(f"--dtype bfloat16 is not supported on {torch.cuda.get_device_name(device)}; "
+                             "use float16")
+    return _DTYPES[requested]
+
+
+def weight_files(folder: Path) -> list[Path]:
+    """The checkpoint's safetensors files: from the shard index when there is one."""
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():
+        names = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        missing = [n for n in names if not (folder / n).is_file()]
+        if missing:
+            raise ModelLoadError(f"{index}: shard files missing: {', '.join(missing)}")
+        return [folder / n for n in names]
+    files = sorted(folder.glob("*.safetensors"))
+    if not files:
+        found = sorted(p.name for p in folder.glob("*.bin")) + sorted(p.name for p in folder.glob("*.pt"))
+        hint = f" (found {', '.join(found)}; bastion never loads pickled weights)" if found else ""
+        raise ModelLoadError(f"{str(folder)!r} has no *.safetensors weights{hint}")
+    return files
+
+
+def _target(name: str, tied: bool) -> tuple[str, int | None] | None:
+    """Map a checkpoint tensor name to (our parameter name, shard); None means skip."""
+    if _IGNORED.match(name) or (tied and name == "lm_head.weight"):
+        return None
+    if name.startswith("model."):
+        name = name[len("model."):]
+    for suffix, (ours, shard) in _MERGED.items():
+        marker = f".{suffix}."
+        if marker in name:
+            return name.replace(marker, f".{ours}."), shard
+    return name, None
+
+
+def _shard_rows(cfg: ArchConfig, param_name: str, shard: int) -> tuple[int, int]:
+    if "qkv_proj" in param_name:
+        sizes = [cfg.q_size, cfg.kv_size, cfg.kv_size]
+    else:
+        sizes = [cfg.intermediate_size, cfg.intermediate_size]
+    return sum(sizes[:shard]), sizes[shard]
+
+
+def load_model(folder: str | Path, cfg: ArchConfig, dtype: torch.dtype, device: torch.device,
+               max_positions: int) -> LlamaModel:
+    """Build the model on the meta device, then fill every parameter from safetensors."""
+    folder = Path(folder)
+    files = weight_files(folder)
+    with torch.device("meta"):
+        model = LlamaModel(cfg, max_positions)
+    model = model.to(dtype).to_empty(device=device)
+    for module in model.modules():
+        if hasattr(module, "init_buffers"):
+            module.init_buffers(device)
+    params = dict(model.named_parameters())
+    loaded: dict[str, set[int | None]] = {}
+    unexpected: list[str] = []
+    for path in files:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            for name in f.keys():
+                target = _target(name, cfg.tie_word_embeddings)
+                if target is None:
+                    continue
+                pname, shard = target
+                if pname not in params:
+                    unexpected.append(name)
+                    continue
+                _copy(params[pname], f.get_tensor(name), cfg, pname, shard, path, name)
+                loaded.setdefault(pname, set()).add(shard)
+    _check_complete(params, loaded, unexpected, folder)
+    return model.eval()
+
+
+def _copy(param: torch.Tensor, tensor: torch.Tensor, cfg: ArchConfig, pname: str,
+          shard: int | None, path: Path, name: str) -> None:
+    dest = param.data
+    if shard is not None:
+        start, size = _shard_rows(cfg, pname, shard)
+        dest = dest.narrow(0, start, size)
+    if tuple(dest.shape) != tuple(tensor.shape):
+        raise ModelLoadError(f"{path.name}: tensor {name} has shape {tuple(tensor.shape)}, "
+                             f"expected {tuple(dest.shape)} from config.json")
+    with torch.no_grad():
+        dest.copy_(tensor)
+
+
+def _check_complete(params: dict, loaded: dict, unexpected: list[str], folder: Path) -> None:
+    if unexpected:
+        shown = ", ".join(unexpected[:5]) + (" ..." if len(unexpected) > 5 else "")
+        raise ModelLoadError(f"{folder}: unexpected tensors in checkpoint: {shown}")
+    missing = []
+    for pname in params:
+        want = {0, 1, 2} if "qkv_proj" in pname else {0, 1} if "gate_up_proj" in pname else {None}
+        got = loaded.get(pname, set())
+        if got != want:
+            parts = "" if want == {None} else f" (has parts {sorted(got)} of {sorted(want)}: half-merged)"
+            missing.append(pname + parts if got else pname)
+    if missing:
+        shown = ", ".join(missing[:5]) + (" ..." if len(missing) > 5 else "")
+        raise ModelLoadError(f"{folder}: tensors missing from checkpoint: {shown}")
