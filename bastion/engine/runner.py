@@ -10,9 +10,10 @@ import torch
 
 from bastion.config import EngineConfig
 from bastion.engine.scheduler import ScheduledRequest, SchedulerOutput
+from bastion.engine.cpu_memory import keep_freed_memory
 from bastion.model.arch import ArchConfig, ModelLoadError, read_arch_config
 from bastion.model.attention import AttentionContext, PrefillChunk, attention_context
-from bastion.model.loader import load_model, resolve_device, resolve_dtype
+from bastion.model.loader import compute_dtype, load_model, resolve_device, resolve_dtype
 
 logger = logging.getLogger(__name__)
 
@@ -42,9 +43,11 @@ class ModelRunner:
         self.device = resolve_device(mc.device)
         if self.device.type == "cpu":
             torch.set_num_threads(config.threads)
+            keep_freed_memory()
         torch.manual_seed(mc.seed)
         self.arch: ArchConfig = read_arch_config(mc.model)
-        self.dtype = resolve_dtype(mc.dtype, self.arch.torch_dtype, self.device)
+        self.requested_dtype = resolve_dtype(mc.dtype, self.arch.torch_dtype, self.device)
+        self.dtype = compute_dtype(self.requested_dtype, self.device)
         model_len = self._model_len_cap()
         self.model = load_model(mc.model, self.arch, self.dtype, self.device, model_len)
         self.block_size = config.cache.block_size
@@ -104,7 +107,7 @@ class ModelRunner:
 
     def _allocate_kv(self, num_blocks: int) -> None:
         a = self.arch
-        shape = (num_blocks, self.block_size, a.num_kv_heads, a.head_dim)
+        shape = (a.num_kv_heads, num_blocks, self.block_size, a.head_dim)
         for layer in self.model.attention_layers:
             # NOTE: zeros, not empty: masked-out padding slots must hold finite values.
             layer.k_cache = torch.zeros(shape, dtype=self.dtype, device=self.device)
@@ -147,8 +150,9 @@ class _StepInputs:
             slot_parts.append(slots)
             ctx.decode_block_tables = torch.from_numpy(tables).to(device)
             span = torch.arange(tables.shape[1] * block_size, device=device)
-            ctx.decode_mask = (span[None, :] >= torch.from_numpy(lens).to(device)[:, None]).view(
-                len(decodes), 1, 1, -1)
+            padding = span[None, :] >= torch.from_numpy(lens).to(device)[:, None]
+            ctx.decode_mask = torch.zeros(padding.shape, device=device).masked_fill_(
+                padding, float("-inf")).view(1, len(decodes), 1, -1)
         offset = len(decodes)
         for s in prefills:
             req = s.request

@@ -30,7 +30,7 @@ class AttentionContext:
     slot_mapping: torch.Tensor                      # [T] flat cache slot of each new token
     num_decodes: int = 0
     decode_block_tables: torch.Tensor | None = None  # [B, max_blocks]
-    decode_mask: torch.Tensor | None = None          # [B, 1, 1, max_blocks * block_size], True = masked
+    decode_mask: torch.Tensor | None = None          # [1, B, 1, max_blocks * block_size], 0 or -inf
     prefills: list[PrefillChunk] = field(default_factory=list)
 
 
@@ -58,18 +58,22 @@ class AttentionBackend:
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                 k_cache: torch.Tensor, v_cache: torch.Tensor, scale: float) -> torch.Tensor:
-        """q [T, H, D], k/v [T, Hkv, D], caches [blocks, block_size, Hkv, D] -> [T, H, D]."""
+        """q [T, H, D], k/v [T, Hkv, D], caches [Hkv, blocks, block_size, D] -> [T, H, D]."""
         raise NotImplementedError
 
 
 class SdpaPagedBackend(AttentionBackend):
-    """PyTorch SDPA over gathered blocks; the same code runs on CPU and CUDA."""
+    """PyTorch SDPA (and two batched matmuls for decodes) over gathered blocks; CPU and CUDA.
+
+    NOTE: the cache layout is [Hkv, blocks, block_size, D] so that gathering a request's
+    blocks with one `index_select` yields per-head contiguous [L, D] keys, ready for matmul.
+    """
 
     def forward(self, q, k, v, k_cache, v_cache, scale):
         ctx = get_context()
         num_kv_heads, head_dim = k.shape[1], k.shape[2]
-        k_cache.view(-1, num_kv_heads, head_dim).index_copy_(0, ctx.slot_mapping, k)
-        v_cache.view(-1, num_kv_heads, head_dim).index_copy_(0, ctx.slot_mapping, v)
+        k_cache.view(num_kv_heads, -1, head_dim).index_copy_(1, ctx.slot_mapping, k.transpose(0, 1))
+        v_cache.view(num_kv_heads, -1, head_dim).index_copy_(1, ctx.slot_mapping, v.transpose(0, 1))
         out = torch.empty_like(q)
         if ctx.num_decodes:
             out[:ctx.num_decodes] = _decode(q[:ctx.num_decodes], k_cache, v_cache, ctx, scale)
@@ -79,26 +83,23 @@ class SdpaPagedBackend(AttentionBackend):
         return out
 
 
-def _gather(cache: torch.Tensor, block_table: torch.Tensor) -> torch.Tensor:
-    """[..., blocks] table -> [..., Hkv, blocks * block_size, D] keys or values."""
-    blocks = cache[block_table]                       # [..., nb, bs, Hkv, D]
-    shape = blocks.shape
-    flat = blocks.reshape(*shape[:-4], shape[-4] * shape[-3], shape[-2], shape[-1])
-    return flat.transpose(-3, -2)
+def _gather(cache: torch.Tensor, block_ids: torch.Tensor) -> torch.Tensor:
+    """Blocks `block_ids` (flat) of one layer's cache as [Hkv, len(block_ids) * block_size, D]."""
+    num_kv_heads, _, block_size, head_dim = cache.shape
+    return cache.index_select(1, block_ids).view(num_kv_heads, -1, head_dim)
 
 
 def _decode(q, k_cache, v_cache, ctx: AttentionContext, scale: float) -> torch.Tensor:
-    """One query token per request: grouped-query attention as two batched matmuls."""
+    """One query token per request, all requests in one SDPA call batched over (Hkv, B)."""
     batch, num_heads, head_dim = q.shape
-    keys = _gather(k_cache, ctx.decode_block_tables)   # [B, Hkv, L, D]
-    values = _gather(v_cache, ctx.decode_block_tables)
-    num_kv_heads = keys.shape[1]
-    group = num_heads // num_kv_heads
-    qg = q.view(batch, num_kv_heads, group, head_dim)
-    scores = torch.matmul(qg, keys.transpose(-1, -2)).float() * scale   # [B, Hkv, G, L]
-    scores.masked_fill_(ctx.decode_mask, float("-inf"))
-    probs = torch.softmax(scores, dim=-1).to(values.dtype)
-    return torch.matmul(probs, values).view(batch, num_heads, head_dim)
+    num_kv_heads = k_cache.shape[0]
+    flat = ctx.decode_block_tables.reshape(-1)
+    keys = _gather(k_cache, flat).view(num_kv_heads, batch, -1, head_dim)     # [Hkv, B, L, D]
+    values = _gather(v_cache, flat).view(num_kv_heads, batch, -1, head_dim)
+    qg = q.view(batch, num_kv_heads, -1, head_dim).transpose(0, 1)         # [Hkv, B, G, D]
+    out = F.scaled_dot_product_attention(qg, keys, values, attn_mask=ctx.decode_mask.to(q.dtype),
+                                         scale=scale)
+    return out.transpose(0, 1).reshape(batch, num_heads, head_dim)
 
 
 def _prefill(q, k, v, k_cache, v_cache, chunk: PrefillChunk, scale: float) -> torch.Tensor:

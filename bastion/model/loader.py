@@ -49,6 +49,23 @@ def resolve_dtype(requested: str, checkpoint_dtype: str | None, device: torch.de
     return _DTYPES[requested]
 
 
+def cpu_has_native_bf16() -> bool:
+    """True when this CPU multiplies bfloat16 in hardware (AVX512-BF16 or AMX)."""
+    return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+
+
+def compute_dtype(dtype: torch.dtype, device: torch.device) -> torch.dtype:
+    """The dtype the model computes in: bfloat16 runs as float32 on CPUs without bf16 units.
+
+    Without AVX512-BF16 or AMX, torch's bfloat16 matmuls are several times slower than float32
+    ones, so the weights are upcast once at load time (float32 is also the more exact choice).
+    """
+    if dtype == torch.bfloat16 and device.type == "cpu" and not cpu_has_native_bf16():
+        logger.info("this CPU has no native bfloat16 matmul; computing in float32")
+        return torch.float32
+    return dtype
+
+
 def weight_files(folder: Path) -> list[Path]:
     """The checkpoint's safetensors files: from the shard index when there is one."""
     index = folder / "model.safetensors.index.json"

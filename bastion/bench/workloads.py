@@ -1,0 +1,51 @@
+"""Fixed-seed benchmark workloads and the synthetic ~110M Llama checkpoint."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class BenchRequest:
+    prompt_token_ids: list[int]
+    output_len: int
+
+
+def mixed_workload(num_requests: int, vocab_size: int, seed: int = 0,
+                   prompt_range: tuple[int, int] = (32, 512),
+                   output_range: tuple[int, int] = (16, 256)) -> list[BenchRequest]:
+    """Prompt lengths and output lengths uniform in their ranges (inclusive)."""
+    rng = np.random.default_rng(seed)
+    reqs = []
+    for _ in range(num_requests):
+        n = int(rng.integers(prompt_range[0], prompt_range[1] + 1))
+        out = int(rng.integers(output_range[0], output_range[1] + 1))
+        reqs.append(BenchRequest(rng.integers(10, vocab_size, n).tolist(), out))
+    return reqs
+
+
+def shared_prefix_workload(num_requests: int, vocab_size: int, seed: int = 0,
+                           prefix_len: int = 384, suffix_len: int = 32,
+                           output_len: int = 64) -> list[BenchRequest]:
+    """Every request starts with the same prefix and ends with its own short suffix."""
+    rng = np.random.default_rng(seed)
+    prefix = rng.integers(10, vocab_size, prefix_len).tolist()
+    return [BenchRequest(prefix + rng.integers(10, vocab_size, suffix_len).tolist(), output_len)
+            for _ in range(num_requests)]
+
+
+def write_synthetic_110m(out: Path, seed: int = 0) -> Path:
+    """A random-weight Llama (hidden 768, 12 layers, vocab 32000, ~110M params) in bfloat16."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(vocab_size=32000, hidden_size=768, intermediate_size=2048,
+                         num_hidden_layers=12, num_attention_heads=12, num_key_value_heads=12,
+                         max_position_embeddings=2048, tie_word_embeddings=True,
+                         bos_token_id=1, eos_token_id=2, pad_token_id=0)
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(config).to(torch.bfloat16)
+    model.save_pretrained(out, safe_serialization=True)
+    return out
