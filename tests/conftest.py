@@ -1,0 +1,56 @@
+"""Shared fixtures: model folders (the trained demo model, tiny random ones) and references."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from bastion.model.demo import DEMO_MODEL_DIR  # noqa: E402
+from tiny_models import make_tiny_model  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def demo_model() -> Path:
+    return DEMO_MODEL_DIR
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen3(tmp_path_factory) -> Path:
+    return make_tiny_model(tmp_path_factory.mktemp("models") / "qwen3", "qwen3")
+
+
+@pytest.fixture(scope="session")
+def model_paths(demo_model, tiny_qwen3) -> dict[str, Path]:
+    return {"demo": demo_model, "qwen3": tiny_qwen3}
+
+
+class HFReference:
+    """Greedy continuations from transformers, one prompt at a time (no padding), memoised."""
+
+    def __init__(self) -> None:
+        self._models: dict[Path, torch.nn.Module] = {}
+        self._memo: dict[tuple, list[int]] = {}
+
+    def greedy(self, path: Path, prompt: list[int], max_new_tokens: int) -> list[int]:
+        key = (path, tuple(prompt), max_new_tokens)
+        if key not in self._memo:
+            from transformers import AutoModelForCausalLM
+
+            if path not in self._models:
+                self._models[path] = AutoModelForCausalLM.from_pretrained(
+                    path, dtype=torch.float32).eval()
+            with torch.inference_mode():
+                out = self._models[path].generate(torch.tensor([prompt]), do_sample=False,
+                                                  max_new_tokens=max_new_tokens,
+                                                  attention_mask=torch.ones(1, len(prompt), dtype=torch.long))
+            self._memo[key] = out[0, len(prompt):].tolist()
+        return self._memo[key]
+
+
+@pytest.fixture(scope="session")
+def hf_reference() -> HFReference:
+    return HFReference()
