@@ -18,7 +18,7 @@ def add_engine_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--block-size", type=int, default=16, help="tokens per KV-cache block")
     g.add_argument("--kv-cache-memory", type=parse_bytes, default=None,
                    help="size of the KV pool, e.g. 4GiB or 512MB (default: enough for "
-                        "--max-num-seqs full sequences, at most 2GiB on CPU; 85%% of free memory on CUDA)")
+                        "--max-num-seqs full sequences, at most 4GiB on CPU; 85%% of free memory on CUDA)")
     g.add_argument("--num-kv-blocks", type=int, default=None,
                    help="size of the KV pool in blocks (instead of --kv-cache-memory)")
     g.add_argument("--enable-prefix-caching", action=argparse.BooleanOptionalAction, default=True,

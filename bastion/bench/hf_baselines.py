@@ -41,9 +41,11 @@ def hf_static(model, reqs: list[BenchRequest], batch_size: int = 16, pad_id: int
     return useful, time.perf_counter() - started
 
 
-@torch.inference_mode()
 def hf_continuous(model, reqs: list[BenchRequest]) -> tuple[int, float] | None:
-    """transformers' continuous batching with per-request output lengths; None if unavailable."""
+    """transformers' continuous batching with per-request output lengths; None if unavailable.
+
+    NOTE: not under inference_mode: the manager's thread updates tensors made here in place.
+    """
     if not hasattr(model, "continuous_batching_context_manager"):
         return None
     from transformers import GenerationConfig

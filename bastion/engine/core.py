@@ -106,7 +106,7 @@ class EngineCore:
         try:
             sampling, logits = self.runner.execute(out)
             reqs = [s.request for s in sampling]
-            tokens, logprobs = self.sampler(logits, reqs)
+            tokens, logprobs = self.sampler(logits, reqs) if reqs else ([], [])
         except Exception:
             logger.error("engine step failed; scheduler state:\n%s", self.scheduler.dump_state())
             raise

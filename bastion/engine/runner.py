@@ -17,7 +17,7 @@ from bastion.model.loader import compute_dtype, load_model, resolve_device, reso
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_CPU_KV_MEMORY = 2 * 2**30
+DEFAULT_CPU_KV_MEMORY = 4 * 2**30  # vLLM's CPU default too
 
 
 @dataclass(frozen=True)
