@@ -60,19 +60,26 @@ def test_one_prompt(model, model_paths, hf_reference):
 
 @pytest.mark.parametrize("model", MODELS)
 def test_many_prompts_of_different_lengths_at_once(model, model_paths, hf_reference):
-    engine = engine_for(model_paths[model], num_kv_blocks=256, block_size=8)
-    prompts = random_prompts(17, (1, 90), 500, seed=2)
+    engine = engine_for(model_paths[model], num_kv_blocks=512, block_size=8)
+    prompts = random_prompts(40, (1, 90), 500, seed=2)   # more than one decode group
     assert_matches(hf_reference, model_paths[model], prompts, run(engine, prompts, 16), 16)
     assert_no_leaks(engine)
 
 
 @pytest.mark.parametrize("model", MODELS)
-def test_shared_prefix_with_cache_hits(model, model_paths, hf_reference):
+def test_shared_prefix_with_cache_hits(model, model_paths, hf_reference, monkeypatch):
+    from bastion.model import attention
+
+    shared_calls = []
+    real = attention._decode_shared_prefix
+    monkeypatch.setattr(attention, "_decode_shared_prefix",
+                        lambda *a: shared_calls.append(1) or real(*a))
     engine = engine_for(model_paths[model], num_kv_blocks=128, block_size=8)
     prefix = random_prompts(1, (45, 45), 500, seed=3)[0]
     prompts = random_prompts(8, (1, 20), 500, seed=4, prefix=prefix)
     got = run(engine, prompts, 12, waves=2)
     assert engine.blocks.hit_tokens >= 4 * 40
+    assert shared_calls                               # decodes attended to the prefix once
     assert_matches(hf_reference, model_paths[model], prompts, got, 12)
     assert_no_leaks(engine)
 

@@ -132,3 +132,18 @@ def test_float16_on_cpu_is_refused(tiny_qwen3):
 def test_max_model_len_beyond_the_model(tiny_qwen3):
     with pytest.raises(ModelLoadError, match="--max-model-len 4096 exceeds the model's context of 1024"):
         load(tiny_qwen3, max_model_len=4096)
+
+
+def test_native_bfloat16_path(tiny_qwen3, monkeypatch):
+    """On CPUs with bf16 units the model and KV cache stay bfloat16 (forced here)."""
+    import bastion.model.loader as loader
+
+    monkeypatch.setattr(loader, "cpu_has_native_bf16", lambda: True)
+    engine = EngineCore(EngineConfig.from_kwargs(str(tiny_qwen3), dtype="bfloat16", num_kv_blocks=16))
+    assert engine.runner.dtype == torch.bfloat16
+    assert engine.runner.model.attention_layers[0].k_cache.dtype == torch.bfloat16
+    engine.add_request("x", PROMPT, SamplingParams(temperature=0, max_tokens=5))
+    tokens = []
+    while engine.has_unfinished:
+        tokens += [t for o in engine.step() for t in o.new_token_ids]
+    assert len(tokens) == 5

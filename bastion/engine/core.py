@@ -1,7 +1,6 @@
 """The engine core: requests in, per-step token deltas out. Knows token ids, never text."""
 from __future__ import annotations
 
-import itertools
 import logging
 import time
 from dataclasses import dataclass, replace
@@ -46,7 +45,6 @@ class EngineCore:
         self.sampler = Sampler(config.model.seed)
         self.eos_token_ids = frozenset(self.runner.arch.eos_token_ids)
         self._groups: dict[str, list[Request]] = {}
-        self._arrivals = itertools.count()
         self.wall_seconds = 0.0
 
     def validate(self, prompt_token_ids: list[int], params: SamplingParams) -> None:
@@ -77,7 +75,7 @@ class EngineCore:
             child_params = params if params.n == 1 or params.seed is None else replace(
                 params, seed=params.seed + i)
             req = Request(request_id, prompt_token_ids, child_params, self.eos_token_ids,
-                          max_total, cache_salt, next(self._arrivals), index=i)
+                          max_total, cache_salt, index=i)
             if i and self.blocks.enable_prefix_caching:
                 req.wait_for = group[0]
             group.append(req)

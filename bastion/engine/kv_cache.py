@@ -110,7 +110,8 @@ class BlockManager:
                 del self.free_queue[block_id]
             block.ref_count += 1
             req.block_ids.append(block_id)
-        req.num_registered_blocks = len(req.block_ids) if cached_blocks else req.num_registered_blocks
+        if cached_blocks:
+            req.num_registered_blocks = len(req.block_ids)  # hits are registered already
         for _ in range(max(needed, 0)):
             req.block_ids.append(self._take_free_block())
         return True

@@ -41,7 +41,7 @@ class Request:
 
     def __init__(self, request_id: str, prompt_token_ids: list[int], params: SamplingParams,
                  eos_token_ids: frozenset[int], max_total_tokens: int,
-                 cache_salt: str | None = None, arrival: int = 0, index: int = 0) -> None:
+                 cache_salt: str | None = None, index: int = 0) -> None:
         self.request_id = request_id
         self.index = index  # which of the request's n sequences this is
         self.params = params
@@ -55,7 +55,6 @@ class Request:
         self.status = RequestStatus.WAITING
         self.finish_reason: FinishReason | None = None
         self.cache_salt = cache_salt
-        self.arrival = arrival
         self.num_preemptions = 0
         self.logprobs: list[TokenLogprob] | None = [] if params.logprobs is not None else None
         self.stop_ids = frozenset(params.stop_token_ids) | (

@@ -5,14 +5,14 @@ import logging
 import time
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 
 from bastion.config import EngineConfig
 from bastion.engine.scheduler import ScheduledRequest, SchedulerOutput
 from bastion.engine.cpu_memory import keep_freed_memory
 from bastion.model.arch import ArchConfig, ModelLoadError, read_arch_config
-from bastion.model.attention import AttentionContext, PrefillChunk, attention_context
+from bastion.engine.step_inputs import StepInputs
+from bastion.model.attention import attention_context
 from bastion.model.loader import compute_dtype, load_model, resolve_device, resolve_dtype
 
 logger = logging.getLogger(__name__)
@@ -116,7 +116,7 @@ class ModelRunner:
     @torch.inference_mode()
     def execute(self, out: SchedulerOutput) -> tuple[list[ScheduledRequest], torch.Tensor]:
         """Run one step; return the requests that sample and their float32 logits."""
-        batch = _StepInputs.build(out.scheduled, self.block_size, self.device)
+        batch = StepInputs.build(out.scheduled, self.block_size, self.device)
         started = time.perf_counter()
         with attention_context(batch.context):
             hidden = self.model(batch.input_ids, batch.positions)
@@ -125,65 +125,3 @@ class ModelRunner:
             torch.cuda.synchronize(self.device)
         self.forward_seconds += time.perf_counter() - started
         return batch.sampling, logits
-
-
-@dataclass
-class _StepInputs:
-    input_ids: torch.Tensor
-    positions: torch.Tensor
-    logits_indices: torch.Tensor
-    sampling: list[ScheduledRequest]
-    context: AttentionContext
-
-    @classmethod
-    def build(cls, scheduled: list[ScheduledRequest], block_size: int,
-              device: torch.device) -> "_StepInputs":
-        decodes = [s for s in scheduled if s.num_new_tokens == 1]
-        prefills = [s for s in scheduled if s.num_new_tokens > 1]
-        ids: list[int] = []
-        pos_parts: list[np.ndarray] = []
-        slot_parts: list[np.ndarray] = []
-        ctx = AttentionContext(slot_mapping=torch.empty(0), num_decodes=len(decodes))
-        if decodes:
-            ids, pos, slots, tables, lens = _decode_arrays(decodes, block_size)
-            pos_parts.append(pos)
-            slot_parts.append(slots)
-            ctx.decode_block_tables = torch.from_numpy(tables).to(device)
-            span = torch.arange(tables.shape[1] * block_size, device=device)
-            padding = span[None, :] >= torch.from_numpy(lens).to(device)[:, None]
-            ctx.decode_mask = torch.zeros(padding.shape, device=device).masked_fill_(
-                padding, float("-inf")).view(1, len(decodes), 1, -1)
-        offset = len(decodes)
-        for s in prefills:
-            req = s.request
-            end = s.start + s.num_new_tokens
-            ids.extend(req.all_token_ids[s.start:end])
-            pos = np.arange(s.start, end)
-            blocks = np.asarray(req.block_ids, dtype=np.int64)
-            pos_parts.append(pos)
-            slot_parts.append(blocks[pos // block_size] * block_size + pos % block_size)
-            table = None if s.start == 0 else torch.from_numpy(blocks[:-(-end // block_size)]).to(device)
-            ctx.prefills.append(PrefillChunk(offset, s.num_new_tokens, end, table))
-            offset += s.num_new_tokens
-        ctx.slot_mapping = torch.from_numpy(np.concatenate(slot_parts)).to(device)
-        ordered = decodes + prefills
-        ends = np.cumsum([s.num_new_tokens for s in ordered]) - 1
-        sampling = [s for s in ordered if s.samples]
-        logits_idx = [int(e) for s, e in zip(ordered, ends) if s.samples]
-        return cls(input_ids=torch.tensor(ids, dtype=torch.long, device=device),
-                   positions=torch.from_numpy(np.concatenate(pos_parts)).to(device),
-                   logits_indices=torch.tensor(logits_idx, dtype=torch.long, device=device),
-                   sampling=sampling, context=ctx)
-
-
-def _decode_arrays(decodes: list[ScheduledRequest], block_size: int):
-    """Token ids, positions, slots, padded block tables and context lengths of decode requests."""
-    ids = [s.request.all_token_ids[s.start] for s in decodes]
-    pos = np.fromiter((s.start for s in decodes), dtype=np.int64, count=len(decodes))
-    width = int(pos.max()) // block_size + 1
-    tables = np.zeros((len(decodes), width), dtype=np.int64)
-    for row, s in enumerate(decodes):
-        blocks = s.request.block_ids[:width]
-        tables[row, :len(blocks)] = blocks
-    slots = tables[np.arange(len(decodes)), pos // block_size] * block_size + pos % block_size
-    return ids, pos, slots, tables, pos + 1

@@ -1,8 +1,9 @@
 """Paged attention: the per-step context, the backend interface and the torch SDPA backend.
 
-Tokens of one step are laid out decodes first (one query token each, batched together), then
-prefill chunks (one contiguous run per request). The KV of every new token is written into its
-cache slot first; then each group attends over its request's blocks.
+Tokens of one step are laid out decodes first (one query token each, in groups of similar
+context length so that little padding is gathered), then prefill chunks (one contiguous run per
+request). The KV of every new token is written into its cache slot first; then each group
+attends over its requests' blocks.
 """
 from __future__ import annotations
 
@@ -24,13 +25,22 @@ class PrefillChunk:
 
 
 @dataclass
+class DecodeGroup:
+    """`count` one-token queries from row `start`, their block tables padded to one width."""
+
+    start: int
+    count: int
+    block_tables: torch.Tensor   # [count, max_blocks]
+    mask: torch.Tensor           # [1, count, 1, max_blocks * block_size]: 0 or -inf (padding)
+    shared_blocks: int = 0       # leading blocks that every row's table has in common
+
+
+@dataclass
 class AttentionContext:
     """What attention layers need to know about the current step."""
 
     slot_mapping: torch.Tensor                      # [T] flat cache slot of each new token
-    num_decodes: int = 0
-    decode_block_tables: torch.Tensor | None = None  # [B, max_blocks]
-    decode_mask: torch.Tensor | None = None          # [1, B, 1, max_blocks * block_size], 0 or -inf
+    decodes: list[DecodeGroup] = field(default_factory=list)
     prefills: list[PrefillChunk] = field(default_factory=list)
 
 
@@ -75,8 +85,9 @@ class SdpaPagedBackend(AttentionBackend):
         k_cache.view(num_kv_heads, -1, head_dim).index_copy_(1, ctx.slot_mapping, k.transpose(0, 1))
         v_cache.view(num_kv_heads, -1, head_dim).index_copy_(1, ctx.slot_mapping, v.transpose(0, 1))
         out = torch.empty_like(q)
-        if ctx.num_decodes:
-            out[:ctx.num_decodes] = _decode(q[:ctx.num_decodes], k_cache, v_cache, ctx, scale)
+        for group in ctx.decodes:
+            rows = slice(group.start, group.start + group.count)
+            out[rows] = _decode(q[rows], k_cache, v_cache, group, scale)
         for chunk in ctx.prefills:
             rows = slice(chunk.query_start, chunk.query_start + chunk.query_len)
             out[rows] = _prefill(q[rows], k[rows], v[rows], k_cache, v_cache, chunk, scale)
@@ -89,16 +100,45 @@ def _gather(cache: torch.Tensor, block_ids: torch.Tensor) -> torch.Tensor:
     return cache.index_select(1, block_ids).view(num_kv_heads, -1, head_dim)
 
 
-def _decode(q, k_cache, v_cache, ctx: AttentionContext, scale: float) -> torch.Tensor:
-    """One query token per request, all requests in one SDPA call batched over (Hkv, B)."""
+def _decode(q, k_cache, v_cache, group: DecodeGroup, scale: float) -> torch.Tensor:
+    """One query token per request, the group's requests in one SDPA call over (Hkv, B)."""
+    if group.shared_blocks:
+        return _decode_shared_prefix(q, k_cache, v_cache, group, scale)
     batch, num_heads, head_dim = q.shape
     num_kv_heads = k_cache.shape[0]
-    flat = ctx.decode_block_tables.reshape(-1)
+    flat = group.block_tables.reshape(-1)
     keys = _gather(k_cache, flat).view(num_kv_heads, batch, -1, head_dim)     # [Hkv, B, L, D]
     values = _gather(v_cache, flat).view(num_kv_heads, batch, -1, head_dim)
     qg = q.view(batch, num_kv_heads, -1, head_dim).transpose(0, 1)         # [Hkv, B, G, D]
-    out = F.scaled_dot_product_attention(qg, keys, values, attn_mask=ctx.decode_mask.to(q.dtype),
+    out = F.scaled_dot_product_attention(qg, keys, values, attn_mask=group.mask.to(q.dtype),
                                          scale=scale)
+    return out.transpose(0, 1).reshape(batch, num_heads, head_dim)
+
+
+def _decode_shared_prefix(q, k_cache, v_cache, group: DecodeGroup, scale: float) -> torch.Tensor:
+    """Decodes whose requests share leading KV blocks: the shared keys are gathered once and
+    met by all queries in one matrix product; only each request's own tail is gathered per row.
+    """
+    batch, num_heads, head_dim = q.shape
+    num_kv_heads = k_cache.shape[0]
+    group_size = num_heads // num_kv_heads
+    tables = group.block_tables
+    shared_k = _gather(k_cache, tables[0, :group.shared_blocks])            # [Hkv, P, D]
+    shared_v = _gather(v_cache, tables[0, :group.shared_blocks])
+    own = tables[:, group.shared_blocks:].reshape(-1)
+    own_k = _gather(k_cache, own).view(num_kv_heads, batch, -1, head_dim)   # [Hkv, B, S, D]
+    own_v = _gather(v_cache, own).view(num_kv_heads, batch, -1, head_dim)
+    qg = q.view(batch, num_kv_heads, group_size, head_dim).transpose(0, 1)  # [Hkv, B, G, D]
+    rows = qg.reshape(num_kv_heads, batch * group_size, head_dim)
+    shared_scores = torch.matmul(rows, shared_k.transpose(-1, -2))
+    scores = torch.cat([shared_scores.view(num_kv_heads, batch, group_size, -1),
+                        torch.matmul(qg, own_k.transpose(-1, -2))], dim=-1).float()
+    probs = torch.softmax(scores.mul_(scale).add_(group.mask), dim=-1).to(q.dtype)
+    prefix_len = shared_k.shape[1]
+    shared_part = torch.matmul(
+        probs[..., :prefix_len].reshape(num_kv_heads, batch * group_size, prefix_len), shared_v)
+    out = shared_part.view(num_kv_heads, batch, group_size, head_dim) + torch.matmul(
+        probs[..., prefix_len:], own_v)
     return out.transpose(0, 1).reshape(batch, num_heads, head_dim)
 
 
