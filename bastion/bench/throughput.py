@@ -77,8 +77,10 @@ def bench_mixed(model: str, args: argparse.Namespace) -> dict:
     tokens, secs, overhead = run_bastion(engine, reqs)
     ours = _rate(tokens, secs)
     print(f"bastion:              {ours:9.1f} output tok/s  ({tokens} tokens in {secs:.1f}s, "
-          f"engine overhead {overhead:.1%})")
-    dtype = engine.runner.requested_dtype
+          f"engine overhead {overhead:.1%}, {str(engine.runner.dtype).removeprefix('torch.')})")
+    # NOTE: transformers runs in the dtype bastion computes in (float32 for bfloat16 weights on
+    # CPUs without bf16 units), so kernels of the same precision are compared.
+    dtype = engine.runner.dtype
     del engine
     gc.collect()
     static = cb = None
@@ -87,7 +89,7 @@ def bench_mixed(model: str, args: argparse.Namespace) -> dict:
     result = {"workload": "mixed", "num_requests": len(reqs), "bastion_tokens_per_s": round(ours, 2),
               "hf_static_tokens_per_s": static, "hf_cb_tokens_per_s": cb,
               "speedup_vs_hf_static": _ratio(ours, static), "speedup_vs_hf_cb": _ratio(ours, cb),
-              "engine_overhead": round(overhead, 4)}
+              "engine_overhead": round(overhead, 4), "dtype": str(dtype).removeprefix("torch.")}
     print(f"speedup vs static: {result['speedup_vs_hf_static']}  vs continuous: {result['speedup_vs_hf_cb']}")
     return result
 

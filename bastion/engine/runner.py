@@ -8,10 +8,10 @@ from dataclasses import dataclass
 import torch
 
 from bastion.config import EngineConfig
-from bastion.engine.scheduler import ScheduledRequest, SchedulerOutput
 from bastion.engine.cpu_memory import keep_freed_memory
-from bastion.model.arch import ArchConfig, ModelLoadError, read_arch_config
+from bastion.engine.scheduler import ScheduledRequest, SchedulerOutput
 from bastion.engine.step_inputs import StepInputs
+from bastion.model.arch import ArchConfig, ModelLoadError, read_arch_config
 from bastion.model.attention import attention_context
 from bastion.model.loader import compute_dtype, load_model, resolve_device, resolve_dtype
 
@@ -51,7 +51,7 @@ class ModelRunner:
         model_len = self._model_len_cap()
         self.model = load_model(mc.model, self.arch, self.dtype, self.device, model_len)
         self.block_size = config.cache.block_size
-        num_blocks = self._num_blocks()
+        num_blocks = self._num_blocks(model_len)
         self.limits = self._limits(model_len, num_blocks)
         self._allocate_kv(num_blocks)
         self.forward_seconds = 0.0
@@ -73,25 +73,25 @@ class ModelRunner:
         elem = torch.empty(0, dtype=self.dtype).element_size()
         return 2 * a.num_layers * self.block_size * a.num_kv_heads * a.head_dim * elem
 
-    def _num_blocks(self) -> int:
+    def _num_blocks(self, model_len: int) -> int:
         cache = self.config.cache
         if cache.num_kv_blocks is not None:
             return cache.num_kv_blocks
         budget = cache.kv_cache_memory
         if budget is None:
-            budget = self._default_kv_memory()
+            budget = self._default_kv_memory(model_len)
         num = budget // self._kv_bytes_per_block()
         if num < 1:
             raise ModelLoadError(f"--kv-cache-memory {budget} bytes is less than one KV block "
                                  f"({self._kv_bytes_per_block()} bytes)")
         return num
 
-    def _default_kv_memory(self) -> int:
+    def _default_kv_memory(self, model_len: int) -> int:
         if self.device.type == "cuda":
             free, _ = torch.cuda.mem_get_info(self.device)
             return int(free * 0.85)
         # Enough for every sequence slot at full length, capped to keep CPU memory modest.
-        needed = self.config.scheduler.max_num_seqs * self._model_len_cap() // self.block_size + 1
+        needed = self.config.scheduler.max_num_seqs * model_len // self.block_size + 1
         return min(DEFAULT_CPU_KV_MEMORY, needed * self._kv_bytes_per_block())
 
     def _limits(self, model_len: int, num_blocks: int) -> EngineLimits:
