@@ -88,10 +88,9 @@ class LLM:
              add_generation_prompt: bool = True) -> list[RequestOutput]:
         """Apply the model's chat template to one conversation (or several) and generate."""
         conversations = [messages] if messages and isinstance(messages[0], dict) else messages
-        prompts = [self.tokenizer.apply_chat_template(
-            conv, add_generation_prompt=add_generation_prompt, tokenize=True) for conv in conversations]
-        prompts = [list(p["input_ids"]) if isinstance(p, dict) or hasattr(p, "keys") else list(p)
-                   for p in prompts]
+        prompts = [list(self.tokenizer.apply_chat_template(
+            conv, add_generation_prompt=add_generation_prompt, tokenize=True, return_dict=False))
+            for conv in conversations]
         return self.generate(prompts, sampling_params)
 
     def _encode(self, prompt: Prompt) -> list[int]:
