@@ -1,0 +1,98 @@
+"""The wire between bastion's processes: typed msgspec messages encoded as msgpack.
+
+No pickle on any socket. Decoding is an allowlist of tagged message types with a size limit;
+a malformed or unexpected frame is logged and dropped (it never crashes the receiver).
+Sampling parameters travel as `SamplingParams` itself, so decoding re-runs its validation.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Union
+
+import msgspec
+
+from bastion.engine.sampling_params import SamplingParams
+
+logger = logging.getLogger(__name__)
+
+MAX_FRAME_BYTES = 64 * 2**20
+
+
+class EngineRequest(msgspec.Struct, tag="request", frozen=True):
+    """Front end -> engine: generate for these prompt tokens."""
+
+    request_id: str
+    prompt_token_ids: list[int]
+    params: SamplingParams
+    cache_salt: str | None = None
+
+
+class AbortRequests(msgspec.Struct, tag="abort", frozen=True):
+    """Front end -> engine: stop these requests now and free their blocks."""
+
+    request_ids: list[str]
+
+
+class Logprob(msgspec.Struct, frozen=True, array_like=True):
+    token_id: int
+    logprob: float
+    rank: int
+    top: list[tuple[int, float]] = []
+
+
+class SequenceOutput(msgspec.Struct, frozen=True):
+    """New tokens of one of a request's sequences since the last message."""
+
+    request_id: str
+    index: int
+    new_token_ids: list[int]
+    new_logprobs: list[Logprob] = []
+    finish_reason: str | None = None
+    num_cached_tokens: int = 0
+
+
+class EngineLoad(msgspec.Struct, frozen=True):
+    """What an engine publishes for load balancing and metrics."""
+
+    num_running: int
+    num_waiting: int
+    outstanding_tokens: int
+    kv_cache_usage: float
+    prefix_cache_hit_rate: float
+
+
+class EngineOutputs(msgspec.Struct, tag="outputs", frozen=True):
+    """Engine -> front end: one step's results plus the engine's current load."""
+
+    engine_index: int
+    outputs: list[SequenceOutput]
+    load: EngineLoad | None = None
+
+
+class RequestError(msgspec.Struct, tag="error", frozen=True):
+    """Engine -> front end: a request failed; it is finished with this message."""
+
+    request_id: str
+    message: str
+
+
+Message = Union[EngineRequest, AbortRequests, EngineOutputs, RequestError]
+
+_encoder = msgspec.msgpack.Encoder()
+_decoder = msgspec.msgpack.Decoder(Message)
+
+
+def encode(message: Message) -> bytes:
+    return _encoder.encode(message)
+
+
+def decode(frame: bytes | memoryview, max_bytes: int = MAX_FRAME_BYTES) -> Message | None:
+    """Decode one frame, or log why not and return None."""
+    if len(frame) > max_bytes:
+        logger.warning("dropped a %d-byte frame (limit %d)", len(frame), max_bytes)
+        return None
+    try:
+        return _decoder.decode(frame)
+    except (msgspec.DecodeError, msgspec.ValidationError, ValueError, TypeError) as exc:
+        logger.warning("dropped a malformed frame: %s", exc)
+        return None
