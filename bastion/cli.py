@@ -1,4 +1,4 @@
-"""The `bastion` command: generate, demo-model and bench (serve arrives with the server)."""
+"""The `bastion` command: serve, generate, demo-model and bench."""
 from __future__ import annotations
 
 import argparse
@@ -7,6 +7,13 @@ import sys
 
 from bastion import __version__
 from bastion.engine_args import add_engine_args, engine_kwargs
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from bastion.launch.launcher import Launcher
+    from bastion.launch.serve_args import serve_config
+
+    return Launcher(serve_config(args)).run()
 
 
 def _generate(args: argparse.Namespace) -> int:
@@ -48,6 +55,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--log-level", default="warning",
                         choices=["debug", "info", "warning", "error"], help="logging level")
     sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="serve a model over the OpenAI API (and SGLang's /generate)")
+    from bastion.launch.serve_args import add_serve_args
+    add_serve_args(serve)
+    serve.set_defaults(func=_serve)
 
     gen = sub.add_parser("generate", help="complete one prompt offline and print it")
     gen.add_argument("prompt", help="the prompt text")

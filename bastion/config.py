@@ -126,3 +126,43 @@ class EngineConfig:
         return cls(model=ModelConfig(model=model, **groups[ModelConfig]),
                    cache=CacheConfig(**groups[CacheConfig]),
                    scheduler=SchedulerConfig(**groups[SchedulerConfig]), **top)
+
+
+@dataclass(frozen=True)
+class ParallelConfig:
+    """How many engine ranks and API-server processes one server runs."""
+
+    data_parallel_size: int = 1
+    api_server_count: int = 1
+
+    def __post_init__(self) -> None:
+        if self.data_parallel_size < 1:
+            raise ValueError(f"--data-parallel-size must be at least 1, got {self.data_parallel_size}")
+        if self.api_server_count < 1:
+            raise ValueError(f"--api-server-count must be at least 1, got {self.api_server_count}")
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """The HTTP front end: where it listens, what it calls the model, and its guards."""
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    served_model_names: tuple[str, ...] = ()
+    max_request_body_bytes: int = 4 * 2**20
+    max_queued_requests: int | None = None
+    shutdown_timeout: float = 30.0
+    prefix_affinity_tokens: int = 2048
+    log_level: str = "info"
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.port <= 65535:
+            raise ValueError(f"--port must be in [0, 65535], got {self.port}")
+        if not self.served_model_names:
+            raise ValueError("--served-model-name needs at least one name")
+        if self.max_request_body_bytes < 1024:
+            raise ValueError(f"--max-request-body-bytes must be at least 1024, got {self.max_request_body_bytes}")
+        if self.max_queued_requests is not None and self.max_queued_requests < 0:
+            raise ValueError(f"--max-queued-requests must be non-negative, got {self.max_queued_requests}")
+        if self.shutdown_timeout < 0:
+            raise ValueError(f"--shutdown-timeout must be non-negative, got {self.shutdown_timeout}")

@@ -8,11 +8,12 @@ import zmq
 
 from bastion.config import EngineConfig
 from bastion.engine.core import EngineCore
-from bastion.engine.core_proc import EngineStartError, start_engine_process
 from bastion.engine.sampling_params import SamplingParams
+from bastion.launch.procs import Child, ChildStartError, await_all
 from bastion.transport import channel
-from bastion.transport.messages import (AbortRequests, EngineOutputs, EngineRequest, RequestError,
-                                        decode, encode)
+from bastion.transport.control import EngineSpec
+from bastion.transport.messages import (AbortRequests, ClientHello, EngineOutputs, EngineRequest,
+                                        RequestError, decode, encode)
 
 PROMPTS = {"a": [5, 6, 7, 8, 9], "b": [40, 41, 42], "c": list(range(100, 130))}
 
@@ -22,19 +23,20 @@ def engine_proc(tiny_qwen3):
     config = EngineConfig.from_kwargs(str(tiny_qwen3), dtype="float32", num_kv_blocks=128,
                                       block_size=4, max_model_len=256, num_threads=1)
     folder = channel.private_ipc_dir()
-    proc, ready = start_engine_process(config, 0, f"ipc://{folder}")
+    child = Child("engine-0", EngineSpec(0, config, str(folder)))
+    (ready,) = await_all([child], 120)
     ctx = zmq.Context()
     push, pull = ctx.socket(zmq.PUSH), ctx.socket(zmq.PULL)
+    output = channel.bind(pull, f"ipc://{folder}/client-out")
     push.connect(ready.input_endpoint)
-    pull.connect(ready.output_endpoint)
+    push.send(encode(ClientHello(0, output)))
     yield config, ready, push, pull
     push.close(0)
     pull.close(0)
     ctx.term()
-    proc.terminate()
-    proc.join(10)
+    child.stop(10)
     shutil.rmtree(folder, ignore_errors=True)
-    assert not proc.is_alive()
+    assert not child.alive()
 
 
 def receive_until_finished(pull, expected: set[str]) -> tuple[dict, dict, list]:
@@ -49,6 +51,7 @@ def receive_until_finished(pull, expected: set[str]) -> tuple[dict, dict, list]:
             continue
         assert isinstance(message, EngineOutputs) and message.engine_index == 0
         assert message.load is not None
+        assert message.load.num_running + message.load.num_waiting <= len(expected)
         for out in message.outputs:
             tokens.setdefault(out.request_id, []).extend(out.new_token_ids)
             if out.finish_reason:
@@ -88,10 +91,16 @@ def test_invalid_requests_get_an_error_and_abort_ends_a_request(engine_proc):
 
 def test_an_engine_that_cannot_load_fails_the_start_with_its_reason(tmp_path):
     config = EngineConfig.from_kwargs(str(tmp_path / "missing"))
-    with pytest.raises(EngineStartError, match="engine 3 failed to start: ModelLoadError: .* is not a directory"):
-        start_engine_process(config, 3, f"ipc://{tmp_path}", timeout=60)
+    child = Child("engine-3", EngineSpec(3, config, str(tmp_path)))
+    with pytest.raises(ChildStartError, match="engine-3 failed to start: ModelLoadError: .* is not a directory"):
+        await_all([child], 60)
+    assert child.wait(10) == 1
 
 
-def test_unprotected_tcp_engine_sockets_are_refused(tiny_qwen3):
-    with pytest.raises(ValueError, match="engine address must be ipc://DIR"):
-        start_engine_process(EngineConfig.from_kwargs(str(tiny_qwen3)), 0, "tcp://127.0.0.1")
+def test_an_engine_stops_when_its_launcher_pipe_closes(tiny_qwen3, tmp_path):
+    config = EngineConfig.from_kwargs(str(tiny_qwen3), dtype="float32", num_kv_blocks=16, num_threads=1)
+    child = Child("engine-0", EngineSpec(0, config, str(tmp_path)))
+    await_all([child], 120)
+    child.proc.stdin.close()  # what the kernel does when the launcher dies, even by SIGKILL
+    assert child.wait(10) == 1
+    child.close()

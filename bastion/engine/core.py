@@ -82,13 +82,16 @@ class EngineCore:
             self.scheduler.add(req)
         self._groups[request_id] = group
 
-    def abort_request(self, request_id: str) -> list[EngineOutput]:
-        """End every sequence of a request now; their blocks return to the pool at once."""
+    def abort_request(self, request_id: str, index: int | None = None) -> list[EngineOutput]:
+        """End every sequence of a request (or only sequence `index`) now; blocks return at once."""
+        group = self._groups.get(request_id, [])
         outputs = []
-        for req in self._groups.pop(request_id, []):
-            if not req.is_finished:
+        for req in group:
+            if not req.is_finished and (index is None or req.index == index):
                 self.scheduler.finish(req, FinishReason.ABORT)
                 outputs.append(EngineOutput(request_id, req.index, [], [], FinishReason.ABORT))
+        if all(r.is_finished for r in group):
+            self._groups.pop(request_id, None)
         return outputs
 
     @property

@@ -1,106 +1,64 @@
 """The engine core as its own process: ZMQ in, engine steps, ZMQ out.
 
-The process binds its input (PULL) and output (PUSH) sockets itself, on ipc paths in a
-private 0700 directory (TCP, with CurveZMQ, comes with multi-node serving), and reports the
-real endpoints through the start-up handshake on its spawn pipe. An input thread decodes frames into a queue; the main thread adds
-and aborts requests and steps the engine; an output thread encodes and sends results.
+The engine binds its input (PULL) socket itself, on an ipc path in the launcher's private 0700
+directory (TCP, with CurveZMQ, comes with multi-node serving), and reports the real endpoint
+through the start-up handshake. Each front end (API server) says hello with the endpoint of a
+PULL socket it bound; the engine connects a PUSH socket there, so every front end receives the
+results of its own requests, plus the engine's load after every step.
+
+Threads: an input thread decodes frames into a queue; the main thread adds and aborts requests
+and steps the engine; an output thread owns the PUSH sockets, encodes and sends.
 """
 from __future__ import annotations
 
 import logging
-import multiprocessing
-import multiprocessing.connection
 import queue
 import threading
+from dataclasses import dataclass
+from typing import Callable
 
-import msgspec
 import zmq
 
 from bastion.config import EngineConfig
 from bastion.engine.core import EngineCore, EngineOutput
 from bastion.transport import channel
-from bastion.transport.messages import (AbortRequests, EngineLoad, EngineOutputs, EngineRequest,
-                                        Logprob, RequestError, SequenceOutput, decode, encode)
+from bastion.transport.control import EngineReady
+from bastion.transport.messages import (AbortRequests, ClientHello, EngineLoad, EngineOutputs,
+                                        EngineRequest, Logprob, RequestError, SequenceOutput,
+                                        decode, encode)
 
 logger = logging.getLogger(__name__)
 
 
-class EngineReady(msgspec.Struct, tag="ready"):
-    engine_index: int
-    input_endpoint: str
-    output_endpoint: str
-    max_model_len: int
-    num_kv_blocks: int
-
-
-class EngineFailed(msgspec.Struct, tag="failed"):
-    engine_index: int
-    message: str
-
-
-_handshake = msgspec.msgpack.Decoder(EngineReady | EngineFailed)
-
-
-class EngineStartError(RuntimeError):
-    """An engine process failed or died before it was ready."""
-
-
-def start_engine_process(config: EngineConfig, index: int, address: str,
-                         timeout: float = 120.0) -> tuple[multiprocessing.Process, EngineReady]:
-    """Spawn engine `index`, wait for its handshake; raise EngineStartError naming the engine.
-
-    `address` is `ipc://DIR`, a private directory from `channel.private_ipc_dir()`.
-    """
-    if not address.startswith("ipc://"):
-        # NOTE: TCP engine sockets must be CurveZMQ-protected; until the keys are wired through
-        # the spawn pipe, only ipc in a private 0700 directory is allowed.
-        raise ValueError(f"engine address must be ipc://DIR for now, got {address!r}")
-    ctx = multiprocessing.get_context("spawn")
-    parent, child = ctx.Pipe(duplex=False)
-    proc = ctx.Process(target=run_engine_process, args=(config, index, address, child),
-                       name=f"bastion-engine-{index}", daemon=True)
-    proc.start()
-    child.close()
-    ready = multiprocessing.connection.wait([parent, proc.sentinel], timeout)
-    if parent in ready and parent.poll():
-        reply = _handshake.decode(parent.recv_bytes())
-        if isinstance(reply, EngineReady):
-            return proc, reply
-        proc.join(5)
-        raise EngineStartError(f"engine {index} failed to start: {reply.message}")
-    proc.kill()
-    proc.join(5)
-    why = "did not become ready in time" if not ready else f"exited with code {proc.exitcode}"
-    raise EngineStartError(f"engine {index} {why} during start-up")
-
-
-def run_engine_process(config: EngineConfig, index: int, address: str, conn) -> None:
-    """Process entry point; `address` is `ipc://DIR`, a private directory."""
-    logging.basicConfig(level=logging.INFO, format=f"engine {index} %(levelname)s %(name)s: %(message)s")
-    try:
-        engine = EngineCore(config)
-    except Exception as exc:  # report, never hang the launcher
-        conn.send_bytes(msgspec.msgpack.encode(EngineFailed(index, f"{type(exc).__name__}: {exc}")))
-        raise SystemExit(1)
+def run_engine(config: EngineConfig, index: int, ipc_dir: str,
+               report: Callable[[EngineReady], None]) -> None:
+    """Load the model, bind the input socket, report ready, then serve until killed."""
+    engine = EngineCore(config)
     zctx = zmq.Context()
-    pull, push = zctx.socket(zmq.PULL), zctx.socket(zmq.PUSH)
-    in_ep = channel.bind(pull, f"{address}/engine-{index}-in")
-    out_ep = channel.bind(push, f"{address}/engine-{index}-out")
-    conn.send_bytes(msgspec.msgpack.encode(EngineReady(
-        index, in_ep, out_ep, engine.limits.max_model_len, engine.limits.num_kv_blocks)))
-    conn.close()
-    EngineLoop(engine, index, pull, push).run()
+    pull = zctx.socket(zmq.PULL)
+    endpoint = channel.bind(pull, f"ipc://{ipc_dir}/engine-{index}-in")
+    limits = engine.limits
+    report(EngineReady(index, endpoint, limits.max_model_len, limits.num_kv_blocks, limits.vocab_size))
+    EngineLoop(engine, index, pull, zctx).run()
+
+
+@dataclass
+class _Owner:
+    client: int
+    unfinished: int
 
 
 class EngineLoop:
-    """Moves messages between the sockets and the engine until the input socket closes."""
+    """Moves messages between the sockets and the engine, forever."""
 
-    def __init__(self, engine: EngineCore, index: int, pull: zmq.Socket, push: zmq.Socket) -> None:
+    def __init__(self, engine: EngineCore, index: int, pull: zmq.Socket, zctx: zmq.Context) -> None:
         self.engine, self.index = engine, index
         self.inbox: queue.Queue = queue.Queue()
         self.outbox: queue.Queue = queue.Queue()
+        self.clients: set[int] = set()
+        self.owners: dict[str, _Owner] = {}
         threading.Thread(target=self._receive, args=(pull,), daemon=True).start()
-        threading.Thread(target=self._send, args=(push,), daemon=True).start()
+        threading.Thread(target=self._send, args=(zctx,), daemon=True).start()
 
     def _receive(self, pull: zmq.Socket) -> None:
         while True:
@@ -108,9 +66,18 @@ class EngineLoop:
             if message is not None:
                 self.inbox.put(message)
 
-    def _send(self, push: zmq.Socket) -> None:
+    def _send(self, zctx: zmq.Context) -> None:
+        pushes: dict[int, zmq.Socket] = {}
         while True:
-            push.send(encode(self.outbox.get()))
+            client, item = self.outbox.get()
+            if isinstance(item, ClientHello):
+                if client in pushes:
+                    pushes.pop(client).close(0)
+                sock = zctx.socket(zmq.PUSH)
+                sock.connect(item.output_endpoint)
+                pushes[client] = sock
+            elif client in pushes:
+                pushes[client].send(encode(item))
 
     def run(self) -> None:
         while True:
@@ -126,20 +93,43 @@ class EngineLoop:
 
     def _handle(self, message) -> None:
         if isinstance(message, EngineRequest):
-            try:
-                self.engine.add_request(message.request_id, message.prompt_token_ids,
-                                        message.params, message.cache_salt)
-            except ValueError as exc:
-                self.outbox.put(RequestError(message.request_id, str(exc)))
+            self._add(message)
         elif isinstance(message, AbortRequests):
-            for rid in message.request_ids:
-                self._publish(self.engine.abort_request(rid))
+            outputs = [o for rid in message.request_ids for o in self.engine.abort_request(rid)]
+            for rid, i in message.sequences:
+                outputs += self.engine.abort_request(rid, i)
+            self._publish(outputs)
+        elif isinstance(message, ClientHello):
+            self.clients.add(message.client_index)
+            self.outbox.put((message.client_index, message))
         else:
             logger.warning("engine %d ignored an unexpected %s message", self.index, type(message).__name__)
 
+    def _add(self, message: EngineRequest) -> None:
+        try:
+            self.engine.add_request(message.request_id, message.prompt_token_ids,
+                                    message.params, message.cache_salt)
+        except ValueError as exc:
+            self.outbox.put((message.client_index, RequestError(message.request_id, str(exc))))
+            return
+        self.owners[message.request_id] = _Owner(message.client_index, message.params.n)
+        self._publish([])
+
     def _publish(self, outputs: list[EngineOutput]) -> None:
-        if outputs:
-            self.outbox.put(EngineOutputs(self.index, [_wire(o) for o in outputs], self.load()))
+        """Send each client its requests' outputs, and every client the current load."""
+        by_client: dict[int, list[SequenceOutput]] = {c: [] for c in self.clients}
+        for out in outputs:
+            owner = self.owners.get(out.request_id)
+            if owner is None:
+                continue
+            by_client.setdefault(owner.client, []).append(_wire(out))
+            if out.finished:
+                owner.unfinished -= 1
+                if owner.unfinished == 0:
+                    del self.owners[out.request_id]
+        load = self.load()
+        for client, seqs in by_client.items():
+            self.outbox.put((client, EngineOutputs(self.index, seqs, load)))
 
     def load(self) -> EngineLoad:
         sched, blocks = self.engine.scheduler, self.engine.blocks

@@ -6,14 +6,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
-from transformers import AutoTokenizer
-
 from bastion.config import EngineConfig
 from bastion.engine.core import EngineCore
 from bastion.engine.request import TokenLogprob
 from bastion.engine.sampling_params import SamplingParams
-from bastion.model.arch import ModelLoadError
 from bastion.model.demo import default_model_path
+from bastion.model.tokenizer import load_tokenizer
 
 Prompt = str | list[int]
 
@@ -42,14 +40,6 @@ class RequestOutput:
     prompt_token_ids: list[int]
     outputs: list[CompletionOutput] = field(default_factory=list)
     num_cached_tokens: int = 0
-
-
-def load_tokenizer(model: str | Path):
-    """The checkpoint's own tokenizer and chat template, from the local folder only."""
-    try:
-        return AutoTokenizer.from_pretrained(str(model), local_files_only=True)
-    except (OSError, ValueError) as exc:
-        raise ModelLoadError(f"cannot load the tokenizer from {str(model)!r}: {exc}") from None
 
 
 class LLM:

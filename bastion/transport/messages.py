@@ -25,12 +25,25 @@ class EngineRequest(msgspec.Struct, tag="request", frozen=True):
     prompt_token_ids: list[int]
     params: SamplingParams
     cache_salt: str | None = None
+    client_index: int = 0
 
 
 class AbortRequests(msgspec.Struct, tag="abort", frozen=True):
-    """Front end -> engine: stop these requests now and free their blocks."""
+    """Front end -> engine: stop these requests (or single sequences) now and free their blocks."""
 
-    request_ids: list[str]
+    request_ids: list[str] = []
+    sequences: list[tuple[str, int]] = []
+
+
+class ClientHello(msgspec.Struct, tag="hello", frozen=True):
+    """Front end -> engine, before its first request: send my results to `output_endpoint`.
+
+    The front end binds that PULL socket itself (in the private ipc directory); the engine
+    connects a PUSH socket to it, so results of M API servers never mix.
+    """
+
+    client_index: int
+    output_endpoint: str
 
 
 class Logprob(msgspec.Struct, frozen=True, array_like=True):
@@ -76,7 +89,7 @@ class RequestError(msgspec.Struct, tag="error", frozen=True):
     message: str
 
 
-Message = Union[EngineRequest, AbortRequests, EngineOutputs, RequestError]
+Message = Union[EngineRequest, AbortRequests, ClientHello, EngineOutputs, RequestError]
 
 _encoder = msgspec.msgpack.Encoder()
 _decoder = msgspec.msgpack.Decoder(Message)

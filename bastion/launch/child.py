@@ -1,0 +1,71 @@
+"""Entry point of every launcher child: `python -m bastion.launch.child NAME`.
+
+Reads its spec from stdin, answers the handshake on the original stdout, and exits as soon as
+stdin reaches EOF (the launcher is gone, even if it was killed with SIGKILL).
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import sys
+import traceback
+from typing import Callable
+
+from bastion.config import EngineConfig
+from bastion.model.arch import ModelLoadError
+from bastion.transport.control import (ApiServerSpec, ChildFailed, ControlWatch, EngineSpec,
+                                       decode_spec, read_frame, write_frame)
+
+
+
+def main() -> None:
+    name = sys.argv[1] if len(sys.argv) > 1 else "child"
+    handshake_fd = os.dup(1)
+    os.dup2(2, 1)  # stray prints go to stderr, never into the handshake
+    level = os.environ.get("BASTION_LOG_LEVEL", "info").upper()
+    logging.basicConfig(level=level, format=f"{name} %(levelname)s %(name)s: %(message)s")
+    stdin = os.fdopen(0, "rb", buffering=0)  # raw: the control thread reads it until exit
+    payload = read_frame(stdin)
+    if payload is None:
+        sys.exit(1)
+    spec = decode_spec(payload)
+    control = ControlWatch(stdin)
+    report = lambda message: write_frame(handshake_fd, message)  # noqa: E731
+    try:
+        if isinstance(spec, EngineSpec):
+            _engine(spec, report)
+        elif isinstance(spec, ApiServerSpec):
+            from bastion.server.api_process import run_api_server
+            run_api_server(spec, control, report)
+    except Exception as exc:
+        if not isinstance(exc, (ValueError, ModelLoadError, OSError)):
+            traceback.print_exc()
+        try:
+            report(ChildFailed(f"{type(exc).__name__}: {exc}"))
+        except OSError:
+            pass
+        logging.shutdown()
+        os._exit(1)
+
+
+def _engine(spec: EngineSpec, report: Callable) -> None:
+    from bastion.engine.core_proc import run_engine
+
+    run_engine(_rank_device(spec.config, spec.index), spec.index, spec.ipc_dir, report)
+
+
+def _rank_device(config: EngineConfig, index: int) -> EngineConfig:
+    """With several GPUs, rank i takes GPU i (mod the count) unless a device was named."""
+    if config.model.device not in ("auto", "cuda"):
+        return config
+    import torch
+
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if count < 2:
+        return config
+    return dataclasses.replace(config, model=dataclasses.replace(config.model, device=f"cuda:{index % count}"))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,169 @@
+"""`bastion serve`: bind the listening socket once, start engine ranks and API servers, watch them.
+
+Order: validate flags -> bind the HTTP socket (a taken port fails before any model loads) ->
+start every engine rank and await their handshakes -> start the API servers on the shared
+socket and await theirs -> print the ready line -> watch. An engine that dies is reported to
+every API server (its requests fail with 503, /health turns 503); an API server that dies
+stops the server. SIGTERM/SIGINT drains (API servers finish in-flight requests up to
+--shutdown-timeout), then stops the engines and exits 0; a second signal kills at once.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import select
+import shutil
+import signal
+import socket
+import sys
+
+from bastion.launch.procs import Child, ChildStartError, await_all
+from bastion.launch.serve_args import ServeConfig
+from bastion.transport import channel
+from bastion.transport.control import (ApiServerSpec, EngineEndpoint, EngineReady, EngineSpec,
+                                       RankDown)
+
+logger = logging.getLogger(__name__)
+
+API_SERVER_STARTUP_TIMEOUT = 120.0
+ENGINE_STOP_TIMEOUT = 5.0
+
+
+class _Stop(Exception):
+    def __init__(self, signum: int) -> None:
+        self.signum = signum
+
+
+class Launcher:
+    """Runs one server: its processes, their start-up, their watch and their shutdown."""
+
+    def __init__(self, config: ServeConfig) -> None:
+        self.config = config
+        self.engines: list[Child] = []
+        self.api_servers: list[Child] = []
+        self.phase = "starting"
+        self.signals: list[int] = []
+        self.dirs = [channel.private_ipc_dir(), channel.private_ipc_dir()]
+
+    def run(self) -> int:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, self._on_signal)
+        try:
+            sock = bind_listener(self.config.server.host, self.config.server.port)
+            try:
+                self._start(sock)
+            finally:
+                sock.close()  # NOTE: the API servers hold their own copies
+            return self._watch()
+        except ChildStartError as exc:
+            print(f"bastion serve: error: {exc}", file=sys.stderr)
+            return 1
+        except _Stop as stop:  # a signal during start-up: a requested stop, not a failure
+            return 128 + stop.signum if self.phase == "forced" else 0
+        finally:
+            self._kill_all()
+            for folder in self.dirs:
+                shutil.rmtree(folder, ignore_errors=True)
+
+    def _on_signal(self, signum: int, frame) -> None:
+        self.signals.append(signum)
+        if self.phase == "starting":
+            raise _Stop(signum)
+        if self.phase == "draining":
+            self.phase = "forced"
+            raise _Stop(signum)
+
+    def _start(self, sock: socket.socket) -> None:
+        cfg, ipc_dir = self.config, str(self.dirs[0])
+        env = {**os.environ, "BASTION_LOG_LEVEL": cfg.server.log_level}
+        dp = cfg.parallel.data_parallel_size
+        for i in range(dp):
+            spec = EngineSpec(i, rank_engine_config(cfg, i), ipc_dir)
+            self.engines.append(Child(f"engine-{i}", spec, env=env))
+        readies: list[EngineReady] = await_all(self.engines, cfg.engine_startup_timeout)
+        endpoints = [EngineEndpoint(r.engine_index, r.input_endpoint, e.pid)
+                     for r, e in zip(readies, self.engines)]
+        max_len = min(r.max_model_len for r in readies)
+        for j in range(cfg.parallel.api_server_count):
+            spec = ApiServerSpec(j, cfg.server, cfg.model, max_len, readies[0].vocab_size, endpoints,
+                                 sock.fileno(), ipc_dir, str(self.dirs[1]))
+            self.api_servers.append(Child(f"api-server-{j}", spec, pass_fds=(sock.fileno(),), env=env))
+        await_all(self.api_servers, API_SERVER_STARTUP_TIMEOUT)
+        host, port = sock.getsockname()[:2]
+        shown = f"[{host}]" if ":" in host else host
+        print(f"bastion: serving {', '.join(cfg.server.served_model_names)} on http://{shown}:{port} "
+              f"({dp} engine rank{'s' * (dp > 1)}, {cfg.parallel.api_server_count} API server"
+              f"{'s' * (cfg.parallel.api_server_count > 1)})", flush=True)
+        self.phase = "serving"
+
+    def _watch(self) -> int:
+        down: set[int] = set()
+        while not self.signals:
+            watched = {c.sentinel: c for c in self.engines + self.api_servers if c.sentinel >= 0}
+            ready, _, _ = select.select(list(watched), [], [], 0.25)
+            for fd in ready:
+                child = watched[fd]
+                code = child.wait(5)
+                child.close()
+                if child in self.api_servers:
+                    logger.error("%s exited with code %s; stopping the server", child.name, code)
+                    print(f"bastion serve: error: {child.name} exited with code {code}; its last "
+                          f"log lines:\n{child.last_lines()}", file=sys.stderr)
+                    return 1
+                index = self.engines.index(child)
+                down.add(index)
+                reason = f"engine-{index} exited with code {code}"
+                logger.error("%s; its ranks' requests fail, the other ranks keep serving", reason)
+                for api in self.api_servers:
+                    api.send(RankDown(index, reason))
+        return self._drain()
+
+    def _drain(self) -> int:
+        self.phase = "draining"
+        logger.warning("stopping: draining in-flight requests (up to %.0f s)",
+                       self.config.server.shutdown_timeout)
+        try:
+            for api in self.api_servers:
+                api.signal(signal.SIGTERM)
+            for api in self.api_servers:
+                api.stop(self.config.server.shutdown_timeout + 5)
+            for engine in self.engines:
+                engine.stop(ENGINE_STOP_TIMEOUT)
+        except _Stop as stop:
+            return self._force(stop.signum)
+        return 0
+
+    def _force(self, signum: int) -> int:
+        logger.warning("second signal: stopping at once")
+        self._kill_all()
+        return 128 + signum
+
+    def _kill_all(self) -> None:
+        for child in self.api_servers + self.engines:
+            child.kill()
+            child.wait(10)
+            child.close()
+
+
+def rank_engine_config(config: ServeConfig, index: int):
+    """Rank `index`'s engine config: its share of the CPU threads."""
+    engine = config.engine
+    dp = config.parallel.data_parallel_size
+    if dp == 1:
+        return engine
+    threads = max(1, engine.threads // dp)
+    return dataclasses.replace(engine, num_threads=threads)
+
+
+def bind_listener(host: str, port: int) -> socket.socket:
+    """Bind (not yet listen) the one HTTP socket all API servers share; errors name the flags."""
+    try:
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+    except OSError as exc:
+        raise ValueError(f"cannot listen on {host}:{port} (--host/--port): {exc.strerror or exc}") from None
+    sock.set_inheritable(True)
+    return sock

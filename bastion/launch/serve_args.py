@@ -1,0 +1,69 @@
+"""`bastion serve` flags (named as vLLM's where the meaning is the same) and their configs."""
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+
+from bastion.config import EngineConfig, ParallelConfig, ServerConfig, parse_bytes
+from bastion.engine_args import add_engine_args, engine_config
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    """Everything `bastion serve` runs, validated before any process starts."""
+
+    model: str
+    engine: EngineConfig
+    parallel: ParallelConfig
+    server: ServerConfig
+    engine_startup_timeout: float
+
+
+def add_serve_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("model", nargs="?", default=None,
+                        help="local model folder (default: the bundled demo model)")
+    g = parser.add_argument_group("server")
+    g.add_argument("--log-level", default=argparse.SUPPRESS,
+                   choices=["debug", "info", "warning", "error"], help="logging level (default warning)")
+    g.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    g.add_argument("--port", type=int, default=8000, help="port to listen on (0 picks one; the "
+                   "ready line shows it)")
+    g.add_argument("--served-model-name", nargs="+", default=None,
+                   help="model name(s) clients use (default: the model folder's name)")
+    g.add_argument("--api-server-count", type=int, default=1,
+                   help="API-server processes sharing the listening socket")
+    g.add_argument("--max-request-body-bytes", type=parse_bytes, default=4 * 2**20,
+                   help="larger request bodies get 413 (default 4MiB)")
+    g.add_argument("--max-queued-requests", type=int, default=None,
+                   help="503 while more requests than this wait for an engine (default: no bound)")
+    g.add_argument("--shutdown-timeout", type=float, default=30.0,
+                   help="seconds in-flight requests may take to finish after SIGTERM/SIGINT")
+    g.add_argument("--engine-startup-timeout", type=float, default=600.0,
+                   help="seconds an engine may take to load before the launch fails")
+    p = parser.add_argument_group("parallel")
+    p.add_argument("--data-parallel-size", "-dp", type=int, default=1,
+                   help="engine ranks (model replicas); each gets its share of CPU threads or its own GPU")
+    add_engine_args(parser)
+
+
+def serve_config(args: argparse.Namespace) -> ServeConfig:
+    """Build and validate every config; ValueError names the offending flag."""
+    from bastion.model.demo import default_model_path
+
+    model = args.model or str(default_model_path())
+    engine = engine_config(model, args)
+    parallel = ParallelConfig(args.data_parallel_size, args.api_server_count)
+    names = tuple(args.served_model_name or [_default_name(model, args.model is None)])
+    server = ServerConfig(host=args.host, port=args.port, served_model_names=names,
+                          max_request_body_bytes=args.max_request_body_bytes,
+                          max_queued_requests=args.max_queued_requests,
+                          shutdown_timeout=args.shutdown_timeout, log_level=args.log_level)
+    if args.engine_startup_timeout <= 0:
+        raise ValueError(f"--engine-startup-timeout must be positive, got {args.engine_startup_timeout}")
+    return ServeConfig(model, engine, parallel, server, args.engine_startup_timeout)
+
+
+def _default_name(model: str, is_demo: bool) -> str:
+    from pathlib import Path
+
+    return "bastion-demo" if is_demo else Path(model).resolve().name

@@ -1,0 +1,137 @@
+"""The API server's side of the engine wire: send requests to ranks, route results back.
+
+One PUSH socket per engine rank; one PULL socket this API server binds in the private ipc
+directory, announced to every engine with a `ClientHello`. Results land in one asyncio queue
+per request. When the launcher says a rank is down, every request on it ends with an error.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+
+import zmq
+import zmq.asyncio
+
+from bastion.engine.sampling_params import SamplingParams
+from bastion.server.balancer import RankBalancer
+from bastion.transport import channel
+from bastion.transport.control import EngineEndpoint
+from bastion.transport.messages import (AbortRequests, ClientHello, EngineLoad, EngineOutputs,
+                                        EngineRequest, RequestError, SequenceOutput, decode, encode)
+
+logger = logging.getLogger(__name__)
+
+
+class RankUnavailable(Exception):
+    """The request's rank went down (or none is up); the client gets a 503."""
+
+
+@dataclass
+class RankState:
+    index: int
+    endpoint: str
+    alive: bool = True
+    reason: str = ""
+    load: EngineLoad | None = None
+    requests: set[str] = field(default_factory=set)
+
+
+class EngineClient:
+    """Async client of every engine rank, for one API-server process."""
+
+    def __init__(self, client_index: int, engines: list[EngineEndpoint], ipc_dir: str,
+                 affinity_tokens: int = 2048) -> None:
+        self.client_index = client_index
+        self.ranks = [RankState(e.index, e.input_endpoint) for e in engines]
+        self.balancer = RankBalancer(len(engines), affinity_tokens)
+        self.ctx = zmq.asyncio.Context()
+        self.pull = self.ctx.socket(zmq.PULL)
+        self.output_endpoint = channel.bind(self.pull, f"ipc://{ipc_dir}/api-{client_index}-out")
+        self.pushes = []
+        self.queues: dict[str, asyncio.Queue] = {}
+        self.rank_of: dict[str, int] = {}
+        self.load_listeners: list = []
+        self._reader: asyncio.Task | None = None
+
+    async def start(self) -> None:
+        for rank in self.ranks:
+            push = self.ctx.socket(zmq.PUSH)
+            push.setsockopt(zmq.LINGER, 0)
+            push.connect(rank.endpoint)
+            await push.send(encode(ClientHello(self.client_index, self.output_endpoint)))
+            self.pushes.append(push)
+        self._reader = asyncio.create_task(self._read())
+
+    async def _read(self) -> None:
+        while True:
+            message = decode(await self.pull.recv())
+            if isinstance(message, EngineOutputs):
+                self._on_outputs(message)
+            elif isinstance(message, RequestError):
+                self._deliver(message.request_id, message)
+
+    def _on_outputs(self, message: EngineOutputs) -> None:
+        rank = self.ranks[message.engine_index]
+        if message.load is not None:
+            rank.load = message.load
+            self.balancer.on_load(rank.index, message.load.outstanding_tokens, message.load.num_waiting)
+            for listener in self.load_listeners:
+                listener(rank.index, message.load)
+        for out in message.outputs:
+            self._deliver(out.request_id, out)
+
+    def _deliver(self, request_id: str, item: SequenceOutput | RequestError) -> None:
+        queue = self.queues.get(request_id)
+        if queue is not None:
+            queue.put_nowait(item)
+
+    def queued(self) -> int:
+        return self.balancer.queued()
+
+    async def submit(self, request_id: str, prompt_ids: list[int], params: SamplingParams,
+                     cache_salt: str | None = None) -> tuple[int, asyncio.Queue]:
+        """Send to the chosen rank; results (or a RankUnavailable) arrive on the queue."""
+        rank = self.balancer.choose(prompt_ids, cache_salt)
+        if rank is None:
+            raise RankUnavailable("no engine rank is available")
+        queue: asyncio.Queue = asyncio.Queue()
+        self.queues[request_id] = queue
+        self.rank_of[request_id] = rank
+        self.ranks[rank].requests.add(request_id)
+        await self.pushes[rank].send(encode(EngineRequest(
+            request_id, prompt_ids, params, cache_salt, self.client_index)))
+        return rank, queue
+
+    def release(self, request_id: str) -> None:
+        """Forget a request that has ended (late engine messages for it are dropped)."""
+        self.queues.pop(request_id, None)
+        rank = self.rank_of.pop(request_id, None)
+        if rank is not None:
+            self.ranks[rank].requests.discard(request_id)
+
+    async def abort(self, request_id: str, sequences: list[int] | None = None) -> None:
+        """Stop a whole request, or some of its sequences, in its engine."""
+        rank = self.rank_of.get(request_id)
+        if rank is None or not self.ranks[rank].alive:
+            return
+        message = (AbortRequests([request_id]) if sequences is None
+                   else AbortRequests(sequences=[(request_id, i) for i in sequences]))
+        await self.pushes[rank].send(encode(message))
+
+    def rank_down(self, index: int, reason: str) -> None:
+        """Mark a rank dead and end each of its requests with RankUnavailable."""
+        rank = self.ranks[index]
+        rank.alive, rank.reason = False, reason
+        self.balancer.alive[index] = False
+        logger.error("engine rank %d is down (%s); failing its %d requests", index, reason,
+                     len(rank.requests))
+        for request_id in list(rank.requests):
+            self._deliver(request_id, RankUnavailable(f"engine rank {index} went down: {reason}"))
+
+    def close(self) -> None:
+        if self._reader is not None:
+            self._reader.cancel()
+        for sock in [self.pull, *self.pushes]:
+            sock.close(0)
+        self.ctx.term()

@@ -1,0 +1,141 @@
+"""One request's journey through the API server: submit to a rank, follow the engine's token
+deltas, turn them into text (stop strings included), count usage, and always end.
+
+Every path ends the request: finished sequences, an error (which becomes an HTTP error or a
+final SSE error event), or a cancel (client gone), which aborts it in the engine.
+"""
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import AsyncIterator
+
+from bastion.engine.sampling_params import SamplingParams
+from bastion.server import metrics
+from bastion.server.detokenizer import SequenceText
+from bastion.server.engine_client import EngineClient, RankUnavailable
+from bastion.server.errors import APIError
+from bastion.transport.messages import Logprob, RequestError, SequenceOutput
+
+
+@dataclass
+class SequenceDelta:
+    """What one sequence gained since the last delta."""
+
+    index: int
+    text: str
+    token_ids: list[int]
+    logprobs: list[Logprob]
+    finish_reason: str | None = None
+
+
+@dataclass
+class SequenceState:
+    index: int
+    text: SequenceText
+    token_ids: list[int] = field(default_factory=list)
+    logprobs: list[Logprob] = field(default_factory=list)
+    finish_reason: str | None = None
+
+
+class Generation:
+    """Follows one submitted request; iterate `deltas()` or await `collect()` once."""
+
+    def __init__(self, client: EngineClient, backend, prompt_ids: list[int], params: SamplingParams,
+                 stops: list[str], route: str, cache_salt: str | None = None) -> None:
+        self.client, self.prompt_ids, self.params = client, prompt_ids, params
+        self.route, self.cache_salt = route, cache_salt
+        self.request_id = f"{client.client_index}-{uuid.uuid4().hex}"
+        self.seqs = [SequenceState(i, SequenceText(backend, prompt_ids, stops, params.skip_special_tokens))
+                     for i in range(params.n)]
+        self.num_cached_tokens = 0
+        self.started = time.monotonic()
+        self._last_token_at: float | None = None
+        self._queue: asyncio.Queue | None = None
+        self._ended = False
+
+    @property
+    def prompt_tokens(self) -> int:
+        return len(self.prompt_ids)
+
+    @property
+    def completion_tokens(self) -> int:
+        return sum(len(s.token_ids) for s in self.seqs)
+
+    def usage(self) -> dict:
+        return {"prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens,
+                "total_tokens": self.prompt_tokens + self.completion_tokens,
+                "prompt_tokens_details": {"cached_tokens": self.num_cached_tokens}}
+
+    async def submit(self) -> None:
+        """Send the request to a rank; a 503 when none is up."""
+        try:
+            _, self._queue = await self.client.submit(self.request_id, self.prompt_ids, self.params,
+                                                      self.cache_salt)
+        except RankUnavailable as exc:
+            self._end()
+            raise APIError(503, str(exc)) from None
+
+    async def deltas(self) -> AsyncIterator[list[SequenceDelta]]:
+        """Deltas for every sequence until all have finished."""
+        assert self._queue is not None, "submit() first"
+        try:
+            while any(s.finish_reason is None for s in self.seqs):
+                items = [await self._queue.get()]
+                while not self._queue.empty():
+                    items.append(self._queue.get_nowait())
+                deltas = [d for item in items if (d := await self._apply(item)) is not None]
+                if deltas:
+                    yield deltas
+        finally:
+            if any(s.finish_reason is None for s in self.seqs):
+                await self.client.abort(self.request_id)
+            self._end()
+
+    async def collect(self) -> list[SequenceState]:
+        async for _ in self.deltas():
+            pass
+        return self.seqs
+
+    async def _apply(self, item) -> SequenceDelta | None:
+        if isinstance(item, RankUnavailable):
+            raise APIError(503, f"{item}; the request was not completed")
+        if isinstance(item, RequestError):
+            raise APIError(400, item.message)
+        assert isinstance(item, SequenceOutput)
+        seq = self.seqs[item.index]
+        if seq.finish_reason is not None:
+            return None  # NOTE: the engine's abort echo after a stop string ended it here
+        self._observe_tokens(len(item.new_token_ids))
+        self.num_cached_tokens = max(self.num_cached_tokens, item.num_cached_tokens)
+        seq.token_ids += item.new_token_ids
+        seq.logprobs += item.new_logprobs
+        seq.text.add(item.new_token_ids)
+        if seq.text.stopped_by is not None:
+            seq.finish_reason = "stop"
+            await self.client.abort(self.request_id, [seq.index])
+        elif item.finish_reason is not None:
+            seq.finish_reason = item.finish_reason
+        text = seq.text.release(final=seq.finish_reason is not None)
+        return SequenceDelta(seq.index, text, item.new_token_ids, item.new_logprobs, seq.finish_reason)
+
+    def _observe_tokens(self, count: int) -> None:
+        if not count:
+            return
+        now = time.monotonic()
+        if self._last_token_at is None:
+            metrics.TIME_TO_FIRST_TOKEN.observe(now - self.started)
+        else:
+            metrics.INTER_TOKEN_LATENCY.observe(now - self._last_token_at)
+        self._last_token_at = now
+
+    def _end(self) -> None:
+        if self._ended:
+            return
+        self._ended = True
+        self.client.release(self.request_id)
+        metrics.PROMPT_TOKENS.inc(self.prompt_tokens)
+        metrics.GENERATION_TOKENS.inc(self.completion_tokens)
+        metrics.E2E_LATENCY.observe(time.monotonic() - self.started)

@@ -1,0 +1,70 @@
+"""Routes that generate nothing: models, tokenize/detokenize, health, version, metrics."""
+from __future__ import annotations
+
+import time
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST
+
+from bastion import __version__
+from bastion.server import metrics
+from bastion.server.errors import APIError
+from bastion.server.protocol import DetokenizeRequest, TokenizeRequest
+from bastion.server.state import ServerState
+
+router = APIRouter()
+_STARTED = int(time.time())
+
+
+def _state(request: Request) -> ServerState:
+    return request.app.state.bastion
+
+
+@router.get("/v1/models")
+async def models(request: Request) -> dict:
+    state = _state(request)
+    data = [{"id": name, "object": "model", "created": _STARTED, "owned_by": "bastion",
+             "root": state.model_name, "max_model_len": state.max_model_len}
+            for name in state.config.served_model_names]
+    return {"object": "list", "data": data}
+
+
+@router.post("/tokenize")
+async def tokenize(body: TokenizeRequest, request: Request) -> dict:
+    state = _state(request)
+    state.check_model(body.model)
+    if (body.prompt is None) == (body.messages is None):
+        raise APIError(400, "give exactly one of 'prompt' or 'messages'", "prompt")
+    if body.messages is not None:
+        tokens = state.chat_prompt(body.messages, body.add_generation_prompt)
+    else:
+        tokens = state.text_prompt(body.prompt, body.add_special_tokens)
+    return {"count": len(tokens), "max_model_len": state.max_model_len, "tokens": tokens}
+
+
+@router.post("/detokenize")
+async def detokenize(body: DetokenizeRequest, request: Request) -> dict:
+    state = _state(request)
+    state.check_model(body.model)
+    state.check_ids(body.tokens, "tokens")
+    return {"prompt": state.backend.decode(body.tokens, skip_special_tokens=False)}
+
+
+@router.get("/health")
+async def health(request: Request) -> JSONResponse:
+    ranks = [{"rank": r.index, "state": "ready" if r.alive else "down",
+              **({"reason": r.reason} if not r.alive else {})} for r in _state(request).client.ranks]
+    ok = all(r["state"] == "ready" for r in ranks)
+    return JSONResponse({"status": "ok" if ok else "unavailable", "ranks": ranks},
+                        status_code=200 if ok else 503)
+
+
+@router.get("/version")
+async def version() -> dict:
+    return {"version": __version__}
+
+
+@router.get("/metrics")
+async def prometheus_metrics() -> Response:
+    return Response(metrics.exposition(), media_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,57 @@
+"""Prometheus metrics of the API servers (prometheus-client, multi-process mode).
+
+The launcher gives every API server the same private PROMETHEUS_MULTIPROC_DIR before this
+module is imported, so `/metrics`, whichever process answers it, reports the whole server.
+Per-rank gauges come from the load the engines publish (the most recent value wins).
+"""
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import multiprocess
+
+from bastion.transport.messages import EngineLoad
+
+_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+_ITL_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5)
+
+REQUESTS = Counter("bastion_http_requests_total", "HTTP requests by route and status code",
+                   ["route", "status"])
+PROMPT_TOKENS = Counter("bastion_prompt_tokens_total", "Prompt tokens of finished requests")
+GENERATION_TOKENS = Counter("bastion_generation_tokens_total", "Generated tokens")
+TIME_TO_FIRST_TOKEN = Histogram("bastion_time_to_first_token_seconds",
+                                "Time from submission to the first token", buckets=_LATENCY_BUCKETS)
+INTER_TOKEN_LATENCY = Histogram("bastion_inter_token_latency_seconds",
+                                "Time between consecutive token deliveries", buckets=_ITL_BUCKETS)
+E2E_LATENCY = Histogram("bastion_e2e_request_latency_seconds",
+                        "Time from submission to the end of a request", buckets=_LATENCY_BUCKETS)
+RANK_REQUESTS = Counter("bastion_rank_requests_total", "Requests sent to each engine rank", ["rank"])
+RANK_UP = Gauge("bastion_engine_up", "1 while an engine rank is alive", ["rank"],
+                multiprocess_mode="mostrecent")
+RUNNING = Gauge("bastion_num_requests_running", "Sequences running in an engine rank", ["rank"],
+                multiprocess_mode="mostrecent")
+WAITING = Gauge("bastion_num_requests_waiting", "Sequences waiting in an engine rank", ["rank"],
+                multiprocess_mode="mostrecent")
+KV_USAGE = Gauge("bastion_kv_cache_usage_ratio", "Fraction of an engine rank's KV blocks in use",
+                 ["rank"], multiprocess_mode="mostrecent")
+PREFIX_HIT_RATE = Gauge("bastion_prefix_cache_hit_rate",
+                        "Prompt tokens found in an engine rank's prefix cache / tokens looked up",
+                        ["rank"], multiprocess_mode="mostrecent")
+
+
+def record_load(rank: int, load: EngineLoad) -> None:
+    label = str(rank)
+    RUNNING.labels(label).set(load.num_running)
+    WAITING.labels(label).set(load.num_waiting)
+    KV_USAGE.labels(label).set(load.kv_cache_usage)
+    PREFIX_HIT_RATE.labels(label).set(load.prefix_cache_hit_rate)
+
+
+def record_rank_up(rank: int, up: bool) -> None:
+    RANK_UP.labels(str(rank)).set(1 if up else 0)
+
+
+def exposition() -> bytes:
+    """The text format of every API server's metrics together."""
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry)
+    return generate_latest(registry)

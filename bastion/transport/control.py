@@ -1,0 +1,158 @@
+"""The launcher <-> child wire: length-prefixed msgpack frames over the child's stdin/stdout.
+
+A child's stdin is its spawn and control pipe: the first frame is its spec (its whole
+configuration, so no setting or secret ever sits in argv), later frames are control messages.
+EOF on stdin means the launcher is gone, and the child exits (no orphans). The child's original
+stdout carries only handshake frames; its stdout is re-pointed at stderr so stray prints cannot
+corrupt the handshake. No pickle anywhere.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import struct
+import threading
+from typing import BinaryIO, Callable, Union
+
+import msgspec
+
+from bastion.config import EngineConfig, ServerConfig
+
+logger = logging.getLogger(__name__)
+
+MAX_CONTROL_FRAME = 16 * 2**20
+_LEN = struct.Struct(">I")
+
+
+class EngineSpec(msgspec.Struct, tag="engine_spec"):
+    """Everything an engine child needs: its rank, its config and its private ipc directory."""
+
+    index: int
+    config: EngineConfig
+    ipc_dir: str
+
+
+class EngineEndpoint(msgspec.Struct):
+    """How an API server reaches one engine rank."""
+
+    index: int
+    input_endpoint: str
+    pid: int
+
+
+class ApiServerSpec(msgspec.Struct, tag="api_spec"):
+    """Everything an API-server child needs; `listen_fd` is the shared socket it inherits."""
+
+    index: int
+    server: ServerConfig
+    model_path: str
+    max_model_len: int
+    vocab_size: int
+    engines: list[EngineEndpoint]
+    listen_fd: int
+    ipc_dir: str
+    metrics_dir: str
+
+
+class EngineReady(msgspec.Struct, tag="engine_ready"):
+    engine_index: int
+    input_endpoint: str
+    max_model_len: int
+    num_kv_blocks: int
+    vocab_size: int
+
+
+class ApiServerReady(msgspec.Struct, tag="api_ready"):
+    index: int
+
+
+class ChildFailed(msgspec.Struct, tag="failed"):
+    """A child could not start; `message` says why (it never holds a secret)."""
+
+    message: str
+
+
+class RankDown(msgspec.Struct, tag="rank_down"):
+    """Launcher -> API servers: engine rank `index` is gone; fail its requests now."""
+
+    index: int
+    reason: str
+
+
+ChildSpec = Union[EngineSpec, ApiServerSpec]
+Handshake = Union[EngineReady, ApiServerReady, ChildFailed]
+Control = RankDown
+
+_encoder = msgspec.msgpack.Encoder()
+_spec_decoder = msgspec.msgpack.Decoder(ChildSpec)
+_handshake_decoder = msgspec.msgpack.Decoder(Handshake)
+_control_decoder = msgspec.msgpack.Decoder(Control)
+
+
+def write_frame(fd: int, message: msgspec.Struct) -> None:
+    """Write one frame to a raw file descriptor (blocking, whole frame)."""
+    payload = _encoder.encode(message)
+    data = _LEN.pack(len(payload)) + payload
+    while data:
+        data = data[os.write(fd, data):]
+
+
+def read_frame(stream: BinaryIO) -> bytes | None:
+    """Read one frame's payload from a binary stream (raw or buffered); None on EOF."""
+    head = _read_exactly(stream, _LEN.size)
+    if head is None:
+        return None
+    (size,) = _LEN.unpack(head)
+    if size > MAX_CONTROL_FRAME:
+        raise ValueError(f"control frame of {size} bytes is over the {MAX_CONTROL_FRAME}-byte limit")
+    return _read_exactly(stream, size)
+
+
+def _read_exactly(stream: BinaryIO, size: int) -> bytes | None:
+    data = b""
+    while len(data) < size:
+        chunk = stream.read(size - len(data))
+        if not chunk:
+            return None
+        data += chunk
+    return data
+
+
+def decode_spec(payload: bytes) -> ChildSpec:
+    return _spec_decoder.decode(payload)
+
+
+def decode_handshake(payload: bytes) -> Handshake:
+    return _handshake_decoder.decode(payload)
+
+
+def decode_control(payload: bytes) -> Control:
+    return _control_decoder.decode(payload)
+
+
+class ControlWatch:
+    """Reads control frames in a thread; exits the process the moment the launcher goes away.
+
+    Started first thing in every child, so even a child still loading exits on EOF. Messages go
+    to `handler` once the child sets one (none can matter before it is ready).
+    """
+
+    def __init__(self, stdin: BinaryIO) -> None:
+        self.stdin = stdin
+        self.handler: Callable | None = None
+        threading.Thread(target=self._loop, name="control", daemon=True).start()
+
+    def _loop(self) -> None:
+        while True:
+            try:
+                payload = read_frame(self.stdin)
+            except (OSError, ValueError):
+                payload = None
+            if payload is None:
+                os._exit(1)  # NOTE: the launcher is gone; nothing to drain for (no orphans)
+            handler = self.handler
+            if handler is not None:
+                try:
+                    handler(decode_control(payload))
+                except Exception:  # a bad frame must not kill the watch
+                    logger.exception("ignored a control frame")
