@@ -10,6 +10,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 
 from bastion.model.demo import DEMO_MODEL_DIR  # noqa: E402
+from server_process import ServerProcess  # noqa: E402
 from tiny_models import make_tiny_model  # noqa: E402
 
 
@@ -54,3 +55,12 @@ class HFReference:
 @pytest.fixture(scope="session")
 def hf_reference() -> HFReference:
     return HFReference()
+
+
+@pytest.fixture(scope="session")
+def shared_server():
+    """One real server for the API tests: the demo model as "demo", -dp 2, 2 API servers."""
+    proc = ServerProcess("-dp", "2", "--api-server-count", "2", "--dtype", "float32",
+                         "--served-model-name", "demo", "other-name")
+    yield proc
+    proc.kill()

@@ -30,6 +30,10 @@ class SequenceDelta:
     logprobs: list[Logprob]
     finish_reason: str | None = None
 
+    def merge(self, later: "SequenceDelta") -> "SequenceDelta":
+        return SequenceDelta(self.index, self.text + later.text, self.token_ids + later.token_ids,
+                             self.logprobs + later.logprobs, later.finish_reason)
+
 
 @dataclass
 class SequenceState:
@@ -72,11 +76,12 @@ class Generation:
     async def submit(self) -> None:
         """Send the request to a rank; a 503 when none is up."""
         try:
-            _, self._queue = await self.client.submit(self.request_id, self.prompt_ids, self.params,
-                                                      self.cache_salt)
+            rank, self._queue = await self.client.submit(self.request_id, self.prompt_ids,
+                                                         self.params, self.cache_salt)
         except RankUnavailable as exc:
             self._end()
             raise APIError(503, str(exc)) from None
+        metrics.RANK_REQUESTS.labels(str(rank)).inc()
 
     async def deltas(self) -> AsyncIterator[list[SequenceDelta]]:
         """Deltas for every sequence until all have finished."""
@@ -86,9 +91,13 @@ class Generation:
                 items = [await self._queue.get()]
                 while not self._queue.empty():
                     items.append(self._queue.get_nowait())
-                deltas = [d for item in items if (d := await self._apply(item)) is not None]
-                if deltas:
-                    yield deltas
+                merged: dict[int, SequenceDelta] = {}
+                for item in items:
+                    delta = await self._apply(item)
+                    if delta is not None:
+                        merged[delta.index] = merged[delta.index].merge(delta) if delta.index in merged else delta
+                if merged:
+                    yield list(merged.values())
         finally:
             if any(s.finish_reason is None for s in self.seqs):
                 await self.client.abort(self.request_id)

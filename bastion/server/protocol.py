@@ -19,7 +19,8 @@ MAX_STOP_STRINGS = 16
 
 
 class _Body(BaseModel):
-    model_config = ConfigDict(strict=True, extra="ignore")
+    # NOTE: "allow" keeps unknown top-level fields visible to refuse_unsupported(); they are unused.
+    model_config = ConfigDict(strict=True, extra="allow")
 
 
 class _Fixed(BaseModel):
