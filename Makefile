@@ -1,12 +1,13 @@
-# Set-up and everyday commands. `make test` works on a fresh clone: it creates .venv,
-# installs the pinned CPU torch first (an unpinned one would pull CUDA wheels), then bastion.
+# Set-up and everyday commands. `make serve` and `make test` work on a fresh clone: they create
+# .venv, install the pinned CPU torch first (an unpinned one would pull CUDA wheels), then bastion.
+# `make serve SERVE_ARGS="/path/to/model -dp 2"` passes flags to `bastion serve`.
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 TORCH  ?= torch==2.13.0
 STAMP  := $(VENV)/.installed
 
-.PHONY: install test generate clean
+.PHONY: install serve test generate clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -17,6 +18,9 @@ $(STAMP): $(BIN)/python pyproject.toml
 	touch $(STAMP)
 
 install: $(STAMP)
+
+serve: install
+	$(BIN)/bastion serve $(SERVE_ARGS)
 
 test: install
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

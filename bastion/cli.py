@@ -49,6 +49,12 @@ def _bench(args: argparse.Namespace) -> int:
     return run_throughput_bench(args)
 
 
+def _bench_serve(args: argparse.Namespace) -> int:
+    from bastion.bench.serve import run_serve_bench
+
+    return run_serve_bench(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="bastion", description=__doc__)
     parser.add_argument("--version", action="version", version=f"bastion {__version__}")
@@ -88,6 +94,11 @@ def build_parser() -> argparse.ArgumentParser:
     add_throughput_args(tp)
     add_engine_args(tp)
     tp.set_defaults(func=_bench)
+    from bastion.bench.serve import add_serve_bench_args
+    sv = bench_sub.add_parser("serve", help="load a server over the OpenAI API (optionally vs offline)")
+    add_serve_bench_args(sv)
+    add_engine_args(sv)
+    sv.set_defaults(func=_bench_serve)
     return parser
 
 

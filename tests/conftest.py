@@ -59,8 +59,8 @@ def hf_reference() -> HFReference:
 
 @pytest.fixture(scope="session")
 def shared_server():
-    """One real server for the API tests: the demo model as "demo", -dp 2, 2 API servers."""
+    """The API tests' server: the demo model as "demo" and "bastion-demo", -dp 2, 2 API servers."""
     proc = ServerProcess("-dp", "2", "--api-server-count", "2", "--dtype", "float32",
-                         "--served-model-name", "demo", "other-name")
+                         "--served-model-name", "demo", "bastion-demo")
     yield proc
     proc.kill()

@@ -125,7 +125,7 @@ def test_n_stop_strings_and_logprobs(client, offline):
 
 
 def test_models_tokenize_detokenize_health_version(server, client):
-    assert [m.id for m in client.models.list().data] == [MODEL, "other-name"]
+    assert [m.id for m in client.models.list().data] == [MODEL, "bastion-demo"]
     ids = httpx.post(f"{server.url}/tokenize", json={"prompt": "The function returns"}).json()
     assert ids["count"] == len(ids["tokens"]) and ids["max_model_len"] == 2048
     text = httpx.post(f"{server.url}/detokenize", json={"tokens": ids["tokens"]}).json()["prompt"]
@@ -134,7 +134,7 @@ def test_models_tokenize_detokenize_health_version(server, client):
     assert health.status_code == 200
     assert health.json()["ranks"] == [{"rank": 0, "state": "ready"}, {"rank": 1, "state": "ready"}]
     assert httpx.get(f"{server.url}/version").json()["version"]
-    r = client.completions.create(model="other-name", prompt="A", max_tokens=2)
+    r = client.completions.create(model="bastion-demo", prompt="A", max_tokens=2)
     assert r.model == MODEL
 
 
@@ -169,3 +169,20 @@ def test_client_disconnect_aborts_and_frees_blocks(server):
     assert running == 0 and usage == 0
     after = server.wait_for_metric("bastion_generation_tokens_total", lambda v: v > generated)
     assert 3 <= after - generated < 2000, "the request was aborted, not run to the end"
+
+
+def test_readme_curl_one_liners_work_as_written(shared_server):
+    from pathlib import Path
+    import shlex
+    import subprocess
+
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    commands = [line for line in readme.splitlines() if line.startswith("curl http://127.0.0.1:8000/")]
+    assert len(commands) >= 4
+    host = shared_server.url.split("//", 1)[1]
+    for command in commands:
+        argv = shlex.split(command.replace("127.0.0.1:8000", host))  # the test server's own port
+        out = subprocess.run([*argv, "-sS", "--fail-with-body"], capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0, (command, out.stdout, out.stderr)
+        body = json.loads(out.stdout)
+        assert "error" not in body and (body.get("choices") or body.get("text") or body.get("status") == "ok")

@@ -48,4 +48,16 @@ def write_synthetic_110m(out: Path, seed: int = 0) -> Path:
     torch.manual_seed(seed)
     model = LlamaForCausalLM(config).to(torch.bfloat16)
     model.save_pretrained(out, safe_serialization=True)
+    write_word_tokenizer(out, config.vocab_size)
     return out
+
+
+def write_word_tokenizer(out: Path, vocab_size: int) -> None:
+    """A tokenizer whose token i is the word `t<i>`, so a server can run a weights-only model."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.WordLevel({f"t{i}": i for i in range(vocab_size)}, unk_token="t0"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="t0", bos_token="t1",
+                            eos_token="t2").save_pretrained(out)

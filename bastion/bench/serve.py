@@ -1,0 +1,197 @@
+"""`bastion bench serve`: load a running server through the OpenAI API and report throughput
+and latency; with `--compare-offline`, start a server itself and run the same workload through
+the offline engine in the same run (same requests, same concurrency), printing the ratio.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import resource
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+from bastion.bench.serve_load import LoadSettings, run_load, summarize
+from bastion.bench.workloads import BenchRequest, mixed_workload, shared_prefix_workload
+from bastion.engine_args import engine_kwargs
+
+PROMPT_VOCAB = 4096
+
+
+def add_serve_bench_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--url", default=None, help="base URL of a running server, e.g. http://127.0.0.1:8000")
+    parser.add_argument("--api-key", default=None,
+                        help="bearer key (visible in the process list; prefer BASTION_API_KEY)")
+    parser.add_argument("--served-model", default=None, help="model name to request (default: the server's first)")
+    parser.add_argument("--concurrency", type=int, default=64, help="requests in flight at once")
+    parser.add_argument("--request-rate", type=float, default=None,
+                        help="Poisson arrivals per second instead of a closed loop (still capped by --concurrency)")
+    parser.add_argument("--workload", choices=["mixed", "shared-prefix"], default="mixed",
+                        help="mixed: prompts 32-512 and outputs 16-256 tokens; shared-prefix: a 384-token "
+                             "prefix, 32 own tokens, 64 new tokens")
+    parser.add_argument("--num-requests", type=int, default=None, help="default 128 (mixed) / 64 (shared-prefix)")
+    parser.add_argument("--max-tokens", type=int, default=None, help="every request generates exactly this many tokens")
+    parser.add_argument("--workload-seed", type=int, default=0)
+    parser.add_argument("--compare-offline", action="store_true",
+                        help="start a server on --model, then run the same workload offline")
+    parser.add_argument("--model", default=None, help="model folder for --compare-offline (default: the demo model)")
+    parser.add_argument("--synthetic-110m", action="store_true",
+                        help="with --compare-offline: a random ~110M Llama (with a word tokenizer)")
+    parser.add_argument("--json", default=None, metavar="PATH", help="write the results as JSON")
+
+
+def workload(args: argparse.Namespace, vocab: int) -> list[BenchRequest]:
+    if args.workload == "mixed":
+        reqs = mixed_workload(args.num_requests or 128, vocab, args.workload_seed)
+    else:
+        reqs = shared_prefix_workload(args.num_requests or 64, vocab, args.workload_seed)
+    if args.max_tokens:
+        reqs = [BenchRequest(r.prompt_token_ids, args.max_tokens) for r in reqs]
+    return reqs
+
+
+def _served_model(url: str, api_key: str | None) -> str:
+    import httpx
+
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    return httpx.get(f"{url}/v1/models", headers=headers, timeout=30).json()["data"][0]["id"]
+
+
+def measure_serving(url: str, args: argparse.Namespace, reqs: list[BenchRequest]) -> dict:
+    api_key = args.api_key or os.environ.get("BASTION_API_KEY")
+    model = args.served_model or _served_model(url, api_key)
+    settings = LoadSettings(url.rstrip("/"), model, api_key, args.concurrency, args.request_rate)
+    warm = mixed_workload(4, PROMPT_VOCAB, seed=99, prompt_range=(16, 64), output_range=(4, 8))
+    asyncio.run(run_load(settings, warm))
+    cpu_before = _cpu_seconds()
+    results, seconds = asyncio.run(run_load(settings, reqs))
+    summary = summarize(results, seconds)
+    summary["client_cpu_seconds"] = round(_cpu_seconds() - cpu_before, 2)
+    print(f"serving: {summary['requests_per_s']:.2f} req/s, {summary['output_tokens_per_s']:.1f} output tok/s, "
+          f"{summary['errors']} errors, {len(reqs)} requests at concurrency {args.concurrency} "
+          f"(the load generator used {summary['client_cpu_seconds']} CPU-s in {summary['seconds']} s)")
+    for name in ("ttft_ms", "itl_ms", "e2e_ms"):
+        p = summary[name]
+        print(f"  {name[:-3]:5s} p50 {p['p50']:9.1f} ms  p90 {p['p90']:9.1f} ms  p99 {p['p99']:9.1f} ms")
+    return summary
+
+
+def _cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def run_serve_bench(args: argparse.Namespace) -> int:
+    if args.compare_offline == bool(args.url):
+        raise ValueError("give either --url URL (a running server) or --compare-offline")
+    if args.concurrency < 1:
+        raise ValueError(f"--concurrency must be at least 1, got {args.concurrency}")
+    if args.compare_offline:
+        with tempfile.TemporaryDirectory(prefix="bastion-bench-") as tmp:
+            result = compare_offline(args, Path(tmp))
+    else:
+        result = measure_serving(args.url, args, workload(args, PROMPT_VOCAB))
+    result.update(workload=args.workload, concurrency=args.concurrency, request_rate=args.request_rate)
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+        print(f"results written to {args.json}")
+    return 0 if result.get("errors", 0) == 0 else 1
+
+
+def compare_offline(args: argparse.Namespace, tmp: Path) -> dict:
+    model = args.model
+    if args.synthetic_110m:
+        from bastion.bench.workloads import write_synthetic_110m
+        model = str(write_synthetic_110m(tmp / "synthetic-110m"))
+    elif model is None:
+        from bastion.model.demo import default_model_path
+        model = str(default_model_path())
+    from bastion.model.arch import read_arch_config
+    reqs = workload(args, min(read_arch_config(model).vocab_size, 32000))
+    with _Server(model, args) as url:
+        result = measure_serving(url, args, reqs)
+    offline = measure_offline(model, args, reqs)
+    ratio = round(result["output_tokens_per_s"] / offline, 3) if offline else None
+    print(f"offline: {offline:.1f} output tok/s at concurrency {args.concurrency}")
+    print(f"serving / offline: {ratio}")
+    result.update(offline_output_tokens_per_s=round(offline, 2), serving_over_offline=ratio,
+                  model="synthetic-110m" if args.synthetic_110m else model)
+    return result
+
+
+def measure_offline(model: str, args: argparse.Namespace, reqs: list[BenchRequest]) -> float:
+    """The same requests through an in-process engine, at most --concurrency at a time."""
+    from bastion.bench.throughput import _warmup_requests, run_bastion
+    from bastion.engine.core import EngineCore
+    from bastion.engine.sampling_params import SamplingParams
+    from bastion.engine_args import engine_config
+
+    engine = EngineCore(engine_config(model, args))
+    run_bastion(engine, _warmup_requests(engine.limits.vocab_size), prefix="warm")
+    engine.blocks.reset_prefix_cache()
+    queue = list(enumerate(reqs))[::-1]
+
+    def add_next() -> None:
+        i, r = queue.pop()
+        engine.add_request(str(i), r.prompt_token_ids,
+                           SamplingParams(temperature=0, max_tokens=r.output_len, ignore_eos=True))
+    started = time.perf_counter()
+    for _ in range(min(args.concurrency, len(queue))):
+        add_next()
+    produced = 0
+    while engine.has_unfinished:
+        for out in engine.step():
+            produced += len(out.new_token_ids)
+            if out.finished and queue:
+                add_next()
+    return produced / (time.perf_counter() - started)
+
+
+class _Server:
+    """`bastion serve MODEL --port 0` with the bench's engine flags, for --compare-offline."""
+
+    def __init__(self, model: str, args: argparse.Namespace) -> None:
+        self.cmd = [sys.executable, "-m", "bastion.cli", "serve", model, "--port", "0",
+                    *engine_flags(args)]
+
+    def __enter__(self) -> str:
+        self.proc = subprocess.Popen(self.cmd, stdout=subprocess.PIPE, text=True)
+        found: list[str] = []
+        reader = threading.Thread(target=lambda: found.extend(
+            line.split(" on ", 1)[1].split()[0] for line in self.proc.stdout if " on http" in line))
+        reader.daemon = True
+        reader.start()
+        deadline = time.monotonic() + 600
+        while not found and self.proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if not found:
+            self.__exit__()
+            raise RuntimeError("the benchmark's server did not start (see its log above)")
+        return found[0]
+
+    def __exit__(self, *exc) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def engine_flags(args: argparse.Namespace) -> list[str]:
+    """The engine flags given to the bench, as `bastion serve` arguments."""
+    flags = []
+    for name, value in engine_kwargs(args).items():
+        flag = "--" + name.replace("_", "-")
+        if isinstance(value, bool):
+            flags.append(flag if value else flag.replace("--", "--no-", 1))
+        elif value is not None:
+            flags += [flag, str(value)]
+    return flags

@@ -1,0 +1,120 @@
+"""An async load generator for an OpenAI-compatible server: streamed completions of token-id
+prompts, closed-loop (fixed concurrency) or open-loop (Poisson arrivals), with latency stats.
+
+It uses raw httpx and parses only what it measures, so the client costs the server's CPU as
+little as possible on a small machine.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import time
+from dataclasses import dataclass, field
+
+import httpx
+
+from bastion.bench.workloads import BenchRequest
+
+
+@dataclass
+class RequestResult:
+    ok: bool
+    output_tokens: int = 0
+    ttft: float | None = None
+    itls: list[float] = field(default_factory=list)
+    e2e: float = 0.0
+    error: str = ""
+
+
+@dataclass(frozen=True)
+class LoadSettings:
+    url: str
+    model: str
+    api_key: str | None = None
+    concurrency: int = 64
+    request_rate: float | None = None
+    timeout: float = 600.0
+    seed: int = 0
+
+
+async def _one(http: httpx.AsyncClient, s: LoadSettings, req: BenchRequest) -> RequestResult:
+    body = {"model": s.model, "prompt": req.prompt_token_ids, "max_tokens": req.output_len,
+            "temperature": 0, "ignore_eos": True, "stream": True,
+            "stream_options": {"include_usage": True}}
+    started = time.perf_counter()
+    result = RequestResult(ok=False)
+    last = None
+    try:
+        async with http.stream("POST", f"{s.url}/v1/completions", json=body) as r:
+            if r.status_code != 200:
+                result.error = f"HTTP {r.status_code}: {(await r.aread())[:200]!r}"
+                return result
+            async for line in r.aiter_lines():
+                if not line.startswith("data: ") or line == "data: [DONE]":
+                    continue
+                event = json.loads(line[6:])
+                if "error" in event:
+                    result.error = event["error"].get("message", "error event")
+                    return result
+                now = time.perf_counter()
+                if any(c.get("text") for c in event.get("choices", ())):
+                    if last is None:
+                        result.ttft = now - started
+                    else:
+                        result.itls.append(now - last)
+                    last = now
+                if event.get("usage"):
+                    result.output_tokens = event["usage"]["completion_tokens"]
+    except (httpx.HTTPError, ValueError) as exc:
+        result.error = f"{type(exc).__name__}: {exc}"
+        return result
+    result.e2e = time.perf_counter() - started
+    result.ok = result.output_tokens > 0
+    return result
+
+
+async def run_load(s: LoadSettings, reqs: list[BenchRequest]) -> tuple[list[RequestResult], float]:
+    """Send every request; return the results and the wall time of the whole run."""
+    headers = {"Authorization": f"Bearer {s.api_key}"} if s.api_key else {}
+    limits = httpx.Limits(max_connections=s.concurrency + 8, max_keepalive_connections=s.concurrency + 8)
+    async with httpx.AsyncClient(timeout=s.timeout, limits=limits, headers=headers) as http:
+        gate = asyncio.Semaphore(s.concurrency)
+        rng = random.Random(s.seed)
+
+        async def gated(req: BenchRequest) -> RequestResult:
+            async with gate:
+                return await _one(http, s, req)
+        started = time.perf_counter()
+        tasks = []
+        for req in reqs:
+            tasks.append(asyncio.create_task(gated(req)))
+            if s.request_rate:
+                await asyncio.sleep(rng.expovariate(s.request_rate))
+        results = await asyncio.gather(*tasks)
+        return list(results), time.perf_counter() - started
+
+
+def percentiles(values: list[float]) -> dict:
+    """p50/p90/p99 in milliseconds (nearest rank); zeros when there is nothing to rank."""
+    if not values:
+        return {"p50": 0.0, "p90": 0.0, "p99": 0.0}
+    ordered = sorted(values)
+
+    def pick(q: float) -> float:
+        return round(1000 * ordered[min(len(ordered) - 1, max(0, int(q * len(ordered) + 0.5) - 1))], 2)
+    return {"p50": pick(0.50), "p90": pick(0.90), "p99": pick(0.99)}
+
+
+def summarize(results: list[RequestResult], seconds: float) -> dict:
+    ok = [r for r in results if r.ok]
+    tokens = sum(r.output_tokens for r in ok)
+    return {"num_requests": len(results), "errors": len(results) - len(ok),
+            "seconds": round(seconds, 2),
+            "requests_per_s": round(len(ok) / seconds, 3) if seconds else 0.0,
+            "output_tokens_per_s": round(tokens / seconds, 2) if seconds else 0.0,
+            "output_tokens": tokens,
+            "ttft_ms": percentiles([r.ttft for r in ok if r.ttft is not None]),
+            "itl_ms": percentiles([x for r in ok for x in r.itls]),
+            "e2e_ms": percentiles([r.e2e for r in ok]),
+            "first_errors": sorted({r.error for r in results if not r.ok})[:3]}
