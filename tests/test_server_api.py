@@ -186,3 +186,22 @@ def test_readme_curl_one_liners_work_as_written(shared_server):
         assert out.returncode == 0, (command, out.stdout, out.stderr)
         body = json.loads(out.stdout)
         assert "error" not in body and (body.get("choices") or body.get("text") or body.get("status") == "ok")
+
+
+def test_a_non_streaming_client_that_disconnects_is_aborted_too(server):
+    import socket
+    from urllib.parse import urlsplit
+
+    generated = server.metric("bastion_generation_tokens_total")
+    parts = urlsplit(server.url)
+    body = json.dumps({"model": MODEL, "prompt": "The function returns", "max_tokens": 2000,
+                       "ignore_eos": True}).encode()
+    with socket.create_connection((parts.hostname, parts.port), timeout=30) as raw:
+        raw.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                    b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+        assert server.wait_for_metric("bastion_num_requests_running", lambda v: v >= 1) >= 1
+    running = server.wait_for_metric("bastion_num_requests_running", lambda v: v == 0)
+    usage = server.wait_for_metric("bastion_kv_cache_usage_ratio", lambda v: v == 0)
+    assert running == 0 and usage == 0
+    after = server.wait_for_metric("bastion_generation_tokens_total", lambda v: v > generated)
+    assert 1 <= after - generated < 2000, "the request was aborted, not run to the end"

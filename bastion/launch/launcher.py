@@ -82,8 +82,7 @@ class Launcher:
             spec = EngineSpec(i, rank_engine_config(cfg, i), ipc_dir)
             self.engines.append(Child(f"engine-{i}", spec, env=env))
         readies: list[EngineReady] = await_all(self.engines, cfg.engine_startup_timeout)
-        endpoints = [EngineEndpoint(r.engine_index, r.input_endpoint, e.pid)
-                     for r, e in zip(readies, self.engines)]
+        endpoints = [EngineEndpoint(r.engine_index, r.input_endpoint) for r in readies]
         max_len = min(r.max_model_len for r in readies)
         for j in range(cfg.parallel.api_server_count):
             spec = ApiServerSpec(j, cfg.server, cfg.model, max_len, readies[0].vocab_size, endpoints,

@@ -37,7 +37,6 @@ class EngineEndpoint(msgspec.Struct):
 
     index: int
     input_endpoint: str
-    pid: int
 
 
 class ApiServerSpec(msgspec.Struct, tag="api_spec"):
