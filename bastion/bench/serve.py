@@ -127,14 +127,10 @@ def compare_offline(args: argparse.Namespace, tmp: Path) -> dict:
 
 def measure_offline(model: str, args: argparse.Namespace, reqs: list[BenchRequest]) -> float:
     """The same requests through an in-process engine, at most --concurrency at a time."""
-    from bastion.bench.throughput import _warmup_requests, run_bastion
-    from bastion.engine.core import EngineCore
+    from bastion.bench.throughput import warm_engine
     from bastion.engine.sampling_params import SamplingParams
-    from bastion.engine_args import engine_config
 
-    engine = EngineCore(engine_config(model, args))
-    run_bastion(engine, _warmup_requests(engine.limits.vocab_size), prefix="warm")
-    engine.blocks.reset_prefix_cache()
+    engine = warm_engine(model, args)
     queue = list(enumerate(reqs))[::-1]
 
     def add_next() -> None:

@@ -50,7 +50,8 @@ def _warmup_requests(vocab: int) -> list[BenchRequest]:
     return mixed_workload(4, vocab, seed=99, prompt_range=(16, 64), output_range=(4, 8))
 
 
-def _engine(model: str, args: argparse.Namespace, **overrides):
+def warm_engine(model: str, args: argparse.Namespace, **overrides):
+    """An engine from the bench's engine flags, warmed up, with an empty prefix cache."""
     from bastion.engine.core import EngineCore
     from bastion.engine_args import engine_config
 
@@ -72,7 +73,7 @@ def _ratio(a: float | None, b: float | None) -> float | None:
 
 
 def bench_mixed(model: str, args: argparse.Namespace) -> dict:
-    engine = _engine(model, args)
+    engine = warm_engine(model, args)
     reqs = mixed_workload(args.num_requests or 128, engine.limits.vocab_size, args.workload_seed)
     tokens, secs, overhead = run_bastion(engine, reqs)
     ours = _rate(tokens, secs)
@@ -119,7 +120,7 @@ def _hf_rates(model: str, dtype, reqs: list[BenchRequest], batch_size: int):
 def bench_shared_prefix(model: str, args: argparse.Namespace) -> dict:
     rates = {}
     for caching in (True, False):
-        engine = _engine(model, args, enable_prefix_caching=caching)
+        engine = warm_engine(model, args, enable_prefix_caching=caching)
         reqs = shared_prefix_workload(args.num_requests or 64, engine.limits.vocab_size, args.workload_seed)
         tokens, secs, overhead = run_bastion(engine, reqs)
         rates[caching] = _rate(tokens, secs)

@@ -97,7 +97,6 @@ class Launcher:
         self.phase = "serving"
 
     def _watch(self) -> int:
-        down: set[int] = set()
         while not self.signals:
             watched = {c.sentinel: c for c in self.engines + self.api_servers if c.sentinel >= 0}
             ready, _, _ = select.select(list(watched), [], [], 0.25)
@@ -111,7 +110,6 @@ class Launcher:
                           f"log lines:\n{child.last_lines()}", file=sys.stderr)
                     return 1
                 index = self.engines.index(child)
-                down.add(index)
                 reason = f"engine-{index} exited with code {code}"
                 logger.error("%s; its ranks' requests fail, the other ranks keep serving", reason)
                 for api in self.api_servers:

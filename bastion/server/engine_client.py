@@ -17,7 +17,7 @@ from bastion.engine.sampling_params import SamplingParams
 from bastion.server.balancer import RankBalancer
 from bastion.transport import channel
 from bastion.transport.control import EngineEndpoint
-from bastion.transport.messages import (AbortRequests, ClientHello, EngineLoad, EngineOutputs,
+from bastion.transport.messages import (AbortRequests, ClientHello, EngineOutputs,
                                         EngineRequest, RequestError, SequenceOutput, decode, encode)
 
 logger = logging.getLogger(__name__)
@@ -33,7 +33,6 @@ class RankState:
     endpoint: str
     alive: bool = True
     reason: str = ""
-    load: EngineLoad | None = None
     requests: set[str] = field(default_factory=set)
 
 
@@ -72,12 +71,11 @@ class EngineClient:
                 self._deliver(message.request_id, message)
 
     def _on_outputs(self, message: EngineOutputs) -> None:
-        rank = self.ranks[message.engine_index]
-        if message.load is not None:
-            rank.load = message.load
-            self.balancer.on_load(rank.index, message.load.outstanding_tokens, message.load.num_waiting)
+        rank, load = message.engine_index, message.load
+        if load is not None:
+            self.balancer.on_load(rank, load.outstanding_tokens, load.num_waiting)
             for listener in self.load_listeners:
-                listener(rank.index, message.load)
+                listener(rank, load)
         for out in message.outputs:
             self._deliver(out.request_id, out)
 

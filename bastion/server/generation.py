@@ -48,9 +48,9 @@ class Generation:
     """Follows one submitted request; iterate `deltas()` or await `collect()` once."""
 
     def __init__(self, client: EngineClient, backend, prompt_ids: list[int], params: SamplingParams,
-                 stops: list[str], route: str, cache_salt: str | None = None) -> None:
+                 stops: list[str], cache_salt: str | None = None) -> None:
         self.client, self.prompt_ids, self.params = client, prompt_ids, params
-        self.route, self.cache_salt = route, cache_salt
+        self.cache_salt = cache_salt
         self.request_id = f"{client.client_index}-{uuid.uuid4().hex}"
         self.seqs = [SequenceState(i, SequenceText(backend, prompt_ids, stops, params.skip_special_tokens))
                      for i in range(params.n)]

@@ -29,9 +29,9 @@ async def chat_completions(body: ChatCompletionRequest, request: Request):
     body.refuse_unsupported()
     prompt = state.chat_prompt(body.messages, body.add_generation_prompt, body.continue_final_message)
     field = "max_completion_tokens" if body.max_completion_tokens is not None else "max_tokens"
-    budget = state.max_tokens(len(prompt), body.requested_max_tokens(), None, field)
+    budget = state.max_tokens(len(prompt), body.requested_max_tokens(), None, field, "messages")
     params = body.sampling_params(budget, body.requested_logprobs())
-    generation = await state.start_generation(prompt, params, body.stop_strings, "chat")
+    generation = await state.start_generation(prompt, params, body.stop_strings)
     reply = _Reply("chatcmpl", "chat.completion", state.model_name, body.logprobs, state)
     if body.stream:
         return sse_response(reply.chat_events(generation, body.include_usage))
@@ -49,7 +49,7 @@ async def completions(body: CompletionRequest, request: Request):
     state.check_ids(prompt_ids, "prompt")
     budget = state.max_tokens(len(prompt_ids), body.max_tokens, COMPLETIONS_DEFAULT_MAX_TOKENS)
     params = body.sampling_params(budget, body.logprobs)
-    generation = await state.start_generation(prompt_ids, params, body.stop_strings, "completions")
+    generation = await state.start_generation(prompt_ids, params, body.stop_strings)
     reply = _Reply("cmpl", "text_completion", state.model_name, body.logprobs is not None, state)
     if body.stream:
         return sse_response(reply.completion_events(generation, body.include_usage))
@@ -66,12 +66,19 @@ class _Reply:
         self.created = int(time.time())
         self.backend = state.backend
 
-    def envelope(self, choices: list[dict], usage: dict | None, chunk: bool = False) -> dict:
-        body = {"id": self.id, "object": self.kind + (".chunk" if chunk and self.kind == "chat.completion" else ""),
-                "created": self.created, "model": self.model, "choices": choices}
-        if usage is not None or not chunk:
+    def envelope(self, choices: list[dict], usage: dict) -> dict:
+        """A whole (non-streamed) response."""
+        return {"id": self.id, "object": self.kind, "created": self.created, "model": self.model,
+                "choices": choices, "usage": usage}
+
+    def chunk(self, choices: list[dict], include_usage: bool, usage: dict | None = None) -> str:
+        """One SSE event; with include_usage every chunk has `usage` (null but in the last)."""
+        kind = "chat.completion.chunk" if self.kind == "chat.completion" else self.kind
+        body = {"id": self.id, "object": kind, "created": self.created, "model": self.model,
+                "choices": choices}
+        if include_usage:
             body["usage"] = usage
-        return body
+        return sse(body)
 
     def _token(self, token_id: int) -> str:
         return self.backend.decode([token_id], skip_special_tokens=False)
@@ -108,15 +115,15 @@ class _Reply:
     async def chat_events(self, generation: Generation, include_usage: bool) -> AsyncIterator[str]:
         first = [{"index": i, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
                   "finish_reason": None} for i in range(len(generation.seqs))]
-        yield sse(self.envelope(first, None, chunk=True) | ({"usage": None} if include_usage else {}))
+        yield self.chunk(first, include_usage)
         async for deltas in generation.deltas():
             choices = [{"index": d.index, "delta": {"content": d.text} if d.text else {},
                         "logprobs": self.chat_logprobs(d.logprobs), "finish_reason": d.finish_reason}
                        for d in deltas if d.text or d.finish_reason or (self.logprobs and d.logprobs)]
             if choices:
-                yield sse(self.envelope(choices, None, chunk=True) | ({"usage": None} if include_usage else {}))
+                yield self.chunk(choices, include_usage)
         if include_usage:
-            yield sse(self.envelope([], generation.usage(), chunk=True))
+            yield self.chunk([], True, generation.usage())
 
     async def completion_events(self, generation: Generation, include_usage: bool) -> AsyncIterator[str]:
         offsets = [0] * len(generation.seqs)
@@ -128,9 +135,9 @@ class _Reply:
                 choices.append(self._completion_delta(d, offsets[d.index]))
                 offsets[d.index] += len(d.text)
             if choices:
-                yield sse(self.envelope(choices, None, chunk=True) | ({"usage": None} if include_usage else {}))
+                yield self.chunk(choices, include_usage)
         if include_usage:
-            yield sse(self.envelope([], generation.usage(), chunk=True))
+            yield self.chunk([], True, generation.usage())
 
     def _completion_delta(self, d: SequenceDelta, offset: int) -> dict:
         return {"index": d.index, "text": d.text, "logprobs": self.completion_logprobs(d.logprobs, offset),

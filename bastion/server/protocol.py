@@ -29,7 +29,6 @@ class _Fixed(BaseModel):
 
 class StreamOptions(_Fixed):
     include_usage: bool = False
-    continuous_usage_stats: bool = False
 
 
 PositiveInt = Annotated[int, Field(ge=1)]

@@ -60,7 +60,8 @@ async def generate(body: GenerateRequest, request: Request):
     sp = body.sampling_params
     requested = sp.max_new_tokens if sp.max_new_tokens is not None else body.max_tokens
     field = "sampling_params.max_new_tokens" if sp.max_new_tokens is not None else "max_tokens"
-    budget = state.max_tokens(len(prompt_ids), requested, DEFAULT_MAX_NEW_TOKENS, field)
+    budget = state.max_tokens(len(prompt_ids), requested, DEFAULT_MAX_NEW_TOKENS, field,
+                              "text" if body.text is not None else "input_ids")
     stops = [sp.stop] if isinstance(sp.stop, str) else list(sp.stop or [])
     if any(s == "" for s in stops):
         raise APIError(400, "stop strings must not be empty", "sampling_params.stop")
@@ -70,7 +71,7 @@ async def generate(body: GenerateRequest, request: Request):
         frequency_penalty=sp.frequency_penalty, repetition_penalty=sp.repetition_penalty,
         max_tokens=budget, min_tokens=sp.min_new_tokens, stop_token_ids=sp.stop_token_ids or [],
         ignore_eos=sp.ignore_eos, skip_special_tokens=sp.skip_special_tokens))
-    generation = await state.start_generation(prompt_ids, params, stops, "generate")
+    generation = await state.start_generation(prompt_ids, params, stops)
     if body.stream:
         return sse_response(_events(generation))
     seqs = await unless_disconnected(request, generation.collect())
@@ -85,13 +86,13 @@ def _result(generation: Generation, seq: SequenceState) -> dict:
 
 def _meta(generation: Generation, seq: SequenceState) -> dict:
     reason = None
-    if seq.finish_reason is not None:
+    if seq.finish_reason == "length":
+        reason = {"type": "length", "length": len(seq.token_ids)}
+    elif seq.finish_reason is not None:
         matched = seq.text.stopped_by
         if matched is None and seq.finish_reason == "stop" and seq.token_ids:
-            matched = seq.token_ids[-1]
+            matched = seq.token_ids[-1]  # the stop token the engine ended on
         reason = {"type": seq.finish_reason, "matched": matched}
-        if seq.finish_reason == "length":
-            reason = {"type": "length", "length": len(seq.token_ids)}
     return {"id": generation.request_id, "finish_reason": reason,
             "prompt_tokens": generation.prompt_tokens, "completion_tokens": len(seq.token_ids),
             "cached_tokens": generation.num_cached_tokens,

@@ -52,16 +52,15 @@ class ServerState:
                                 f"(size {self.vocab_size})", field)
 
     def max_tokens(self, prompt_len: int, requested: int | None, default: int | None,
-                   field: str = "max_tokens") -> int:
+                   field: str = "max_tokens", prompt_field: str = "prompt") -> int:
         """The completion budget; 400 naming both numbers when it cannot fit the context."""
         if prompt_len == 0:
-            raise APIError(400, "the prompt is empty: give at least one token", "prompt")
+            raise APIError(400, "the prompt is empty: give at least one token", prompt_field)
         room = self.max_model_len - prompt_len
         if room < 1:
             raise APIError(400, f"This model's maximum context length is {self.max_model_len} "
                                 f"tokens, but the prompt has {prompt_len} tokens; shorten the prompt.",
-                           "messages" if field == "max_completion_tokens" else "prompt",
-                           "context_length_exceeded")
+                           prompt_field, "context_length_exceeded")
         if requested is None:
             return room if default is None else min(default, room)
         if requested > room:
@@ -83,8 +82,8 @@ class ServerState:
                            headers={"Retry-After": RETRY_AFTER_SECONDS})
 
     async def start_generation(self, prompt_ids: list[int], params: SamplingParams,
-                               stops: list[str], route: str) -> Generation:
+                               stops: list[str]) -> Generation:
         self.admit()
-        generation = Generation(self.client, self.backend, prompt_ids, params, stops, route)
+        generation = Generation(self.client, self.backend, prompt_ids, params, stops)
         await generation.submit()
         return generation
