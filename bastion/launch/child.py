@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import signal
 import sys
 import traceback
 from typing import Callable
@@ -23,6 +24,7 @@ def main() -> None:
     name = sys.argv[1] if len(sys.argv) > 1 else "child"
     handshake_fd = os.dup(1)
     os.dup2(2, 1)  # stray prints go to stderr, never into the handshake
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # NOTE: API servers install their reload handler
     level = os.environ.get("BASTION_LOG_LEVEL", "info").upper()
     logging.basicConfig(level=level, format=f"{name} %(levelname)s %(name)s: %(message)s")
     stdin = os.fdopen(0, "rb", buffering=0)  # raw: the control thread reads it until exit

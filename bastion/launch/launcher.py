@@ -20,6 +20,9 @@ import sys
 
 from bastion.launch.procs import Child, ChildStartError, await_all
 from bastion.launch.serve_args import ServeConfig
+from bastion.security.keys import ENV_VAR as API_KEY_ENV_VAR
+from bastion.security.ratelimit import Limiter
+from bastion.security.shared_limits import LimitsService
 from bastion.transport import channel
 from bastion.transport.control import (ApiServerSpec, EngineEndpoint, EngineReady, EngineSpec,
                                        RankDown)
@@ -28,6 +31,7 @@ logger = logging.getLogger(__name__)
 
 API_SERVER_STARTUP_TIMEOUT = 120.0
 ENGINE_STOP_TIMEOUT = 5.0
+SECRET_ENV_VARS = frozenset({API_KEY_ENV_VAR})
 
 
 class _Stop(Exception):
@@ -45,10 +49,12 @@ class Launcher:
         self.phase = "starting"
         self.signals: list[int] = []
         self.dirs = [channel.private_ipc_dir(), channel.private_ipc_dir()]
+        self.limits: LimitsService | None = None
 
     def run(self) -> int:
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, self._on_signal)
+        signal.signal(signal.SIGHUP, self._on_hangup)
         try:
             sock = bind_listener(self.config.server.host, self.config.server.port)
             try:
@@ -63,6 +69,8 @@ class Launcher:
             return 128 + stop.signum if self.phase == "forced" else 0
         finally:
             self._kill_all()
+            if self.limits is not None:
+                self.limits.stop()
             for folder in self.dirs:
                 shutil.rmtree(folder, ignore_errors=True)
 
@@ -74,9 +82,19 @@ class Launcher:
             self.phase = "forced"
             raise _Stop(signum)
 
+    def _on_hangup(self, signum: int, frame) -> None:
+        """SIGHUP: every API server reloads its credentials and reopens the audit log."""
+        logger.warning("SIGHUP: reloading credentials and reopening the audit log")
+        for api in self.api_servers:
+            api.signal(signal.SIGHUP)
+
     def _start(self, sock: socket.socket) -> None:
         cfg, ipc_dir = self.config, str(self.dirs[0])
-        env = {**os.environ, "BASTION_LOG_LEVEL": cfg.server.log_level}
+        env = child_environment(cfg.server.log_level)
+        sec = cfg.security
+        if sec.limits_enabled:
+            self.limits = LimitsService(Limiter(sec.max_concurrent_requests, sec.max_waiting_requests),
+                                        ipc_dir)
         dp = cfg.parallel.data_parallel_size
         for i in range(dp):
             spec = EngineSpec(i, rank_engine_config(cfg, i), ipc_dir)
@@ -86,12 +104,13 @@ class Launcher:
         max_len = min(r.max_model_len for r in readies)
         for j in range(cfg.parallel.api_server_count):
             spec = ApiServerSpec(j, cfg.server, cfg.model, max_len, readies[0].vocab_size, endpoints,
-                                 sock.fileno(), ipc_dir, str(self.dirs[1]))
+                                 sock.fileno(), ipc_dir, str(self.dirs[1]), sec, self.limits is not None)
             self.api_servers.append(Child(f"api-server-{j}", spec, pass_fds=(sock.fileno(),), env=env))
         await_all(self.api_servers, API_SERVER_STARTUP_TIMEOUT)
         host, port = sock.getsockname()[:2]
         shown = f"[{host}]" if ":" in host else host
-        print(f"bastion: serving {', '.join(cfg.server.served_model_names)} on http://{shown}:{port} "
+        scheme = "https" if sec.tls.enabled else "http"
+        print(f"bastion: serving {', '.join(cfg.server.served_model_names)} on {scheme}://{shown}:{port} "
               f"({dp} engine rank{'s' * (dp > 1)}, {cfg.parallel.api_server_count} API server"
               f"{'s' * (cfg.parallel.api_server_count > 1)})", flush=True)
         self.phase = "serving"
@@ -141,6 +160,13 @@ class Launcher:
             child.kill()
             child.wait(10)
             child.close()
+
+
+def child_environment(log_level: str) -> dict[str, str]:
+    """The launcher's environment without its secrets (keys reach children as digests in the spec)."""
+    env = {k: v for k, v in os.environ.items() if k not in SECRET_ENV_VARS}
+    env["BASTION_LOG_LEVEL"] = log_level
+    return env
 
 
 def rank_engine_config(config: ServeConfig, index: int):

@@ -6,6 +6,8 @@ from dataclasses import dataclass
 
 from bastion.config import EngineConfig, ParallelConfig, ServerConfig, parse_bytes
 from bastion.engine_args import add_engine_args, engine_config
+from bastion.security.args import add_security_args, check_exposure, security_config
+from bastion.security.config import SecurityConfig
 
 
 @dataclass(frozen=True)
@@ -17,6 +19,7 @@ class ServeConfig:
     parallel: ParallelConfig
     server: ServerConfig
     engine_startup_timeout: float
+    security: SecurityConfig
 
 
 def add_serve_args(parser: argparse.ArgumentParser) -> None:
@@ -43,6 +46,7 @@ def add_serve_args(parser: argparse.ArgumentParser) -> None:
     p = parser.add_argument_group("parallel")
     p.add_argument("--data-parallel-size", "-dp", type=int, default=1,
                    help="engine ranks (model replicas); each gets its share of CPU threads or its own GPU")
+    add_security_args(parser)
     add_engine_args(parser)
 
 
@@ -60,7 +64,9 @@ def serve_config(args: argparse.Namespace) -> ServeConfig:
                           shutdown_timeout=args.shutdown_timeout, log_level=args.log_level)
     if args.engine_startup_timeout <= 0:
         raise ValueError(f"--engine-startup-timeout must be positive, got {args.engine_startup_timeout}")
-    return ServeConfig(model, engine, parallel, server, args.engine_startup_timeout)
+    security = security_config(args)
+    check_exposure(server.host, security)
+    return ServeConfig(model, engine, parallel, server, args.engine_startup_timeout, security)
 
 
 def _default_name(model: str, is_demo: bool) -> str:

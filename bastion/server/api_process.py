@@ -4,6 +4,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import signal
 import socket
 from typing import Callable
 
@@ -32,6 +33,7 @@ async def _serve(spec: ApiServerSpec, tokenizer, sock: socket.socket, control: C
     from bastion.server.engine_client import EngineClient
     from bastion.server.state import ServerState
 
+    security = SecurityRuntime(spec)
     client = EngineClient(spec.index, spec.engines, spec.ipc_dir, spec.server.prefix_affinity_tokens)
     await client.start()
     client.load_listeners.append(metrics.record_load)
@@ -45,10 +47,15 @@ async def _serve(spec: ApiServerSpec, tokenizer, sock: socket.socket, control: C
             metrics.record_rank_up(message.index, False)
     control.handler = lambda m: loop.call_soon_threadsafe(on_control, m)
 
-    state = ServerState(spec.server, client, tokenizer, spec.max_model_len, spec.vocab_size)
-    config = uvicorn.Config(build_app(state), log_level=spec.server.log_level, access_log=False,
+    loop.add_signal_handler(signal.SIGHUP, security.hangup)
+    state = ServerState(spec.server, client, tokenizer, spec.max_model_len, spec.vocab_size,
+                        security.limits)
+    app = build_app(state, security.authenticator, spec.security, security.audit)
+    config = uvicorn.Config(app, log_level=spec.server.log_level, access_log=False,
                             timeout_graceful_shutdown=spec.server.shutdown_timeout,
                             timeout_keep_alive=30, server_header=False)
+    config.load()
+    config.ssl = security.ssl_context  # NOTE: our own context: TLS >= 1.2, mTLS, hot refresh
     server = uvicorn.Server(config)
     serving = asyncio.create_task(server.serve(sockets=[sock]))
     while not server.started and not serving.done():
@@ -59,3 +66,39 @@ async def _serve(spec: ApiServerSpec, tokenizer, sock: socket.socket, control: C
     report(ApiServerReady(spec.index))
     await serving
     client.close()
+    security.close()
+
+
+class SecurityRuntime:
+    """One API server's security pieces: credentials, TLS context, shared limits and audit log."""
+
+    def __init__(self, spec: ApiServerSpec) -> None:
+        from bastion.security.audit import AuditLog
+        from bastion.security.auth import Authenticator
+        from bastion.security.shared_limits import LimitsClient
+        from bastion.security.tls import TlsRefresher, build_context
+        from bastion.security.watch import FileWatch
+
+        sec = spec.security
+        self.authenticator = Authenticator(sec)
+        self.key_watch = (FileWatch([sec.api_key_file], self.authenticator.reload, "key-file-watch")
+                          if sec.api_key_file else None)
+        self.refresher = TlsRefresher(sec.tls) if sec.tls.enabled and sec.tls.refresh else None
+        self.ssl_context = (self.refresher.context if self.refresher
+                            else build_context(sec.tls) if sec.tls.enabled else None)
+        self.limits = LimitsClient(spec.ipc_dir) if spec.shared_limits else None
+        self.audit = AuditLog(sec.audit_log) if sec.audit_log else None
+
+    def hangup(self) -> None:
+        self.authenticator.reload()
+        if self.audit is not None:
+            self.audit.reopen()
+
+    def close(self) -> None:
+        for part in (self.key_watch, self.refresher):
+            if part is not None:
+                part.stop()
+        if self.limits is not None:
+            self.limits.close()
+        if self.audit is not None:
+            self.audit.close()

@@ -7,8 +7,13 @@ from fastapi import FastAPI
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from bastion import __version__
+from bastion.security.audit import AuditLog
+from bastion.security.auth import Authenticator
+from bastion.security.config import SecurityConfig
 from bastion.server import metrics
+from bastion.server.admin_routes import router as admin_router
 from bastion.server.errors import error_body, install_error_handlers
+from bastion.server.guard import AuditTrail, AuthGuard
 from bastion.server.info_routes import router as info_router
 from bastion.server.openai_routes import router as openai_router
 from bastion.server.sglang_routes import router as sglang_router
@@ -76,13 +81,19 @@ class RequestMetrics:
             metrics.REQUESTS.labels(getattr(route, "path", "other"), str(status)).inc()
 
 
-def build_app(state: ServerState) -> FastAPI:
+def build_app(state: ServerState, authenticator: Authenticator, security: SecurityConfig,
+              audit: AuditLog | None = None) -> FastAPI:
+    """The app; middleware from the outside in: metrics, audit trail, auth guard, body limit."""
     app = FastAPI(title="bastion", version=__version__, docs_url=None, redoc_url=None,
                   openapi_url=None)
-    app.state.bastion = state
+    app.state.bastion, app.state.authenticator, app.state.security = state, authenticator, security
     install_error_handlers(app)
-    for router in (openai_router, sglang_router, info_router):
-        app.include_router(router)
+    for router in (openai_router, sglang_router, info_router, admin_router):
+        # NOTE: the routes themselves, not include_router's lazy wrapper: the auth guard and
+        # the route-walk test must see every route with its endpoint and decision.
+        app.router.routes.extend(router.routes)
     app.add_middleware(BodyLimit, limit=state.config.max_request_body_bytes)
+    app.add_middleware(AuthGuard, routes=app.router.routes, authenticator=authenticator)
+    app.add_middleware(AuditTrail, log=audit)
     app.add_middleware(RequestMetrics)
     return app

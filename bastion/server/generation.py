@@ -10,7 +10,7 @@ import asyncio
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import AsyncIterator
+from typing import AsyncIterator, Callable
 
 from bastion.engine.sampling_params import SamplingParams
 from bastion.server import metrics
@@ -48,9 +48,10 @@ class Generation:
     """Follows one submitted request; iterate `deltas()` or await `collect()` once."""
 
     def __init__(self, client: EngineClient, backend, prompt_ids: list[int], params: SamplingParams,
-                 stops: list[str], cache_salt: str | None = None) -> None:
+                 stops: list[str], cache_salt: str | None = None,
+                 on_end: Callable[[int, int], None] | None = None) -> None:
         self.client, self.prompt_ids, self.params = client, prompt_ids, params
-        self.cache_salt = cache_salt
+        self.cache_salt, self.on_end = cache_salt, on_end
         self.request_id = f"{client.client_index}-{uuid.uuid4().hex}"
         self.seqs = [SequenceState(i, SequenceText(backend, prompt_ids, stops, params.skip_special_tokens))
                      for i in range(params.n)]
@@ -148,3 +149,5 @@ class Generation:
         metrics.PROMPT_TOKENS.inc(self.prompt_tokens)
         metrics.GENERATION_TOKENS.inc(self.completion_tokens)
         metrics.E2E_LATENCY.observe(time.monotonic() - self.started)
+        if self.on_end is not None:
+            self.on_end(self.prompt_tokens, self.completion_tokens)

@@ -8,7 +8,9 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from bastion import __version__
+from bastion.security.auth import public, requires
 from bastion.server import metrics
+from bastion.server.guard import principal_of
 from bastion.server.errors import APIError
 from bastion.server.protocol import DetokenizeRequest, TokenizeRequest
 from bastion.server.state import ServerState
@@ -22,18 +24,20 @@ def _state(request: Request) -> ServerState:
 
 
 @router.get("/v1/models")
+@requires("inference")
 async def models(request: Request) -> dict:
     state = _state(request)
     data = [{"id": name, "object": "model", "created": _STARTED, "owned_by": "bastion",
              "root": state.model_name, "max_model_len": state.max_model_len}
-            for name in state.config.served_model_names]
+            for name in state.config.served_model_names if principal_of(request).may_use(name)]
     return {"object": "list", "data": data}
 
 
 @router.post("/tokenize")
+@requires("inference")
 async def tokenize(body: TokenizeRequest, request: Request) -> dict:
     state = _state(request)
-    state.check_model(body.model)
+    state.check_model(body.model, request)
     if (body.prompt is None) == (body.messages is None):
         raise APIError(400, "give exactly one of 'prompt' or 'messages'", "prompt")
     if body.messages is not None:
@@ -44,14 +48,16 @@ async def tokenize(body: TokenizeRequest, request: Request) -> dict:
 
 
 @router.post("/detokenize")
+@requires("inference")
 async def detokenize(body: DetokenizeRequest, request: Request) -> dict:
     state = _state(request)
-    state.check_model(body.model)
+    state.check_model(body.model, request)
     state.check_ids(body.tokens, "tokens")
     return {"prompt": state.backend.decode(body.tokens, skip_special_tokens=False)}
 
 
 @router.get("/health")
+@public
 async def health(request: Request) -> JSONResponse:
     ranks = [{"rank": r.index, "state": "ready" if r.alive else "down",
               **({"reason": r.reason} if not r.alive else {})} for r in _state(request).client.ranks]
@@ -61,10 +67,12 @@ async def health(request: Request) -> JSONResponse:
 
 
 @router.get("/version")
+@public
 async def version() -> dict:
     return {"version": __version__}
 
 
 @router.get("/metrics")
+@requires("metrics")
 async def prometheus_metrics() -> Response:
     return Response(metrics.exposition(), media_type=CONTENT_TYPE_LATEST)

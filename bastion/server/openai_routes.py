@@ -7,6 +7,7 @@ from typing import AsyncIterator
 
 from fastapi import APIRouter, Request
 
+from bastion.security.auth import requires
 from bastion.server.generation import Generation, SequenceDelta, SequenceState
 from bastion.server.protocol import ChatCompletionRequest, CompletionRequest
 from bastion.server.state import ServerState
@@ -23,15 +24,16 @@ def _state(request: Request) -> ServerState:
 
 
 @router.post("/v1/chat/completions")
+@requires("inference")
 async def chat_completions(body: ChatCompletionRequest, request: Request):
     state = _state(request)
-    state.check_model(body.model)
+    state.check_model(body.model, request)
     body.refuse_unsupported()
     prompt = state.chat_prompt(body.messages, body.add_generation_prompt, body.continue_final_message)
     field = "max_completion_tokens" if body.max_completion_tokens is not None else "max_tokens"
     budget = state.max_tokens(len(prompt), body.requested_max_tokens(), None, field, "messages")
     params = body.sampling_params(budget, body.requested_logprobs())
-    generation = await state.start_generation(prompt, params, body.stop_strings)
+    generation = await state.start_generation(prompt, params, body.stop_strings, request)
     reply = _Reply("chatcmpl", "chat.completion", state.model_name, body.logprobs, state)
     if body.stream:
         return sse_response(reply.chat_events(generation, body.include_usage))
@@ -40,16 +42,17 @@ async def chat_completions(body: ChatCompletionRequest, request: Request):
 
 
 @router.post("/v1/completions")
+@requires("inference")
 async def completions(body: CompletionRequest, request: Request):
     state = _state(request)
-    state.check_model(body.model)
+    state.check_model(body.model, request)
     body.refuse_unsupported()
     prompt = body.single_prompt()
     prompt_ids = state.text_prompt(prompt) if isinstance(prompt, str) else list(prompt)
     state.check_ids(prompt_ids, "prompt")
     budget = state.max_tokens(len(prompt_ids), body.max_tokens, COMPLETIONS_DEFAULT_MAX_TOKENS)
     params = body.sampling_params(budget, body.logprobs)
-    generation = await state.start_generation(prompt_ids, params, body.stop_strings)
+    generation = await state.start_generation(prompt_ids, params, body.stop_strings, request)
     reply = _Reply("cmpl", "text_completion", state.model_name, body.logprobs is not None, state)
     if body.stream:
         return sse_response(reply.completion_events(generation, body.include_usage))

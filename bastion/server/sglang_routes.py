@@ -11,6 +11,7 @@ from typing import Annotated, AsyncIterator
 from fastapi import APIRouter, Request
 from pydantic import Field
 
+from bastion.security.auth import requires
 from bastion.server.errors import APIError
 from bastion.server.generation import Generation, SequenceState
 from bastion.server.protocol import MAX_N, PositiveInt, StopField, _Body, _Fixed, build_sampling_params
@@ -50,9 +51,10 @@ class GenerateRequest(_Body):
 
 
 @router.post("/generate")
+@requires("inference")
 async def generate(body: GenerateRequest, request: Request):
     state: ServerState = request.app.state.bastion
-    state.check_model(body.model)
+    state.check_model(body.model, request)
     if (body.text is None) == (body.input_ids is None):
         raise APIError(400, "give exactly one of 'text' or 'input_ids'", "text")
     prompt_ids = state.text_prompt(body.text) if body.text is not None else list(body.input_ids)
@@ -71,7 +73,7 @@ async def generate(body: GenerateRequest, request: Request):
         frequency_penalty=sp.frequency_penalty, repetition_penalty=sp.repetition_penalty,
         max_tokens=budget, min_tokens=sp.min_new_tokens, stop_token_ids=sp.stop_token_ids or [],
         ignore_eos=sp.ignore_eos, skip_special_tokens=sp.skip_special_tokens))
-    generation = await state.start_generation(prompt_ids, params, stops)
+    generation = await state.start_generation(prompt_ids, params, stops, request)
     if body.stream:
         return sse_response(_events(generation))
     seqs = await unless_disconnected(request, generation.collect())

@@ -3,11 +3,17 @@ and the checks that happen before a request is admitted (model name, prompt, con
 """
 from __future__ import annotations
 
+import hashlib
+
+from fastapi import Request
+
 from bastion.config import ServerConfig
 from bastion.engine.sampling_params import SamplingParams
+from bastion.security.shared_limits import LimitExceeded, LimitsClient
 from bastion.server.engine_client import EngineClient
 from bastion.server.errors import APIError
 from bastion.server.generation import Generation
+from bastion.server.guard import principal_of, record_of
 from bastion.server.protocol import ChatMessage
 
 RETRY_AFTER_SECONDS = "1"
@@ -17,15 +23,25 @@ class ServerState:
     """Shared by the routes of one API-server process."""
 
     def __init__(self, config: ServerConfig, client: EngineClient, tokenizer, max_model_len: int,
-                 vocab_size: int) -> None:
+                 vocab_size: int, limits: LimitsClient | None = None) -> None:
         self.config, self.client, self.tokenizer = config, client, tokenizer
+        self.limits = limits
         self.backend = tokenizer.backend_tokenizer
         self.max_model_len, self.vocab_size = max_model_len, vocab_size
         self.model_name = config.served_model_names[0]
 
-    def check_model(self, name: str | None) -> None:
+    def check_model(self, name: str | None, request: Request) -> None:
+        """404 for a name not served, 403 for one the caller may not use; notes it for the audit."""
         if name is not None and name not in self.config.served_model_names:
             raise APIError(404, f"The model '{name}' does not exist", "model", "model_not_found")
+        name = name or self.model_name
+        principal = principal_of(request)
+        if not principal.may_use(name):
+            raise APIError(403, f"'{principal.name}' may not use the model '{name}'", "model",
+                           "model_not_allowed")
+        record = record_of(request)
+        if record is not None:
+            record.model = name
 
     def chat_prompt(self, messages: list[ChatMessage], add_generation_prompt: bool = True,
                     continue_final_message: bool = False) -> list[int]:
@@ -82,8 +98,34 @@ class ServerState:
                            headers={"Retry-After": RETRY_AFTER_SECONDS})
 
     async def start_generation(self, prompt_ids: list[int], params: SamplingParams,
-                               stops: list[str]) -> Generation:
+                               stops: list[str], request: Request) -> Generation:
+        """Admit (engines up, queue bound, the caller's limits), then submit to a rank."""
         self.admit()
-        generation = Generation(self.client, self.backend, prompt_ids, params, stops)
+        principal, record = principal_of(request), record_of(request)
+        ticket = await self._acquire(principal, len(prompt_ids) + params.max_tokens * params.n)
+
+        def settle(prompt_tokens: int, completion_tokens: int) -> None:
+            if ticket is not None:
+                self.limits.release(ticket, prompt_tokens + completion_tokens)
+            if record is not None:
+                record.prompt_tokens, record.completion_tokens = prompt_tokens, completion_tokens
+
+        generation = Generation(self.client, self.backend, prompt_ids, params, stops,
+                                tenant_salt(principal.tenant), on_end=settle)
         await generation.submit()
         return generation
+
+    async def _acquire(self, principal, tokens: int) -> int | None:
+        if self.limits is None:
+            return None
+        try:
+            return await self.limits.acquire(principal.limit_key, principal.limits, tokens)
+        except LimitExceeded as exc:
+            raise APIError(429, exc.refusal.message, code="rate_limit_exceeded",
+                           headers={"Retry-After": exc.refusal.retry_after_header}) from None
+
+
+def tenant_salt(tenant: str) -> str:
+    """The engine's prefix-cache salt for `tenant`: tenants never share cached KV, and the engine
+    sees an opaque value, never the tenant's name."""
+    return hashlib.sha256(b"bastion-tenant\x00" + tenant.encode()).hexdigest()

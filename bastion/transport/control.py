@@ -17,6 +17,7 @@ from typing import BinaryIO, Callable, Union
 import msgspec
 
 from bastion.config import EngineConfig, ServerConfig
+from bastion.security.config import SecurityConfig
 
 logger = logging.getLogger(__name__)
 
@@ -51,6 +52,8 @@ class ApiServerSpec(msgspec.Struct, tag="api_spec"):
     listen_fd: int
     ipc_dir: str
     metrics_dir: str
+    security: SecurityConfig
+    shared_limits: bool = False  # whether the launcher's limits service runs (in ipc_dir)
 
 
 class EngineReady(msgspec.Struct, tag="engine_ready"):

@@ -1,0 +1,81 @@
+"""The audit log (`--audit-log PATH`): one JSON object per line per HTTP request.
+
+Fields: time, request_id, principal, tenant, client, method, path, model, status,
+prompt_tokens, completion_tokens, latency_s. Never a credential, a prompt or a completion.
+Lines are JSON with every non-ASCII and control character escaped, so a crafted path or model
+name cannot forge a line. Every API server appends with O_APPEND and one write per line;
+SIGHUP reopens the file (for logrotate).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+from bastion.security.principal import Principal
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class RequestRecord:
+    """What one request contributes to its audit line, filled in as it is served."""
+
+    request_id: str
+    method: str
+    path: str
+    client: str | None
+    started: float
+    principal: Principal | None = None
+    model: str | None = None
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+
+    def line(self, status: int) -> dict:
+        p = self.principal
+        return {"time": datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
+                "request_id": self.request_id, "principal": p.name if p else None,
+                "tenant": p.tenant if p else None, "client": self.client, "method": self.method,
+                "path": self.path, "model": self.model, "status": status,
+                "prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens,
+                "latency_s": round(time.monotonic() - self.started, 6)}
+
+
+class AuditLog:
+    """An append-only JSON-lines file shared by every API-server process."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._lock = threading.Lock()
+        self._fd = self._open()
+
+    def _open(self) -> int:
+        return os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+
+    def write(self, entry: dict) -> None:
+        data = (json.dumps(entry, ensure_ascii=True, separators=(",", ":")) + "\n").encode()
+        with self._lock:
+            try:
+                os.write(self._fd, data)
+            except OSError as exc:
+                logger.error("cannot write the audit log %s: %s", self.path, exc.strerror)
+
+    def reopen(self) -> None:
+        """Open the path again (after rotation moved the old file away)."""
+        with self._lock:
+            try:
+                fd = self._open()
+            except OSError as exc:
+                logger.error("cannot reopen the audit log %s, still writing the old file: %s",
+                             self.path, exc.strerror)
+                return
+            os.close(self._fd)
+            self._fd = fd
+
+    def close(self) -> None:
+        with self._lock:
+            os.close(self._fd)

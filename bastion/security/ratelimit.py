@@ -1,0 +1,176 @@
+"""Rate limits and concurrency, as pure bookkeeping (one instance serves a whole server).
+
+Per principal: requests per minute and tokens per minute as token buckets (a full minute's
+worth of burst, refilled continuously), and concurrent requests. Tokens are reserved at
+admission (prompt plus the most the request may generate), settled to actual usage at the
+end, and the unused part returned on abort. Globally: at most `max_concurrent` requests run;
+up to `max_waiting` more wait in FIFO order; beyond that, refused.
+"""
+from __future__ import annotations
+
+import collections
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Hashable
+
+from bastion.security.config import Limits
+
+QUEUE_FULL_RETRY_AFTER = 1.0
+
+
+@dataclass
+class Refusal:
+    """Over a limit: answer 429 with Retry-After (seconds, rounded up) and this message."""
+
+    retry_after: float
+    message: str
+
+    @property
+    def retry_after_header(self) -> str:
+        return str(max(1, math.ceil(self.retry_after)))
+
+
+class Bucket:
+    """`per_minute` units, refilled continuously, at most one minute's worth banked."""
+
+    def __init__(self, per_minute: int, now: float) -> None:
+        self.capacity = float(per_minute)
+        self.level = float(per_minute)
+        self.updated = now
+
+    def resize(self, per_minute: int) -> None:
+        self.level = min(self.level, per_minute)
+        self.capacity = float(per_minute)
+
+    def refill(self, now: float) -> None:
+        self.level = min(self.capacity, self.level + (now - self.updated) * self.capacity / 60.0)
+        self.updated = now
+
+    def wait_for(self, amount: int) -> float:
+        """Seconds until `amount` is available (0 when it is now)."""
+        missing = amount - self.level
+        return 0.0 if missing <= 0 else missing * 60.0 / self.capacity
+
+    def give(self, amount: float) -> None:
+        self.level = min(self.capacity, self.level + amount)
+
+
+@dataclass
+class PrincipalState:
+    limits: Limits
+    requests: Bucket | None = None
+    tokens: Bucket | None = None
+    active: int = 0
+
+
+@dataclass
+class Ticket:
+    """An admitted or waiting request: who, and how many tokens it reserved."""
+
+    key: str
+    reserved: int
+    granted: bool = False
+
+
+class Limiter:
+    """Admission bookkeeping; every method is quick and never blocks (the caller queues)."""
+
+    def __init__(self, max_concurrent: int | None = None, max_waiting: int | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.max_concurrent = max_concurrent
+        self.max_waiting = (max_concurrent or 0) if max_waiting is None else max_waiting
+        self.clock = clock
+        self.principals: dict[str, PrincipalState] = {}
+        self.tickets: dict[Hashable, Ticket] = {}
+        self.waiting: collections.deque[Hashable] = collections.deque()
+        self.running = 0
+
+    def acquire(self, ticket_id: Hashable, key: str, limits: Limits, tokens: int) -> Refusal | bool:
+        """Admit (True), queue (False: a later `release` admits it), or refuse."""
+        state = self._state(key, limits)
+        refusal = self._check(state, limits, tokens)
+        if refusal is not None:
+            return refusal
+        if self.max_concurrent is not None and self.running >= self.max_concurrent:
+            if len(self.waiting) >= self.max_waiting:
+                return Refusal(QUEUE_FULL_RETRY_AFTER, f"the server is at --max-concurrent-requests "
+                               f"{self.max_concurrent} with {len(self.waiting)} waiting; retry later")
+            self._reserve(state, tokens)
+            self.tickets[ticket_id] = Ticket(key, tokens)
+            self.waiting.append(ticket_id)
+            return False
+        self._reserve(state, tokens)
+        self.tickets[ticket_id] = Ticket(key, tokens, granted=True)
+        self.running += 1
+        return True
+
+    def release(self, ticket_id: Hashable, used_tokens: int) -> list[Hashable]:
+        """End a request (finished, failed, aborted or cancelled while waiting); returns the
+        waiting tickets this admits."""
+        ticket = self.tickets.pop(ticket_id, None)
+        if ticket is None:
+            return []
+        state = self.principals[ticket.key]
+        state.active -= 1
+        if state.tokens is not None:
+            state.tokens.refill(self.clock())
+            state.tokens.give(max(0, ticket.reserved - used_tokens))
+        if not ticket.granted:
+            self.waiting.remove(ticket_id)
+            return []
+        self.running -= 1
+        admitted = []
+        while self.waiting and (self.max_concurrent is None or self.running < self.max_concurrent):
+            next_id = self.waiting.popleft()
+            self.tickets[next_id].granted = True
+            self.running += 1
+            admitted.append(next_id)
+        return admitted
+
+    def _state(self, key: str, limits: Limits) -> PrincipalState:
+        now = self.clock()
+        state = self.principals.get(key)
+        if state is None:
+            state = self.principals[key] = PrincipalState(limits)
+        state.limits = limits
+        state.requests = _bucket(state.requests, limits.requests_per_minute, now)
+        state.tokens = _bucket(state.tokens, limits.tokens_per_minute, now)
+        return state
+
+    @staticmethod
+    def _check(state: PrincipalState, limits: Limits, tokens: int) -> Refusal | None:
+        if limits.max_concurrent_requests is not None and state.active >= limits.max_concurrent_requests:
+            return Refusal(1.0, f"too many concurrent requests: the limit is "
+                                f"{limits.max_concurrent_requests} at a time")
+        if state.requests is not None and state.requests.wait_for(1) > 0:
+            return Refusal(state.requests.wait_for(1), f"rate limit reached: "
+                           f"{limits.requests_per_minute} requests per minute")
+        if state.tokens is not None:
+            if tokens > state.tokens.capacity:
+                return Refusal(60.0, f"this request may use {tokens} tokens (prompt plus max_tokens), "
+                                     f"more than the limit of {limits.tokens_per_minute} tokens per "
+                                     "minute; lower max_tokens")
+            if state.tokens.wait_for(tokens) > 0:
+                return Refusal(state.tokens.wait_for(tokens), f"rate limit reached: "
+                               f"{limits.tokens_per_minute} tokens per minute")
+        return None
+
+    @staticmethod
+    def _reserve(state: PrincipalState, tokens: int) -> None:
+        state.active += 1
+        if state.requests is not None:
+            state.requests.level -= 1
+        if state.tokens is not None:
+            state.tokens.level -= tokens
+
+
+def _bucket(bucket: Bucket | None, per_minute: int | None, now: float) -> Bucket | None:
+    if per_minute is None:
+        return None
+    if bucket is None:
+        return Bucket(per_minute, now)
+    if bucket.capacity != per_minute:
+        bucket.resize(per_minute)
+    bucket.refill(now)
+    return bucket

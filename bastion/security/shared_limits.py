@@ -1,0 +1,166 @@
+"""Limits shared by every API server of one server: one Limiter in the launcher, reached over ipc.
+
+The launcher runs `LimitsService` in a thread (a ROUTER socket in its private 0700 ipc
+directory); each API server holds a `LimitsClient` (DEALER). An admission is one round trip;
+a request that must wait for a global slot simply gets its answer later, so the queue is one
+FIFO across all processes. Messages are a typed allowlist; a malformed one is logged and dropped.
+"""
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import threading
+
+import msgspec
+import zmq
+import zmq.asyncio
+
+from bastion.security.config import Limits
+from bastion.security.ratelimit import Limiter, Refusal
+
+logger = logging.getLogger(__name__)
+
+MAX_MESSAGE_BYTES = 4096
+
+
+class Acquire(msgspec.Struct, tag="acquire"):
+    ticket: int
+    key: str
+    limits: Limits
+    tokens: int
+
+
+class Release(msgspec.Struct, tag="release"):
+    ticket: int
+    used_tokens: int
+
+
+class Admitted(msgspec.Struct, tag="admitted"):
+    ticket: int
+
+
+class Refused(msgspec.Struct, tag="refused"):
+    ticket: int
+    retry_after: float
+    message: str
+
+
+_encoder = msgspec.msgpack.Encoder()
+_request_decoder = msgspec.msgpack.Decoder(Acquire | Release)
+_reply_decoder = msgspec.msgpack.Decoder(Admitted | Refused)
+
+
+def endpoint(ipc_dir: str) -> str:
+    return f"ipc://{ipc_dir}/limits"
+
+
+class LimitsService:
+    """The one Limiter of a server, answering every API server (a launcher thread)."""
+
+    def __init__(self, limiter: Limiter, ipc_dir: str) -> None:
+        self.limiter = limiter
+        self.ctx = zmq.Context()
+        self.sock = self.ctx.socket(zmq.ROUTER)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        self.sock.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE_BYTES)
+        self.sock.bind(endpoint(ipc_dir))
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="limits", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=2)
+        self.sock.close()
+        self.ctx.term()
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            if not self.sock.poll(200):
+                continue
+            frames = self.sock.recv_multipart()
+            if len(frames) != 2:
+                logger.warning("dropped a malformed limits message (%d frames)", len(frames))
+                continue
+            identity, payload = frames
+            try:
+                message = _request_decoder.decode(payload)
+            except msgspec.DecodeError as exc:
+                logger.warning("dropped a malformed limits message: %s", exc)
+                continue
+            self._handle(identity, message)
+
+    def _handle(self, identity: bytes, message: Acquire | Release) -> None:
+        if isinstance(message, Acquire):
+            result = self.limiter.acquire((identity, message.ticket), message.key, message.limits,
+                                          message.tokens)
+            if isinstance(result, Refusal):
+                self._reply(identity, Refused(message.ticket, result.retry_after, result.message))
+            elif result:
+                self._reply(identity, Admitted(message.ticket))
+            return
+        for waiting_identity, ticket in self.limiter.release((identity, message.ticket), message.used_tokens):
+            self._reply(waiting_identity, Admitted(ticket))
+
+    def _reply(self, identity: bytes, message) -> None:
+        self.sock.send_multipart([identity, _encoder.encode(message)])
+
+
+class LimitExceeded(Exception):
+    def __init__(self, refusal: Refusal) -> None:
+        super().__init__(refusal.message)
+        self.refusal = refusal
+
+
+class LimitsClient:
+    """An API server's side: `acquire` (awaits a slot or raises LimitExceeded), then `release`."""
+
+    def __init__(self, ipc_dir: str) -> None:
+        self.ctx = zmq.asyncio.Context()
+        self.sock = self.ctx.socket(zmq.DEALER)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        self.sock.connect(endpoint(ipc_dir))
+        self._ids = itertools.count(1)
+        self._pending: dict[int, asyncio.Future] = {}
+        self._reader: asyncio.Task | None = None
+
+    async def acquire(self, key: str, limits: Limits, tokens: int) -> int:
+        """A ticket once admitted; LimitExceeded if refused. Cancelling gives the place back."""
+        if self._reader is None:
+            self._reader = asyncio.create_task(self._read())
+        ticket = next(self._ids)
+        future = asyncio.get_running_loop().create_future()
+        self._pending[ticket] = future
+        await self.sock.send(_encoder.encode(Acquire(ticket, key, limits, tokens)))
+        try:
+            reply = await future
+        except asyncio.CancelledError:
+            self.release(ticket, 0)
+            raise
+        finally:
+            self._pending.pop(ticket, None)
+        if isinstance(reply, Refused):
+            raise LimitExceeded(Refusal(reply.retry_after, reply.message))
+        return ticket
+
+    def release(self, ticket: int, used_tokens: int) -> None:
+        self.sock.send(_encoder.encode(Release(ticket, used_tokens)), flags=zmq.NOBLOCK)
+
+    async def _read(self) -> None:
+        while True:
+            payload = await self.sock.recv()
+            try:
+                reply = _reply_decoder.decode(payload)
+            except msgspec.DecodeError:
+                logger.warning("dropped a malformed limits reply")
+                continue
+            future = self._pending.get(reply.ticket)
+            if future is not None and not future.done():
+                future.set_result(reply)
+
+    def close(self) -> None:
+        if self._reader is not None:
+            self._reader.cancel()
+        self.sock.close()
+        self.ctx.term()
