@@ -2,6 +2,7 @@
 its ready line, its children found with psutil, and every process gone when it is stopped."""
 from __future__ import annotations
 
+import os
 import re
 import signal
 import subprocess
@@ -18,10 +19,13 @@ READY = re.compile(r"bastion: serving .* on (https?://\S+) ")
 class ServerProcess:
     """`bastion serve ARGS --port 0`; raises with its output if it never becomes ready."""
 
-    def __init__(self, *args: str, timeout: float = 180.0) -> None:
+    def __init__(self, *args: str, timeout: float = 180.0, env: dict[str, str] | None = None,
+                 http: dict | None = None) -> None:
         cmd = [sys.executable, "-m", "bastion.cli", "--log-level", "warning", "serve",
                "--port", "0", *args]
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        self.http = http or {}  # httpx options (headers, verify, cert) for metric()
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                     env={**os.environ, **env} if env else None)
         self.stderr: list[str] = []
         threading.Thread(target=self._collect, daemon=True).start()
         self.url = self._await_ready(timeout)
@@ -56,7 +60,7 @@ class ServerProcess:
 
     def metric(self, name: str, **labels: str) -> float:
         """Sum of the samples of `name` whose labels include `labels`."""
-        text = httpx.get(f"{self.url}/metrics", timeout=10).text
+        text = httpx.get(f"{self.url}/metrics", timeout=10, **self.http).text
         total = 0.0
         for line in text.splitlines():
             if not line.startswith(name + "{") and not line.startswith(name + " "):

@@ -1,6 +1,6 @@
 """The audit log (`--audit-log PATH`): one JSON object per line per HTTP request.
 
-Fields: time, request_id, principal, tenant, client, method, path, model, status,
+Fields: time, request_id, api_server (which process served it), principal, tenant, client, method, path, model, status,
 prompt_tokens, completion_tokens, latency_s. Never a credential, a prompt or a completion.
 Lines are JSON with every non-ASCII and control character escaped, so a crafted path or model
 name cannot forge a line. Every API server appends with O_APPEND and one write per line;
@@ -26,6 +26,7 @@ class RequestRecord:
     """What one request contributes to its audit line, filled in as it is served."""
 
     request_id: str
+    api_server: int
     method: str
     path: str
     client: str | None
@@ -38,7 +39,7 @@ class RequestRecord:
     def line(self, status: int) -> dict:
         p = self.principal
         return {"time": datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
-                "request_id": self.request_id, "principal": p.name if p else None,
+                "request_id": self.request_id, "api_server": self.api_server, "principal": p.name if p else None,
                 "tenant": p.tenant if p else None, "client": self.client, "method": self.method,
                 "path": self.path, "model": self.model, "status": status,
                 "prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens,

@@ -18,6 +18,7 @@ import ssl
 from pathlib import Path
 
 from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 
 from bastion.security.config import TlsConfig
 from bastion.security.watch import FileWatch
@@ -53,14 +54,14 @@ def build_context(tls: TlsConfig) -> ssl.SSLContext:
     """A server context for `tls`; ValueError names the flag and file of any problem."""
     assert tls.enabled
     check_certificate(tls.certfile)
-    _read(tls.keyfile, "--ssl-keyfile")
     password = None
     if tls.keyfile_password_file:
         password = _read(tls.keyfile_password_file, "--ssl-keyfile-password-file").rstrip(b"\r\n")
+    password = _check_key(tls, _read(tls.keyfile, "--ssl-keyfile"), password)
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     try:
-        ctx.load_cert_chain(tls.certfile, tls.keyfile, password=password or (lambda: b""))
+        ctx.load_cert_chain(tls.certfile, tls.keyfile, password=password)
     except ssl.SSLError as exc:
         raise ValueError(_key_error(tls, exc)) from None
     if tls.ca_certs:
@@ -79,13 +80,28 @@ def build_context(tls: TlsConfig) -> ssl.SSLContext:
     return ctx
 
 
+def _check_key(tls: TlsConfig, data: bytes, password: bytes | None) -> bytes | None:
+    """Check the key decrypts; returns the password to use (None for a plain key)."""
+    try:
+        serialization.load_pem_private_key(data, password)
+        return password
+    except TypeError:
+        if password is None:
+            raise ValueError(f"the key {tls.keyfile} (--ssl-keyfile) is encrypted: give its password "
+                             "with --ssl-keyfile-password-file") from None
+        serialization.load_pem_private_key(data, None)  # a password given for a plain key
+        return None
+    except ValueError:
+        if password is not None:
+            raise ValueError(f"cannot decrypt the key {tls.keyfile} (--ssl-keyfile): wrong password "
+                             "(--ssl-keyfile-password-file)") from None
+        raise ValueError(f"{tls.keyfile} (--ssl-keyfile) holds no PEM private key") from None
+
+
 def _key_error(tls: TlsConfig, exc: ssl.SSLError) -> str:
     reason = (exc.reason or "").upper()
     if "MISMATCH" in reason:
         return f"the key {tls.keyfile} (--ssl-keyfile) does not match the certificate {tls.certfile} (--ssl-certfile)"
-    if "DECRYPT" in reason or "BAD_PASSWORD" in reason or "PROBLEMS_GETTING_PASSWORD" in reason:
-        return (f"cannot decrypt the key {tls.keyfile} (--ssl-keyfile): wrong or missing password "
-                "(--ssl-keyfile-password-file)")
     return f"cannot load the key {tls.keyfile} (--ssl-keyfile) with {tls.certfile} (--ssl-certfile): {exc.reason or exc}"
 
 

@@ -50,7 +50,7 @@ async def _serve(spec: ApiServerSpec, tokenizer, sock: socket.socket, control: C
     loop.add_signal_handler(signal.SIGHUP, security.hangup)
     state = ServerState(spec.server, client, tokenizer, spec.max_model_len, spec.vocab_size,
                         security.limits)
-    app = build_app(state, security.authenticator, spec.security, security.audit)
+    app = build_app(state, security.authenticator, spec.security, security.audit, spec.index)
     config = uvicorn.Config(app, log_level=spec.server.log_level, access_log=False,
                             timeout_graceful_shutdown=spec.server.shutdown_timeout,
                             timeout_keep_alive=30, server_header=False)

@@ -82,7 +82,7 @@ class RequestMetrics:
 
 
 def build_app(state: ServerState, authenticator: Authenticator, security: SecurityConfig,
-              audit: AuditLog | None = None) -> FastAPI:
+              audit: AuditLog | None = None, api_server: int = 0) -> FastAPI:
     """The app; middleware from the outside in: metrics, audit trail, auth guard, body limit."""
     app = FastAPI(title="bastion", version=__version__, docs_url=None, redoc_url=None,
                   openapi_url=None)
@@ -94,6 +94,6 @@ def build_app(state: ServerState, authenticator: Authenticator, security: Securi
         app.router.routes.extend(router.routes)
     app.add_middleware(BodyLimit, limit=state.config.max_request_body_bytes)
     app.add_middleware(AuthGuard, routes=app.router.routes, authenticator=authenticator)
-    app.add_middleware(AuditTrail, log=audit)
+    app.add_middleware(AuditTrail, log=audit, api_server=api_server)
     app.add_middleware(RequestMetrics)
     return app

@@ -82,14 +82,14 @@ async def _deny(send, exc: AuthError) -> None:
 class AuditTrail:
     """Gives each request an id (the `x-request-id` header) and writes its audit line at the end."""
 
-    def __init__(self, app, log: AuditLog | None) -> None:
-        self.app, self.log = app, log
+    def __init__(self, app, log: AuditLog | None, api_server: int = 0) -> None:
+        self.app, self.log, self.api_server = app, log, api_server
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         client = scope.get("client")
-        record = RequestRecord(uuid.uuid4().hex, scope["method"], scope["path"],
+        record = RequestRecord(uuid.uuid4().hex, self.api_server, scope["method"], scope["path"],
                                client[0] if client else None, time.monotonic())
         scope.setdefault("state", {})["record"] = record
         status = 500

@@ -1,0 +1,56 @@
+"""Fail closed: every route of the app has an auth decision, and only /health and /version are public.
+
+This walks the real app as `build_app` assembles it, so a route added without `@public` or
+`@requires(scope)` fails here. The guard itself refuses such a route at run time.
+"""
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+from fastapi.routing import APIRoute
+from fastapi.testclient import TestClient
+
+from bastion.config import ServerConfig
+from bastion.security.auth import PUBLIC, Authenticator, decision_of
+from bastion.security.config import SCOPES, SecurityConfig
+from bastion.server.app import build_app
+
+PUBLIC_PATHS = {"/health", "/version"}
+
+
+def app_with(security: SecurityConfig = SecurityConfig()):
+    state = SimpleNamespace(config=ServerConfig(served_model_names=("demo",)))
+    return build_app(state, Authenticator(security), security)
+
+
+def test_every_route_has_an_auth_decision():
+    app = app_with()
+    routes = app.router.routes
+    assert routes, "the app has no routes?"
+    for route in routes:
+        assert isinstance(route, APIRoute), f"{route!r} is not an APIRoute the guard understands"
+        decision = decision_of(route.endpoint)
+        assert decision == PUBLIC or decision in SCOPES, f"{route.path} has no auth decision"
+    public = {r.path for r in routes if decision_of(r.endpoint) == PUBLIC}
+    assert public == PUBLIC_PATHS
+    paths = {r.path for r in routes}
+    assert {"/v1/chat/completions", "/v1/completions", "/generate", "/metrics", "/server_info",
+            "/admin/reload-credentials", "/v1/models", "/tokenize", "/detokenize"} <= paths
+
+
+def test_a_route_without_a_decision_is_refused_even_to_an_admin(tmp_path):
+    keys = tmp_path / "keys.toml"
+    keys.write_text("[keys.root]\nkey = 'root-key-0123456789abcdef'\nscopes = ['inference', 'metrics', 'admin']\n")
+    app = app_with(SecurityConfig(api_key_file=str(keys)))
+
+    @app.get("/forgotten")
+    async def forgotten():
+        return {"leak": True}
+
+    client = TestClient(app)
+    reply = client.get("/forgotten", headers={"Authorization": "Bearer root-key-0123456789abcdef"})
+    assert reply.status_code == 403 and "no auth decision" in reply.json()["error"]["message"]
+    assert client.get("/forgotten").status_code == 401
+    # an unknown path needs a credential before it is told 404
+    assert client.get("/unknown").status_code == 401
+    assert client.get("/unknown", headers={"x-api-key": "root-key-0123456789abcdef"}).status_code == 404
