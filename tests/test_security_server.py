@@ -78,7 +78,7 @@ class Secured:
             "--jwt-issuer", "issuer", "--jwt-audience", "bastion", "--audit-log", str(self.audit),
             "--max-concurrent-requests", "4", "--max-waiting-requests", "2",
             env={"BASTION_API_KEY": ENV_KEY},
-            http={"verify": str(self.ca.path), "headers": {"x-api-key": OPS}})
+            http={"verify": self.verify, "headers": {"x-api-key": OPS}})
         self.url = self.proc.url
 
     def client(self, key: str | None = None, **kw) -> httpx.Client:
