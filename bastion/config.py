@@ -166,3 +166,22 @@ class ServerConfig:
             raise ValueError(f"--max-queued-requests must be non-negative, got {self.max_queued_requests}")
         if self.shutdown_timeout < 0:
             raise ValueError(f"--shutdown-timeout must be non-negative, got {self.shutdown_timeout}")
+
+
+INTERNAL_TRANSPORTS = ("ipc", "tcp")
+
+
+@dataclass(frozen=True)
+class InternalConfig:
+    """Sockets between bastion's own processes: ipc in a private 0700 directory, or TCP on the
+    internal host with CurveZMQ (`encryption`; off only to measure its cost)."""
+
+    transport: str = "ipc"
+    host: str = "127.0.0.1"
+    encryption: bool = True
+
+    def __post_init__(self) -> None:
+        if self.transport not in INTERNAL_TRANSPORTS:
+            raise ValueError(f"--internal-transport must be ipc or tcp, got {self.transport!r}")
+        if not self.host:
+            raise ValueError("--internal-host must not be empty")

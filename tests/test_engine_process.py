@@ -6,7 +6,7 @@ import shutil
 import pytest
 import zmq
 
-from bastion.config import EngineConfig
+from bastion.config import EngineConfig, InternalConfig
 from bastion.engine.core import EngineCore
 from bastion.engine.sampling_params import SamplingParams
 from bastion.launch.procs import Child, ChildStartError, await_all
@@ -23,7 +23,7 @@ def engine_proc(tiny_qwen3):
     config = EngineConfig.from_kwargs(str(tiny_qwen3), dtype="float32", num_kv_blocks=128,
                                       block_size=4, max_model_len=256, num_threads=1)
     folder = channel.private_ipc_dir()
-    child = Child("engine-0", EngineSpec(0, config, str(folder)))
+    child = Child("engine-0", EngineSpec(0, config, str(folder), InternalConfig()))
     (ready,) = await_all([child], 120)
     ctx = zmq.Context()
     push, pull = ctx.socket(zmq.PUSH), ctx.socket(zmq.PULL)
@@ -91,7 +91,7 @@ def test_invalid_requests_get_an_error_and_abort_ends_a_request(engine_proc):
 
 def test_an_engine_that_cannot_load_fails_the_start_with_its_reason(tmp_path):
     config = EngineConfig.from_kwargs(str(tmp_path / "missing"))
-    child = Child("engine-3", EngineSpec(3, config, str(tmp_path)))
+    child = Child("engine-3", EngineSpec(3, config, str(tmp_path), InternalConfig()))
     with pytest.raises(ChildStartError, match="engine-3 failed to start: ModelLoadError: .* is not a directory"):
         await_all([child], 60)
     assert child.wait(10) == 1
@@ -99,7 +99,7 @@ def test_an_engine_that_cannot_load_fails_the_start_with_its_reason(tmp_path):
 
 def test_an_engine_stops_when_its_launcher_pipe_closes(tiny_qwen3, tmp_path):
     config = EngineConfig.from_kwargs(str(tiny_qwen3), dtype="float32", num_kv_blocks=16, num_threads=1)
-    child = Child("engine-0", EngineSpec(0, config, str(tmp_path)))
+    child = Child("engine-0", EngineSpec(0, config, str(tmp_path), InternalConfig()))
     await_all([child], 120)
     child.proc.stdin.close()  # what the kernel does when the launcher dies, even by SIGKILL
     assert child.wait(10) == 1

@@ -1,8 +1,8 @@
 """The engine core as its own process: ZMQ in, engine steps, ZMQ out.
 
 The engine binds its input (PULL) socket itself, on an ipc path in the launcher's private 0700
-directory (TCP, with CurveZMQ, comes with multi-node serving), and reports the real endpoint
-through the start-up handshake. Each front end (API server) says hello with the endpoint of a
+directory or on the internal host's port 0 over TCP with CurveZMQ (admitting only the
+deployment's keys), and reports the real endpoint through the start-up handshake. Each front end (API server) says hello with the endpoint of a
 PULL socket it bound; the engine connects a PUSH socket there, so every front end receives the
 results of its own requests, plus the engine's load after every step.
 
@@ -19,27 +19,30 @@ from typing import Callable
 
 import zmq
 
-from bastion.config import EngineConfig
+from bastion.config import EngineConfig, InternalConfig
 from bastion.engine.core import EngineCore, EngineOutput
 from bastion.transport import channel
 from bastion.transport.control import EngineReady
 from bastion.transport.messages import (AbortRequests, ClientHello, EngineLoad, EngineOutputs,
                                         EngineRequest, Logprob, RequestError, SequenceOutput,
-                                        decode, encode)
+                                        MAX_FRAME_BYTES, decode, encode)
 
 logger = logging.getLogger(__name__)
 
 
-def run_engine(config: EngineConfig, index: int, ipc_dir: str,
-               report: Callable[[EngineReady], None]) -> None:
+def run_engine(config: EngineConfig, index: int, ipc_dir: str, report: Callable[[EngineReady], None],
+               internal: InternalConfig = InternalConfig(), keys: channel.ChannelKeys | None = None) -> None:
     """Load the model, bind the input socket, report ready, then serve until killed."""
     engine = EngineCore(config)
     zctx = zmq.Context()
+    listener = channel.Listener(zctx, internal, ipc_dir, keys)
     pull = zctx.socket(zmq.PULL)
-    endpoint = channel.bind(pull, f"ipc://{ipc_dir}/engine-{index}-in")
+    pull.setsockopt(zmq.MAXMSGSIZE, MAX_FRAME_BYTES)
+    endpoint = listener.bind(pull, f"engine-{index}-in")
     limits = engine.limits
-    report(EngineReady(index, endpoint, limits.max_model_len, limits.num_kv_blocks, limits.vocab_size))
-    EngineLoop(engine, index, pull, zctx).run()
+    report(EngineReady(index, endpoint, limits.max_model_len, limits.num_kv_blocks, limits.vocab_size,
+                       listener.public))
+    EngineLoop(engine, index, pull, zctx, listener).run()
 
 
 @dataclass
@@ -51,8 +54,9 @@ class _Owner:
 class EngineLoop:
     """Moves messages between the sockets and the engine, forever."""
 
-    def __init__(self, engine: EngineCore, index: int, pull: zmq.Socket, zctx: zmq.Context) -> None:
-        self.engine, self.index = engine, index
+    def __init__(self, engine: EngineCore, index: int, pull: zmq.Socket, zctx: zmq.Context,
+                 listener: channel.Listener) -> None:
+        self.engine, self.index, self.listener = engine, index, listener
         self.inbox: queue.Queue = queue.Queue()
         self.outbox: queue.Queue = queue.Queue()
         self.clients: set[int] = set()
@@ -74,7 +78,8 @@ class EngineLoop:
                 if client in pushes:
                     pushes.pop(client).close(0)
                 sock = zctx.socket(zmq.PUSH)
-                sock.connect(item.output_endpoint)
+                sock.setsockopt(zmq.LINGER, 0)
+                self.listener.connect(sock, item.output_endpoint, item.server_key)
                 pushes[client] = sock
             elif client in pushes:
                 pushes[client].send(encode(item))

@@ -54,7 +54,8 @@ def main() -> None:
 def _engine(spec: EngineSpec, report: Callable) -> None:
     from bastion.engine.core_proc import run_engine
 
-    run_engine(_rank_device(spec.config, spec.index), spec.index, spec.ipc_dir, report)
+    run_engine(_rank_device(spec.config, spec.index), spec.index, spec.ipc_dir, report,
+               spec.internal, spec.keys)
 
 
 def _rank_device(config: EngineConfig, index: int) -> EngineConfig:

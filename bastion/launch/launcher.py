@@ -96,15 +96,17 @@ class Launcher:
             self.limits = LimitsService(Limiter(sec.max_concurrent_requests, sec.max_waiting_requests),
                                         ipc_dir)
         dp = cfg.parallel.data_parallel_size
+        keys = channel.deployment_keys(dp + cfg.parallel.api_server_count)
         for i in range(dp):
-            spec = EngineSpec(i, rank_engine_config(cfg, i), ipc_dir)
+            spec = EngineSpec(i, rank_engine_config(cfg, i), ipc_dir, cfg.internal, keys[i])
             self.engines.append(Child(f"engine-{i}", spec, env=env))
         readies: list[EngineReady] = await_all(self.engines, cfg.engine_startup_timeout)
-        endpoints = [EngineEndpoint(r.engine_index, r.input_endpoint) for r in readies]
+        endpoints = [EngineEndpoint(r.engine_index, r.input_endpoint, r.server_key) for r in readies]
         max_len = min(r.max_model_len for r in readies)
         for j in range(cfg.parallel.api_server_count):
             spec = ApiServerSpec(j, cfg.server, cfg.model, max_len, readies[0].vocab_size, endpoints,
-                                 sock.fileno(), ipc_dir, str(self.dirs[1]), sec, self.limits is not None)
+                                 sock.fileno(), ipc_dir, str(self.dirs[1]), sec, cfg.internal,
+                                 keys[dp + j], self.limits is not None)
             self.api_servers.append(Child(f"api-server-{j}", spec, pass_fds=(sock.fileno(),), env=env))
         await_all(self.api_servers, API_SERVER_STARTUP_TIMEOUT)
         host, port = sock.getsockname()[:2]

@@ -2,9 +2,10 @@
 from __future__ import annotations
 
 import argparse
+import os
 from dataclasses import dataclass
 
-from bastion.config import EngineConfig, ParallelConfig, ServerConfig, parse_bytes
+from bastion.config import EngineConfig, InternalConfig, ParallelConfig, ServerConfig, parse_bytes
 from bastion.engine_args import add_engine_args, engine_config
 from bastion.security.args import add_security_args, check_exposure, security_config
 from bastion.security.config import SecurityConfig
@@ -20,6 +21,7 @@ class ServeConfig:
     server: ServerConfig
     engine_startup_timeout: float
     security: SecurityConfig
+    internal: InternalConfig = InternalConfig()
 
 
 def add_serve_args(parser: argparse.ArgumentParser) -> None:
@@ -46,6 +48,13 @@ def add_serve_args(parser: argparse.ArgumentParser) -> None:
     p = parser.add_argument_group("parallel")
     p.add_argument("--data-parallel-size", "-dp", type=int, default=1,
                    help="engine ranks (model replicas); each gets its share of CPU threads or its own GPU")
+    p.add_argument("--internal-transport", choices=["ipc", "tcp"], default="ipc",
+                   help="sockets between bastion's processes: ipc in a private 0700 directory "
+                        "(default), or TCP on --internal-host with CurveZMQ")
+    p.add_argument("--internal-host", default=os.environ.get("BASTION_HOST_IP", "127.0.0.1"),
+                   help="address internal TCP listeners bind (default $BASTION_HOST_IP, else 127.0.0.1)")
+    p.add_argument("--internal-encryption", choices=["on", "off"], default="on",
+                   help="CurveZMQ on internal TCP sockets; off only to measure its cost")
     add_security_args(parser)
     add_engine_args(parser)
 
@@ -66,7 +75,8 @@ def serve_config(args: argparse.Namespace) -> ServeConfig:
         raise ValueError(f"--engine-startup-timeout must be positive, got {args.engine_startup_timeout}")
     security = security_config(args)
     check_exposure(server.host, security)
-    return ServeConfig(model, engine, parallel, server, args.engine_startup_timeout, security)
+    internal = InternalConfig(args.internal_transport, args.internal_host, args.internal_encryption == "on")
+    return ServeConfig(model, engine, parallel, server, args.engine_startup_timeout, security, internal)
 
 
 def _default_name(model: str, is_demo: bool) -> str:

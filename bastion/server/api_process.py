@@ -34,7 +34,8 @@ async def _serve(spec: ApiServerSpec, tokenizer, sock: socket.socket, control: C
     from bastion.server.state import ServerState
 
     security = SecurityRuntime(spec)
-    client = EngineClient(spec.index, spec.engines, spec.ipc_dir, spec.server.prefix_affinity_tokens)
+    client = EngineClient(spec.index, spec.engines, spec.ipc_dir, spec.server.prefix_affinity_tokens,
+                          spec.internal, spec.keys)
     await client.start()
     client.load_listeners.append(metrics.record_load)
     for rank in client.ranks:

@@ -13,12 +13,14 @@ from dataclasses import dataclass, field
 import zmq
 import zmq.asyncio
 
+from bastion.config import InternalConfig
 from bastion.engine.sampling_params import SamplingParams
 from bastion.server.balancer import RankBalancer
 from bastion.transport import channel
 from bastion.transport.control import EngineEndpoint
 from bastion.transport.messages import (AbortRequests, ClientHello, EngineOutputs,
-                                        EngineRequest, RequestError, SequenceOutput, decode, encode)
+                                        EngineRequest, MAX_FRAME_BYTES, RequestError, SequenceOutput,
+                                        decode, encode)
 
 logger = logging.getLogger(__name__)
 
@@ -31,6 +33,7 @@ class RankUnavailable(Exception):
 class RankState:
     index: int
     endpoint: str
+    server_key: bytes = b""
     alive: bool = True
     reason: str = ""
     requests: set[str] = field(default_factory=set)
@@ -40,13 +43,16 @@ class EngineClient:
     """Async client of every engine rank, for one API-server process."""
 
     def __init__(self, client_index: int, engines: list[EngineEndpoint], ipc_dir: str,
-                 affinity_tokens: int = 2048) -> None:
+                 affinity_tokens: int = 2048, internal: InternalConfig = InternalConfig(),
+                 keys: channel.ChannelKeys | None = None) -> None:
         self.client_index = client_index
-        self.ranks = [RankState(e.index, e.input_endpoint) for e in engines]
+        self.ranks = [RankState(e.index, e.input_endpoint, e.server_key) for e in engines]
         self.balancer = RankBalancer(len(engines), affinity_tokens)
         self.ctx = zmq.asyncio.Context()
+        self.listener = channel.Listener(self.ctx, internal, ipc_dir, keys)
         self.pull = self.ctx.socket(zmq.PULL)
-        self.output_endpoint = channel.bind(self.pull, f"ipc://{ipc_dir}/api-{client_index}-out")
+        self.pull.setsockopt(zmq.MAXMSGSIZE, MAX_FRAME_BYTES)
+        self.output_endpoint = self.listener.bind(self.pull, f"api-{client_index}-out")
         self.pushes = []
         self.queues: dict[str, asyncio.Queue] = {}
         self.rank_of: dict[str, int] = {}
@@ -57,8 +63,9 @@ class EngineClient:
         for rank in self.ranks:
             push = self.ctx.socket(zmq.PUSH)
             push.setsockopt(zmq.LINGER, 0)
-            push.connect(rank.endpoint)
-            await push.send(encode(ClientHello(self.client_index, self.output_endpoint)))
+            self.listener.connect(push, rank.endpoint, rank.server_key)
+            await push.send(encode(ClientHello(self.client_index, self.output_endpoint,
+                                               self.listener.public)))
             self.pushes.append(push)
         self._reader = asyncio.create_task(self._read())
 
@@ -132,4 +139,5 @@ class EngineClient:
             self._reader.cancel()
         for sock in [self.pull, *self.pushes]:
             sock.close(0)
+        self.listener.stop()
         self.ctx.term()

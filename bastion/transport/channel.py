@@ -13,8 +13,11 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import msgspec
 import zmq
 import zmq.auth.thread
+
+from bastion.config import InternalConfig
 
 logger = logging.getLogger(__name__)
 
@@ -84,3 +87,62 @@ def curve_client(sock: zmq.Socket, keys: CurveKeyPair, server_public: bytes) -> 
     sock.curve_publickey = keys.public
     sock.curve_serverkey = server_public
     return sock
+
+
+class ChannelKeys(msgspec.Struct, frozen=True):
+    """One process's CURVE identity and the public keys it admits; travels only in a spec."""
+
+    public: bytes
+    secret: bytes
+    allowed: list[bytes]
+
+    def __repr__(self) -> str:
+        return f"ChannelKeys(public={self.public!r}, allowed={len(self.allowed)} keys)"
+
+
+def deployment_keys(count: int) -> list[ChannelKeys]:
+    """A keypair per process of one deployment; each admits every other one's public key."""
+    pairs = [CurveKeyPair.generate() for _ in range(count)]
+    publics = [p.public for p in pairs]
+    return [ChannelKeys(p.public, p.secret, publics) for p in pairs]
+
+
+class Listener:
+    """Binds a process's listening sockets as `internal` says and admits only the deployment.
+
+    ipc: `ipc://DIR/NAME` in the private directory. tcp: `tcp://HOST:0`, CURVE server with
+    this process's keys, and a ZAP gate on the context admitting the allowed public keys.
+    """
+
+    def __init__(self, ctx: zmq.Context, internal: InternalConfig, ipc_dir: str,
+                 keys: ChannelKeys | None) -> None:
+        self.internal, self.ipc_dir = internal, ipc_dir
+        self.keys = keys if internal.transport == "tcp" and internal.encryption else None
+        self.gate = None
+        if self.keys is not None:
+            gate_ctx = ctx if type(ctx) is zmq.Context else zmq.Context.shadow(ctx.underlying)
+            self.gate = CurveGate(gate_ctx, set(self.keys.allowed))
+
+    def bind(self, sock: zmq.Socket, name: str) -> str:
+        if self.internal.transport == "ipc":
+            return bind(sock, f"ipc://{self.ipc_dir}/{name}")
+        if self.keys is not None:
+            curve_server(sock, CurveKeyPair(self.keys.public, self.keys.secret))
+        host = f"[{self.internal.host}]" if ":" in self.internal.host else self.internal.host
+        if ":" in self.internal.host:
+            sock.ipv6 = True
+        return bind(sock, f"tcp://{host}:0")
+
+    def connect(self, sock: zmq.Socket, endpoint: str, server_public: bytes) -> None:
+        """Connect to a deployment peer; over encrypted TCP as a CURVE client of `server_public`."""
+        if self.keys is not None and endpoint.startswith("tcp://"):
+            curve_client(sock, CurveKeyPair(self.keys.public, self.keys.secret), server_public)
+        sock.connect(endpoint)
+
+    @property
+    def public(self) -> bytes:
+        return self.keys.public if self.keys is not None else b""
+
+    def stop(self) -> None:
+        if self.gate is not None:
+            self.gate.stop()

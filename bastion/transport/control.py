@@ -16,8 +16,9 @@ from typing import BinaryIO, Callable, Union
 
 import msgspec
 
-from bastion.config import EngineConfig, ServerConfig
+from bastion.config import EngineConfig, InternalConfig, ServerConfig
 from bastion.security.config import SecurityConfig
+from bastion.transport.channel import ChannelKeys
 
 logger = logging.getLogger(__name__)
 
@@ -31,6 +32,8 @@ class EngineSpec(msgspec.Struct, tag="engine_spec"):
     index: int
     config: EngineConfig
     ipc_dir: str
+    internal: InternalConfig
+    keys: ChannelKeys | None = None  # its CURVE identity on encrypted TCP (secret: spec only)
 
 
 class EngineEndpoint(msgspec.Struct):
@@ -38,6 +41,7 @@ class EngineEndpoint(msgspec.Struct):
 
     index: int
     input_endpoint: str
+    server_key: bytes = b""  # its CURVE public key on encrypted TCP
 
 
 class ApiServerSpec(msgspec.Struct, tag="api_spec"):
@@ -53,6 +57,8 @@ class ApiServerSpec(msgspec.Struct, tag="api_spec"):
     ipc_dir: str
     metrics_dir: str
     security: SecurityConfig
+    internal: InternalConfig
+    keys: ChannelKeys | None = None
     shared_limits: bool = False  # whether the launcher's limits service runs (in ipc_dir)
 
 
@@ -62,6 +68,7 @@ class EngineReady(msgspec.Struct, tag="engine_ready"):
     max_model_len: int
     num_kv_blocks: int
     vocab_size: int
+    server_key: bytes = b""
 
 
 class ApiServerReady(msgspec.Struct, tag="api_ready"):

@@ -44,6 +44,7 @@ class ClientHello(msgspec.Struct, tag="hello", frozen=True):
 
     client_index: int
     output_endpoint: str
+    server_key: bytes = b""  # the CURVE public key of that socket on encrypted TCP
 
 
 class Logprob(msgspec.Struct, frozen=True, array_like=True):
