@@ -3,6 +3,7 @@ certificates, TLS 1.2 as the floor, and certificate refresh by a Kubernetes-styl
 while a stream is in flight."""
 from __future__ import annotations
 
+import json
 import os
 import socket
 import ssl
@@ -96,6 +97,20 @@ def test_mutual_tls_needs_a_client_certificate_and_tls_1_2(ca, mtls):
     old.set_ciphers("ALL:@SECLEVEL=0")
     with pytest.raises((httpx.ConnectError, ssl.SSLError)):
         httpx.get(f"{proc.url}/health", verify=old)
+
+
+def test_bench_serve_speaks_mutual_tls(ca, mtls, tmp_path):
+    proc, _, _ = mtls
+    client = ca.issue("bench-client", client=True)
+    out = tmp_path / "bench.json"
+    result = subprocess.run([sys.executable, "-m", "bastion.cli", "bench", "serve", "--url", proc.url,
+                             "--ssl-ca-certs", str(ca.path), "--ssl-client-certfile", str(client.cert),
+                             "--ssl-client-keyfile", str(client.key), "--num-requests", "4",
+                             "--max-tokens", "4", "--concurrency", "2", "--json", str(out)],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    serving = json.loads(out.read_text())
+    assert serving["num_requests"] == 4 and serving["errors"] == 0, serving
 
 
 def _client_pair(ca: CertAuthority) -> tuple[Path, Path]:

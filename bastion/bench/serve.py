@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import os
 import resource
@@ -28,6 +29,9 @@ def add_serve_bench_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--url", default=None, help="base URL of a running server, e.g. http://127.0.0.1:8000")
     parser.add_argument("--api-key", default=None,
                         help="bearer key (visible in the process list; prefer BASTION_API_KEY)")
+    parser.add_argument("--ssl-ca-certs", default=None, help="CA that signs an https server's certificate")
+    parser.add_argument("--ssl-client-certfile", default=None, help="client certificate for mutual TLS")
+    parser.add_argument("--ssl-client-keyfile", default=None, help="its key (with --ssl-client-certfile)")
     parser.add_argument("--served-model", default=None, help="model name to request (default: the server's first)")
     parser.add_argument("--concurrency", type=int, default=64, help="requests in flight at once")
     parser.add_argument("--request-rate", type=float, default=None,
@@ -56,17 +60,28 @@ def workload(args: argparse.Namespace, vocab: int) -> list[BenchRequest]:
     return reqs
 
 
-def _served_model(url: str, api_key: str | None) -> str:
+def _served_model(settings: LoadSettings) -> str:
     import httpx
 
-    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-    return httpx.get(f"{url}/v1/models", headers=headers, timeout=30).json()["data"][0]["id"]
+    headers = {"Authorization": f"Bearer {settings.api_key}"} if settings.api_key else {}
+    reply = httpx.get(f"{settings.url}/v1/models", headers=headers, timeout=30, verify=settings.verify())
+    if reply.status_code != 200:
+        raise ValueError(f"GET {settings.url}/v1/models answered {reply.status_code}: "
+                         f"{reply.text[:200]} (--api-key or BASTION_API_KEY?)")
+    return reply.json()["data"][0]["id"]
 
 
 def measure_serving(url: str, args: argparse.Namespace, reqs: list[BenchRequest]) -> dict:
     api_key = args.api_key or os.environ.get("BASTION_API_KEY")
-    model = args.served_model or _served_model(url, api_key)
-    settings = LoadSettings(url.rstrip("/"), model, api_key, args.concurrency, args.request_rate)
+    client_cert = None
+    if args.ssl_client_certfile or args.ssl_client_keyfile:
+        if not (args.ssl_client_certfile and args.ssl_client_keyfile):
+            raise ValueError("--ssl-client-certfile and --ssl-client-keyfile go together")
+        client_cert = (args.ssl_client_certfile, args.ssl_client_keyfile)
+    settings = LoadSettings(url.rstrip("/"), args.served_model or "", api_key, args.concurrency,
+                            args.request_rate, ca_certs=args.ssl_ca_certs, client_cert=client_cert)
+    if not settings.model:
+        settings = dataclasses.replace(settings, model=_served_model(settings))
     warm = mixed_workload(4, PROMPT_VOCAB, seed=99, prompt_range=(16, 64), output_range=(4, 8))
     asyncio.run(run_load(settings, warm))
     cpu_before = _cpu_seconds()

@@ -36,6 +36,17 @@ class LoadSettings:
     request_rate: float | None = None
     timeout: float = 600.0
     seed: int = 0
+    ca_certs: str | None = None  # verify an https server against this CA (else the system's)
+    client_cert: tuple[str, str] | None = None  # (certificate, key) for mutual TLS
+
+    def verify(self):
+        """httpx's `verify`: a context trusting `ca_certs` (and presenting `client_cert`)."""
+        import ssl
+
+        context = ssl.create_default_context(cafile=self.ca_certs)
+        if self.client_cert:
+            context.load_cert_chain(*self.client_cert)
+        return context
 
 
 async def _one(http: httpx.AsyncClient, s: LoadSettings, req: BenchRequest) -> RequestResult:
@@ -78,7 +89,7 @@ async def run_load(s: LoadSettings, reqs: list[BenchRequest]) -> tuple[list[Requ
     """Send every request; return the results and the wall time of the whole run."""
     headers = {"Authorization": f"Bearer {s.api_key}"} if s.api_key else {}
     limits = httpx.Limits(max_connections=s.concurrency + 8, max_keepalive_connections=s.concurrency + 8)
-    async with httpx.AsyncClient(timeout=s.timeout, limits=limits, headers=headers) as http:
+    async with httpx.AsyncClient(timeout=s.timeout, limits=limits, headers=headers, verify=s.verify()) as http:
         gate = asyncio.Semaphore(s.concurrency)
         rng = random.Random(s.seed)
 
