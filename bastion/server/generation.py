@@ -100,9 +100,15 @@ class Generation:
                 if merged:
                     yield list(merged.values())
         finally:
-            if any(s.finish_reason is None for s in self.seqs):
-                await self.client.abort(self.request_id)
-            self._end()
+            await self.close()
+
+    async def close(self) -> None:
+        """End the request (once): abort what is unfinished in the engine, settle its accounts."""
+        if self._ended:
+            return
+        if self._queue is not None and any(s.finish_reason is None for s in self.seqs):
+            await self.client.abort(self.request_id)
+        self._end()
 
     async def collect(self) -> list[SequenceState]:
         async for _ in self.deltas():

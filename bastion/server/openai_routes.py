@@ -11,7 +11,7 @@ from bastion.security.auth import requires
 from bastion.server.generation import Generation, SequenceDelta, SequenceState
 from bastion.server.protocol import ChatCompletionRequest, CompletionRequest
 from bastion.server.state import ServerState
-from bastion.server.streaming import sse, sse_response, unless_disconnected
+from bastion.server.streaming import collect_unless_disconnected, sse, sse_response
 from bastion.transport.messages import Logprob
 
 router = APIRouter()
@@ -36,8 +36,8 @@ async def chat_completions(body: ChatCompletionRequest, request: Request):
     generation = await state.start_generation(prompt, params, body.stop_strings, request)
     reply = _Reply("chatcmpl", "chat.completion", state.model_name, body.logprobs, state)
     if body.stream:
-        return sse_response(reply.chat_events(generation, body.include_usage))
-    seqs = await unless_disconnected(request, generation.collect())
+        return sse_response(reply.chat_events(generation, body.include_usage), generation)
+    seqs = await collect_unless_disconnected(request, generation)
     return reply.envelope([reply.chat_choice(s) for s in seqs], generation.usage())
 
 
@@ -55,8 +55,8 @@ async def completions(body: CompletionRequest, request: Request):
     generation = await state.start_generation(prompt_ids, params, body.stop_strings, request)
     reply = _Reply("cmpl", "text_completion", state.model_name, body.logprobs is not None, state)
     if body.stream:
-        return sse_response(reply.completion_events(generation, body.include_usage))
-    seqs = await unless_disconnected(request, generation.collect())
+        return sse_response(reply.completion_events(generation, body.include_usage), generation)
+    seqs = await collect_unless_disconnected(request, generation)
     return reply.envelope([reply.completion_choice(s) for s in seqs], generation.usage())
 
 

@@ -16,7 +16,7 @@ from bastion.server.errors import APIError
 from bastion.server.generation import Generation, SequenceState
 from bastion.server.protocol import MAX_N, PositiveInt, StopField, _Body, _Fixed, build_sampling_params
 from bastion.server.state import ServerState
-from bastion.server.streaming import sse, sse_response, unless_disconnected
+from bastion.server.streaming import collect_unless_disconnected, sse, sse_response
 
 router = APIRouter()
 
@@ -75,8 +75,8 @@ async def generate(body: GenerateRequest, request: Request):
         ignore_eos=sp.ignore_eos, skip_special_tokens=sp.skip_special_tokens))
     generation = await state.start_generation(prompt_ids, params, stops, request)
     if body.stream:
-        return sse_response(_events(generation))
-    seqs = await unless_disconnected(request, generation.collect())
+        return sse_response(_events(generation), generation)
+    seqs = await collect_unless_disconnected(request, generation)
     results = [_result(generation, s) for s in seqs]
     return results[0] if len(results) == 1 else results
 

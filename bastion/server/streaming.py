@@ -8,6 +8,7 @@ from typing import AsyncIterator, Awaitable, TypeVar
 
 from fastapi import Request
 from fastapi.responses import StreamingResponse
+from starlette.background import BackgroundTask
 
 from bastion.server.errors import APIError, error_body
 
@@ -21,8 +22,12 @@ def sse(payload: dict) -> str:
     return f"data: {json.dumps(payload, ensure_ascii=False, separators=(',', ':'))}\n\n"
 
 
-def sse_response(events: AsyncIterator[str], done_marker: bool = True) -> StreamingResponse:
-    """Stream `events`; an error mid-stream becomes a final error event (then [DONE])."""
+def sse_response(events: AsyncIterator[str], generation=None, done_marker: bool = True) -> StreamingResponse:
+    """Stream `events`; an error mid-stream becomes a final error event (then [DONE]).
+
+    `generation` is closed when the response is over, even if the client left before the stream
+    began (a generator that never started runs no `finally`): its engine request is aborted and
+    its limits released."""
     async def guarded() -> AsyncIterator[str]:
         try:
             async for event in events:
@@ -35,7 +40,8 @@ def sse_response(events: AsyncIterator[str], done_marker: bool = True) -> Stream
         if done_marker:
             yield DONE
     return StreamingResponse(guarded(), media_type="text/event-stream",
-                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+                             background=BackgroundTask(generation.close) if generation else None)
 
 
 async def _wait_for_disconnect(request: Request) -> None:
@@ -43,6 +49,14 @@ async def _wait_for_disconnect(request: Request) -> None:
         message = await request.receive()
         if message["type"] == "http.disconnect":
             return
+
+
+async def collect_unless_disconnected(request: Request, generation):
+    """A whole generation's sequences; it is closed (aborted if unfinished) however this ends."""
+    try:
+        return await unless_disconnected(request, generation.collect())
+    finally:
+        await generation.close()
 
 
 async def unless_disconnected(request: Request, work: Awaitable[T]) -> T:
