@@ -24,4 +24,17 @@ def test_bench_serve_reports_throughput_and_latency_percentiles(shared_server, t
 def test_bench_serve_needs_exactly_one_target():
     result = subprocess.run([sys.executable, "-m", "bastion.cli", "bench", "serve"],
                             capture_output=True, text=True, timeout=60)
-    assert result.returncode == 2 and "give either --url URL" in result.stderr
+    assert result.returncode == 2 and "give one of --url URL" in result.stderr
+
+
+def test_bench_serve_compares_internal_transports(tmp_path):
+    out = tmp_path / "internal.json"
+    result = subprocess.run(
+        [sys.executable, "-m", "bastion.cli", "bench", "serve", "--compare-internal",
+         "--num-requests", "6", "--max-tokens", "4", "--concurrency", "3", "--json", str(out)],
+        capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    data = json.loads(out.read_text())
+    for name in ("ipc", "tcp_curve", "tcp_plain"):
+        assert data[name]["errors"] == 0 and data[name]["output_tokens"] == 24
+    assert data["tcp_curve_over_ipc"] > 0 and data["tcp_curve_over_tcp_plain"] > 0

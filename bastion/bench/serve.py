@@ -44,7 +44,11 @@ def add_serve_bench_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workload-seed", type=int, default=0)
     parser.add_argument("--compare-offline", action="store_true",
                         help="start a server on --model, then run the same workload offline")
-    parser.add_argument("--model", default=None, help="model folder for --compare-offline (default: the demo model)")
+    parser.add_argument("--compare-internal", action="store_true",
+                        help="start three servers on --model: internal ipc, TCP with CurveZMQ, plain TCP; "
+                             "same workload against each")
+    parser.add_argument("--model", default=None,
+                        help="model folder for --compare-offline/--compare-internal (default: the demo model)")
     parser.add_argument("--synthetic-110m", action="store_true",
                         help="with --compare-offline: a random ~110M Llama (with a word tokenizer)")
     parser.add_argument("--json", default=None, metavar="PATH", help="write the results as JSON")
@@ -103,13 +107,16 @@ def _cpu_seconds() -> float:
 
 
 def run_serve_bench(args: argparse.Namespace) -> int:
-    if args.compare_offline == bool(args.url):
-        raise ValueError("give either --url URL (a running server) or --compare-offline")
+    if [bool(args.url), args.compare_offline, args.compare_internal].count(True) != 1:
+        raise ValueError("give one of --url URL (a running server), --compare-offline or --compare-internal")
     if args.concurrency < 1:
         raise ValueError(f"--concurrency must be at least 1, got {args.concurrency}")
     if args.compare_offline:
         with tempfile.TemporaryDirectory(prefix="bastion-bench-") as tmp:
             result = compare_offline(args, Path(tmp))
+    elif args.compare_internal:
+        from bastion.bench.internal import compare_internal
+        result = compare_internal(args)
     else:
         result = measure_serving(args.url, args, workload(args, PROMPT_VOCAB))
     result.update(workload=args.workload, concurrency=args.concurrency, request_rate=args.request_rate)
@@ -167,9 +174,9 @@ def measure_offline(model: str, args: argparse.Namespace, reqs: list[BenchReques
 class _Server:
     """`bastion serve MODEL --port 0` with the bench's engine flags, for --compare-offline."""
 
-    def __init__(self, model: str, args: argparse.Namespace) -> None:
+    def __init__(self, model: str, args: argparse.Namespace, extra: tuple[str, ...] = ()) -> None:
         self.cmd = [sys.executable, "-m", "bastion.cli", "serve", model, "--port", "0",
-                    *engine_flags(args)]
+                    *engine_flags(args), *extra]
 
     def __enter__(self) -> str:
         self.proc = subprocess.Popen(self.cmd, stdout=subprocess.PIPE, text=True)
