@@ -179,9 +179,12 @@ class InternalConfig:
     transport: str = "ipc"
     host: str = "127.0.0.1"
     encryption: bool = True
+    secret_file: str | None = None  # CURVE keys derive from it (multi-node); else random per launch
 
     def __post_init__(self) -> None:
         if self.transport not in INTERNAL_TRANSPORTS:
             raise ValueError(f"--internal-transport must be ipc or tcp, got {self.transport!r}")
         if not self.host:
             raise ValueError("--internal-host must not be empty")
+        if self.secret_file and (self.transport != "tcp" or not self.encryption):
+            raise ValueError("--internal-secret-file needs --internal-transport tcp with encryption on")

@@ -29,18 +29,23 @@ def completes(server: ServerProcess) -> bool:
     return reply.status_code == 200 and reply.json()["usage"]["completion_tokens"] == 3
 
 
-def intrude(port: int, frames: list[bytes], curve_server_key: bytes | None = None) -> bytes | None:
-    """Connect to an engine as a stranger, say hello with our own result socket, send `frames`;
-    return whatever the engine sends us within 2 s."""
+def intrude(port: int, frames: list[bytes], curve_server_key: bytes | None = None,
+            mine: channel.CurveKeyPair | None = None) -> bytes | None:
+    """Connect to an engine as an outsider (with keys `mine`, else random ones), say hello with
+    our own result socket, send `frames`; return whatever the engine sends us within 2 s."""
     ctx = zmq.Context()
+    keys = mine or channel.CurveKeyPair.generate()
     try:
         with ctx.socket(zmq.PULL) as pull, ctx.socket(zmq.PUSH) as push:
-            mine = channel.bind(pull, "tcp://127.0.0.1:0")
+            if curve_server_key is not None:
+                channel.curve_server(pull, keys)
+            result_endpoint = channel.bind(pull, "tcp://127.0.0.1:0")
             push.linger = 0
             if curve_server_key is not None:
-                channel.curve_client(push, channel.CurveKeyPair.generate(), curve_server_key)
+                channel.curve_client(push, keys, curve_server_key)
             push.connect(f"tcp://127.0.0.1:{port}")
-            push.send(encode(ClientHello(7, mine)), flags=zmq.NOBLOCK) if push.poll(1000, zmq.POLLOUT) else None
+            if push.poll(1000, zmq.POLLOUT):
+                push.send(encode(ClientHello(7, result_endpoint, keys.public)), flags=zmq.NOBLOCK)
             for frame in frames:
                 if push.poll(500, zmq.POLLOUT):
                     push.send(frame, flags=zmq.NOBLOCK)
@@ -52,9 +57,14 @@ def intrude(port: int, frames: list[bytes], curve_server_key: bytes | None = Non
 REQUEST = encode(EngineRequest("stolen", [1, 2, 3], SamplingParams(max_tokens=2), None, 7))
 
 
+SECRET = b"internal-secret-" + b"s" * 32
+
+
 @pytest.fixture(scope="module")
-def encrypted():
-    server = ServerProcess("--internal-transport", "tcp")
+def encrypted(tmp_path_factory):
+    secret_file = tmp_path_factory.mktemp("internal") / "secret"
+    secret_file.write_bytes(SECRET)
+    server = ServerProcess("--internal-transport", "tcp", "--internal-secret-file", str(secret_file))
     yield server
     server.kill()
 
@@ -62,8 +72,14 @@ def encrypted():
 def test_strangers_get_nothing_from_an_encrypted_engine(encrypted):
     port = engine_port(encrypted)
     assert completes(encrypted)
+    engine_key = channel.derive_keypair(SECRET, 0).public
     assert intrude(port, [REQUEST]) is None  # no CURVE at all
-    assert intrude(port, [REQUEST], channel.CurveKeyPair.generate().public) is None  # wrong keys
+    assert intrude(port, [REQUEST], channel.CurveKeyPair.generate().public) is None  # wrong server key
+    assert intrude(port, [REQUEST], engine_key) is None  # the right server, but not a deployment key
+    outsider = channel.derive_keypair(b"another-secret-" + b"x" * 32, 1)
+    assert intrude(port, [REQUEST], engine_key, outsider) is None  # keys from another secret
+    # a process holding the deployment's secret (a node of this deployment) is admitted
+    assert intrude(port, [REQUEST], engine_key, channel.derive_keypair(SECRET, 1)) is not None
     with socket.create_connection(("127.0.0.1", port), timeout=5) as raw:
         raw.sendall(b"\xff" * 64 + b"GET / HTTP/1.1\r\n\r\n")
     assert completes(encrypted)

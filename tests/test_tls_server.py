@@ -30,7 +30,7 @@ def ca(tmp_path_factory) -> CertAuthority:
     return CertAuthority(tmp_path_factory.mktemp("pki"))
 
 
-def test_start_up_refuses_bad_tls_and_insecure_binds_before_loading(ca, tmp_path):
+def test_start_up_refuses_bad_security_flags_before_loading(ca, tmp_path):
     good, other, expired = ca.issue("good"), ca.issue("other"), ca.issue("old", days=-1)
     cases = [
         (["--ssl-keyfile", str(good.key)], "--ssl-keyfile needs --ssl-certfile"),
@@ -40,6 +40,9 @@ def test_start_up_refuses_bad_tls_and_insecure_binds_before_loading(ca, tmp_path
         (["--ssl-keyfile", str(good.key), "--ssl-certfile", str(tmp_path / "none.crt")], "none.crt (--ssl-certfile)"),
         (["--api-key-file", str(tmp_path / "none.toml")], "none.toml (--api-key-file)"),
         (["--host", "0.0.0.0"], "--allow-insecure"),
+        (["--internal-secret-file", str(good.key)], "--internal-secret-file needs --internal-transport tcp"),
+        (["--internal-transport", "tcp", "--internal-secret-file", str(tmp_path / "none")],
+         "none (--internal-secret-file)"),
     ]
     for args, needle in cases:
         result = bastion_serve(*args)

@@ -96,7 +96,8 @@ class Launcher:
             self.limits = LimitsService(Limiter(sec.max_concurrent_requests, sec.max_waiting_requests),
                                         ipc_dir)
         dp = cfg.parallel.data_parallel_size
-        keys = channel.deployment_keys(dp + cfg.parallel.api_server_count)
+        secret = channel.read_internal_secret(cfg.internal.secret_file) if cfg.internal.secret_file else None
+        keys = channel.deployment_keys(dp + cfg.parallel.api_server_count, secret)
         for i in range(dp):
             spec = EngineSpec(i, rank_engine_config(cfg, i), ipc_dir, cfg.internal, keys[i])
             self.engines.append(Child(f"engine-{i}", spec, env=env))

@@ -55,6 +55,9 @@ def add_serve_args(parser: argparse.ArgumentParser) -> None:
                    help="address internal TCP listeners bind (default $BASTION_HOST_IP, else 127.0.0.1)")
     p.add_argument("--internal-encryption", choices=["on", "off"], default="on",
                    help="CurveZMQ on internal TCP sockets; off only to measure its cost")
+    p.add_argument("--internal-secret-file", default=None,
+                   help="derive the internal CurveZMQ keys from this secret (>= 32 bytes, the same "
+                        "file on every node) instead of making random ones per launch")
     add_security_args(parser)
     add_engine_args(parser)
 
@@ -75,7 +78,11 @@ def serve_config(args: argparse.Namespace) -> ServeConfig:
         raise ValueError(f"--engine-startup-timeout must be positive, got {args.engine_startup_timeout}")
     security = security_config(args)
     check_exposure(server.host, security)
-    internal = InternalConfig(args.internal_transport, args.internal_host, args.internal_encryption == "on")
+    internal = InternalConfig(args.internal_transport, args.internal_host, args.internal_encryption == "on",
+                              args.internal_secret_file)
+    if internal.secret_file:
+        from bastion.transport.channel import read_internal_secret
+        read_internal_secret(internal.secret_file)
     return ServeConfig(model, engine, parallel, server, args.engine_startup_timeout, security, internal)
 
 

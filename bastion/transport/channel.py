@@ -6,6 +6,8 @@ CurveZMQ: the server has a keypair and admits clients only by their public keys 
 """
 from __future__ import annotations
 
+import hashlib
+import hmac
 import logging
 import os
 import stat
@@ -16,6 +18,7 @@ from pathlib import Path
 import msgspec
 import zmq
 import zmq.auth.thread
+from zmq.utils import z85
 
 from bastion.config import InternalConfig
 
@@ -100,11 +103,34 @@ class ChannelKeys(msgspec.Struct, frozen=True):
         return f"ChannelKeys(public={self.public!r}, allowed={len(self.allowed)} keys)"
 
 
-def deployment_keys(count: int) -> list[ChannelKeys]:
-    """A keypair per process of one deployment; each admits every other one's public key."""
-    pairs = [CurveKeyPair.generate() for _ in range(count)]
+def deployment_keys(count: int, secret: bytes | None = None) -> list[ChannelKeys]:
+    """A keypair per process of one deployment; each admits every process's public key.
+
+    Random per launch, or derived from `secret` (the `--internal-secret-file` shared by every
+    node of a deployment), so that processes started on other nodes hold keys the others admit.
+    """
+    pairs = [derive_keypair(secret, i) if secret else CurveKeyPair.generate() for i in range(count)]
     publics = [p.public for p in pairs]
     return [ChannelKeys(p.public, p.secret, publics) for p in pairs]
+
+
+def derive_keypair(secret: bytes, index: int) -> CurveKeyPair:
+    """The deployment's `index`-th CURVE keypair, derived from the shared secret (HMAC-SHA256)."""
+    raw = hmac.new(secret, f"bastion-curve-key-{index}".encode(), hashlib.sha256).digest()
+    secret_z85 = z85.encode(raw)
+    return CurveKeyPair(zmq.curve_public(secret_z85), secret_z85)
+
+
+def read_internal_secret(path: str) -> bytes:
+    """The `--internal-secret-file`: at least 32 bytes; errors name the flag and file."""
+    try:
+        data = Path(path).read_bytes().strip()
+    except OSError as exc:
+        raise ValueError(f"cannot read {path} (--internal-secret-file): {exc.strerror}") from None
+    if len(data) < 32:
+        raise ValueError(f"{path} (--internal-secret-file) holds fewer than 32 bytes; "
+                         "make one with: head -c 48 /dev/urandom | base64 > FILE")
+    return data
 
 
 class Listener:

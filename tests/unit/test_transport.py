@@ -87,3 +87,18 @@ def test_curve_admits_only_allowed_client_keys():
 def test_secret_key_never_in_repr():
     keys = channel.CurveKeyPair.generate()
     assert keys.secret.decode() not in repr(keys)
+
+
+def test_internal_keys_derive_from_the_shared_secret(tmp_path):
+    a = channel.deployment_keys(3, b"k" * 40)
+    b = channel.deployment_keys(3, b"k" * 40)
+    other = channel.deployment_keys(3, b"j" * 40)
+    assert [k.public for k in a] == [k.public for k in b] == a[0].allowed
+    assert len({k.public for k in a}) == 3 and a[0].public != other[0].public
+    assert a[0].secret.decode() not in repr(a[0])
+    assert len({k.public for k in channel.deployment_keys(2)} | {k.public for k in channel.deployment_keys(2)}) == 4
+    with pytest.raises(ValueError, match="--internal-secret-file"):
+        channel.read_internal_secret(str(tmp_path / "absent"))
+    (tmp_path / "short").write_text("short")
+    with pytest.raises(ValueError, match="fewer than 32 bytes"):
+        channel.read_internal_secret(str(tmp_path / "short"))
