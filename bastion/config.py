@@ -134,8 +134,14 @@ class ParallelConfig:
 
     data_parallel_size: int = 1
     api_server_count: int = 1
+    max_rank_restarts: int = 5
+    rank_restart_window_s: float = 600.0
 
     def __post_init__(self) -> None:
+        if self.max_rank_restarts < 0:
+            raise ValueError(f"--max-rank-restarts must be non-negative, got {self.max_rank_restarts}")
+        if self.rank_restart_window_s <= 0:
+            raise ValueError(f"--rank-restart-window-s must be positive, got {self.rank_restart_window_s}")
         if self.data_parallel_size < 1:
             raise ValueError(f"--data-parallel-size must be at least 1, got {self.data_parallel_size}")
         if self.api_server_count < 1:

@@ -3,8 +3,9 @@
 Order: validate flags -> bind the HTTP socket (a taken port fails before any model loads) ->
 start every engine rank and await their handshakes -> start the API servers on the shared
 socket and await theirs -> print the ready line -> watch. An engine that dies is reported to
-every API server (its requests fail with 503, /health turns 503); an API server that dies
-stops the server. SIGTERM/SIGINT drains (API servers finish in-flight requests up to
+every API server (its requests fail with 503, /health turns 503 naming the rank) and restarted
+with backoff while the other ranks serve (engine_ranks.py); an API server that dies stops the
+server, and so does every rank failing. SIGTERM/SIGINT drains (API servers finish in-flight requests up to
 --shutdown-timeout), then stops the engines and exits 0; a second signal kills at once.
 """
 from __future__ import annotations
@@ -18,14 +19,14 @@ import signal
 import socket
 import sys
 
+from bastion.launch.engine_ranks import EngineRanks
 from bastion.launch.procs import Child, ChildStartError, await_all
 from bastion.launch.serve_args import ServeConfig
 from bastion.security.keys import ENV_VAR as API_KEY_ENV_VAR
 from bastion.security.ratelimit import Limiter
 from bastion.security.shared_limits import LimitsService
 from bastion.transport import channel
-from bastion.transport.control import (ApiServerSpec, EngineEndpoint, EngineReady, EngineSpec,
-                                       RankDown)
+from bastion.transport.control import ApiServerSpec, EngineEndpoint, EngineReady, EngineSpec
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +51,7 @@ class Launcher:
         self.signals: list[int] = []
         self.dirs = [channel.private_ipc_dir(), channel.private_ipc_dir()]
         self.limits: LimitsService | None = None
+        self.ranks: EngineRanks | None = None
 
     def run(self) -> int:
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -98,10 +100,11 @@ class Launcher:
         dp = cfg.parallel.data_parallel_size
         secret = channel.read_internal_secret(cfg.internal.secret_file) if cfg.internal.secret_file else None
         keys = channel.deployment_keys(dp + cfg.parallel.api_server_count, secret)
-        for i in range(dp):
-            spec = EngineSpec(i, rank_engine_config(cfg, i), ipc_dir, cfg.internal, keys[i])
-            self.engines.append(Child(f"engine-{i}", spec, env=env))
+        specs = [EngineSpec(i, rank_engine_config(cfg, i), ipc_dir, cfg.internal, keys[i]) for i in range(dp)]
+        self.engines = [Child(f"engine-{i}", spec, env=env) for i, spec in enumerate(specs)]
         readies: list[EngineReady] = await_all(self.engines, cfg.engine_startup_timeout)
+        self.ranks = EngineRanks(specs, self.engines, self._notify_api_servers, cfg.parallel.max_rank_restarts,
+                                 cfg.parallel.rank_restart_window_s, cfg.engine_startup_timeout, env)
         endpoints = [EngineEndpoint(r.engine_index, r.input_endpoint, r.server_key) for r in readies]
         max_len = min(r.max_model_len for r in readies)
         for j in range(cfg.parallel.api_server_count):
@@ -119,24 +122,33 @@ class Launcher:
         self.phase = "serving"
 
     def _watch(self) -> int:
+        """Until a signal: restart dead engine ranks; stop if an API server dies or no rank is left."""
         while not self.signals:
-            watched = {c.sentinel: c for c in self.engines + self.api_servers if c.sentinel >= 0}
-            ready, _, _ = select.select(list(watched), [], [], 0.25)
+            rank_fds = self.ranks.watch_fds()
+            api_fds = {c.sentinel: c for c in self.api_servers if c.sentinel >= 0}
+            ready, _, _ = select.select([*rank_fds, *api_fds], [], [], self.ranks.next_timeout(0.25))
             for fd in ready:
-                child = watched[fd]
-                code = child.wait(5)
-                child.close()
-                if child in self.api_servers:
-                    logger.error("%s exited with code %s; stopping the server", child.name, code)
-                    print(f"bastion serve: error: {child.name} exited with code {code}; its last "
-                          f"log lines:\n{child.last_lines()}", file=sys.stderr)
-                    return 1
-                index = self.engines.index(child)
-                reason = f"engine-{index} exited with code {code}"
-                logger.error("%s; its ranks' requests fail, the other ranks keep serving", reason)
-                for api in self.api_servers:
-                    api.send(RankDown(index, reason))
+                if fd in api_fds:
+                    return self._api_server_died(api_fds[fd])
+                self.ranks.on_readable(rank_fds[fd])
+            self.ranks.tick()
+            if self.ranks.all_failed:
+                print("bastion serve: error: every engine rank has failed (out of restarts); "
+                      "stopping", file=sys.stderr)
+                return 1
         return self._drain()
+
+    def _api_server_died(self, child: Child) -> int:
+        code = child.wait(5)
+        child.close()
+        logger.error("%s exited with code %s; stopping the server", child.name, code)
+        print(f"bastion serve: error: {child.name} exited with code {code}; its last "
+              f"log lines:\n{child.last_lines()}", file=sys.stderr)
+        return 1
+
+    def _notify_api_servers(self, message) -> None:
+        for api in self.api_servers:
+            api.send(message)
 
     def _drain(self) -> int:
         self.phase = "draining"
@@ -147,11 +159,14 @@ class Launcher:
                 api.signal(signal.SIGTERM)
             for api in self.api_servers:
                 api.stop(self.config.server.shutdown_timeout + 5)
-            for engine in self.engines:
+            for engine in self._engine_children():
                 engine.stop(ENGINE_STOP_TIMEOUT)
         except _Stop as stop:
             return self._force(stop.signum)
         return 0
+
+    def _engine_children(self) -> list[Child]:
+        return self.ranks.children() if self.ranks is not None else self.engines
 
     def _force(self, signum: int) -> int:
         logger.warning("second signal: stopping at once")
@@ -159,7 +174,7 @@ class Launcher:
         return 128 + signum
 
     def _kill_all(self) -> None:
-        for child in self.api_servers + self.engines:
+        for child in self.api_servers + self._engine_children():
             child.kill()
             child.wait(10)
             child.close()

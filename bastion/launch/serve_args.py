@@ -48,6 +48,11 @@ def add_serve_args(parser: argparse.ArgumentParser) -> None:
     p = parser.add_argument_group("parallel")
     p.add_argument("--data-parallel-size", "-dp", type=int, default=1,
                    help="engine ranks (model replicas); each gets its share of CPU threads or its own GPU")
+    p.add_argument("--max-rank-restarts", type=int, default=5,
+                   help="restarts of a dead engine rank within --rank-restart-window-s before it is "
+                        "failed (backoff 1 s doubling to 60 s); 0 never restarts")
+    p.add_argument("--rank-restart-window-s", type=float, default=600.0,
+                   help="the window --max-rank-restarts counts in (seconds)")
     p.add_argument("--internal-transport", choices=["ipc", "tcp"], default="ipc",
                    help="sockets between bastion's processes: ipc in a private 0700 directory "
                         "(default), or TCP on --internal-host with CurveZMQ")
@@ -68,7 +73,8 @@ def serve_config(args: argparse.Namespace) -> ServeConfig:
 
     model = args.model or str(default_model_path())
     engine = engine_config(model, args)
-    parallel = ParallelConfig(args.data_parallel_size, args.api_server_count)
+    parallel = ParallelConfig(args.data_parallel_size, args.api_server_count, args.max_rank_restarts,
+                              args.rank_restart_window_s)
     names = tuple(args.served_model_name or [_default_name(model, args.model is None)])
     server = ServerConfig(host=args.host, port=args.port, served_model_names=names,
                           max_request_body_bytes=args.max_request_body_bytes,

@@ -8,7 +8,7 @@ import signal
 import socket
 from typing import Callable
 
-from bastion.transport.control import ApiServerReady, ApiServerSpec, ControlWatch, RankDown
+from bastion.transport.control import ApiServerReady, ApiServerSpec, ControlWatch, RankDown, RankUp
 
 logger = logging.getLogger(__name__)
 
@@ -44,8 +44,12 @@ async def _serve(spec: ApiServerSpec, tokenizer, sock: socket.socket, control: C
 
     def on_control(message) -> None:
         if isinstance(message, RankDown):
-            client.rank_down(message.index, message.reason)
+            client.rank_down(message.index, message.reason, message.state, message.restarts)
             metrics.record_rank_up(message.index, False)
+        elif isinstance(message, RankUp):
+            loop.create_task(client.rank_up(message.index, message.input_endpoint,
+                                            message.server_key, message.restarts))
+            metrics.record_rank_up(message.index, True)
     control.handler = lambda m: loop.call_soon_threadsafe(on_control, m)
 
     loop.add_signal_handler(signal.SIGHUP, security.hangup)

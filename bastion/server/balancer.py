@@ -38,6 +38,11 @@ class RankBalancer:
         self.published[rank], self.waiting[rank] = outstanding_tokens, num_waiting
         self.sent[rank] = self.sent_requests[rank] = 0
 
+    def revive(self, rank: int) -> None:
+        """A restarted rank: alive again, with nothing outstanding."""
+        self.alive[rank] = True
+        self.published[rank] = self.waiting[rank] = self.sent[rank] = self.sent_requests[rank] = 0
+
     def queued(self) -> int:
         """Requests waiting on live ranks (as published, plus those sent since)."""
         return sum(self.waiting[r] + self.sent_requests[r] for r in range(len(self.alive)) if self.alive[r])

@@ -35,6 +35,8 @@ class RankState:
     endpoint: str
     server_key: bytes = b""
     alive: bool = True
+    state: str = "ready"  # ready | restarting | failed
+    restarts: int = 0
     reason: str = ""
     requests: set[str] = field(default_factory=set)
 
@@ -124,15 +126,29 @@ class EngineClient:
                    else AbortRequests(sequences=[(request_id, i) for i in sequences]))
         await self.pushes[rank].send(encode(message))
 
-    def rank_down(self, index: int, reason: str) -> None:
+    def rank_down(self, index: int, reason: str, state: str = "restarting", restarts: int = 0) -> None:
         """Mark a rank dead and end each of its requests with RankUnavailable."""
         rank = self.ranks[index]
-        rank.alive, rank.reason = False, reason
+        rank.alive, rank.reason, rank.state, rank.restarts = False, reason, state, restarts
         self.balancer.alive[index] = False
         logger.error("engine rank %d is down (%s); failing its %d requests", index, reason,
                      len(rank.requests))
         for request_id in list(rank.requests):
             self._deliver(request_id, RankUnavailable(f"engine rank {index} went down: {reason}"))
+
+    async def rank_up(self, index: int, endpoint: str, server_key: bytes, restarts: int) -> None:
+        """A restarted rank is ready at `endpoint`: connect, say hello, route work to it again."""
+        rank = self.ranks[index]
+        self.pushes[index].close(0)
+        push = self.ctx.socket(zmq.PUSH)
+        push.setsockopt(zmq.LINGER, 0)
+        self.listener.connect(push, endpoint, server_key)
+        await push.send(encode(ClientHello(self.client_index, self.output_endpoint, self.listener.public)))
+        self.pushes[index] = push
+        rank.endpoint, rank.server_key, rank.restarts = endpoint, server_key, restarts
+        rank.alive, rank.state, rank.reason = True, "ready", ""
+        self.balancer.revive(index)
+        logger.warning("engine rank %d is back (restart %d)", index, restarts)
 
     def close(self) -> None:
         if self._reader is not None:

@@ -82,15 +82,27 @@ class ChildFailed(msgspec.Struct, tag="failed"):
 
 
 class RankDown(msgspec.Struct, tag="rank_down"):
-    """Launcher -> API servers: engine rank `index` is gone; fail its requests now."""
+    """Launcher -> API servers: engine rank `index` is gone; fail its requests now.
+    `state` is what comes next: restarting, or failed (out of restarts)."""
 
     index: int
     reason: str
+    state: str = "restarting"
+    restarts: int = 0
+
+
+class RankUp(msgspec.Struct, tag="rank_up"):
+    """Launcher -> API servers: restarted engine rank `index` is ready at a new endpoint."""
+
+    index: int
+    input_endpoint: str
+    server_key: bytes = b""
+    restarts: int = 0
 
 
 ChildSpec = Union[EngineSpec, ApiServerSpec]
 Handshake = Union[EngineReady, ApiServerReady, ChildFailed]
-Control = RankDown
+Control = Union[RankDown, RankUp]
 
 _encoder = msgspec.msgpack.Encoder()
 _spec_decoder = msgspec.msgpack.Decoder(ChildSpec)

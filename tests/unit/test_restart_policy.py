@@ -1,0 +1,36 @@
+"""Restart backoff and the restart budget, with a hand-driven clock."""
+from __future__ import annotations
+
+from bastion.launch.restart import RestartPolicy
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_backoff_doubles_to_the_cap_then_the_rank_fails():
+    clock = Clock()
+    policy = RestartPolicy(max_restarts=8, window_s=10_000, clock=clock)
+    delays = []
+    for _ in range(8):
+        delays.append(policy.next_delay())
+        clock.now += 1
+    assert delays == [1, 2, 4, 8, 16, 32, 60, 60]
+    assert policy.next_delay() is None and policy.total == 8
+
+
+def test_a_quiet_window_resets_the_backoff_and_the_budget():
+    clock = Clock()
+    policy = RestartPolicy(max_restarts=2, window_s=100, clock=clock)
+    assert [policy.next_delay(), policy.next_delay()] == [1, 2]
+    assert policy.next_delay() is None
+    clock.now += 101
+    assert policy.next_delay() == 1 and policy.total == 3
+
+
+def test_zero_restarts_means_fail_at_once():
+    assert RestartPolicy(max_restarts=0, window_s=60).next_delay() is None
