@@ -1,20 +1,16 @@
 """The limiter's bookkeeping with a hand-driven clock: buckets, settlement, concurrency, queue."""
 from __future__ import annotations
 
+from manual_clock import ManualClock
+
 from bastion.security.config import Limits
 from bastion.security.ratelimit import Limiter, Refusal
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def test_requests_per_minute_bucket_refills_continuously():
-    clock = Clock()
+    clock = ManualClock(1000.0)
     lim = Limiter(clock=clock)
     limits = Limits(requests_per_minute=2)
     assert lim.acquire(1, "k", limits, 0) is True
@@ -28,7 +24,7 @@ def test_requests_per_minute_bucket_refills_continuously():
 
 
 def test_tokens_are_reserved_then_settled_to_usage():
-    clock = Clock()
+    clock = ManualClock(1000.0)
     lim = Limiter(clock=clock)
     limits = Limits(tokens_per_minute=1000)
     assert lim.acquire(1, "k", limits, 800) is True
@@ -70,7 +66,7 @@ def test_global_slots_queue_in_fifo_order_and_refuse_beyond_the_bound():
 
 
 def test_limits_follow_a_reload():
-    clock = Clock()
+    clock = ManualClock(1000.0)
     lim = Limiter(clock=clock)
     assert lim.acquire(1, "k", Limits(requests_per_minute=1), 0) is True
     assert isinstance(lim.acquire(2, "k", Limits(requests_per_minute=1), 0), Refusal)

@@ -1,19 +1,15 @@
 """Restart backoff and the restart budget, with a hand-driven clock."""
 from __future__ import annotations
 
+from manual_clock import ManualClock
+
 from bastion.launch.restart import RestartPolicy
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def test_backoff_doubles_to_the_cap_then_the_rank_fails():
-    clock = Clock()
+    clock = ManualClock(0.0)
     policy = RestartPolicy(max_restarts=8, window_s=10_000, clock=clock)
     delays = []
     for _ in range(8):
@@ -24,7 +20,7 @@ def test_backoff_doubles_to_the_cap_then_the_rank_fails():
 
 
 def test_a_quiet_window_resets_the_backoff_and_the_budget():
-    clock = Clock()
+    clock = ManualClock(0.0)
     policy = RestartPolicy(max_restarts=2, window_s=100, clock=clock)
     assert [policy.next_delay(), policy.next_delay()] == [1, 2]
     assert policy.next_delay() is None
