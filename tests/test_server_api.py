@@ -132,7 +132,8 @@ def test_models_tokenize_detokenize_health_version(server, client):
     assert text.endswith("The function returns")
     health = httpx.get(f"{server.url}/health")
     assert health.status_code == 200
-    assert health.json()["ranks"] == [{"rank": 0, "state": "ready"}, {"rank": 1, "state": "ready"}]
+    assert health.json()["ranks"] == [{"rank": 0, "state": "ready", "restarts": 0},
+                                      {"rank": 1, "state": "ready", "restarts": 0}]
     assert httpx.get(f"{server.url}/version").json()["version"]
     r = client.completions.create(model="bastion-demo", prompt="A", max_tokens=2)
     assert r.model == MODEL

@@ -7,8 +7,6 @@ from bastion.security.config import Limits
 from bastion.security.ratelimit import Limiter, Refusal
 
 
-
-
 def test_requests_per_minute_bucket_refills_continuously():
     clock = ManualClock(1000.0)
     lim = Limiter(clock=clock)

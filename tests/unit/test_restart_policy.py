@@ -6,8 +6,6 @@ from manual_clock import ManualClock
 from bastion.launch.restart import RestartPolicy
 
 
-
-
 def test_backoff_doubles_to_the_cap_then_the_rank_fails():
     clock = ManualClock(0.0)
     policy = RestartPolicy(max_restarts=8, window_s=10_000, clock=clock)
