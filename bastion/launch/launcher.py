@@ -5,8 +5,9 @@ start every engine rank and await their handshakes -> start the API servers on t
 socket and await theirs -> print the ready line -> watch. An engine that dies is reported to
 every API server (its requests fail with 503, /health turns 503 naming the rank) and restarted
 with backoff while the other ranks serve (engine_ranks.py); an API server that dies stops the
-server, and so does every rank failing. SIGTERM/SIGINT drains (API servers finish in-flight requests up to
---shutdown-timeout), then stops the engines and exits 0; a second signal kills at once.
+server, and so does every rank failing. SIGTERM/SIGINT drains (API servers finish in-flight
+requests up to --shutdown-timeout), then stops the engines and exits 0; a second signal kills
+at once.
 """
 from __future__ import annotations
 

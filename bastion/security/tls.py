@@ -110,9 +110,9 @@ class TlsRefresher:
 
     def __init__(self, tls: TlsConfig) -> None:
         self.tls = tls
-        self.current = build_context(tls)
         self.context = build_context(tls)
         self.context.sni_callback = self._handshake
+        self.current = self.context  # NOTE: replaced by a fresh context on each good reload
         self.reloads = 0
         paths = [p for p in (tls.certfile, tls.keyfile, tls.ca_certs, tls.keyfile_password_file) if p]
         self.watch = FileWatch(paths, self.reload, "tls-refresh")

@@ -34,11 +34,14 @@ class RankState:
     index: int
     endpoint: str
     server_key: bytes = b""
-    alive: bool = True
     state: str = "ready"  # ready | restarting | failed
     restarts: int = 0
     reason: str = ""
     requests: set[str] = field(default_factory=set)
+
+    @property
+    def alive(self) -> bool:
+        return self.state == "ready"
 
 
 class EngineClient:
@@ -129,7 +132,7 @@ class EngineClient:
     def rank_down(self, index: int, reason: str, state: str = "restarting", restarts: int = 0) -> None:
         """Mark a rank dead and end each of its requests with RankUnavailable."""
         rank = self.ranks[index]
-        rank.alive, rank.reason, rank.state, rank.restarts = False, reason, state, restarts
+        rank.reason, rank.state, rank.restarts = reason, state, restarts
         self.balancer.alive[index] = False
         logger.error("engine rank %d is down (%s); failing its %d requests", index, reason,
                      len(rank.requests))
@@ -146,7 +149,7 @@ class EngineClient:
         await push.send(encode(ClientHello(self.client_index, self.output_endpoint, self.listener.public)))
         self.pushes[index] = push
         rank.endpoint, rank.server_key, rank.restarts = endpoint, server_key, restarts
-        rank.alive, rank.state, rank.reason = True, "ready", ""
+        rank.state, rank.reason = "ready", ""
         self.balancer.revive(index)
         logger.warning("engine rank %d is back (restart %d)", index, restarts)
 

@@ -59,7 +59,7 @@ async def detokenize(body: DetokenizeRequest, request: Request) -> dict:
 @router.get("/health")
 @public
 async def health(request: Request) -> JSONResponse:
-    ranks = [{"rank": r.index, "state": r.state if not r.alive else "ready", "restarts": r.restarts,
+    ranks = [{"rank": r.index, "state": r.state, "restarts": r.restarts,
               **({"reason": r.reason} if not r.alive else {})} for r in _state(request).client.ranks]
     ok = all(r["state"] == "ready" for r in ranks)
     return JSONResponse({"status": "ok" if ok else "unavailable", "ranks": ranks},

@@ -154,9 +154,10 @@ class Listener:
             return bind(sock, f"ipc://{self.ipc_dir}/{name}")
         if self.keys is not None:
             curve_server(sock, CurveKeyPair(self.keys.public, self.keys.secret))
-        host = f"[{self.internal.host}]" if ":" in self.internal.host else self.internal.host
-        if ":" in self.internal.host:
+        host = self.internal.host
+        if ":" in host:  # an IPv6 address
             sock.ipv6 = True
+            host = f"[{host}]"
         return bind(sock, f"tcp://{host}:0")
 
     def connect(self, sock: zmq.Socket, endpoint: str, server_public: bytes) -> None:
