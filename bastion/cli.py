@@ -10,10 +10,14 @@ from bastion.engine_args import add_engine_args, engine_kwargs
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from bastion.launch.launcher import Launcher
     from bastion.launch.serve_args import serve_config
 
-    return Launcher(serve_config(args)).run()
+    config = serve_config(args)
+    if config.supervisor is not None:
+        from bastion.launch.supervisor import Supervisor
+        return Supervisor(config).run()
+    from bastion.launch.launcher import Launcher
+    return Launcher(config).run()
 
 
 def _generate(args: argparse.Namespace) -> int:

@@ -9,6 +9,8 @@ import os
 import re
 from dataclasses import dataclass, field
 
+from bastion.security.config import SecurityConfig
+
 _UNITS = {
     "": 1, "b": 1,
     "k": 10**3, "kb": 10**3, "m": 10**6, "mb": 10**6, "g": 10**9, "gb": 10**9,
@@ -194,3 +196,83 @@ class InternalConfig:
             raise ValueError("--internal-host must not be empty")
         if self.secret_file and (self.transport != "tcp" or not self.encryption):
             raise ValueError("--internal-secret-file needs --internal-transport tcp with encryption on")
+
+
+SUPERVISOR_MODE_FLAG = "--data-parallel-multi-port-external-lb"
+
+
+@dataclass(frozen=True)
+class SupervisorConfig:
+    """The multi-port external load-balancing mode: one server per rank on `--port + rank`, and a
+    supervisor on its own port that probes them (verified TLS), restarts them and answers probes."""
+
+    port: int = 9256
+    probe_interval_s: float = 5.0
+    probe_timeout_s: float = 5.0
+    probe_failure_threshold: int = 3
+    startup_timeout_s: float = 600.0
+    min_ready_ranks: int | None = None  # None: every rank
+    client_certfile: str | None = None  # the probes' client certificate (mTLS); default the server pair
+    client_keyfile: str | None = None
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.port <= 65535:
+            raise ValueError(f"--data-parallel-supervisor-port must be in [0, 65535], got {self.port}")
+        for flag, value in (("--dp-supervisor-probe-interval-s", self.probe_interval_s),
+                            ("--dp-supervisor-probe-timeout-s", self.probe_timeout_s),
+                            ("--dp-supervisor-startup-timeout-s", self.startup_timeout_s)):
+            if not value > 0:
+                raise ValueError(f"{flag} must be positive, got {value}")
+        if self.probe_failure_threshold < 1:
+            raise ValueError("--dp-supervisor-probe-failure-threshold must be at least 1, "
+                             f"got {self.probe_failure_threshold}")
+        if bool(self.client_certfile) != bool(self.client_keyfile):
+            raise ValueError("--ssl-client-certfile and --ssl-client-keyfile go together")
+
+    def check(self, parallel: ParallelConfig, server: ServerConfig, security: SecurityConfig) -> None:
+        """The checks across flags that this mode needs; ValueError names the flag."""
+        ranks = parallel.data_parallel_size
+        if ranks < 2:
+            raise ValueError(f"{SUPERVISOR_MODE_FLAG} needs --data-parallel-size (-dp) of at least 2, "
+                             f"got {ranks}")
+        if parallel.api_server_count != 1:
+            raise ValueError(f"--api-server-count must be 1 with {SUPERVISOR_MODE_FLAG} (each rank "
+                             f"runs one API server on its own port), got {parallel.api_server_count}")
+        if server.port == 0:
+            raise ValueError(f"--port 0 cannot be used with {SUPERVISOR_MODE_FLAG}: rank i serves on "
+                             "--port + i, a fixed port your load balancer targets")
+        last = server.port + ranks - 1
+        if last > 65535:
+            raise ValueError(f"--port {server.port} + {ranks} ranks passes port 65535")
+        if server.port <= self.port <= last:
+            raise ValueError(f"--data-parallel-supervisor-port {self.port} falls in the rank ports "
+                             f"{server.port}-{last} (--port + rank); pick a port outside them")
+        if self.min_ready_ranks is not None and not 1 <= self.min_ready_ranks <= ranks:
+            raise ValueError(f"--min-ready-ranks must be in [1, {ranks}] (the ranks), got {self.min_ready_ranks}")
+        if self.client_certfile and not security.tls.enabled:
+            raise ValueError("--ssl-client-certfile needs --ssl-keyfile and --ssl-certfile (the "
+                             "probes only present a client certificate over TLS)")
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    """Everything `bastion serve` runs, validated before any process starts."""
+
+    model: str
+    engine: EngineConfig
+    parallel: ParallelConfig
+    server: ServerConfig
+    engine_startup_timeout: float
+    security: SecurityConfig
+    internal: InternalConfig = InternalConfig()
+    supervisor: SupervisorConfig | None = None  # the multi-port external load-balancing mode
+
+    def __post_init__(self) -> None:
+        if self.supervisor is not None:
+            self.supervisor.check(self.parallel, self.server, self.security)
+
+    @property
+    def ready_ranks_needed(self) -> int:
+        """Ranks that must pass their probes for the supervisor to be ready."""
+        assert self.supervisor is not None
+        return self.supervisor.min_ready_ranks or self.parallel.data_parallel_size

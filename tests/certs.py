@@ -37,20 +37,24 @@ class CertAuthority:
         self.path.write_bytes(self.cert.public_bytes(serialization.Encoding.PEM))
 
     def issue(self, stem: str, client: bool = False, days: float = 1.0, password: bytes | None = None,
-              hosts: tuple[str, ...] = ("127.0.0.1", "localhost", "::1")) -> Issued:
+              hosts: tuple[str, ...] = ("127.0.0.1", "localhost", "::1"), also_client: bool = False) -> Issued:
+        """A key pair for `hosts`: a server certificate, a client one (`client`), or one good for
+        both (`also_client`)."""
         key = ec.generate_private_key(ec.SECP256R1())
         now = datetime.datetime.now(datetime.timezone.utc)
         start = now - datetime.timedelta(minutes=5) if days > 0 else now - datetime.timedelta(days=3)
         sans = [x509.IPAddress(ipaddress.ip_address(h)) if h[0].isdigit() or ":" in h else x509.DNSName(h)
                 for h in hosts]
-        usage = ExtendedKeyUsageOID.CLIENT_AUTH if client else ExtendedKeyUsageOID.SERVER_AUTH
+        usages = [ExtendedKeyUsageOID.CLIENT_AUTH] if client else [ExtendedKeyUsageOID.SERVER_AUTH]
+        if also_client:
+            usages.append(ExtendedKeyUsageOID.CLIENT_AUTH)
         cert = (x509.CertificateBuilder()
                 .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, stem)]))
                 .issuer_name(self.name).public_key(key.public_key())
                 .serial_number(x509.random_serial_number()).not_valid_before(start)
                 .not_valid_after(now + datetime.timedelta(days=days))
                 .add_extension(x509.SubjectAlternativeName(sans), critical=False)
-                .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+                .add_extension(x509.ExtendedKeyUsage(usages), critical=False)
                 .sign(self.key, hashes.SHA256()))
         encryption = (serialization.BestAvailableEncryption(password) if password
                       else serialization.NoEncryption())

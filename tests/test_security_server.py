@@ -236,6 +236,10 @@ def test_audit_log_lines_rotation_and_injection(srv):
     srv.complete(ALICE, prompt="zebracorn secret prompt")
     with srv.client(ALICE) as c:
         c.get("/v1/models%0A%7B%22forged%22%3A1%7D")
+    deadline = time.monotonic() + 10  # NOTE: a line is written just after its response is sent
+    while time.monotonic() < deadline and not ({"/v1/completions", '/v1/models\n{"forged":1}'}
+                                                <= {line["path"] for line in srv.audit_lines()}):
+        time.sleep(0.1)
     lines = srv.audit_lines()
     assert all(set(line) >= {"time", "request_id", "principal", "tenant", "client", "method", "path",
                              "model", "status", "prompt_tokens", "completion_tokens", "latency_s"}
@@ -269,6 +273,7 @@ def test_key_file_rotation_without_restart(srv):
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline and srv.complete(ROT_NEW).status_code != 200:
         time.sleep(0.3)
+    time.sleep(1.5)  # one API server has reloaded; the other polls the file within a second
     for _ in range(4):  # every API server has the new file
         assert srv.complete(ROT_NEW).status_code == 200
         assert srv.complete(ROT_OLD).status_code == 401

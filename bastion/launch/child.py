@@ -16,7 +16,7 @@ from typing import Callable
 from bastion.config import EngineConfig
 from bastion.model.arch import ModelLoadError
 from bastion.transport.control import (ApiServerSpec, ChildFailed, ControlWatch, EngineSpec,
-                                       decode_spec, read_frame, write_frame)
+                                       RankServerSpec, decode_spec, read_frame, write_frame)
 
 
 
@@ -32,6 +32,8 @@ def main() -> None:
     if payload is None:
         sys.exit(1)
     spec = decode_spec(payload)
+    if isinstance(spec, RankServerSpec):
+        _rank_server(spec, stdin)
     control = ControlWatch(stdin)
     report = lambda message: write_frame(handshake_fd, message)  # noqa: E731
     try:
@@ -54,8 +56,24 @@ def main() -> None:
 def _engine(spec: EngineSpec, report: Callable) -> None:
     from bastion.engine.core_proc import run_engine
 
-    run_engine(_rank_device(spec.config, spec.index), spec.index, spec.ipc_dir, report,
+    device_rank = spec.index if spec.device_rank is None else spec.device_rank
+    run_engine(_rank_device(spec.config, device_rank), spec.index, spec.ipc_dir, report,
                spec.internal, spec.keys)
+
+
+def _rank_server(spec: RankServerSpec, stdin) -> None:
+    """A supervisor's rank: a whole server. When the supervisor goes away (EOF, even after its
+    SIGKILL) the rank drains and exits as if it got SIGTERM, so no accepted request is lost."""
+    from bastion.launch.launcher import Launcher
+
+    ControlWatch(stdin, on_eof=lambda: os.kill(os.getpid(), signal.SIGTERM))
+    try:
+        code = Launcher(spec.config, f"rank-{spec.index}/", spec.index, spec.limits_dir).run()
+    except ValueError as exc:  # e.g. its port is taken: the message names the flag
+        print(f"bastion serve: error: rank {spec.index}: {exc}", file=sys.stderr, flush=True)
+        code = 2
+    logging.shutdown()
+    sys.exit(code)
 
 
 def _rank_device(config: EngineConfig, index: int) -> EngineConfig:

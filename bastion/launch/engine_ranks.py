@@ -35,8 +35,8 @@ class EngineRanks:
 
     def __init__(self, specs: list[EngineSpec], children: list[Child], notify: Callable,
                  max_restarts: int, window_s: float, startup_timeout: float,
-                 env: dict[str, str] | None = None) -> None:
-        self.notify, self.startup_timeout, self.env = notify, startup_timeout, env
+                 env: dict[str, str] | None = None, label: str = "") -> None:
+        self.notify, self.startup_timeout, self.env, self.label = notify, startup_timeout, env, label
         self.ranks = [_Rank(spec, child, RestartPolicy(max_restarts, window_s))
                       for spec, child in zip(specs, children)]
 
@@ -69,7 +69,7 @@ class EngineRanks:
         if rank.state == "ready":
             code = rank.child.wait(5)
             rank.child.close()
-            self._lost(index, f"engine-{index} exited with code {code}")
+            self._lost(index, f"{self.label}engine-{index} exited with code {code}")
         else:
             self._handshake(index)
 
@@ -79,8 +79,8 @@ class EngineRanks:
         for i, rank in enumerate(self.ranks):
             if rank.due is not None and now >= rank.due:
                 rank.due, rank.deadline = None, now + self.startup_timeout
-                logger.warning("restarting engine-%d (restart %d)", i, rank.policy.total)
-                rank.child = Child(f"engine-{i}", rank.spec, env=self.env)
+                logger.warning("restarting %sengine-%d (restart %d)", self.label, i, rank.policy.total)
+                rank.child = Child(f"{self.label}engine-{i}", rank.spec, env=self.env)
             elif rank.state == "restarting" and rank.child is not None and now > rank.deadline:
                 self._handshake(i)  # raises inside and counts as a failed start
 
@@ -93,7 +93,7 @@ class EngineRanks:
             self._lost(index, str(exc).splitlines()[0])
             return
         rank.state = "ready"
-        logger.warning("engine-%d is ready again", index)
+        logger.warning("%sengine-%d is ready again", self.label, index)
         self.notify(RankUp(index, ready.input_endpoint, ready.server_key, rank.policy.total))
 
     def _lost(self, index: int, reason: str) -> None:

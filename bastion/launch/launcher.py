@@ -22,7 +22,7 @@ import sys
 
 from bastion.launch.engine_ranks import EngineRanks
 from bastion.launch.procs import Child, ChildStartError, await_all
-from bastion.launch.serve_args import ServeConfig
+from bastion.config import ServeConfig
 from bastion.security.keys import ENV_VAR as API_KEY_ENV_VAR
 from bastion.security.ratelimit import Limiter
 from bastion.security.shared_limits import LimitsService
@@ -42,10 +42,17 @@ class _Stop(Exception):
 
 
 class Launcher:
-    """Runs one server: its processes, their start-up, their watch and their shutdown."""
+    """Runs one server: its processes, their start-up, their watch and their shutdown.
 
-    def __init__(self, config: ServeConfig) -> None:
-        self.config = config
+    Under a supervisor (one server per rank) `label` prefixes its children's names,
+    `first_rank` is the data-parallel rank of its first engine (it picks the GPU) and
+    `limits_dir` is the supervisor's limits service, used instead of one of its own.
+    """
+
+    def __init__(self, config: ServeConfig, label: str = "", first_rank: int = 0,
+                 limits_dir: str | None = None) -> None:
+        self.config, self.label, self.first_rank = config, label, first_rank
+        self.limits_dir = limits_dir
         self.engines: list[Child] = []
         self.api_servers: list[Child] = []
         self.phase = "starting"
@@ -95,24 +102,29 @@ class Launcher:
         cfg, ipc_dir = self.config, str(self.dirs[0])
         env = child_environment(cfg.server.log_level)
         sec = cfg.security
-        if sec.limits_enabled:
+        limits_dir = self.limits_dir if sec.limits_enabled else None
+        if sec.limits_enabled and limits_dir is None:
             self.limits = LimitsService(Limiter(sec.max_concurrent_requests, sec.max_waiting_requests),
                                         ipc_dir)
+            limits_dir = ipc_dir
         dp = cfg.parallel.data_parallel_size
         secret = channel.read_internal_secret(cfg.internal.secret_file) if cfg.internal.secret_file else None
         keys = channel.deployment_keys(dp + cfg.parallel.api_server_count, secret)
-        specs = [EngineSpec(i, rank_engine_config(cfg, i), ipc_dir, cfg.internal, keys[i]) for i in range(dp)]
-        self.engines = [Child(f"engine-{i}", spec, env=env) for i, spec in enumerate(specs)]
+        specs = [EngineSpec(i, rank_engine_config(cfg, i), ipc_dir, cfg.internal, keys[i], self.first_rank + i)
+                 for i in range(dp)]
+        self.engines = [Child(f"{self.label}engine-{i}", spec, env=env) for i, spec in enumerate(specs)]
         readies: list[EngineReady] = await_all(self.engines, cfg.engine_startup_timeout)
         self.ranks = EngineRanks(specs, self.engines, self._notify_api_servers, cfg.parallel.max_rank_restarts,
-                                 cfg.parallel.rank_restart_window_s, cfg.engine_startup_timeout, env)
+                                 cfg.parallel.rank_restart_window_s, cfg.engine_startup_timeout, env,
+                                 self.label)
         endpoints = [EngineEndpoint(r.engine_index, r.input_endpoint, r.server_key) for r in readies]
         max_len = min(r.max_model_len for r in readies)
         for j in range(cfg.parallel.api_server_count):
             spec = ApiServerSpec(j, cfg.server, cfg.model, max_len, readies[0].vocab_size, endpoints,
                                  sock.fileno(), ipc_dir, str(self.dirs[1]), sec, cfg.internal,
-                                 keys[dp + j], self.limits is not None)
-            self.api_servers.append(Child(f"api-server-{j}", spec, pass_fds=(sock.fileno(),), env=env))
+                                 keys[dp + j], limits_dir)
+            self.api_servers.append(Child(f"{self.label}api-server-{j}", spec, pass_fds=(sock.fileno(),),
+                                          env=env))
         await_all(self.api_servers, API_SERVER_STARTUP_TIMEOUT)
         host, port = sock.getsockname()[:2]
         shown = f"[{host}]" if ":" in host else host
@@ -198,7 +210,7 @@ def rank_engine_config(config: ServeConfig, index: int):
     return dataclasses.replace(engine, num_threads=threads)
 
 
-def bind_listener(host: str, port: int) -> socket.socket:
+def bind_listener(host: str, port: int, flags: str = "--host/--port") -> socket.socket:
     """Bind (not yet listen) the one HTTP socket all API servers share; errors name the flags."""
     try:
         family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
@@ -206,6 +218,6 @@ def bind_listener(host: str, port: int) -> socket.socket:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((host, port))
     except OSError as exc:
-        raise ValueError(f"cannot listen on {host}:{port} (--host/--port): {exc.strerror or exc}") from None
+        raise ValueError(f"cannot listen on {host}:{port} ({flags}): {exc.strerror or exc}") from None
     sock.set_inheritable(True)
     return sock

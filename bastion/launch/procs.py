@@ -57,9 +57,16 @@ class Child:
             self.tail.append(line)
             print(line, file=sys.stderr, flush=True)
 
-    def last_lines(self) -> str:
-        self._stderr.join(timeout=2)
+    def last_lines(self, wait: bool = True) -> str:
+        """Its last log lines, indented; `wait` gives an exited child's stderr up to 2 s to drain."""
+        if wait:
+            self._stderr.join(timeout=2)
         return "\n".join(f"    {line}" for line in self.tail) or "    (no output)"
+
+    def last_line(self) -> str:
+        """Its last non-empty log line (waits up to 2 s for its stderr to close)."""
+        self._stderr.join(timeout=2)
+        return next((line.strip() for line in reversed(self.tail) if line.strip()), "(no output)")
 
     def await_handshake(self, deadline: float) -> Handshake:
         """Wait for the child's handshake frame; raise ChildStartError if it fails or dies."""
@@ -104,6 +111,17 @@ class Child:
     def kill(self) -> None:
         self.signal(signal.SIGKILL)
 
+    def kill_tree(self) -> None:
+        """SIGKILL this child and everything it started (even a stopped grandchild that would
+        never read its EOF)."""
+        family = descendants(self.pid) if self.alive() else []
+        self.kill()
+        for pid in family:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
     def wait(self, timeout: float) -> int | None:
         try:
             return self.proc.wait(timeout)
@@ -129,6 +147,27 @@ class Child:
         if self.sentinel >= 0:
             os.close(self.sentinel)
             self.sentinel = -1
+
+
+def descendants(pid: int) -> list[int]:
+    """Every live descendant of `pid`, read from /proc."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as stat_file:
+                stat = stat_file.read()
+        except OSError:
+            continue
+        ppid = int(stat[stat.rindex(b")") + 2:].split()[1])  # NOTE: the name may hold spaces
+        children.setdefault(ppid, []).append(int(entry))
+    found, queue = [], [pid]
+    while queue:
+        for child in children.get(queue.pop(), []):
+            found.append(child)
+            queue.append(child)
+    return found
 
 
 def await_all(children: list[Child], timeout: float) -> list[Handshake]:

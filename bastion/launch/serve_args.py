@@ -3,25 +3,11 @@ from __future__ import annotations
 
 import argparse
 import os
-from dataclasses import dataclass
 
-from bastion.config import EngineConfig, InternalConfig, ParallelConfig, ServerConfig, parse_bytes
+from bastion.config import InternalConfig, ParallelConfig, ServeConfig, ServerConfig, parse_bytes
 from bastion.engine_args import add_engine_args, engine_config
+from bastion.launch.supervisor_args import add_supervisor_args, supervisor_config
 from bastion.security.args import add_security_args, check_exposure, security_config
-from bastion.security.config import SecurityConfig
-
-
-@dataclass(frozen=True)
-class ServeConfig:
-    """Everything `bastion serve` runs, validated before any process starts."""
-
-    model: str
-    engine: EngineConfig
-    parallel: ParallelConfig
-    server: ServerConfig
-    engine_startup_timeout: float
-    security: SecurityConfig
-    internal: InternalConfig = InternalConfig()
 
 
 def add_serve_args(parser: argparse.ArgumentParser) -> None:
@@ -63,6 +49,7 @@ def add_serve_args(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--internal-secret-file", default=None,
                    help="derive the internal CurveZMQ keys from this secret (>= 32 bytes, the same "
                         "file on every node) instead of making random ones per launch")
+    add_supervisor_args(parser)
     add_security_args(parser)
     add_engine_args(parser)
 
@@ -89,7 +76,8 @@ def serve_config(args: argparse.Namespace) -> ServeConfig:
     if internal.secret_file:
         from bastion.transport.channel import read_internal_secret
         read_internal_secret(internal.secret_file)
-    return ServeConfig(model, engine, parallel, server, args.engine_startup_timeout, security, internal)
+    return ServeConfig(model, engine, parallel, server, args.engine_startup_timeout, security, internal,
+                       supervisor_config(args))
 
 
 def _default_name(model: str, is_demo: bool) -> str:

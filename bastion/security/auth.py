@@ -1,6 +1,6 @@
 """Authentication and authorization: credentials -> Principal, and each route's auth decision.
 
-Every route declares a decision with `@public` or `@requires(scope)`; the guard middleware
+Every route declares a decision with `@public` or `@requires(*scopes)`; the guard middleware
 refuses to serve a route without one (fail closed), and a test walks every route of the app.
 """
 from __future__ import annotations
@@ -28,17 +28,17 @@ def public(endpoint: Callable) -> Callable:
     return endpoint
 
 
-def requires(scope: str) -> Callable[[Callable], Callable]:
-    """Mark a route as needing a credential with `scope`."""
-    assert scope in SCOPES, scope
+def requires(*scopes: str) -> Callable[[Callable], Callable]:
+    """Mark a route as needing a credential with any one of `scopes`."""
+    assert scopes and all(scope in SCOPES for scope in scopes), scopes
 
     def mark(endpoint: Callable) -> Callable:
-        setattr(endpoint, _DECISION, scope)
+        setattr(endpoint, _DECISION, tuple(scopes))
         return endpoint
     return mark
 
 
-def decision_of(endpoint: Callable) -> str | None:
+def decision_of(endpoint: Callable) -> str | tuple[str, ...] | None:
     return getattr(endpoint, _DECISION, None)
 
 
@@ -100,13 +100,15 @@ class Authenticator:
         raise AuthError(401, "invalid credentials")
 
     @staticmethod
-    def authorize(principal: Principal, decision: str) -> None:
+    def authorize(principal: Principal, decision: str | tuple[str, ...]) -> None:
         if decision in (PUBLIC, AUTHENTICATED):
             return
         if decision == NO_DECISION:
             raise AuthError(403, "this route has no auth decision and is refused to everyone")
-        if decision not in principal.scopes:
-            raise AuthError(403, f"the credential of '{principal.name}' lacks the '{decision}' scope")
+        scopes = (decision,) if isinstance(decision, str) else decision
+        if not principal.scopes.intersection(scopes):
+            wanted = " or ".join(f"'{scope}'" for scope in scopes)
+            raise AuthError(403, f"the credential of '{principal.name}' lacks the {wanted} scope")
 
 
 def _credential(headers: dict[bytes, bytes]) -> str | None:

@@ -54,10 +54,7 @@ def build_context(tls: TlsConfig) -> ssl.SSLContext:
     """A server context for `tls`; ValueError names the flag and file of any problem."""
     assert tls.enabled
     check_certificate(tls.certfile)
-    password = None
-    if tls.keyfile_password_file:
-        password = _read(tls.keyfile_password_file, "--ssl-keyfile-password-file").rstrip(b"\r\n")
-    password = _check_key(tls, _read(tls.keyfile, "--ssl-keyfile"), password)
+    password = key_password(tls)
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     try:
@@ -78,6 +75,14 @@ def build_context(tls: TlsConfig) -> ssl.SSLContext:
         except ssl.SSLError:
             raise ValueError(f"--ssl-ciphers {tls.ciphers!r} selects no usable cipher") from None
     return ctx
+
+
+def key_password(tls: TlsConfig) -> bytes | None:
+    """The password that opens --ssl-keyfile (None for a plain key); ValueError names the flag."""
+    password = None
+    if tls.keyfile_password_file:
+        password = _read(tls.keyfile_password_file, "--ssl-keyfile-password-file").rstrip(b"\r\n")
+    return _check_key(tls, _read(tls.keyfile, "--ssl-keyfile"), password)
 
 
 def _check_key(tls: TlsConfig, data: bytes, password: bytes | None) -> bytes | None:

@@ -8,6 +8,7 @@ import signal
 import socket
 from typing import Callable
 
+from bastion.security.runtime import SecurityRuntime
 from bastion.transport.control import ApiServerReady, ApiServerSpec, ControlWatch, RankDown, RankUp
 
 logger = logging.getLogger(__name__)
@@ -33,7 +34,7 @@ async def _serve(spec: ApiServerSpec, tokenizer, sock: socket.socket, control: C
     from bastion.server.engine_client import EngineClient
     from bastion.server.state import ServerState
 
-    security = SecurityRuntime(spec)
+    security = SecurityRuntime(spec.security, spec.limits_dir)
     client = EngineClient(spec.index, spec.engines, spec.ipc_dir, spec.server.prefix_affinity_tokens,
                           spec.internal, spec.keys)
     await client.start()
@@ -72,38 +73,3 @@ async def _serve(spec: ApiServerSpec, tokenizer, sock: socket.socket, control: C
     await serving
     client.close()
     security.close()
-
-
-class SecurityRuntime:
-    """One API server's security pieces: credentials, TLS context, shared limits and audit log."""
-
-    def __init__(self, spec: ApiServerSpec) -> None:
-        from bastion.security.audit import AuditLog
-        from bastion.security.auth import Authenticator
-        from bastion.security.shared_limits import LimitsClient
-        from bastion.security.tls import TlsRefresher, build_context
-        from bastion.security.watch import FileWatch
-
-        sec = spec.security
-        self.authenticator = Authenticator(sec)
-        self.key_watch = (FileWatch([sec.api_key_file], self.authenticator.reload, "key-file-watch")
-                          if sec.api_key_file else None)
-        self.refresher = TlsRefresher(sec.tls) if sec.tls.enabled and sec.tls.refresh else None
-        self.ssl_context = (self.refresher.context if self.refresher
-                            else build_context(sec.tls) if sec.tls.enabled else None)
-        self.limits = LimitsClient(spec.ipc_dir) if spec.shared_limits else None
-        self.audit = AuditLog(sec.audit_log) if sec.audit_log else None
-
-    def hangup(self) -> None:
-        self.authenticator.reload()
-        if self.audit is not None:
-            self.audit.reopen()
-
-    def close(self) -> None:
-        for part in (self.key_watch, self.refresher):
-            if part is not None:
-                part.stop()
-        if self.limits is not None:
-            self.limits.close()
-        if self.audit is not None:
-            self.audit.close()

@@ -40,7 +40,7 @@ class AuthGuard:
     def __init__(self, app, routes: list, authenticator: Authenticator) -> None:
         self.app, self.routes, self.auth = app, routes, authenticator
 
-    def decision(self, scope) -> str:
+    def decision(self, scope) -> str | tuple[str, ...]:
         for route in self.routes:
             match, _ = route.matches(scope)
             if match != Match.NONE:

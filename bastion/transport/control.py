@@ -16,7 +16,7 @@ from typing import BinaryIO, Callable, Union
 
 import msgspec
 
-from bastion.config import EngineConfig, InternalConfig, ServerConfig
+from bastion.config import EngineConfig, InternalConfig, ServeConfig, ServerConfig
 from bastion.security.config import SecurityConfig
 from bastion.transport.channel import ChannelKeys
 
@@ -34,6 +34,7 @@ class EngineSpec(msgspec.Struct, tag="engine_spec"):
     ipc_dir: str
     internal: InternalConfig
     keys: ChannelKeys | None = None  # its CURVE identity on encrypted TCP (secret: spec only)
+    device_rank: int | None = None  # the data-parallel rank that picks its GPU (default: index)
 
 
 class EngineEndpoint(msgspec.Struct):
@@ -59,7 +60,16 @@ class ApiServerSpec(msgspec.Struct, tag="api_spec"):
     security: SecurityConfig
     internal: InternalConfig
     keys: ChannelKeys | None = None
-    shared_limits: bool = False  # whether the launcher's limits service runs (in ipc_dir)
+    limits_dir: str | None = None  # where the shared limits service listens (None: no limits)
+
+
+class RankServerSpec(msgspec.Struct, tag="rank_spec"):
+    """A supervisor's rank: a whole server (its own launcher, engine and API server) on its port.
+    `limits_dir` is the supervisor's limits service, shared by every rank."""
+
+    index: int
+    config: ServeConfig
+    limits_dir: str | None = None
 
 
 class EngineReady(msgspec.Struct, tag="engine_ready"):
@@ -100,7 +110,7 @@ class RankUp(msgspec.Struct, tag="rank_up"):
     restarts: int = 0
 
 
-ChildSpec = Union[EngineSpec, ApiServerSpec]
+ChildSpec = Union[EngineSpec, ApiServerSpec, RankServerSpec]
 Handshake = Union[EngineReady, ApiServerReady, ChildFailed]
 Control = Union[RankDown, RankUp]
 
@@ -151,15 +161,21 @@ def decode_control(payload: bytes) -> Control:
     return _control_decoder.decode(payload)
 
 
+def _exit_now() -> None:
+    os._exit(1)  # NOTE: the launcher is gone; nothing to drain for (no orphans)
+
+
 class ControlWatch:
-    """Reads control frames in a thread; exits the process the moment the launcher goes away.
+    """Reads control frames in a thread; calls `on_eof` the moment the launcher goes away (by
+    default the process exits at once).
 
     Started first thing in every child, so even a child still loading exits on EOF. Messages go
     to `handler` once the child sets one (none can matter before it is ready).
     """
 
-    def __init__(self, stdin: BinaryIO) -> None:
+    def __init__(self, stdin: BinaryIO, on_eof: Callable[[], None] = _exit_now) -> None:
         self.stdin = stdin
+        self.on_eof = on_eof
         self.handler: Callable | None = None
         threading.Thread(target=self._loop, name="control", daemon=True).start()
 
@@ -170,7 +186,8 @@ class ControlWatch:
             except (OSError, ValueError):
                 payload = None
             if payload is None:
-                os._exit(1)  # NOTE: the launcher is gone; nothing to drain for (no orphans)
+                self.on_eof()
+                return
             handler = self.handler
             if handler is not None:
                 try:
