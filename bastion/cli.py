@@ -59,6 +59,12 @@ def _bench_serve(args: argparse.Namespace) -> int:
     return run_serve_bench(args)
 
 
+def _bench_failover(args: argparse.Namespace) -> int:
+    from bastion.bench.failover import run_failover_bench
+
+    return run_failover_bench(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="bastion", description=__doc__)
     parser.add_argument("--version", action="version", version=f"bastion {__version__}")
@@ -103,6 +109,11 @@ def build_parser() -> argparse.ArgumentParser:
     add_serve_bench_args(sv)
     add_engine_args(sv)
     sv.set_defaults(func=_bench_serve)
+    from bastion.bench.failover import add_failover_bench_args
+    fo = bench_sub.add_parser("failover", help="take a supervised rank down under load: detection, "
+                              "recovery and errors on the healthy ranks")
+    add_failover_bench_args(fo)
+    fo.set_defaults(func=_bench_failover)
     return parser
 
 

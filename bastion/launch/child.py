@@ -66,7 +66,7 @@ def _rank_server(spec: RankServerSpec, stdin) -> None:
     SIGKILL) the rank drains and exits as if it got SIGTERM, so no accepted request is lost."""
     from bastion.launch.launcher import Launcher
 
-    ControlWatch(stdin, on_eof=lambda: os.kill(os.getpid(), signal.SIGTERM))
+    ControlWatch(stdin, on_eof=_supervisor_gone)
     try:
         code = Launcher(spec.config, f"rank-{spec.index}/", spec.index, spec.limits_dir).run()
     except ValueError as exc:  # e.g. its port is taken: the message names the flag
@@ -74,6 +74,15 @@ def _rank_server(spec: RankServerSpec, stdin) -> None:
         code = 2
     logging.shutdown()
     sys.exit(code)
+
+
+def _supervisor_gone() -> None:
+    """Drain as on SIGTERM. The supervisor's end of our stderr is gone too: logs go to /dev/null,
+    or a write to the broken pipe (ours, or a child's forwarded line) would stall the drain."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    os.close(devnull)
+    os.kill(os.getpid(), signal.SIGTERM)
 
 
 def _rank_device(config: EngineConfig, index: int) -> EngineConfig:

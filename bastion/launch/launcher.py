@@ -1,8 +1,9 @@
 """`bastion serve`: bind the listening socket once, start engine ranks and API servers, watch them.
 
 Order: validate flags -> bind the HTTP socket (a taken port fails before any model loads) ->
-start every engine rank and await their handshakes -> start the API servers on the shared
-socket and await theirs -> print the ready line -> watch. An engine that dies is reported to
+start every engine rank and the API servers on the shared socket (they load their tokenizer
+and HTTP stack meanwhile) -> await the engines' handshakes -> tell every API server where the
+engines are -> await theirs -> print the ready line -> watch. An engine that dies is reported to
 every API server (its requests fail with 503, /health turns 503 naming the rank) and restarted
 with backoff while the other ranks serve (engine_ranks.py); an API server that dies stops the
 server, and so does every rank failing. SIGTERM/SIGINT drains (API servers finish in-flight
@@ -27,7 +28,7 @@ from bastion.security.keys import ENV_VAR as API_KEY_ENV_VAR
 from bastion.security.ratelimit import Limiter
 from bastion.security.shared_limits import LimitsService
 from bastion.transport import channel
-from bastion.transport.control import ApiServerSpec, EngineEndpoint, EngineReady, EngineSpec
+from bastion.transport.control import ApiServerSpec, EngineEndpoint, EngineReady, EngineSet, EngineSpec
 
 logger = logging.getLogger(__name__)
 
@@ -113,18 +114,18 @@ class Launcher:
         specs = [EngineSpec(i, rank_engine_config(cfg, i), ipc_dir, cfg.internal, keys[i], self.first_rank + i)
                  for i in range(dp)]
         self.engines = [Child(f"{self.label}engine-{i}", spec, env=env) for i, spec in enumerate(specs)]
+        for j in range(cfg.parallel.api_server_count):  # NOTE: they load while the engines load
+            spec = ApiServerSpec(j, cfg.server, cfg.model, sock.fileno(), ipc_dir, str(self.dirs[1]), sec,
+                                 cfg.internal, keys[dp + j], limits_dir)
+            self.api_servers.append(Child(f"{self.label}api-server-{j}", spec, pass_fds=(sock.fileno(),),
+                                          env=env))
         readies: list[EngineReady] = await_all(self.engines, cfg.engine_startup_timeout)
         self.ranks = EngineRanks(specs, self.engines, self._notify_api_servers, cfg.parallel.max_rank_restarts,
                                  cfg.parallel.rank_restart_window_s, cfg.engine_startup_timeout, env,
                                  self.label)
         endpoints = [EngineEndpoint(r.engine_index, r.input_endpoint, r.server_key) for r in readies]
-        max_len = min(r.max_model_len for r in readies)
-        for j in range(cfg.parallel.api_server_count):
-            spec = ApiServerSpec(j, cfg.server, cfg.model, max_len, readies[0].vocab_size, endpoints,
-                                 sock.fileno(), ipc_dir, str(self.dirs[1]), sec, cfg.internal,
-                                 keys[dp + j], limits_dir)
-            self.api_servers.append(Child(f"{self.label}api-server-{j}", spec, pass_fds=(sock.fileno(),),
-                                          env=env))
+        self._notify_api_servers(EngineSet(endpoints, min(r.max_model_len for r in readies),
+                                           readies[0].vocab_size))
         await_all(self.api_servers, API_SERVER_STARTUP_TIMEOUT)
         host, port = sock.getsockname()[:2]
         shown = f"[{host}]" if ":" in host else host

@@ -15,15 +15,12 @@ close and drains on its own.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import logging
 import shutil
 import signal
 import sys
 import time
-
-import uvicorn
 
 from bastion.config import ServeConfig
 from bastion.launch.launcher import bind_listener, child_environment, rank_engine_config
@@ -35,6 +32,7 @@ from bastion.launch.supervisor_app import build_supervisor_app
 from bastion.security.ratelimit import Limiter
 from bastion.security.runtime import SecurityRuntime
 from bastion.security.shared_limits import LimitsService
+from bastion.server.http_server import HttpServer
 from bastion.transport import channel
 from bastion.transport.control import RankServerSpec
 
@@ -92,7 +90,9 @@ class Supervisor:
             loop.add_signal_handler(sig, self._on_signal, sig)
         self.security = SecurityRuntime(self.config.security, audit=False)
         loop.add_signal_handler(signal.SIGHUP, self._on_hangup)
-        server, serving = await self._serve_http(sock)
+        server = HttpServer(build_supervisor_app(self, self.security.authenticator),
+                            self.config.server.log_level, self.security.ssl_context, 2.0, own_signals=False)
+        serving = await server.start(sock)
         sec = self.config.security
         if sec.limits_enabled:
             self.limits = LimitsService(Limiter(sec.max_concurrent_requests, sec.max_waiting_requests),
@@ -133,21 +133,6 @@ class Supervisor:
         self.security.hangup()
         for child in self.children.values():
             child.signal(signal.SIGHUP)
-
-    async def _serve_http(self, sock):
-        config = uvicorn.Config(build_supervisor_app(self, self.security.authenticator),
-                                log_level=self.config.server.log_level, access_log=False,
-                                server_header=False, timeout_graceful_shutdown=2)
-        config.load()
-        config.ssl = self.security.ssl_context
-        server = _SignalFreeServer(config)
-        serving = asyncio.create_task(server.serve(sockets=[sock]))
-        while not server.started and not serving.done():
-            await asyncio.sleep(0.02)
-        if serving.done():
-            serving.result()
-            raise RuntimeError("the supervisor's HTTP server stopped during start-up")
-        return server, serving
 
     def _spawn(self, slot: RankSlot) -> None:
         spec = RankServerSpec(slot.index, rank_config(self.config, slot.index),
@@ -269,14 +254,6 @@ class Supervisor:
         deadline = time.monotonic() + 10
         while self.children and time.monotonic() < deadline:  # reaped by their exit callbacks
             await asyncio.sleep(TICK_S)
-
-
-class _SignalFreeServer(uvicorn.Server):
-    """uvicorn without its own signal handlers: the supervisor decides how to stop."""
-
-    @contextlib.contextmanager
-    def capture_signals(self):
-        yield
 
 
 def rank_config(config: ServeConfig, index: int) -> ServeConfig:

@@ -9,33 +9,38 @@ import socket
 from typing import Callable
 
 from bastion.security.runtime import SecurityRuntime
-from bastion.transport.control import ApiServerReady, ApiServerSpec, ControlWatch, RankDown, RankUp
+from bastion.transport.control import (ApiServerReady, ApiServerSpec, ControlWatch, EngineSet, RankDown,
+                                       RankUp)
 
 logger = logging.getLogger(__name__)
 
 
 def run_api_server(spec: ApiServerSpec, control: ControlWatch, report: Callable) -> None:
-    """Load the tokenizer, connect to every engine, serve until SIGTERM (drain) or launcher exit."""
+    """Load the tokenizer and the HTTP stack while the engines load; once the launcher sends
+    where they are, connect to every engine and serve until SIGTERM (drain) or launcher exit."""
     # NOTE: prometheus-client picks its multi-process storage when first imported.
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = spec.metrics_dir
+    import bastion.server.app  # noqa: F401 - the slow imports, done before the engines are ready
     from bastion.model.tokenizer import load_tokenizer
 
     tokenizer = load_tokenizer(spec.model_path)
     sock = socket.socket(fileno=spec.listen_fd)
-    asyncio.run(_serve(spec, tokenizer, sock, control, report))
+    engines = control.receive()
+    if not isinstance(engines, EngineSet):
+        raise RuntimeError(f"expected the engines from the launcher, got {type(engines).__name__}")
+    asyncio.run(_serve(spec, engines, tokenizer, sock, control, report))
 
 
-async def _serve(spec: ApiServerSpec, tokenizer, sock: socket.socket, control: ControlWatch,
-                 report: Callable) -> None:
-    import uvicorn
-
+async def _serve(spec: ApiServerSpec, engines: EngineSet, tokenizer, sock: socket.socket,
+                 control: ControlWatch, report: Callable) -> None:
     from bastion.server import metrics
     from bastion.server.app import build_app
     from bastion.server.engine_client import EngineClient
+    from bastion.server.http_server import HttpServer
     from bastion.server.state import ServerState
 
     security = SecurityRuntime(spec.security, spec.limits_dir)
-    client = EngineClient(spec.index, spec.engines, spec.ipc_dir, spec.server.prefix_affinity_tokens,
+    client = EngineClient(spec.index, engines.engines, spec.ipc_dir, spec.server.prefix_affinity_tokens,
                           spec.internal, spec.keys)
     await client.start()
     client.load_listeners.append(metrics.record_load)
@@ -51,24 +56,14 @@ async def _serve(spec: ApiServerSpec, tokenizer, sock: socket.socket, control: C
             loop.create_task(client.rank_up(message.index, message.input_endpoint,
                                             message.server_key, message.restarts))
             metrics.record_rank_up(message.index, True)
-    control.handler = lambda m: loop.call_soon_threadsafe(on_control, m)
+    control.set_handler(lambda m: loop.call_soon_threadsafe(on_control, m))
 
     loop.add_signal_handler(signal.SIGHUP, security.hangup)
-    state = ServerState(spec.server, client, tokenizer, spec.max_model_len, spec.vocab_size,
+    state = ServerState(spec.server, client, tokenizer, engines.max_model_len, engines.vocab_size,
                         security.limits)
     app = build_app(state, security.authenticator, spec.security, security.audit, spec.index)
-    config = uvicorn.Config(app, log_level=spec.server.log_level, access_log=False,
-                            timeout_graceful_shutdown=spec.server.shutdown_timeout,
-                            timeout_keep_alive=30, server_header=False)
-    config.load()
-    config.ssl = security.ssl_context  # NOTE: our own context: TLS >= 1.2, mTLS, hot refresh
-    server = uvicorn.Server(config)
-    serving = asyncio.create_task(server.serve(sockets=[sock]))
-    while not server.started and not serving.done():
-        await asyncio.sleep(0.02)
-    if serving.done():
-        serving.result()
-        raise RuntimeError("the HTTP server stopped during start-up")
+    server = HttpServer(app, spec.server.log_level, security.ssl_context, spec.server.shutdown_timeout)
+    serving = await server.start(sock)
     report(ApiServerReady(spec.index))
     await serving
     client.close()

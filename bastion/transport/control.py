@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import queue
 import struct
 import threading
 from typing import BinaryIO, Callable, Union
@@ -46,14 +47,12 @@ class EngineEndpoint(msgspec.Struct):
 
 
 class ApiServerSpec(msgspec.Struct, tag="api_spec"):
-    """Everything an API-server child needs; `listen_fd` is the shared socket it inherits."""
+    """Everything an API-server child needs to start loading while the engines load; its engines
+    follow in an `EngineSet` frame. `listen_fd` is the shared socket it inherits."""
 
     index: int
     server: ServerConfig
     model_path: str
-    max_model_len: int
-    vocab_size: int
-    engines: list[EngineEndpoint]
     listen_fd: int
     ipc_dir: str
     metrics_dir: str
@@ -70,6 +69,14 @@ class RankServerSpec(msgspec.Struct, tag="rank_spec"):
     index: int
     config: ServeConfig
     limits_dir: str | None = None
+
+
+class EngineSet(msgspec.Struct, tag="engine_set"):
+    """Launcher -> API servers, once every engine is ready: where the engines are, and limits."""
+
+    engines: list[EngineEndpoint]
+    max_model_len: int
+    vocab_size: int
 
 
 class EngineReady(msgspec.Struct, tag="engine_ready"):
@@ -112,7 +119,7 @@ class RankUp(msgspec.Struct, tag="rank_up"):
 
 ChildSpec = Union[EngineSpec, ApiServerSpec, RankServerSpec]
 Handshake = Union[EngineReady, ApiServerReady, ChildFailed]
-Control = Union[RankDown, RankUp]
+Control = Union[EngineSet, RankDown, RankUp]
 
 _encoder = msgspec.msgpack.Encoder()
 _spec_decoder = msgspec.msgpack.Decoder(ChildSpec)
@@ -169,28 +176,52 @@ class ControlWatch:
     """Reads control frames in a thread; calls `on_eof` the moment the launcher goes away (by
     default the process exits at once).
 
-    Started first thing in every child, so even a child still loading exits on EOF. Messages go
-    to `handler` once the child sets one (none can matter before it is ready).
+    Started first thing in every child, so even a child still loading exits on EOF. Frames that
+    arrive before the child sets a handler wait in a queue: `receive` takes them in order, and
+    `set_handler` hands over whatever is still queued.
     """
 
     def __init__(self, stdin: BinaryIO, on_eof: Callable[[], None] = _exit_now) -> None:
         self.stdin = stdin
         self.on_eof = on_eof
         self.handler: Callable | None = None
+        self._early: queue.Queue = queue.Queue()
+        self._lock = threading.Lock()
         threading.Thread(target=self._loop, name="control", daemon=True).start()
+
+    def receive(self, timeout: float | None = None):
+        """The next frame that came before a handler was set (blocks; queue.Empty on timeout)."""
+        return self._early.get(timeout=timeout)
+
+    def set_handler(self, handler: Callable) -> None:
+        with self._lock:
+            self.handler = handler
+            while not self._early.empty():
+                self._deliver(handler, self._early.get_nowait())
 
     def _loop(self) -> None:
         while True:
             try:
                 payload = read_frame(self.stdin)
-            except (OSError, ValueError):
+            except (OSError, ValueError):  # a broken pipe or a bad length: the stream is lost
                 payload = None
             if payload is None:
                 self.on_eof()
                 return
-            handler = self.handler
-            if handler is not None:
-                try:
-                    handler(decode_control(payload))
-                except Exception:  # a bad frame must not kill the watch
-                    logger.exception("ignored a control frame")
+            try:
+                message = decode_control(payload)
+            except msgspec.DecodeError:
+                logger.exception("dropped a malformed control frame")
+                continue
+            with self._lock:
+                if self.handler is None:
+                    self._early.put(message)
+                else:
+                    self._deliver(self.handler, message)
+
+    @staticmethod
+    def _deliver(handler: Callable, message) -> None:
+        try:
+            handler(message)
+        except Exception:  # a bad frame must not kill the watch
+            logger.exception("ignored a control frame")

@@ -3,49 +3,16 @@ the rank's own name, mutual TLS, impostors and certificate refresh. Never verify
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import http.server
 import shutil
-import threading
 
 import pytest
 from certs import CertAuthority
+from tls_server import tls_server
 
 from bastion.config import SupervisorConfig
 from bastion.launch.probe import Prober, ProbeTls, server_name
 from bastion.security.config import TlsConfig
-from bastion.security.tls import build_context, check_certificate
-
-
-class _Health(http.server.BaseHTTPRequestHandler):
-    def do_GET(self):
-        body = b'{"status": "ok"}'
-        self.send_response(200 if self.path == "/health" else 404)
-        self.send_header("content-length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args):
-        pass
-
-
-class _QuietServer(http.server.ThreadingHTTPServer):
-    def handle_error(self, request, client_address):
-        pass  # failed handshakes are what several tests are about
-
-
-@contextlib.contextmanager
-def tls_server(tls: TlsConfig):
-    """A real HTTPS server answering /health with `tls`; yields its URL."""
-    server = _QuietServer(("127.0.0.1", 0), _Health)
-    server.socket = build_context(tls).wrap_socket(server.socket, server_side=True)
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    try:
-        yield f"https://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
+from bastion.security.tls import check_certificate
 
 
 def probe(url: str, tls: ProbeTls):

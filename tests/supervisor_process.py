@@ -1,0 +1,114 @@
+"""A real supervised deployment for integration tests: `bastion serve
+--data-parallel-multi-port-external-lb` with its ranks on a block of free ports and the supervisor
+on port 0 (its URL read from the ready line). Ranks restart, so their processes are found by
+name: every `rank-*` child must be gone when a test ends."""
+from __future__ import annotations
+
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import httpx
+import psutil
+
+from bastion.bench.ports import free_port_block
+
+SUPERVISING = re.compile(r"bastion: supervising (\d+) ranks of .* at (.*); supervisor at (https?://\S+) ")
+
+
+def rank_processes() -> list[psutil.Process]:
+    """Every live process of any supervised rank (named `rank-N` or `rank-N/...`)."""
+    found = []
+    for proc in psutil.process_iter(["cmdline", "status"]):
+        cmd = proc.info["cmdline"] or []
+        if proc.info["status"] == psutil.STATUS_ZOMBIE:
+            continue
+        if "bastion.launch.child" in cmd and any(part.startswith("rank-") for part in cmd):
+            found.append(proc)
+    return found
+
+
+def no_rank_left(timeout: float = 30.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while rank_processes() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return not rank_processes()
+
+
+class SupervisorProcess:
+    """The supervisor and its `ranks` ranks; `wait_ready` blocks until its ready line."""
+
+    def __init__(self, *args: str, ranks: int = 2, http: dict | None = None, wait_ready: bool = True,
+                 timeout: float = 240.0, port: int | None = None) -> None:
+        self.port = port or free_port_block(ranks)
+        self.http = http or {}  # httpx options (verify, cert, headers) for the supervisor
+        cmd = [sys.executable, "-m", "bastion.cli", "--log-level", "warning", "serve",
+               "--data-parallel-multi-port-external-lb", "-dp", str(ranks), "--port", str(self.port),
+               "--data-parallel-supervisor-port", "0", *args]
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        self.stdout: list[str] = []
+        self.stderr: list[str] = []
+        self.ready = threading.Event()
+        self.rank_urls: list[str] = []
+        self.url = ""
+        threading.Thread(target=self._read_stdout, daemon=True).start()
+        threading.Thread(target=lambda: self.stderr.extend(self.proc.stderr), daemon=True).start()
+        if wait_ready and not self.ready.wait(timeout):
+            self.kill()
+            raise RuntimeError(f"supervisor did not become ready; stdout={''.join(self.stdout)!r} "
+                               f"stderr={''.join(self.stderr)[-6000:]}")
+
+    def _read_stdout(self) -> None:
+        for line in self.proc.stdout:
+            self.stdout.append(line)
+            match = SUPERVISING.search(line)
+            if match:
+                self.rank_urls = [url.strip() for url in match.group(2).split(",")]
+                self.url = match.group(3)
+                self.ready.set()
+
+    def get(self, path: str, **options) -> httpx.Response:
+        return httpx.get(f"{self.url}{path}", timeout=10, **{**self.http, **options})
+
+    def ranks(self, **options) -> list[dict]:
+        reply = self.get("/ranks", **options)
+        assert reply.status_code == 200, reply.text
+        return reply.json()["data"]
+
+    def wait_for_rank(self, index: int, predicate, timeout: float = 120.0) -> dict:
+        """Poll /ranks until rank `index`'s row satisfies `predicate`; returns that row."""
+        deadline = time.monotonic() + timeout
+        while True:
+            row = self.ranks()[index]
+            if predicate(row):
+                return row
+            if time.monotonic() > deadline:
+                raise AssertionError(f"rank {index} never got there; last row {row}; stderr "
+                                     f"{''.join(self.stderr)[-3000:]}")
+            time.sleep(0.1)
+
+    def signal(self, sig: int) -> None:
+        self.proc.send_signal(sig)
+
+    def wait(self, timeout: float) -> int:
+        return self.proc.wait(timeout)
+
+    def log(self) -> str:
+        return "".join(self.stderr)
+
+    def kill(self) -> None:
+        """Stop the supervisor and make sure no rank outlives the test."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        if not no_rank_left(30):
+            for proc in rank_processes():  # NOTE: only supervisor tests start rank-* processes
+                proc.kill()
+            psutil.wait_procs(rank_processes(), timeout=10)
