@@ -4,6 +4,7 @@ on port 0 (its URL read from the ready line). Ranks restart, so their processes 
 name: every `rank-*` child must be gone when a test ends."""
 from __future__ import annotations
 
+import os
 import re
 import signal
 import subprocess
@@ -42,13 +43,14 @@ class SupervisorProcess:
     """The supervisor and its `ranks` ranks; `wait_ready` blocks until its ready line."""
 
     def __init__(self, *args: str, ranks: int = 2, http: dict | None = None, wait_ready: bool = True,
-                 timeout: float = 240.0, port: int | None = None) -> None:
+                 timeout: float = 240.0, port: int | None = None, env: dict[str, str] | None = None) -> None:
         self.port = port or free_port_block(ranks)
         self.http = http or {}  # httpx options (verify, cert, headers) for the supervisor
         cmd = [sys.executable, "-m", "bastion.cli", "--log-level", "warning", "serve",
                "--data-parallel-multi-port-external-lb", "-dp", str(ranks), "--port", str(self.port),
                "--data-parallel-supervisor-port", "0", *args]
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                     env={**os.environ, **env} if env else None)
         self.stdout: list[str] = []
         self.stderr: list[str] = []
         self.ready = threading.Event()

@@ -21,6 +21,7 @@ from bastion.bench.ports import free_port_block
 from bastion.security.config import TlsConfig
 
 USER, METERED, OPS = "user-key-uuuuuuuuuuuuuuuuuu", "metered-key-mmmmmmmmmmmmmm", "ops-key-oooooooooooooooooo"
+FROM_ENV = "env-key-eeeeeeeeeeeeeeeeeeee"
 KEYS = f"""
 [keys.user]
 key = "{USER}"
@@ -84,8 +85,12 @@ def test_plain_ranks_serve_the_api_share_limits_and_drain_together_on_sigterm(tm
     keys = tmp_path / "keys.toml"
     keys.write_text(KEYS)
     sup = SupervisorProcess("--api-key-file", str(keys), "--dp-supervisor-probe-interval-s", "0.5",
-                            http={"headers": {"x-api-key": OPS}})
+                            http={"headers": {"x-api-key": OPS}}, env={"BASTION_API_KEY": FROM_ENV})
     try:
+        # the key from the environment works on every rank, yet no rank process holds it
+        assert all(complete(url, FROM_ENV) == "length" for url in sup.rank_urls)
+        for proc in descendants(sup):
+            assert FROM_ENV not in " ".join(proc.cmdline()) and FROM_ENV not in str(proc.environ())
         assert sup.rank_urls == [f"http://127.0.0.1:{sup.port}", f"http://127.0.0.1:{sup.port + 1}"]
         for url in sup.rank_urls:
             assert complete(url, USER) == "length"
