@@ -35,8 +35,9 @@ def add_serve_args(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--data-parallel-size", "-dp", type=int, default=1,
                    help="engine ranks (model replicas); each gets its share of CPU threads or its own GPU")
     p.add_argument("--max-rank-restarts", type=int, default=5,
-                   help="restarts of a dead engine rank within --rank-restart-window-s before it is "
-                        "failed (backoff 1 s doubling to 60 s); 0 never restarts")
+                   help="restarts of a dead rank (an engine rank, or a whole rank under the supervisor) "
+                        "within --rank-restart-window-s before it is failed (backoff 1 s doubling to "
+                        "60 s); 0 never restarts")
     p.add_argument("--rank-restart-window-s", type=float, default=600.0,
                    help="the window --max-rank-restarts counts in (seconds)")
     p.add_argument("--internal-transport", choices=["ipc", "tcp"], default="ipc",
