@@ -132,14 +132,32 @@ class EngineConfig:
 
 @dataclass(frozen=True)
 class ParallelConfig:
-    """How many engine ranks and API-server processes one server runs."""
+    """How many engine ranks and API-server processes one server runs, and, when the ranks span
+    nodes, which of them run on this node (`start_rank` .. `start_rank + local_size - 1`)."""
 
     data_parallel_size: int = 1
     api_server_count: int = 1
     max_rank_restarts: int = 5
     rank_restart_window_s: float = 600.0
+    data_parallel_size_local: int | None = None  # None: every rank from the start rank on
+    data_parallel_start_rank: int = 0
+    data_parallel_address: str | None = None  # the head's address, where nodes register
+    data_parallel_rpc_port: int = 29550
+    headless: bool = False  # engines only; they register with the head
+
+    @property
+    def local_size(self) -> int:
+        if self.data_parallel_size_local is not None:
+            return self.data_parallel_size_local
+        return self.data_parallel_size - self.data_parallel_start_rank
+
+    @property
+    def multi_node(self) -> bool:
+        """Whether some ranks run on other nodes (this is the head) or this node is headless."""
+        return self.headless or self.local_size < self.data_parallel_size
 
     def __post_init__(self) -> None:
+        self._check_nodes()
         if self.max_rank_restarts < 0:
             raise ValueError(f"--max-rank-restarts must be non-negative, got {self.max_rank_restarts}")
         if self.rank_restart_window_s <= 0:
@@ -148,6 +166,25 @@ class ParallelConfig:
             raise ValueError(f"--data-parallel-size must be at least 1, got {self.data_parallel_size}")
         if self.api_server_count < 1:
             raise ValueError(f"--api-server-count must be at least 1, got {self.api_server_count}")
+
+    def _check_nodes(self) -> None:
+        n, start, local = self.data_parallel_size, self.data_parallel_start_rank, self.local_size
+        if start < 0:
+            raise ValueError(f"--data-parallel-start-rank must be non-negative, got {start}")
+        if local < 1:
+            raise ValueError(f"--data-parallel-size-local must be at least 1, got {local}")
+        if start + local > n:
+            raise ValueError(f"--data-parallel-start-rank {start} + --data-parallel-size-local {local} is "
+                             f"more than --data-parallel-size {n}: this node's ranks would be "
+                             f"{start}..{start + local - 1}, and the last rank is {n - 1}")
+        if not 1 <= self.data_parallel_rpc_port <= 65535:
+            raise ValueError(f"--data-parallel-rpc-port must be in [1, 65535], got {self.data_parallel_rpc_port}")
+        if self.headless and not self.data_parallel_address:
+            raise ValueError("--headless needs --data-parallel-address (the head's address, where this "
+                             "node's engines register)")
+        if self.multi_node and not self.headless and start != 0:
+            raise ValueError(f"--data-parallel-start-rank {start} is for --headless nodes: the head serves "
+                             "ranks 0 .. --data-parallel-size-local - 1")
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,7 @@ import os
 
 from bastion.config import InternalConfig, ParallelConfig, ServeConfig, ServerConfig, parse_bytes
 from bastion.engine_args import add_engine_args, engine_config
+from bastion.launch.net import HOST_IP_ENV, node_address
 from bastion.launch.supervisor_args import add_supervisor_args, supervisor_config
 from bastion.security.args import add_security_args, check_exposure, security_config
 
@@ -40,11 +41,25 @@ def add_serve_args(parser: argparse.ArgumentParser) -> None:
                         "60 s); 0 never restarts")
     p.add_argument("--rank-restart-window-s", type=float, default=600.0,
                    help="the window --max-rank-restarts counts in (seconds)")
-    p.add_argument("--internal-transport", choices=["ipc", "tcp"], default="ipc",
+    p.add_argument("--data-parallel-size-local", "-dpl", type=int, default=None,
+                   help="ranks on this node when they span nodes (default: all of them)")
+    p.add_argument("--data-parallel-start-rank", "-dpr", type=int, default=0,
+                   help="the first rank on this --headless node")
+    p.add_argument("--data-parallel-address", "-dpa", default=None,
+                   help="the head's address: where --headless nodes register (default on the head: "
+                        "$BASTION_HOST_IP)")
+    p.add_argument("--data-parallel-rpc-port", "-dpp", type=int, default=29550,
+                   help="the head's registration port (CurveZMQ, keys from --internal-secret-file)")
+    p.add_argument("--headless", action="store_true",
+                   help="run this node's engine ranks only, registered with the head's API servers")
+    p.add_argument("--internal-transport", choices=["ipc", "tcp"], default=None,
                    help="sockets between bastion's processes: ipc in a private 0700 directory "
-                        "(default), or TCP on --internal-host with CurveZMQ")
-    p.add_argument("--internal-host", default=os.environ.get("BASTION_HOST_IP", "127.0.0.1"),
-                   help="address internal TCP listeners bind (default $BASTION_HOST_IP, else 127.0.0.1)")
+                        "(default on one node), or TCP on --internal-host with CurveZMQ (always "
+                        "when ranks span nodes)")
+    p.add_argument("--internal-host", default=None,
+                   help="address internal TCP listeners bind (default $BASTION_HOST_IP, else on the "
+                        "head --data-parallel-address, on a headless node its address toward the "
+                        "head, else 127.0.0.1)")
     p.add_argument("--internal-encryption", choices=["on", "off"], default="on",
                    help="CurveZMQ on internal TCP sockets; off only to measure its cost")
     p.add_argument("--internal-secret-file", default=None,
@@ -62,7 +77,10 @@ def serve_config(args: argparse.Namespace) -> ServeConfig:
     model = args.model or str(default_model_path())
     engine = engine_config(model, args)
     parallel = ParallelConfig(args.data_parallel_size, args.api_server_count, args.max_rank_restarts,
-                              args.rank_restart_window_s)
+                              args.rank_restart_window_s, args.data_parallel_size_local,
+                              args.data_parallel_start_rank, args.data_parallel_address or
+                              (os.environ.get(HOST_IP_ENV) if args.data_parallel_size_local else None),
+                              args.data_parallel_rpc_port, args.headless)
     names = tuple(args.served_model_name or [_default_name(model, args.model is None)])
     server = ServerConfig(host=args.host, port=args.port, served_model_names=names,
                           max_request_body_bytes=args.max_request_body_bytes,
@@ -72,13 +90,36 @@ def serve_config(args: argparse.Namespace) -> ServeConfig:
         raise ValueError(f"--engine-startup-timeout must be positive, got {args.engine_startup_timeout}")
     security = security_config(args)
     check_exposure(server.host, security)
-    internal = InternalConfig(args.internal_transport, args.internal_host, args.internal_encryption == "on",
-                              args.internal_secret_file)
+    internal = internal_config(args, parallel)
+    return ServeConfig(model, engine, parallel, server, args.engine_startup_timeout, security, internal,
+                       supervisor_config(args))
+
+
+def internal_config(args: argparse.Namespace, parallel: ParallelConfig) -> InternalConfig:
+    """Where and how bastion's own processes talk; ranks on several nodes need TCP, CurveZMQ and
+    keys derived from a secret every node holds."""
+    transport = args.internal_transport or ("tcp" if parallel.multi_node else "ipc")
+    if parallel.multi_node:
+        if transport != "tcp":
+            raise ValueError("ranks on several nodes talk over TCP: drop --internal-transport ipc")
+        if args.internal_encryption != "on":
+            raise ValueError("ranks on several nodes need --internal-encryption on")
+        if not args.internal_secret_file:
+            raise ValueError("ranks on several nodes need --internal-secret-file (the same file on every "
+                             "node): their CurveZMQ keys derive from it")
+        if not parallel.data_parallel_address:
+            raise ValueError(f"the head of ranks on several nodes needs --data-parallel-address (or "
+                             f"{HOST_IP_ENV}): the address where other nodes register")
+    host = args.internal_host
+    if host is None:
+        toward = parallel.data_parallel_address if parallel.multi_node else None
+        host = (os.environ.get(HOST_IP_ENV) or toward) if parallel.multi_node and not parallel.headless \
+            else node_address(toward)
+    internal = InternalConfig(transport, host, args.internal_encryption == "on", args.internal_secret_file)
     if internal.secret_file:
         from bastion.transport.channel import read_internal_secret
         read_internal_secret(internal.secret_file)
-    return ServeConfig(model, engine, parallel, server, args.engine_startup_timeout, security, internal,
-                       supervisor_config(args))
+    return internal
 
 
 def _default_name(model: str, is_demo: bool) -> str:
