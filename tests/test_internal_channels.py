@@ -72,14 +72,14 @@ def encrypted(tmp_path_factory):
 def test_strangers_get_nothing_from_an_encrypted_engine(encrypted):
     port = engine_port(encrypted)
     assert completes(encrypted)
-    engine_key = channel.derive_keypair(SECRET, 0).public
+    engine_key = channel.derive_keypair(SECRET, "engine-0").public
     assert intrude(port, [REQUEST]) is None  # no CURVE at all
     assert intrude(port, [REQUEST], channel.CurveKeyPair.generate().public) is None  # wrong server key
     assert intrude(port, [REQUEST], engine_key) is None  # the right server, but not a deployment key
-    outsider = channel.derive_keypair(b"another-secret-" + b"x" * 32, 1)
+    outsider = channel.derive_keypair(b"another-secret-" + b"x" * 32, "api-server-1")
     assert intrude(port, [REQUEST], engine_key, outsider) is None  # keys from another secret
     # a process holding the deployment's secret (a node of this deployment) is admitted
-    assert intrude(port, [REQUEST], engine_key, channel.derive_keypair(SECRET, 1)) is not None
+    assert intrude(port, [REQUEST], engine_key, channel.derive_keypair(SECRET, "api-server-1")) is not None
     with socket.create_connection(("127.0.0.1", port), timeout=5) as raw:
         raw.sendall(b"\xff" * 64 + b"GET / HTTP/1.1\r\n\r\n")
     assert completes(encrypted)

@@ -110,7 +110,7 @@ class Launcher:
             limits_dir = ipc_dir
         dp = cfg.parallel.data_parallel_size
         secret = channel.read_internal_secret(cfg.internal.secret_file) if cfg.internal.secret_file else None
-        keys = channel.deployment_keys(dp + cfg.parallel.api_server_count, secret)
+        keys = channel.deployment_keys(dp, cfg.parallel.api_server_count, secret)
         specs = [EngineSpec(i, rank_engine_config(cfg, i), ipc_dir, cfg.internal, keys[i], self.first_rank + i)
                  for i in range(dp)]
         self.engines = [Child(f"{self.label}engine-{i}", spec, env=env) for i, spec in enumerate(specs)]

@@ -103,20 +103,40 @@ class ChannelKeys(msgspec.Struct, frozen=True):
         return f"ChannelKeys(public={self.public!r}, allowed={len(self.allowed)} keys)"
 
 
-def deployment_keys(count: int, secret: bytes | None = None) -> list[ChannelKeys]:
-    """A keypair per process of one deployment; each admits every process's public key.
+MAX_API_SERVERS = 64  # NOTE: engines on other nodes admit the keys of API servers 0 .. 63
 
-    Random per launch, or derived from `secret` (the `--internal-secret-file` shared by every
-    node of a deployment), so that processes started on other nodes hold keys the others admit.
+
+def engine_role(rank: int) -> str:
+    return f"engine-{rank}"
+
+
+def api_server_role(index: int) -> str:
+    return f"api-server-{index}"
+
+
+def deployment_keys(engines: int, api_servers: int, secret: bytes | None = None) -> list[ChannelKeys]:
+    """A keypair per process of one deployment: the engines' first, then the API servers'.
+
+    Engines admit API servers and API servers admit engines. Keys are random per launch, or
+    derived from `secret` (the `--internal-secret-file` every node holds) by role, so a node
+    holds the keys of its own engine ranks and admits API servers it was never told about.
     """
-    pairs = [derive_keypair(secret, i) if secret else CurveKeyPair.generate() for i in range(count)]
-    publics = [p.public for p in pairs]
-    return [ChannelKeys(p.public, p.secret, publics) for p in pairs]
+    if secret is None:
+        pairs = [CurveKeyPair.generate() for _ in range(engines + api_servers)]
+        engine_pairs, api_pairs = pairs[:engines], pairs[engines:]
+        admitted_api = [p.public for p in api_pairs]
+    else:
+        engine_pairs = [derive_keypair(secret, engine_role(r)) for r in range(engines)]
+        api_pairs = [derive_keypair(secret, api_server_role(j)) for j in range(api_servers)]
+        admitted_api = [derive_keypair(secret, api_server_role(j)).public for j in range(MAX_API_SERVERS)]
+    engine_publics = [p.public for p in engine_pairs]
+    return ([ChannelKeys(p.public, p.secret, admitted_api) for p in engine_pairs]
+            + [ChannelKeys(p.public, p.secret, engine_publics) for p in api_pairs])
 
 
-def derive_keypair(secret: bytes, index: int) -> CurveKeyPair:
-    """The deployment's `index`-th CURVE keypair, derived from the shared secret (HMAC-SHA256)."""
-    raw = hmac.new(secret, f"bastion-curve-key-{index}".encode(), hashlib.sha256).digest()
+def derive_keypair(secret: bytes, role: str) -> CurveKeyPair:
+    """The CURVE keypair of `role` (e.g. `engine-3`) in the deployment of the shared secret."""
+    raw = hmac.new(secret, f"bastion-curve-key:{role}".encode(), hashlib.sha256).digest()
     secret_z85 = z85.encode(raw)
     return CurveKeyPair(zmq.curve_public(secret_z85), secret_z85)
 

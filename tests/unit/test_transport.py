@@ -90,13 +90,19 @@ def test_secret_key_never_in_repr():
 
 
 def test_internal_keys_derive_from_the_shared_secret(tmp_path):
-    a = channel.deployment_keys(3, b"k" * 40)
-    b = channel.deployment_keys(3, b"k" * 40)
-    other = channel.deployment_keys(3, b"j" * 40)
-    assert [k.public for k in a] == [k.public for k in b] == a[0].allowed
+    a = channel.deployment_keys(2, 1, b"k" * 40)
+    b = channel.deployment_keys(2, 1, b"k" * 40)
+    other = channel.deployment_keys(2, 1, b"j" * 40)
+    assert [k.public for k in a] == [k.public for k in b]
     assert len({k.public for k in a}) == 3 and a[0].public != other[0].public
+    assert a[2].allowed == [a[0].public, a[1].public]  # the API server admits both engines
+    assert a[2].public in a[0].allowed and len(a[0].allowed) == channel.MAX_API_SERVERS
+    # a node that runs only engine 1 derives the same key for it, and admits the same API servers
+    assert channel.derive_keypair(b"k" * 40, "engine-1").public == a[1].public
     assert a[0].secret.decode() not in repr(a[0])
-    assert len({k.public for k in channel.deployment_keys(2)} | {k.public for k in channel.deployment_keys(2)}) == 4
+    random_keys = channel.deployment_keys(1, 1)
+    assert random_keys[0].allowed == [random_keys[1].public] and random_keys[1].allowed == [random_keys[0].public]
+    assert len({k.public for k in random_keys} | {k.public for k in channel.deployment_keys(1, 1)}) == 4
     with pytest.raises(ValueError, match="--internal-secret-file"):
         channel.read_internal_secret(str(tmp_path / "absent"))
     (tmp_path / "short").write_text("short")
