@@ -13,10 +13,9 @@ def _serve(args: argparse.Namespace) -> int:
     from bastion.launch.serve_args import serve_config
 
     config = serve_config(args)
-    if config.parallel.multi_node:
-        # NOTE: issue 6 in progress: the flags and their checks exist; registration does not yet.
-        raise ValueError("ranks on several nodes (--headless, --data-parallel-size-local below -dp) "
-                         "are not wired up in this build yet; run every rank on one node")
+    if config.parallel.headless:
+        from bastion.launch.headless import HeadlessLauncher
+        return HeadlessLauncher(config).run()
     if config.supervisor is not None:
         from bastion.launch.supervisor import Supervisor
         return Supervisor(config).run()

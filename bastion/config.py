@@ -157,7 +157,6 @@ class ParallelConfig:
         return self.headless or self.local_size < self.data_parallel_size
 
     def __post_init__(self) -> None:
-        self._check_nodes()
         if self.max_rank_restarts < 0:
             raise ValueError(f"--max-rank-restarts must be non-negative, got {self.max_rank_restarts}")
         if self.rank_restart_window_s <= 0:
@@ -166,6 +165,7 @@ class ParallelConfig:
             raise ValueError(f"--data-parallel-size must be at least 1, got {self.data_parallel_size}")
         if self.api_server_count < 1:
             raise ValueError(f"--api-server-count must be at least 1, got {self.api_server_count}")
+        self._check_nodes()
 
     def _check_nodes(self) -> None:
         n, start, local = self.data_parallel_size, self.data_parallel_start_rank, self.local_size

@@ -89,14 +89,19 @@ class ServerProcess:
 
     def kill(self) -> None:
         """Stop the launcher and make sure no child outlives the test."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(40)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
+        terminate(self.proc, 40)
         for child in getattr(self, "children", []):
             if child.is_running():
                 child.kill()
         psutil.wait_procs(getattr(self, "children", []), timeout=10)
+
+
+def terminate(proc: subprocess.Popen, timeout: float) -> None:
+    """SIGTERM a process we started; SIGKILL it if it is still there after `timeout`."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)

@@ -14,6 +14,7 @@ import time
 
 import httpx
 import psutil
+from server_process import terminate
 
 from bastion.bench.ports import free_port_block
 
@@ -103,13 +104,7 @@ class SupervisorProcess:
 
     def kill(self) -> None:
         """Stop the supervisor and make sure no rank outlives the test."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(60)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
+        terminate(self.proc, 60)
         if not no_rank_left(30):
             for proc in rank_processes():  # NOTE: only supervisor tests start rank-* processes
                 proc.kill()

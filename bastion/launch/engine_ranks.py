@@ -69,7 +69,7 @@ class EngineRanks:
         if rank.state == "ready":
             code = rank.child.wait(5)
             rank.child.close()
-            self._lost(index, f"{self.label}engine-{index} exited with code {code}")
+            self._lost(index, f"{self.label}engine-{rank.spec.index} exited with code {code}")
         else:
             self._handshake(index)
 
@@ -79,8 +79,9 @@ class EngineRanks:
         for i, rank in enumerate(self.ranks):
             if rank.due is not None and now >= rank.due:
                 rank.due, rank.deadline = None, now + self.startup_timeout
-                logger.warning("restarting %sengine-%d (restart %d)", self.label, i, rank.policy.total)
-                rank.child = Child(f"{self.label}engine-{i}", rank.spec, env=self.env)
+                logger.warning("restarting %sengine-%d (restart %d)", self.label, rank.spec.index,
+                               rank.policy.total)
+                rank.child = Child(f"{self.label}engine-{rank.spec.index}", rank.spec, env=self.env)
             elif rank.state == "restarting" and rank.child is not None and now > rank.deadline:
                 self._handshake(i)  # raises inside and counts as a failed start
 
@@ -93,8 +94,8 @@ class EngineRanks:
             self._lost(index, str(exc).splitlines()[0])
             return
         rank.state = "ready"
-        logger.warning("%sengine-%d is ready again", self.label, index)
-        self.notify(RankUp(index, ready.input_endpoint, ready.server_key, rank.policy.total))
+        logger.warning("%sengine-%d is ready again", self.label, rank.spec.index)
+        self.notify(RankUp(rank.spec.index, ready.input_endpoint, ready.server_key, rank.policy.total))
 
     def _lost(self, index: int, reason: str) -> None:
         rank = self.ranks[index]
@@ -108,4 +109,4 @@ class EngineRanks:
         else:
             rank.state, rank.due = "restarting", time.monotonic() + delay
             logger.error("%s; restarting it in %.0f s while the other ranks serve", reason, delay)
-        self.notify(RankDown(index, reason, rank.state, rank.policy.total))
+        self.notify(RankDown(rank.spec.index, reason, rank.state, rank.policy.total))

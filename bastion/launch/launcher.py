@@ -23,6 +23,7 @@ import sys
 
 from bastion.launch.engine_ranks import EngineRanks
 from bastion.launch.procs import Child, ChildStartError, await_all
+from bastion.launch.registrar import Registrar
 from bastion.config import ServeConfig
 from bastion.security.keys import ENV_VAR as API_KEY_ENV_VAR
 from bastion.security.ratelimit import Limiter
@@ -61,6 +62,7 @@ class Launcher:
         self.dirs = [channel.private_ipc_dir(), channel.private_ipc_dir()]
         self.limits: LimitsService | None = None
         self.ranks: EngineRanks | None = None
+        self.registrar: Registrar | None = None
 
     def run(self) -> int:
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -82,6 +84,8 @@ class Launcher:
             self._kill_all()
             if self.limits is not None:
                 self.limits.stop()
+            if self.registrar is not None:
+                self.registrar.close()
             for folder in self.dirs:
                 shutil.rmtree(folder, ignore_errors=True)
 
@@ -108,11 +112,14 @@ class Launcher:
             self.limits = LimitsService(Limiter(sec.max_concurrent_requests, sec.max_waiting_requests),
                                         ipc_dir)
             limits_dir = ipc_dir
-        dp = cfg.parallel.data_parallel_size
+        dp, local = cfg.parallel.data_parallel_size, cfg.parallel.local_size
         secret = channel.read_internal_secret(cfg.internal.secret_file) if cfg.internal.secret_file else None
         keys = channel.deployment_keys(dp, cfg.parallel.api_server_count, secret)
+        if cfg.parallel.multi_node:  # ranks local .. dp-1 register from other nodes
+            self.registrar = Registrar(cfg.parallel.data_parallel_address, cfg.parallel.data_parallel_rpc_port,
+                                       secret, range(local, dp), self._notify_api_servers)
         specs = [EngineSpec(i, rank_engine_config(cfg, i), ipc_dir, cfg.internal, keys[i], self.first_rank + i)
-                 for i in range(dp)]
+                 for i in range(local)]
         self.engines = [Child(f"{self.label}engine-{i}", spec, env=env) for i, spec in enumerate(specs)]
         for j in range(cfg.parallel.api_server_count):  # NOTE: they load while the engines load
             spec = ApiServerSpec(j, cfg.server, cfg.model, sock.fileno(), ipc_dir, str(self.dirs[1]), sec,
@@ -124,14 +131,19 @@ class Launcher:
                                  cfg.parallel.rank_restart_window_s, cfg.engine_startup_timeout, env,
                                  self.label)
         endpoints = [EngineEndpoint(r.engine_index, r.input_endpoint, r.server_key) for r in readies]
+        endpoints += [EngineEndpoint(i, "") for i in range(local, dp)]  # until their nodes register
         self._notify_api_servers(EngineSet(endpoints, min(r.max_model_len for r in readies),
                                            readies[0].vocab_size))
+        if self.registrar is not None:
+            self.registrar.start()
         await_all(self.api_servers, API_SERVER_STARTUP_TIMEOUT)
         host, port = sock.getsockname()[:2]
         shown = f"[{host}]" if ":" in host else host
         scheme = "https" if sec.tls.enabled else "http"
+        remote = f" ({dp - local} on other nodes, registering at {self.registrar.endpoint})" \
+            if self.registrar else ""
         print(f"bastion: serving {', '.join(cfg.server.served_model_names)} on {scheme}://{shown}:{port} "
-              f"({dp} engine rank{'s' * (dp > 1)}, {cfg.parallel.api_server_count} API server"
+              f"({dp} engine rank{'s' * (dp > 1)}{remote}, {cfg.parallel.api_server_count} API server"
               f"{'s' * (cfg.parallel.api_server_count > 1)})", flush=True)
         self.phase = "serving"
 
@@ -202,12 +214,12 @@ def child_environment(log_level: str) -> dict[str, str]:
 
 
 def rank_engine_config(config: ServeConfig, index: int):
-    """Rank `index`'s engine config: its share of the CPU threads."""
+    """Rank `index`'s engine config: its share of this node's CPU threads."""
     engine = config.engine
-    dp = config.parallel.data_parallel_size
-    if dp == 1:
+    local = config.parallel.local_size  # the ranks that share this node
+    if local == 1:
         return engine
-    threads = max(1, engine.threads // dp)
+    threads = max(1, engine.threads // local)
     return dataclasses.replace(engine, num_threads=threads)
 
 

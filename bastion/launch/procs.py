@@ -38,6 +38,7 @@ class Child:
                  env: dict[str, str] | None = None) -> None:
         self.name = name
         self.tail: collections.deque[str] = collections.deque(maxlen=LOG_TAIL_LINES)
+        self._send_lock = threading.Lock()
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "bastion.launch.child", name], stdin=subprocess.PIPE,
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, pass_fds=pass_fds,
@@ -92,11 +93,12 @@ class Child:
         return ChildStartError(f"{self.name} {what}; its last log lines:\n{self.last_lines()}")
 
     def send(self, message: msgspec.Struct) -> None:
-        """Send a control frame; a child that is gone is ignored."""
-        try:
-            write_frame(self.proc.stdin.fileno(), message)
-        except (BrokenPipeError, OSError, ValueError):
-            pass
+        """Send a control frame (from any thread); a child that is gone is ignored."""
+        with self._send_lock:
+            try:
+                write_frame(self.proc.stdin.fileno(), message)
+            except (BrokenPipeError, OSError, ValueError):
+                pass
 
     def alive(self) -> bool:
         return self.proc.poll() is None

@@ -67,6 +67,9 @@ class Registrar:
         self.refused, self._refusal_logged = 0, 0.0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="registrar", daemon=True)
+
+    def start(self) -> None:
+        """Answer nodes from now on (bound already, so a taken port fails before models load)."""
         self._thread.start()
 
     @property
@@ -162,7 +165,7 @@ class Registrar:
         self.sock.send_multipart([identity, registration.encode(message)])
 
     def close(self) -> None:
-        if hasattr(self, "_thread"):
+        if hasattr(self, "_thread") and self._thread.is_alive():
             self._stop.set()
             self._thread.join(timeout=2)
         if hasattr(self, "monitor"):

@@ -34,7 +34,7 @@ class RankState:
     index: int
     endpoint: str
     server_key: bytes = b""
-    state: str = "ready"  # ready | restarting | failed
+    state: str = "ready"  # ready | waiting (its node has not registered) | restarting | failed
     restarts: int = 0
     reason: str = ""
     requests: set[str] = field(default_factory=set)
@@ -68,10 +68,14 @@ class EngineClient:
         for rank in self.ranks:
             push = self.ctx.socket(zmq.PUSH)
             push.setsockopt(zmq.LINGER, 0)
+            self.pushes.append(push)
+            if not rank.endpoint:  # a rank on another node, until that node registers
+                rank.state, rank.reason = "waiting", "its node has not registered yet"
+                self.balancer.alive[rank.index] = False
+                continue
             self.listener.connect(push, rank.endpoint, rank.server_key)
             await push.send(encode(ClientHello(self.client_index, self.output_endpoint,
                                                self.listener.public)))
-            self.pushes.append(push)
         self._reader = asyncio.create_task(self._read())
 
     async def _read(self) -> None:

@@ -24,6 +24,7 @@ def engines(*ranks: int) -> list[EngineEndpoint]:
 def head():
     heard: list = []
     registrar = Registrar(HEAD, 0, SECRET, range(2, 4), heard.append, heartbeat_timeout_s=1.5)
+    registrar.start()
     yield registrar, heard
     registrar.close()
 

@@ -1,0 +1,123 @@
+"""Ranks on two "nodes" of one machine (loopback addresses 127.0.0.2 and 127.0.0.3, never the
+external interface): a head with rank 0 and API servers, a headless node with rank 1 that
+registers over CurveZMQ. Requests are balanced over both; a node without the secret is refused;
+a killed node's rank goes down while the head serves on, and comes back when it restarts."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import httpx
+import psutil
+import pytest
+from server_process import ServerProcess, terminate
+
+from bastion.bench.ports import free_port_block
+
+HEAD, NODE = "127.0.0.2", "127.0.0.3"
+
+
+class HeadlessNode:
+    """`bastion serve --headless` for rank 1 of 2, waiting for its ready line."""
+
+    def __init__(self, port: int, secret, address: str = NODE) -> None:
+        cmd = [sys.executable, "-m", "bastion.cli", "--log-level", "warning", "serve", "--headless", "-dp", "2",
+               "-dpr", "1", "-dpl", "1", "-dpa", HEAD, "-dpp", str(port), "--internal-secret-file", str(secret)]
+        env = {**os.environ, "BASTION_HOST_IP": address}
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+        self.stderr: list[str] = []
+        threading.Thread(target=lambda: self.stderr.extend(self.proc.stderr), daemon=True).start()
+        line = self.proc.stdout.readline()
+        assert "headless node serving ranks 1..1" in line, "".join(self.stderr)[-3000:]
+        self.family = psutil.Process(self.proc.pid).children(recursive=True)
+
+    def engine(self) -> psutil.Process:
+        return next(p for p in self.family if "engine-1" in " ".join(p.cmdline()))
+
+    def stop(self) -> None:
+        terminate(self.proc, 30)
+        for proc in self.family:
+            if proc.is_running():
+                proc.kill()
+        psutil.wait_procs(self.family, timeout=10)
+
+
+def health(url: str) -> dict:
+    return httpx.get(f"{url}/health", timeout=10).json()
+
+
+def wait_for(predicate, timeout: float = 60.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while not predicate() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return predicate()
+
+
+def complete(url: str) -> int:
+    return httpx.post(f"{url}/v1/completions", timeout=60,
+                      json={"model": "bastion-demo", "prompt": "Once", "max_tokens": 3}).status_code
+
+
+def listening(proc: psutil.Process) -> set[str]:
+    return {c.laddr.ip for c in proc.net_connections(kind="tcp") if c.status == psutil.CONN_LISTEN}
+
+
+@pytest.fixture()
+def secrets(tmp_path):
+    good, wrong = tmp_path / "internal.secret", tmp_path / "other.secret"
+    good.write_text("g" * 48)
+    wrong.write_text("w" * 48)
+    return good, wrong
+
+
+def test_a_headless_node_registers_serves_leaves_and_returns(secrets):
+    good, wrong = secrets
+    port = free_port_block(1, HEAD)
+    head = ServerProcess("-dp", "2", "-dpl", "1", "-dpa", HEAD, "-dpp", str(port), "--internal-secret-file",
+                         str(good), env={"BASTION_HOST_IP": HEAD})
+    nodes: list[HeadlessNode] = []
+    try:
+        assert health(head.url)["ranks"][1]["state"] == "waiting"
+        assert complete(head.url) == 200  # rank 0 serves while rank 1's node is away
+        stranger = HeadlessNode(port, wrong)
+        nodes.append(stranger)
+        assert wait_for(lambda: "refused a peer at the registration port" in "".join(head.stderr))
+        assert health(head.url)["ranks"][1]["state"] == "waiting"
+        stranger.stop()
+
+        node = HeadlessNode(port, good)
+        nodes.append(node)
+        assert wait_for(lambda: health(head.url)["status"] == "ok")
+        head_engine = next(p for p in head.children if "engine-0" in " ".join(p.cmdline()))
+        assert listening(head_engine) == {HEAD} and listening(node.engine()) == {NODE}
+        assert "BASTION_HOST_IP" not in " ".join(node.engine().cmdline())
+        assert [complete(head.url) for _ in range(8)] == [200] * 8
+        assert head.metric("bastion_rank_requests_total", rank="0") > 0
+        assert head.metric("bastion_rank_requests_total", rank="1") > 0
+
+        node.proc.kill()  # the node dies: its rank goes down, the head serves on
+        assert wait_for(lambda: health(head.url)["ranks"][1]["state"] == "restarting", timeout=30)
+        assert "stopped answering" in health(head.url)["ranks"][1]["reason"]
+        assert [complete(head.url) for _ in range(4)] == [200] * 4
+        node.stop()
+
+        again = HeadlessNode(port, good)
+        nodes.append(again)
+        assert wait_for(lambda: health(head.url)["status"] == "ok")
+        assert health(head.url)["ranks"][1]["restarts"] == 1
+        served = head.metric("bastion_rank_requests_total", rank="1")
+        assert [complete(head.url) for _ in range(8)] == [200] * 8
+        assert head.metric("bastion_rank_requests_total", rank="1") > served
+        again.stop()  # a goodbye: the head marks the rank down at once
+        assert wait_for(lambda: health(head.url)["ranks"][1]["state"] != "ready", timeout=10)
+        assert "stopped" in health(head.url)["ranks"][1]["reason"]
+        head.signal(signal.SIGTERM)
+        assert head.wait(60) == 0
+    finally:
+        for node in nodes:
+            node.stop()
+        head.kill()
