@@ -17,18 +17,14 @@ import sys
 
 from bastion.config import ServeConfig
 from bastion.launch.engine_ranks import EngineRanks
-from bastion.launch.launcher import ENGINE_STOP_TIMEOUT, child_environment, rank_engine_config
+from bastion.launch.launcher import (ENGINE_STOP_TIMEOUT, StopRequested, child_environment,
+                                    rank_engine_config)
 from bastion.launch.procs import Child, ChildStartError, await_all
 from bastion.launch.registrant import Registrant
 from bastion.transport import channel
-from bastion.transport.control import EngineEndpoint, EngineSpec, RankDown, RankUp
+from bastion.transport.control import EngineEndpoint, EngineSpec
 
 logger = logging.getLogger(__name__)
-
-
-class _Stop(Exception):
-    def __init__(self, signum: int) -> None:
-        self.signum = signum
 
 
 class HeadlessLauncher:
@@ -52,7 +48,7 @@ class HeadlessLauncher:
         except ChildStartError as exc:
             print(f"bastion serve: error: {exc}", file=sys.stderr)
             return 1
-        except _Stop as stop:
+        except StopRequested as stop:
             return 128 + stop.signum if len(self.signals) > 1 else 0
         finally:
             if self.registrant is not None:
@@ -66,7 +62,7 @@ class HeadlessLauncher:
     def _on_signal(self, signum: int, frame) -> None:
         self.signals.append(signum)
         if self.ranks is None or len(self.signals) > 1:
-            raise _Stop(signum)
+            raise StopRequested(signum)
 
     def _start(self) -> None:
         cfg, par = self.config, self.config.parallel
@@ -81,18 +77,11 @@ class HeadlessLauncher:
         endpoints = [EngineEndpoint(r.engine_index, r.input_endpoint, r.server_key) for r in readies]
         self.registrant = Registrant(par.data_parallel_address, par.data_parallel_rpc_port, secret,
                                      cfg.internal.host, endpoints)
-        self.ranks = EngineRanks(specs, self.engines, self._notify_head, par.max_rank_restarts,
+        self.ranks = EngineRanks(specs, self.engines, self.registrant.report, par.max_rank_restarts,
                                  par.rank_restart_window_s, cfg.engine_startup_timeout, env)
         print(f"bastion: headless node serving ranks {first}..{first + par.local_size - 1} of "
               f"{par.data_parallel_size} on {cfg.internal.host}, registering with the head at "
               f"{par.data_parallel_address}:{par.data_parallel_rpc_port}", flush=True)
-
-    def _notify_head(self, message) -> None:
-        if isinstance(message, RankDown):
-            self.registrant.rank_down(message.index, message.reason, message.state, message.restarts)
-        elif isinstance(message, RankUp):
-            self.registrant.rank_up(EngineEndpoint(message.index, message.input_endpoint, message.server_key),
-                                    message.restarts)
 
     def _watch(self) -> int:
         while not self.signals:

@@ -38,7 +38,9 @@ ENGINE_STOP_TIMEOUT = 5.0
 SECRET_ENV_VARS = frozenset({API_KEY_ENV_VAR})
 
 
-class _Stop(Exception):
+class StopRequested(Exception):
+    """A signal arrived while starting (or a second one while draining): stop now."""
+
     def __init__(self, signum: int) -> None:
         self.signum = signum
 
@@ -78,7 +80,7 @@ class Launcher:
         except ChildStartError as exc:
             print(f"bastion serve: error: {exc}", file=sys.stderr)
             return 1
-        except _Stop as stop:  # a signal during start-up: a requested stop, not a failure
+        except StopRequested as stop:  # a signal during start-up: a requested stop, not a failure
             return 128 + stop.signum if self.phase == "forced" else 0
         finally:
             self._kill_all()
@@ -92,10 +94,10 @@ class Launcher:
     def _on_signal(self, signum: int, frame) -> None:
         self.signals.append(signum)
         if self.phase == "starting":
-            raise _Stop(signum)
+            raise StopRequested(signum)
         if self.phase == "draining":
             self.phase = "forced"
-            raise _Stop(signum)
+            raise StopRequested(signum)
 
     def _on_hangup(self, signum: int, frame) -> None:
         """SIGHUP: every API server reloads its credentials and reopens the audit log."""
@@ -187,7 +189,7 @@ class Launcher:
                 api.stop(self.config.server.shutdown_timeout + 5)
             for engine in self._engine_children():
                 engine.stop(ENGINE_STOP_TIMEOUT)
-        except _Stop as stop:
+        except StopRequested as stop:
             return self._force(stop.signum)
         return 0
 

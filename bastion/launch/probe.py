@@ -150,8 +150,9 @@ class Prober:
         self._client: httpx.AsyncClient | None = None
         self._context: ssl.SSLContext | None = None
 
-    def _client_for(self, context: ssl.SSLContext | None) -> httpx.AsyncClient:
+    async def _client_for(self, context: ssl.SSLContext | None) -> httpx.AsyncClient:
         if self._client is None or context is not self._context:
+            await self.close()  # a refreshed TLS context: the old client goes
             # NOTE: trust_env=False: a proxy from the environment must never see rank probes.
             self._client = httpx.AsyncClient(
                 verify=context if context is not None else True, trust_env=False,
@@ -162,7 +163,7 @@ class Prober:
 
     async def probe(self) -> ProbeResult:
         context, name = self.tls.current() if self.tls else (None, None)
-        client = self._client_for(context)
+        client = await self._client_for(context)
         extensions = {"sni_hostname": name} if name else {}
         start = time.monotonic()
         try:
@@ -179,6 +180,7 @@ class Prober:
     async def close(self) -> None:
         if self._client is not None:
             await self._client.aclose()
+            self._client = None
 
 
 def describe(exc: BaseException) -> str:

@@ -16,8 +16,8 @@ import zmq
 
 from bastion.transport import channel, registration
 from bastion.transport.control import EngineEndpoint
-from bastion.transport.registration import (Goodbye, Heartbeat, NodeHello, NodeRankDown, NodeRankUp,
-                                            Refusal, Welcome)
+from bastion.transport.control import RankDown, RankUp
+from bastion.transport.registration import Goodbye, Heartbeat, NodeHello, Refusal, Welcome
 
 logger = logging.getLogger(__name__)
 
@@ -78,15 +78,16 @@ class Registrant:
         elif isinstance(message, Refusal):
             if self.welcomed or not self._warned:
                 logger.error("the head at %s refused this node: %s", self.head, message.reason)
+            # NOTE: a head that forgot us (it restarted, or timed us out) gets a hello at once
+            self._next_send = 0.0 if self.welcomed else time.monotonic() + HELLO_EVERY_S
             self.welcomed, self._warned, self._since = False, True, time.monotonic()
-            self._next_send = 0.0 if "say hello" in message.reason else time.monotonic() + HELLO_EVERY_S
 
-    def rank_down(self, index: int, reason: str, state: str, restarts: int) -> None:
-        self._send(NodeRankDown(index, reason, state, restarts))
-
-    def rank_up(self, engine: EngineEndpoint, restarts: int) -> None:
-        self.engines = [engine if e.index == engine.index else e for e in self.engines]
-        self._send(NodeRankUp(engine, restarts))
+    def report(self, message: RankDown | RankUp) -> None:
+        """Tell the head about a dead or restarted engine of this node (the hello repeats new endpoints)."""
+        if isinstance(message, RankUp):
+            self.engines = [EngineEndpoint(e.index, message.input_endpoint, message.server_key)
+                            if e.index == message.index else e for e in self.engines]
+        self._send(message)
 
     def _send(self, message) -> None:
         try:

@@ -21,8 +21,7 @@ from zmq.utils.monitor import recv_monitor_message
 
 from bastion.transport import channel, registration
 from bastion.transport.control import RankDown, RankUp
-from bastion.transport.registration import (Goodbye, Heartbeat, NodeHello, NodeRankDown, NodeRankUp,
-                                            Refusal, Welcome)
+from bastion.transport.registration import Goodbye, Heartbeat, NodeHello, Refusal, Welcome
 
 logger = logging.getLogger(__name__)
 
@@ -114,14 +113,11 @@ class Registrar:
             self._reply(identity, Refusal("unknown node: say hello first"))
         elif isinstance(message, Heartbeat):
             node.last_seen = time.monotonic()
-        elif isinstance(message, NodeRankDown) and message.index in node.ranks:
+        elif isinstance(message, (RankDown, RankUp)) and message.index in node.ranks:
             node.last_seen = time.monotonic()
-            self.notify(RankDown(message.index, f"{message.reason} (node {node.address})", message.state,
-                                 message.restarts))
-        elif isinstance(message, NodeRankUp) and message.engine.index in node.ranks:
-            node.last_seen = time.monotonic()
-            e = message.engine
-            self.notify(RankUp(e.index, e.input_endpoint, e.server_key, message.restarts))
+            if isinstance(message, RankDown):
+                message.reason = f"{message.reason} (node {node.address})"
+            self.notify(message)
         elif isinstance(message, Goodbye):
             self._lose(identity, "stopped")
 
@@ -130,12 +126,8 @@ class Registrar:
         for other, node in list(self.nodes.items()):  # the same node, restarted: its old link is stale
             if other != identity and node.address == hello.node and set(node.ranks) & set(ranks):
                 self._lose(other, "restarted")
-        claimed = {r for other, node in self.nodes.items() if other != identity for r in node.ranks}
-        bad = [r for r in ranks if r not in self.remote_ranks]
-        if not ranks or bad or len(set(ranks)) != len(ranks) or claimed & set(ranks):
-            why = (f"ranks {bad} are not this deployment's remote ranks {self.remote_ranks.start}.."
-                   f"{self.remote_ranks.stop - 1}" if bad else f"ranks {sorted(claimed & set(ranks))} "
-                   "belong to another live node" if claimed & set(ranks) else "no ranks, or a rank twice")
+        why = self._refusal(identity, ranks)
+        if why:
             logger.error("refused node %s: %s", hello.node, why)
             self._reply(identity, Refusal(why))
             return
@@ -148,6 +140,18 @@ class Registrar:
             self.registrations[engine.index] = count + 1
             self.notify(RankUp(engine.index, engine.input_endpoint, engine.server_key, count))
         logger.warning("node %s registered ranks %s", hello.node, ranks)
+
+    def _refusal(self, identity: bytes, ranks: list[int]) -> str | None:
+        """Why a hello's ranks cannot be registered, or None."""
+        bad = [r for r in ranks if r not in self.remote_ranks]
+        if bad:
+            return (f"ranks {bad} are not this deployment's remote ranks "
+                    f"{self.remote_ranks.start}..{self.remote_ranks.stop - 1}")
+        if not ranks or len(set(ranks)) != len(ranks):
+            return "no ranks, or a rank twice"
+        taken = sorted({r for other, node in self.nodes.items() if other != identity for r in node.ranks}
+                       & set(ranks))
+        return f"ranks {taken} belong to another live node" if taken else None
 
     def _expire(self, now: float) -> None:
         for identity, node in list(self.nodes.items()):

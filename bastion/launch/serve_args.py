@@ -90,9 +90,10 @@ def serve_config(args: argparse.Namespace) -> ServeConfig:
         raise ValueError(f"--engine-startup-timeout must be positive, got {args.engine_startup_timeout}")
     security = security_config(args)
     check_exposure(server.host, security)
+    supervisor = supervisor_config(args)  # NOTE: first, so a clash of modes is the error shown
     internal = internal_config(args, parallel)
     return ServeConfig(model, engine, parallel, server, args.engine_startup_timeout, security, internal,
-                       supervisor_config(args))
+                       supervisor)
 
 
 def internal_config(args: argparse.Namespace, parallel: ParallelConfig) -> InternalConfig:

@@ -54,11 +54,11 @@ class Supervisor:
         tls = config.security.tls
         self.probe_tls = ProbeTls(tls, self.sup, self.host) if tls.enabled else None
         scheme = "https" if tls.enabled else "http"
-        policy = lambda: RestartPolicy(config.parallel.max_rank_restarts,  # noqa: E731
-                                       config.parallel.rank_restart_window_s)
-        self.slots = [RankSlot(i, f"{scheme}://{url_host(self.host)}:{config.server.port + i}", policy(),
+        par = config.parallel
+        self.slots = [RankSlot(i, f"{scheme}://{url_host(self.host)}:{config.server.port + i}",
+                               RestartPolicy(par.max_rank_restarts, par.rank_restart_window_s),
                                self.sup.probe_failure_threshold, self.sup.startup_timeout_s)
-                      for i in range(config.parallel.data_parallel_size)]
+                      for i in range(par.data_parallel_size)]
         self.ready_ranks_needed = config.ready_ranks_needed
         self.phase = "starting"  # starting | serving | draining
         self.children: dict[int, Child] = {}

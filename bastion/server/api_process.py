@@ -45,7 +45,7 @@ async def _serve(spec: ApiServerSpec, engines: EngineSet, tokenizer, sock: socke
     await client.start()
     client.load_listeners.append(metrics.record_load)
     for rank in client.ranks:
-        metrics.record_rank_up(rank.index, True)
+        metrics.record_rank_up(rank.index, rank.alive)  # a rank on another node waits until it registers
     loop = asyncio.get_running_loop()
 
     def on_control(message) -> None:

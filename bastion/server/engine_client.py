@@ -144,7 +144,8 @@ class EngineClient:
             self._deliver(request_id, RankUnavailable(f"engine rank {index} went down: {reason}"))
 
     async def rank_up(self, index: int, endpoint: str, server_key: bytes, restarts: int) -> None:
-        """A restarted rank is ready at `endpoint`: connect, say hello, route work to it again."""
+        """A rank (restarted, or registered from another node) is ready at `endpoint`: connect, say
+        hello, route work to it."""
         rank = self.ranks[index]
         self.pushes[index].close(0)
         push = self.ctx.socket(zmq.PUSH)
@@ -155,7 +156,7 @@ class EngineClient:
         rank.endpoint, rank.server_key, rank.restarts = endpoint, server_key, restarts
         rank.state, rank.reason = "ready", ""
         self.balancer.revive(index)
-        logger.warning("engine rank %d is back (restart %d)", index, restarts)
+        logger.warning("engine rank %d is ready at %s (restart %d)", index, endpoint, restarts)
 
     def close(self) -> None:
         if self._reader is not None:

@@ -48,6 +48,8 @@ class HttpServer(uvicorn.Server):
             yield
 
     async def _wait_tasks_to_complete(self) -> None:
+        # NOTE: uvicorn's own drain step (a private method); if it were renamed this override would
+        # simply not run, and drains would wait for such clients as plain uvicorn does.
         reaper = asyncio.create_task(self._abort_stuck_tls_closes())
         try:
             await super()._wait_tasks_to_complete()

@@ -9,7 +9,7 @@ from __future__ import annotations
 import msgspec
 
 from bastion.transport.channel import CurveKeyPair, derive_keypair
-from bastion.transport.control import EngineEndpoint
+from bastion.transport.control import EngineEndpoint, RankDown, RankUp
 
 MAX_REGISTRATION_BYTES = 64 * 1024
 REGISTRAR_ROLE, NODE_ROLE = "registrar", "node"
@@ -38,27 +38,12 @@ class Heartbeat(msgspec.Struct, tag="heartbeat"):
     pass
 
 
-class NodeRankDown(msgspec.Struct, tag="node_rank_down"):
-    """Node -> head: one of my engine ranks died (restarting or failed)."""
-
-    index: int
-    reason: str
-    state: str = "restarting"
-    restarts: int = 0
-
-
-class NodeRankUp(msgspec.Struct, tag="node_rank_up"):
-    """Node -> head: my restarted engine rank is ready at a new endpoint."""
-
-    engine: EngineEndpoint
-    restarts: int = 0
-
-
 class Goodbye(msgspec.Struct, tag="goodbye"):
     """Node -> head: I am stopping; my ranks are down now."""
 
 
-ToHead = NodeHello | Heartbeat | NodeRankDown | NodeRankUp | Goodbye
+# NOTE: a node reports its dead and restarted engines with the launcher's own RankDown/RankUp.
+ToHead = NodeHello | Heartbeat | RankDown | RankUp | Goodbye
 ToNode = Welcome | Refusal
 
 _encoder = msgspec.msgpack.Encoder()

@@ -52,7 +52,7 @@ def test_a_node_with_the_secret_registers_its_ranks(head):
         assert [(m.index, m.input_endpoint, m.restarts) for m in heard] == \
             [(2, "tcp://127.0.0.3:40002", 0), (3, "tcp://127.0.0.3:40003", 0)]
         assert all(isinstance(m, RankUp) for m in heard)
-        node.rank_down(3, "engine-3 exited with code -9", "restarting", 1)
+        node.report(RankDown(3, "engine-3 exited with code -9", "restarting", 1))
         assert until(lambda: len(heard) == 3)
         assert isinstance(heard[2], RankDown) and "node 127.0.0.3" in heard[2].reason
     finally:

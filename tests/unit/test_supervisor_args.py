@@ -42,6 +42,11 @@ def test_supervisor_flags_need_the_mode(capsys):
     assert "--dp-supervisor-probe-timeout-s needs" in capsys.readouterr().err
 
 
+def test_headless_and_the_supervisor_are_refused_together(capsys):
+    assert main([*MODE, "-dp", "2", "--headless", "-dpr", "1", "-dpl", "1", "-dpa", "127.0.0.2"]) == 2
+    assert "cannot be combined with --headless: choose one load-balancing mode" in capsys.readouterr().err
+
+
 def test_another_load_balancing_mode_is_refused():
     for mode in ({"headless": True}, {"data_parallel_backend": "ray"}):
         args = argparse.Namespace(data_parallel_multi_port_external_lb=True, **mode)
