@@ -1,5 +1,6 @@
 # Set-up and everyday commands. `make serve` and `make test` work on a fresh clone: they create
-# .venv, install the pinned CPU torch first (an unpinned one would pull CUDA wheels), then bastion.
+# .venv, install the pinned CPU torch first (an unpinned one would pull CUDA wheels), then bastion
+# with its test and ray extras.
 # `make serve SERVE_ARGS="/path/to/model -dp 2"` passes flags to `bastion serve`.
 PYTHON ?= python3
 VENV   ?= .venv
@@ -14,7 +15,7 @@ $(BIN)/python:
 
 $(STAMP): $(BIN)/python pyproject.toml
 	$(BIN)/pip install --quiet "$(TORCH)"
-	$(BIN)/pip install --quiet -e ".[test]"
+	$(BIN)/pip install --quiet -e ".[test,ray]"
 	touch $(STAMP)
 
 install: $(STAMP)

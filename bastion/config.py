@@ -236,6 +236,44 @@ class InternalConfig:
 
 
 SUPERVISOR_MODE_FLAG = "--data-parallel-multi-port-external-lb"
+RAY_BACKEND_FLAG = "--data-parallel-backend ray"
+RAY_PLACEMENT_STRATEGIES = ("pack", "spread", "strict-pack")
+
+
+@dataclass(frozen=True)
+class RayConfig:
+    """The Ray backend: every rank is an engine actor in its own placement group on a Ray cluster.
+
+    `address` is the cluster (None: RAY_ADDRESS, else a local cluster). Each rank's bundle asks
+    for `cpus_per_rank` CPUs and `gpus_per_rank` GPUs (None: one GPU when the cluster has GPUs and
+    the device allows it). `env_vars` is what actors get from the driver's environment, chosen by
+    `ray_env.actor_environment`; `driver_host` is where the API servers listen for engine outputs
+    (None: the driver's address as Ray sees it).
+    """
+
+    address: str | None = None
+    placement_strategy: str = "pack"
+    cpus_per_rank: float = 1.0
+    gpus_per_rank: float | None = None
+    env_vars: tuple[tuple[str, str], ...] = ()
+    driver_host: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.placement_strategy not in RAY_PLACEMENT_STRATEGIES:
+            raise ValueError(f"--ray-placement-strategy must be one of {', '.join(RAY_PLACEMENT_STRATEGIES)}, "
+                             f"got {self.placement_strategy!r}")
+        if not self.cpus_per_rank > 0:
+            raise ValueError(f"--ray-cpus-per-rank must be positive, got {self.cpus_per_rank}")
+        if self.gpus_per_rank is not None and self.gpus_per_rank < 0:
+            raise ValueError(f"--ray-gpus-per-rank must be non-negative, got {self.gpus_per_rank}")
+
+    def check(self, parallel: ParallelConfig) -> None:
+        """Ray places every rank itself: the flags that place ranks by hand do not apply."""
+        for flag, given in (("--headless", parallel.headless),
+                            ("--data-parallel-size-local", parallel.data_parallel_size_local is not None),
+                            ("--data-parallel-start-rank", parallel.data_parallel_start_rank != 0)):
+            if given:
+                raise ValueError(f"{RAY_BACKEND_FLAG} places every rank itself: drop {flag}")
 
 
 @dataclass(frozen=True)
@@ -303,10 +341,13 @@ class ServeConfig:
     security: SecurityConfig
     internal: InternalConfig = InternalConfig()
     supervisor: SupervisorConfig | None = None  # the multi-port external load-balancing mode
+    ray: RayConfig | None = None  # the Ray backend
 
     def __post_init__(self) -> None:
         if self.supervisor is not None:
             self.supervisor.check(self.parallel, self.server, self.security)
+        if self.ray is not None:
+            self.ray.check(self.parallel)
 
     @property
     def ready_ranks_needed(self) -> int:

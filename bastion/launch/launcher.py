@@ -65,6 +65,7 @@ class Launcher:
         self.limits: LimitsService | None = None
         self.ranks: EngineRanks | None = None
         self.registrar: Registrar | None = None
+        self.ray = None  # RayRanks under --data-parallel-backend ray
 
     def run(self) -> int:
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -88,6 +89,8 @@ class Launcher:
                 self.limits.stop()
             if self.registrar is not None:
                 self.registrar.close()
+            if self.ray is not None:
+                self.ray.close()
             for folder in self.dirs:
                 shutil.rmtree(folder, ignore_errors=True)
 
@@ -114,6 +117,26 @@ class Launcher:
             self.limits = LimitsService(Limiter(sec.max_concurrent_requests, sec.max_waiting_requests),
                                         ipc_dir)
             limits_dir = ipc_dir
+        if cfg.ray is not None:
+            endpoints, readies, where = self._start_ray_engines(sock, env, limits_dir)
+        else:
+            endpoints, readies, where = self._start_local_engines(sock, env, limits_dir)
+        self._notify_api_servers(EngineSet(endpoints, min(r.max_model_len for r in readies),
+                                           readies[0].vocab_size))
+        if self.registrar is not None:
+            self.registrar.start()
+        await_all(self.api_servers, API_SERVER_STARTUP_TIMEOUT)
+        host, port = sock.getsockname()[:2]
+        shown = f"[{host}]" if ":" in host else host
+        scheme = "https" if sec.tls.enabled else "http"
+        dp, apis = cfg.parallel.data_parallel_size, cfg.parallel.api_server_count
+        print(f"bastion: serving {', '.join(cfg.server.served_model_names)} on {scheme}://{shown}:{port} "
+              f"({dp} engine rank{'s' * (dp > 1)}{where}, {apis} API server{'s' * (apis > 1)})", flush=True)
+        self.phase = "serving"
+
+    def _start_local_engines(self, sock, env, limits_dir):
+        """This node's engine ranks as child processes (the rest register from other nodes)."""
+        cfg, ipc_dir = self.config, str(self.dirs[0])
         dp, local = cfg.parallel.data_parallel_size, cfg.parallel.local_size
         secret = channel.read_internal_secret(cfg.internal.secret_file) if cfg.internal.secret_file else None
         keys = channel.deployment_keys(dp, cfg.parallel.api_server_count, secret)
@@ -123,31 +146,40 @@ class Launcher:
         specs = [EngineSpec(i, rank_engine_config(cfg, i), ipc_dir, cfg.internal, keys[i], self.first_rank + i)
                  for i in range(local)]
         self.engines = [Child(f"{self.label}engine-{i}", spec, env=env) for i, spec in enumerate(specs)]
-        for j in range(cfg.parallel.api_server_count):  # NOTE: they load while the engines load
-            spec = ApiServerSpec(j, cfg.server, cfg.model, sock.fileno(), ipc_dir, str(self.dirs[1]), sec,
-                                 cfg.internal, keys[dp + j], limits_dir)
-            self.api_servers.append(Child(f"{self.label}api-server-{j}", spec, pass_fds=(sock.fileno(),),
-                                          env=env))
+        self._spawn_api_servers(sock, cfg.internal, keys[dp:], limits_dir, env)  # NOTE: load meanwhile
         readies: list[EngineReady] = await_all(self.engines, cfg.engine_startup_timeout)
         self.ranks = EngineRanks(specs, self.engines, self._notify_api_servers, cfg.parallel.max_rank_restarts,
                                  cfg.parallel.rank_restart_window_s, cfg.engine_startup_timeout, env,
                                  self.label)
         endpoints = [EngineEndpoint(r.engine_index, r.input_endpoint, r.server_key) for r in readies]
         endpoints += [EngineEndpoint(i, "") for i in range(local, dp)]  # until their nodes register
-        self._notify_api_servers(EngineSet(endpoints, min(r.max_model_len for r in readies),
-                                           readies[0].vocab_size))
-        if self.registrar is not None:
-            self.registrar.start()
-        await_all(self.api_servers, API_SERVER_STARTUP_TIMEOUT)
-        host, port = sock.getsockname()[:2]
-        shown = f"[{host}]" if ":" in host else host
-        scheme = "https" if sec.tls.enabled else "http"
-        remote = f" ({dp - local} on other nodes, registering at {self.registrar.endpoint})" \
+        where = f" ({dp - local} on other nodes, registering at {self.registrar.endpoint})" \
             if self.registrar else ""
-        print(f"bastion: serving {', '.join(cfg.server.served_model_names)} on {scheme}://{shown}:{port} "
-              f"({dp} engine rank{'s' * (dp > 1)}{remote}, {cfg.parallel.api_server_count} API server"
-              f"{'s' * (cfg.parallel.api_server_count > 1)})", flush=True)
-        self.phase = "serving"
+        return endpoints, readies, where
+
+    def _start_ray_engines(self, sock, env, limits_dir):
+        """Every engine rank as a Ray actor; the API servers listen where the actors reach them."""
+        from bastion.launch.ray_ranks import RayRanks
+
+        cfg = self.config
+        self.ray = RayRanks(cfg, self._notify_api_servers)
+        internal = dataclasses.replace(cfg.internal, host=self.ray.connect())
+        keys = channel.deployment_keys(0, cfg.parallel.api_server_count)  # engines make their own
+        self._spawn_api_servers(sock, internal, keys, limits_dir, env)  # NOTE: load meanwhile
+        started = self.ray.start_all([k.public for k in keys], cfg.engine_startup_timeout)
+        self.ranks = self.ray
+        readies = [s.ready for s in started]
+        endpoints = [EngineEndpoint(r.engine_index, r.input_endpoint, r.server_key) for r in readies]
+        nodes = sorted({s.node_ip for s in started})
+        return endpoints, readies, f" on Ray nodes {', '.join(nodes)}"
+
+    def _spawn_api_servers(self, sock, internal, keys, limits_dir, env) -> None:
+        cfg = self.config
+        for j in range(cfg.parallel.api_server_count):
+            spec = ApiServerSpec(j, cfg.server, cfg.model, sock.fileno(), str(self.dirs[0]), str(self.dirs[1]),
+                                 cfg.security, internal, keys[j], limits_dir)
+            self.api_servers.append(Child(f"{self.label}api-server-{j}", spec, pass_fds=(sock.fileno(),),
+                                          env=env))
 
     def _watch(self) -> int:
         """Until a signal: restart dead engine ranks; stop if an API server dies or no rank is left."""
@@ -189,6 +221,8 @@ class Launcher:
                 api.stop(self.config.server.shutdown_timeout + 5)
             for engine in self._engine_children():
                 engine.stop(ENGINE_STOP_TIMEOUT)
+            if self.ray is not None:
+                self.ray.stop(ENGINE_STOP_TIMEOUT)
         except StopRequested as stop:
             return self._force(stop.signum)
         return 0

@@ -7,6 +7,7 @@ import os
 from bastion.config import InternalConfig, ParallelConfig, ServeConfig, ServerConfig, parse_bytes
 from bastion.engine_args import add_engine_args, engine_config
 from bastion.launch.net import HOST_IP_ENV, node_address
+from bastion.launch.ray_args import add_ray_args, ray_config
 from bastion.launch.supervisor_args import add_supervisor_args, supervisor_config
 from bastion.security.args import add_security_args, check_exposure, security_config
 
@@ -65,6 +66,7 @@ def add_serve_args(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--internal-secret-file", default=None,
                    help="derive the internal CurveZMQ keys from this secret (>= 32 bytes, the same "
                         "file on every node) instead of making random ones per launch")
+    add_ray_args(parser)
     add_supervisor_args(parser)
     add_security_args(parser)
     add_engine_args(parser)
@@ -91,9 +93,23 @@ def serve_config(args: argparse.Namespace) -> ServeConfig:
     security = security_config(args)
     check_exposure(server.host, security)
     supervisor = supervisor_config(args)  # NOTE: first, so a clash of modes is the error shown
-    internal = internal_config(args, parallel)
+    ray = ray_config(args)
+    internal = ray_internal_config(args) if ray is not None else internal_config(args, parallel)
     return ServeConfig(model, engine, parallel, server, args.engine_startup_timeout, security, internal,
-                       supervisor)
+                       supervisor, ray)
+
+
+def ray_internal_config(args: argparse.Namespace) -> InternalConfig:
+    """Ray ranks may be on any node: TCP with CurveZMQ, keys made by each engine actor. The host
+    is where the API servers listen; it is settled once the driver has joined the cluster."""
+    if (args.internal_transport or "tcp") != "tcp":
+        raise ValueError("Ray ranks talk over TCP: drop --internal-transport ipc")
+    if args.internal_encryption != "on":
+        raise ValueError("Ray ranks need --internal-encryption on")
+    if args.internal_secret_file:
+        raise ValueError("--internal-secret-file is not used with --data-parallel-backend ray: each "
+                         "engine actor makes its own keypair on its node, so no key crosses Ray")
+    return InternalConfig("tcp", args.internal_host or "127.0.0.1", True)
 
 
 def internal_config(args: argparse.Namespace, parallel: ParallelConfig) -> InternalConfig:

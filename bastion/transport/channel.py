@@ -68,9 +68,14 @@ class CurveGate:
     """ZAP handler for one context: admits CURVE clients whose public key is in `allowed`."""
 
     def __init__(self, ctx: zmq.Context, allowed: set[bytes]) -> None:
+        self._keys = _AllowedKeys(set(allowed))
         self._auth = zmq.auth.thread.ThreadAuthenticator(ctx, log=logger)
         self._auth.start()
-        self._auth.configure_curve_callback(domain="*", credentials_provider=_AllowedKeys(allowed))
+        self._auth.configure_curve_callback(domain="*", credentials_provider=self._keys)
+
+    def admit(self, public: bytes) -> None:
+        """Admit one more public key (a peer this process was told about by its own launcher)."""
+        self._keys.allowed.add(public)
 
     def stop(self) -> None:
         self._auth.stop()
@@ -181,9 +186,16 @@ class Listener:
         return bind(sock, f"tcp://{host}:0")
 
     def connect(self, sock: zmq.Socket, endpoint: str, server_public: bytes) -> None:
-        """Connect to a deployment peer; over encrypted TCP as a CURVE client of `server_public`."""
+        """Connect to a deployment peer; over encrypted TCP as a CURVE client of `server_public`.
+
+        The peer's key is admitted on our own listener too: a peer we were told to reach (by our
+        launcher, or by a client that passed our gate) may connect back (e.g. a Ray engine actor,
+        whose keypair is made on its own node and reaches the API servers with its endpoint).
+        """
         if self.keys is not None and endpoint.startswith("tcp://"):
             curve_client(sock, CurveKeyPair(self.keys.public, self.keys.secret), server_public)
+            if self.gate is not None:
+                self.gate.admit(server_public)
         sock.connect(endpoint)
 
     @property

@@ -47,11 +47,13 @@ def test_headless_and_the_supervisor_are_refused_together(capsys):
     assert "cannot be combined with --headless: choose one load-balancing mode" in capsys.readouterr().err
 
 
-def test_another_load_balancing_mode_is_refused():
+def test_another_load_balancing_mode_is_refused(capsys):
     for mode in ({"headless": True}, {"data_parallel_backend": "ray"}):
         args = argparse.Namespace(data_parallel_multi_port_external_lb=True, **mode)
         with pytest.raises(ValueError, match="cannot be combined with --.*choose one load-balancing mode"):
             supervisor_config(args)
+    assert main([*MODE, "-dp", "2", "--data-parallel-backend", "ray"]) == 2
+    assert "cannot be combined with --data-parallel-backend ray" in capsys.readouterr().err
 
 
 def test_a_taken_supervisor_port_is_named(capsys):

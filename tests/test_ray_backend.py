@@ -1,0 +1,90 @@
+"""`--data-parallel-backend ray` on a real two-node Ray cluster of this machine (127.0.0.2 head,
+127.0.0.3 worker; loopback only). Each rank's engine listens on its own node's address; actors
+get the driver's deployment variables but not its host address or any secret; requests are
+served by both ranks; a node that dies has its rank restarted on the node that is left."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+
+import httpx
+import pytest
+from ray_cluster import RayCluster
+from server_process import ServerProcess
+from test_multinode import health, listening, wait_for
+
+pytest.importorskip("ray", reason="the Ray backend needs the ray extra: pip install 'bastion[ray]'")
+
+HEAD, NODE = "127.0.0.2", "127.0.0.3"
+API_KEY = "sk-ray-test-0123456789abcdef"
+HF_TOKEN = "hf_secret_token_ray_test_0123456789"
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    cluster = RayCluster({HEAD: 2, NODE: 1})
+    yield cluster
+    cluster.stop()
+
+
+def complete(url: str) -> int:
+    return httpx.post(f"{url}/v1/completions", timeout=60, headers={"Authorization": f"Bearer {API_KEY}"},
+                      json={"model": "bastion-demo", "prompt": "Once", "max_tokens": 3}).status_code
+
+
+def test_ranks_the_cluster_cannot_fit_fail_the_start_saying_what_was_asked_and_what_exists(cluster):
+    cmd = [sys.executable, "-m", "bastion.cli", "serve", "--port", "0", "-dp", "3", "--data-parallel-backend",
+           "ray", "--ray-placement-strategy", "strict-pack"]
+    env = {**os.environ, "RAY_ADDRESS": cluster.address, "BASTION_HOST_IP": HEAD}
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=180)
+    assert done.returncode == 1
+    assert ("the Ray cluster cannot fit 3 ranks of {CPU: 1, GPU: 0} each with --ray-placement-strategy "
+            "strict-pack; it has 127.0.0.2: CPU 2, GPU 0; 127.0.0.3: CPU 1, GPU 0") in done.stderr
+    assert not cluster.nodes[HEAD].processes(r"bastion\.launch\.child|^ray::RankActor")
+
+
+def test_ray_ranks_on_their_nodes_with_clean_environments_and_a_node_death(cluster):
+    driver_env = {"RAY_ADDRESS": cluster.address, "BASTION_HOST_IP": HEAD, "BASTION_API_KEY": API_KEY,
+                  "HF_TOKEN": HF_TOKEN, "HF_HUB_OFFLINE": "1", "BASTION_RAY_TEST_MARK": "propagated"}
+    server = ServerProcess("-dp", "2", "--data-parallel-backend", "ray", "--ray-placement-strategy", "spread",
+                           "--max-rank-restarts", "3", env=driver_env,
+                           http={"headers": {"Authorization": f"Bearer {API_KEY}"}})
+    try:
+        head, node = cluster.nodes[HEAD], cluster.nodes[NODE]
+        [head_engine] = head.processes(r"bastion\.launch\.child engine-")
+        [node_engine] = node.processes(r"bastion\.launch\.child engine-")
+        assert listening(head_engine) == {HEAD} and listening(node_engine) == {NODE}
+
+        actors = head.processes(r"^ray::RankActor") + node.processes(r"^ray::RankActor")
+        assert len(actors) == 2
+        for proc in [*actors, head_engine, node_engine]:
+            env = proc.environ()
+            assert env.get("BASTION_RAY_TEST_MARK") == "propagated" and env.get("HF_HUB_OFFLINE") == "1"
+            assert "BASTION_HOST_IP" not in env  # the driver's address stays with the driver
+            assert not any(secret in value for value in env.values() for secret in (API_KEY, HF_TOKEN))
+        assert all(API_KEY not in " ".join(p.cmdline()) for p in [*actors, head_engine, node_engine])
+
+        assert [complete(server.url) for _ in range(8)] == [200] * 8
+        assert server.metric("bastion_rank_requests_total", rank="0") > 0
+        assert server.metric("bastion_rank_requests_total", rank="1") > 0
+        node_rank = next(r for r in (0, 1) if f"engine-{r}" in " ".join(node_engine.cmdline()))
+
+        node.kill()  # the node dies: its rank goes down and comes back on the head node
+        assert wait_for(lambda: health(server.url)["ranks"][node_rank]["state"] != "ready", timeout=60)
+        assert "died" in health(server.url)["ranks"][node_rank]["reason"]
+        assert complete(server.url) == 200  # the other rank serves meanwhile
+        assert wait_for(lambda: health(server.url)["status"] == "ok", timeout=120), health(server.url)
+        assert health(server.url)["ranks"][node_rank]["restarts"] == 1
+        moved = head.processes(rf"bastion\.launch\.child engine-{node_rank}\b")
+        assert len(moved) == 1 and listening(moved[0]) == {HEAD}
+        served = server.metric("bastion_rank_requests_total", rank=str(node_rank))
+        assert [complete(server.url) for _ in range(8)] == [200] * 8
+        assert server.metric("bastion_rank_requests_total", rank=str(node_rank)) > served
+
+        server.signal(signal.SIGTERM)
+        assert server.wait(60) == 0
+        assert wait_for(lambda: not head.processes(r"bastion\.launch\.child engine-"), timeout=30)
+    finally:
+        server.kill()
