@@ -167,6 +167,15 @@ class ParallelConfig:
             raise ValueError(f"--api-server-count must be at least 1, got {self.api_server_count}")
         self._check_nodes()
 
+    def check_start_rank(self, supervised: bool) -> None:
+        """A nonzero start rank belongs to a node that is not the head: a --headless one, or one
+        node's supervisor in the multi-port mode."""
+        start = self.data_parallel_start_rank
+        if self.multi_node and not self.headless and start != 0 and not supervised:
+            raise ValueError(f"--data-parallel-start-rank {start} is for --headless nodes and nodes of "
+                             "--data-parallel-multi-port-external-lb: the head serves ranks 0 .. "
+                             "--data-parallel-size-local - 1")
+
     def _check_nodes(self) -> None:
         n, start, local = self.data_parallel_size, self.data_parallel_start_rank, self.local_size
         if start < 0:
@@ -182,9 +191,6 @@ class ParallelConfig:
         if self.headless and not self.data_parallel_address:
             raise ValueError("--headless needs --data-parallel-address (the head's address, where this "
                              "node's engines register)")
-        if self.multi_node and not self.headless and start != 0:
-            raise ValueError(f"--data-parallel-start-rank {start} is for --headless nodes: the head serves "
-                             "ranks 0 .. --data-parallel-size-local - 1")
 
 
 @dataclass(frozen=True)
@@ -305,11 +311,13 @@ class SupervisorConfig:
             raise ValueError("--ssl-client-certfile and --ssl-client-keyfile go together")
 
     def check(self, parallel: ParallelConfig, server: ServerConfig, security: SecurityConfig) -> None:
-        """The checks across flags that this mode needs; ValueError names the flag."""
-        ranks = parallel.data_parallel_size
-        if ranks < 2:
+        """The checks across flags that this mode needs; ValueError names the flag. On several
+        nodes each node's supervisor runs its own ranks (`-dpr` .. + `-dpl` - 1) on `--port` + the
+        rank's place on the node."""
+        if parallel.data_parallel_size < 2:
             raise ValueError(f"{SUPERVISOR_MODE_FLAG} needs --data-parallel-size (-dp) of at least 2, "
-                             f"got {ranks}")
+                             f"got {parallel.data_parallel_size}")
+        ranks = parallel.local_size
         if parallel.api_server_count != 1:
             raise ValueError(f"--api-server-count must be 1 with {SUPERVISOR_MODE_FLAG} (each rank "
                              f"runs one API server on its own port), got {parallel.api_server_count}")
@@ -323,7 +331,8 @@ class SupervisorConfig:
             raise ValueError(f"--data-parallel-supervisor-port {self.port} falls in the rank ports "
                              f"{server.port}-{last} (--port + rank); pick a port outside them")
         if self.min_ready_ranks is not None and not 1 <= self.min_ready_ranks <= ranks:
-            raise ValueError(f"--min-ready-ranks must be in [1, {ranks}] (the ranks), got {self.min_ready_ranks}")
+            raise ValueError(f"--min-ready-ranks must be in [1, {ranks}] (the ranks on this node), "
+                             f"got {self.min_ready_ranks}")
         if self.client_certfile and not security.tls.enabled:
             raise ValueError("--ssl-client-certfile needs --ssl-keyfile and --ssl-certfile (the "
                              "probes only present a client certificate over TLS)")
@@ -348,9 +357,10 @@ class ServeConfig:
             self.supervisor.check(self.parallel, self.server, self.security)
         if self.ray is not None:
             self.ray.check(self.parallel)
+        self.parallel.check_start_rank(supervised=self.supervisor is not None)
 
     @property
     def ready_ranks_needed(self) -> int:
         """Ranks that must pass their probes for the supervisor to be ready."""
         assert self.supervisor is not None
-        return self.supervisor.min_ready_ranks or self.parallel.data_parallel_size
+        return self.supervisor.min_ready_ranks or self.parallel.local_size

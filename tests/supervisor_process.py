@@ -18,7 +18,7 @@ from server_process import terminate
 
 from bastion.bench.ports import free_port_block
 
-SUPERVISING = re.compile(r"bastion: supervising (\d+) ranks of .* at (.*); supervisor at (https?://\S+) ")
+SUPERVISING = re.compile(r"bastion: supervising (\d+) ranks (?:\(.*\) )?of .* at (.*); supervisor at (https?://\S+) ")
 
 
 def rank_processes() -> list[psutil.Process]:

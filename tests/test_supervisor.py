@@ -129,6 +129,22 @@ def test_plain_ranks_serve_the_api_share_limits_and_drain_together_on_sigterm(tm
         sup.kill()
 
 
+def test_one_node_of_several_supervises_its_own_ranks_on_its_own_ports():
+    sup = SupervisorProcess("-dp", "4", "-dpl", "2", "-dpr", "2", "--dp-supervisor-probe-interval-s", "0.5")
+    try:
+        assert "supervising 2 ranks (2..3 of 4)" in "".join(sup.stdout)
+        assert sup.rank_urls == [f"http://127.0.0.1:{sup.port}", f"http://127.0.0.1:{sup.port + 1}"]
+        rows = sup.ranks()
+        assert [(r["rank"], r["state"], r["url"]) for r in rows] == \
+            [(2, "ready", sup.rank_urls[0]), (3, "ready", sup.rank_urls[1])]
+        assert all(complete(url) == "length" for url in sup.rank_urls)
+        assert any("rank-3/engine-0" in " ".join(p.cmdline()) for p in descendants(sup))
+        sup.signal(signal.SIGTERM)
+        assert sup.wait(120) == 0 and no_rank_left()
+    finally:
+        sup.kill()
+
+
 def test_tls_ranks_and_supervisor_with_pinned_probes(ca):
     server = ca.issue("supervised-rank")
     verify = {"verify": tls_client(ca)}

@@ -45,7 +45,8 @@ def add_serve_args(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--data-parallel-size-local", "-dpl", type=int, default=None,
                    help="ranks on this node when they span nodes (default: all of them)")
     p.add_argument("--data-parallel-start-rank", "-dpr", type=int, default=0,
-                   help="the first rank on this --headless node")
+                   help="the first rank on this node (--headless nodes, and supervisor nodes of "
+                        "--data-parallel-multi-port-external-lb)")
     p.add_argument("--data-parallel-address", "-dpa", default=None,
                    help="the head's address: where --headless nodes register (default on the head: "
                         "$BASTION_HOST_IP)")
@@ -93,8 +94,10 @@ def serve_config(args: argparse.Namespace) -> ServeConfig:
     security = security_config(args)
     check_exposure(server.host, security)
     supervisor = supervisor_config(args)  # NOTE: first, so a clash of modes is the error shown
+    parallel.check_start_rank(supervised=supervisor is not None)
     ray = ray_config(args)
-    internal = ray_internal_config(args) if ray is not None else internal_config(args, parallel)
+    internal = ray_internal_config(args) if ray is not None else \
+        internal_config(args, parallel, supervised=supervisor is not None)
     return ServeConfig(model, engine, parallel, server, args.engine_startup_timeout, security, internal,
                        supervisor, ray)
 
@@ -112,11 +115,14 @@ def ray_internal_config(args: argparse.Namespace) -> InternalConfig:
     return InternalConfig("tcp", args.internal_host or "127.0.0.1", True)
 
 
-def internal_config(args: argparse.Namespace, parallel: ParallelConfig) -> InternalConfig:
+def internal_config(args: argparse.Namespace, parallel: ParallelConfig,
+                    supervised: bool = False) -> InternalConfig:
     """Where and how bastion's own processes talk; ranks on several nodes need TCP, CurveZMQ and
-    keys derived from a secret every node holds."""
-    transport = args.internal_transport or ("tcp" if parallel.multi_node else "ipc")
-    if parallel.multi_node:
+    keys derived from a secret every node holds. Supervised ranks are whole servers on their
+    own node (each node's supervisor runs its ranks), so their channels stay local."""
+    multi_node = parallel.multi_node and not supervised
+    transport = args.internal_transport or ("tcp" if multi_node else "ipc")
+    if multi_node:
         if transport != "tcp":
             raise ValueError("ranks on several nodes talk over TCP: drop --internal-transport ipc")
         if args.internal_encryption != "on":
@@ -129,8 +135,8 @@ def internal_config(args: argparse.Namespace, parallel: ParallelConfig) -> Inter
                              f"{HOST_IP_ENV}): the address where other nodes register")
     host = args.internal_host
     if host is None:
-        toward = parallel.data_parallel_address if parallel.multi_node else None
-        host = (os.environ.get(HOST_IP_ENV) or toward) if parallel.multi_node and not parallel.headless \
+        toward = parallel.data_parallel_address if multi_node else None
+        host = (os.environ.get(HOST_IP_ENV) or toward) if multi_node and not parallel.headless \
             else node_address(toward)
     internal = InternalConfig(transport, host, args.internal_encryption == "on", args.internal_secret_file)
     if internal.secret_file:

@@ -55,10 +55,11 @@ class Supervisor:
         self.probe_tls = ProbeTls(tls, self.sup, self.host) if tls.enabled else None
         scheme = "https" if tls.enabled else "http"
         par = config.parallel
-        self.slots = [RankSlot(i, f"{scheme}://{url_host(self.host)}:{config.server.port + i}",
+        first = par.data_parallel_start_rank
+        self.slots = [RankSlot(i, f"{scheme}://{url_host(self.host)}:{rank_port(config, i)}",
                                RestartPolicy(par.max_rank_restarts, par.rank_restart_window_s),
                                self.sup.probe_failure_threshold, self.sup.startup_timeout_s)
-                      for i in range(par.data_parallel_size)]
+                      for i in range(first, first + par.local_size)]
         self.ready_ranks_needed = config.ready_ranks_needed
         self.phase = "starting"  # starting | serving | draining
         self.children: dict[int, Child] = {}
@@ -213,7 +214,11 @@ class Supervisor:
         names = ", ".join(self.config.server.served_model_names)
         urls = ", ".join(slot.url for slot in self.slots)
         scheme = "https" if self.probe_tls else "http"
-        print(f"bastion: supervising {len(self.slots)} ranks of {names} at {urls}; supervisor at "
+        par = self.config.parallel
+        which = f"{len(self.slots)} ranks"
+        if par.local_size < par.data_parallel_size:
+            which += f" ({self.slots[0].index}..{self.slots[-1].index} of {par.data_parallel_size})"
+        print(f"bastion: supervising {which} of {names} at {urls}; supervisor at "
               f"{scheme}://{url_host(self.host)}:{self.port} (/health, /ready, /ranks)", flush=True)
 
     def _startup_failure(self) -> str:
@@ -256,13 +261,20 @@ class Supervisor:
             await asyncio.sleep(TICK_S)
 
 
+def rank_port(config: ServeConfig, index: int) -> int:
+    """Where rank `index` serves: --port + its place among this node's ranks."""
+    return config.server.port + index - config.parallel.data_parallel_start_rank
+
+
 def rank_config(config: ServeConfig, index: int) -> ServeConfig:
-    """Rank `index`'s server: one engine with its share of CPU threads, on --port + index. Its own
-    launcher never restarts its engine: restarts are the supervisor's, one authority per rank."""
+    """Rank `index`'s server: one engine with its share of this node's CPU threads, on
+    `rank_port`. Its own launcher never restarts its engine: restarts are the supervisor's, one
+    authority per rank."""
+    one = dataclasses.replace(config.parallel, data_parallel_size=1, max_rank_restarts=0,
+                              data_parallel_size_local=None, data_parallel_start_rank=0)
     return dataclasses.replace(
-        config, engine=rank_engine_config(config, index),
-        parallel=dataclasses.replace(config.parallel, data_parallel_size=1, max_rank_restarts=0),
-        server=dataclasses.replace(config.server, port=config.server.port + index), supervisor=None)
+        config, engine=rank_engine_config(config, index), parallel=one,
+        server=dataclasses.replace(config.server, port=rank_port(config, index)), supervisor=None)
 
 
 def probe_host(host: str) -> str:

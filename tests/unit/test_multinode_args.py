@@ -25,7 +25,7 @@ def config(*argv: str):
     (["-dp", "4", "-dpl", "2", "--headless", "-dpr", "3", "-dpa", "127.0.0.2"],
      "--data-parallel-start-rank 3 + --data-parallel-size-local 2 is more than --data-parallel-size 4"),
     (["-dp", "4", "-dpr", "-1"], "--data-parallel-start-rank must be non-negative"),
-    (["-dp", "4", "-dpl", "2", "-dpr", "2"], "--data-parallel-start-rank 2 is for --headless nodes"),
+    (["-dp", "4", "-dpl", "2", "-dpr", "2"], "--data-parallel-start-rank 2 is for --headless nodes and"),
     (["-dp", "2", "--headless", "-dpr", "1"], "--headless needs --data-parallel-address"),
     (["-dp", "2", "-dpl", "1", "-dpp", "70000"], "--data-parallel-rpc-port must be in [1, 65535]"),
     (["-dp", "2", "-dpl", "1", "-dpa", "127.0.0.2"], "need --internal-secret-file"),

@@ -75,3 +75,20 @@ def test_mutual_tls_with_a_server_only_certificate_needs_a_client_pair(tmp_path,
     assert main([*MODE, "-dp", "2", "--ssl-keyfile", str(server.key), "--ssl-certfile", str(server.cert),
                  "--ssl-ca-certs", str(ca.path), "--ssl-cert-reqs", "required"]) == 2
     assert "lacks clientAuth" in capsys.readouterr().err
+
+
+def test_a_node_of_several_runs_its_own_ranks_from_port_on():
+    from bastion.cli import build_parser
+    from bastion.launch.serve_args import serve_config
+    from bastion.launch.supervisor import rank_config, rank_port
+
+    args = build_parser().parse_args([*MODE, "-dp", "4", "-dpl", "2", "-dpr", "2", "--port", "8100"])
+    config = serve_config(args)
+    assert config.internal.transport == "ipc"  # each rank is a whole server on this node
+    assert [rank_port(config, r) for r in (2, 3)] == [8100, 8101]
+    rank = rank_config(config, 3)
+    assert (rank.server.port, rank.parallel.data_parallel_size, rank.parallel.local_size) == (8101, 1, 1)
+    assert config.ready_ranks_needed == 2
+    with pytest.raises(ValueError, match=r"--min-ready-ranks must be in \[1, 2\] \(the ranks on this node\)"):
+        serve_config(build_parser().parse_args([*MODE, "-dp", "4", "-dpl", "2", "-dpr", "2",
+                                                "--min-ready-ranks", "3"]))
