@@ -2,8 +2,11 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+
+import pytest
 
 
 def test_bench_serve_reports_throughput_and_latency_percentiles(shared_server, tmp_path):
@@ -38,3 +41,18 @@ def test_bench_serve_compares_internal_transports(tmp_path):
     for name in ("ipc", "tcp_curve", "tcp_plain"):
         assert data[name]["errors"] == 0 and data[name]["output_tokens"] == 24
     assert data["tcp_curve_over_ipc"] > 0 and data["tcp_curve_over_tcp_plain"] > 0
+
+
+def test_bench_serve_compares_local_ranks_with_ray_actors(tmp_path):
+    pytest.importorskip("ray", reason="--compare-ray needs the ray extra: pip install 'bastion[ray]'")
+    out = tmp_path / "ray.json"
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "BASTION_HOST_IP")}
+    result = subprocess.run(  # NOTE: the Ray server starts a local cluster on 127.0.0.1
+        [sys.executable, "-m", "bastion.cli", "bench", "serve", "--compare-ray", "--num-requests", "8",
+         "--max-tokens", "4", "--concurrency", "4", "--json", str(out)],
+        capture_output=True, text=True, timeout=600, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    data = json.loads(out.read_text())
+    assert data["ranks"] == 2 and data["local"]["errors"] == 0 and data["ray"]["output_tokens"] == 32
+    assert data["local_output_tokens_per_s"] > 0 and data["ray_output_tokens_per_s"] > 0
+    assert data["ray_over_local"] == round(data["ray_output_tokens_per_s"] / data["local_output_tokens_per_s"], 3)

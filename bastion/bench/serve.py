@@ -47,8 +47,15 @@ def add_serve_bench_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--compare-internal", action="store_true",
                         help="start three servers on --model: internal ipc, TCP with CurveZMQ, plain TCP; "
                              "same workload against each")
+    parser.add_argument("--compare-ray", action="store_true",
+                        help="start two servers on --model with --ranks ranks each: local processes, "
+                             "then Ray actors (--data-parallel-backend ray); same workload against each")
+    parser.add_argument("--ranks", type=int, default=2, help="data-parallel ranks for --compare-ray (default 2)")
+    parser.add_argument("--ray-address", default=None,
+                        help="the Ray cluster for --compare-ray (default $RAY_ADDRESS, else a local one)")
     parser.add_argument("--model", default=None,
-                        help="model folder for --compare-offline/--compare-internal (default: the demo model)")
+                        help="model folder for --compare-offline/--compare-internal/--compare-ray (default: "
+                             "the demo model)")
     parser.add_argument("--synthetic-110m", action="store_true",
                         help="with --compare-offline: a random ~110M Llama (with a word tokenizer)")
     parser.add_argument("--json", default=None, metavar="PATH", help="write the results as JSON")
@@ -107,8 +114,9 @@ def _cpu_seconds() -> float:
 
 
 def run_serve_bench(args: argparse.Namespace) -> int:
-    if [bool(args.url), args.compare_offline, args.compare_internal].count(True) != 1:
-        raise ValueError("give one of --url URL (a running server), --compare-offline or --compare-internal")
+    if [bool(args.url), args.compare_offline, args.compare_internal, args.compare_ray].count(True) != 1:
+        raise ValueError("give one of --url URL (a running server), --compare-offline, --compare-internal "
+                         "or --compare-ray")
     if args.concurrency < 1:
         raise ValueError(f"--concurrency must be at least 1, got {args.concurrency}")
     if args.compare_offline:
@@ -117,6 +125,9 @@ def run_serve_bench(args: argparse.Namespace) -> int:
     elif args.compare_internal:
         from bastion.bench.internal import compare_internal
         result = compare_internal(args)
+    elif args.compare_ray:
+        from bastion.bench.ray_compare import compare_ray
+        result = compare_ray(args)
     else:
         result = measure_serving(args.url, args, workload(args, PROMPT_VOCAB))
     result.update(workload=args.workload, concurrency=args.concurrency, request_rate=args.request_rate)
