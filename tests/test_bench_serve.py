@@ -55,4 +55,5 @@ def test_bench_serve_compares_local_ranks_with_ray_actors(tmp_path):
     data = json.loads(out.read_text())
     assert data["ranks"] == 2 and data["local"]["errors"] == 0 and data["ray"]["output_tokens"] == 32
     assert data["local_output_tokens_per_s"] > 0 and data["ray_output_tokens_per_s"] > 0
+    assert "is ready on Ray node 127.0.0.2 at tcp://127.0.0.2:" in result.stderr  # loopback, never external
     assert data["ray_over_local"] == round(data["ray_output_tokens_per_s"] / data["local_output_tokens_per_s"], 3)

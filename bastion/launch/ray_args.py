@@ -17,7 +17,8 @@ def add_ray_args(parser: argparse.ArgumentParser) -> None:
                    help="how engine ranks run: mp (processes on this node and --headless nodes) or "
                         "ray (actors on a Ray cluster)")
     g.add_argument("--ray-address", default=None,
-                   help="the Ray cluster to join (default $RAY_ADDRESS, else a new local cluster)")
+                   help="the Ray cluster to join (default $RAY_ADDRESS, else a new local cluster on "
+                        "$BASTION_HOST_IP or 127.0.0.2, loopback)")
     g.add_argument("--ray-placement-strategy", choices=RAY_PLACEMENT_STRATEGIES, default=None,
                    help="how ranks share nodes: pack (fill nodes first, default), spread (fewest "
                         "ranks per node) or strict-pack (all on one node)")

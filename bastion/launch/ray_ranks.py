@@ -79,8 +79,10 @@ class RayRanks:
         address = self.ray_config.address or os.environ.get("RAY_ADDRESS") or None
         host_ip = os.environ.get(HOST_IP_ENV, "").strip() or None
         kwargs = {"_node_ip_address": host_ip} if host_ip else {}
+        local_ip = None
         if address is None:  # a local cluster: never on the external interface by default
-            kwargs = {"_node_ip_address": host_ip or "127.0.0.1", "include_dashboard": False}
+            local_ip = local_cluster_address(host_ip)
+            kwargs = {"_node_ip_address": local_ip, "include_dashboard": False}
         handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
         try:
             with _without_secrets():  # a local cluster's raylet (and so every actor) inherits os.environ
@@ -94,6 +96,11 @@ class RayRanks:
             for sig, handler in handlers.items():  # NOTE: ray.init installs its own SIGTERM handler
                 signal.signal(sig, handler)
         self.connected = True
+        if local_ip is not None:
+            bound = {n["NodeManagerAddress"] for n in ray.nodes()}
+            if bound != {local_ip}:
+                raise ChildStartError(f"the local Ray cluster took address {', '.join(sorted(bound))}, not "
+                                      f"{local_ip}; set {HOST_IP_ENV} to the address it should use")
         gpus = self.ray_config.gpus_per_rank
         if gpus is None:  # one GPU per rank when the cluster has them and the device allows
             wants_gpu = self.config.engine.model.device in ("auto", "cuda")
@@ -278,6 +285,19 @@ class RayRanks:
             self._release(rank)
         ray.shutdown()
         self.connected = False
+
+
+# NOTE: Ray swaps 127.0.0.1 (and localhost, ::1) for this host's external address; another
+# loopback address is kept as given.
+LOCAL_CLUSTER_DEFAULT = "127.0.0.2"
+_RAY_LOCALHOSTS = ("127.0.0.1", "localhost", "::1")
+
+
+def local_cluster_address(host_ip: str | None) -> str:
+    """Where a local cluster's node lives: BASTION_HOST_IP, else a loopback address Ray keeps."""
+    if host_ip and host_ip not in _RAY_LOCALHOSTS:
+        return host_ip
+    return LOCAL_CLUSTER_DEFAULT
 
 
 def _in_group(group):
