@@ -47,6 +47,9 @@ def test_bench_serve_compares_local_ranks_with_ray_actors(tmp_path):
     pytest.importorskip("ray", reason="--compare-ray needs the ray extra: pip install 'bastion[ray]'")
     out = tmp_path / "ray.json"
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "BASTION_HOST_IP")}
+    token = tmp_path / "ray_auth_token"  # NOTE: else Ray writes a new local cluster's token to ~/.ray
+    token.write_text("t" * 64)
+    env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(token))
     result = subprocess.run(  # NOTE: the Ray server starts a local cluster on 127.0.0.1
         [sys.executable, "-m", "bastion.cli", "bench", "serve", "--compare-ray", "--num-requests", "8",
          "--max-tokens", "4", "--concurrency", "4", "--json", str(out)],

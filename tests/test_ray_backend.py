@@ -37,7 +37,7 @@ def complete(url: str) -> int:
 def test_ranks_the_cluster_cannot_fit_fail_the_start_saying_what_was_asked_and_what_exists(cluster):
     cmd = [sys.executable, "-m", "bastion.cli", "serve", "--port", "0", "-dp", "3", "--data-parallel-backend",
            "ray", "--ray-placement-strategy", "strict-pack"]
-    env = {**os.environ, "RAY_ADDRESS": cluster.address, "BASTION_HOST_IP": HEAD}
+    env = {**os.environ, **cluster.driver_env(), "BASTION_HOST_IP": HEAD}
     done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=180)
     assert done.returncode == 1
     assert ("the Ray cluster cannot fit 3 ranks of {CPU: 1, GPU: 0} each with --ray-placement-strategy "
@@ -46,7 +46,7 @@ def test_ranks_the_cluster_cannot_fit_fail_the_start_saying_what_was_asked_and_w
 
 
 def test_ray_ranks_on_their_nodes_with_clean_environments_and_a_node_death(cluster):
-    driver_env = {"RAY_ADDRESS": cluster.address, "BASTION_HOST_IP": HEAD, "BASTION_API_KEY": API_KEY,
+    driver_env = {**cluster.driver_env(), "BASTION_HOST_IP": HEAD, "BASTION_API_KEY": API_KEY,
                   "HF_TOKEN": HF_TOKEN, "HF_HUB_OFFLINE": "1", "BASTION_RAY_TEST_MARK": "propagated"}
     server = ServerProcess("-dp", "2", "--data-parallel-backend", "ray", "--ray-placement-strategy", "spread",
                            "--max-rank-restarts", "3", env=driver_env,
@@ -82,6 +82,12 @@ def test_ray_ranks_on_their_nodes_with_clean_environments_and_a_node_death(clust
         served = server.metric("bastion_rank_requests_total", rank=str(node_rank))
         assert [complete(server.url) for _ in range(8)] == [200] * 8
         assert server.metric("bastion_rank_requests_total", rank=str(node_rank)) > served
+
+        [engine] = head.processes(rf"bastion\.launch\.child engine-{1 - node_rank}\b")
+        engine.kill()  # a dead engine under a live actor restarts too
+        assert wait_for(lambda: health(server.url)["ranks"][1 - node_rank]["restarts"] == 1, timeout=60)
+        assert wait_for(lambda: health(server.url)["status"] == "ok", timeout=120), health(server.url)
+        assert "exited with code -9" in "".join(server.stderr)
 
         server.signal(signal.SIGTERM)
         assert server.wait(60) == 0

@@ -10,7 +10,6 @@ result) and a dead actor or node (an error) alike.
 from __future__ import annotations
 
 import os
-import shutil
 import time
 from dataclasses import dataclass
 
@@ -37,7 +36,6 @@ class RankActor:
 
     def __init__(self) -> None:
         self.child: Child | None = None
-        self.dir = channel.private_ipc_dir()
 
     def start(self, index: int, config: EngineConfig, api_publics: list[bytes], log_level: str,
               timeout: float) -> RankStarted:
@@ -49,7 +47,7 @@ class RankActor:
         keys = channel.ChannelKeys(pair.public, pair.secret, list(api_publics))
         internal = InternalConfig("tcp", host, encryption=True)
         # NOTE: device_rank 0: Ray shows the actor only the GPU of its bundle
-        spec = EngineSpec(index, config, str(self.dir), internal, keys, device_rank=0)
+        spec = EngineSpec(index, config, "", internal, keys, device_rank=0)  # NOTE: TCP: no ipc directory
         self.child = Child(f"engine-{index}", spec, env=child_environment(log_level))
         ready = self.child.await_handshake(time.monotonic() + timeout)
         return RankStarted(ready, host, os.getpid(), self.child.pid)
@@ -62,4 +60,3 @@ class RankActor:
         """SIGTERM the engine, SIGKILL after `timeout`."""
         if self.child is not None:
             self.child.stop(timeout)
-        shutil.rmtree(self.dir, ignore_errors=True)

@@ -20,6 +20,7 @@ import os
 import secrets
 import signal
 import time
+import contextlib
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from typing import Callable
@@ -85,7 +86,8 @@ class RayRanks:
             kwargs = {"_node_ip_address": local_ip, "include_dashboard": False}
         handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
         try:
-            with _without_secrets():  # a local cluster's raylet (and so every actor) inherits os.environ
+            # NOTE: a local cluster's processes (and so every actor) inherit os.environ
+            with _without_secrets() if local_ip else contextlib.nullcontext():
                 ray.init(address=address, namespace="bastion", logging_level=logging.WARNING,
                          configure_logging=False, **kwargs)
         except Exception as exc:  # NOTE: ray raises ConnectionError, RuntimeError, ValueError ...
@@ -320,10 +322,12 @@ def _ray_failure(rank: _Rank, exc: Exception) -> str:
 
 @contextmanager
 def _without_secrets():
-    """os.environ without secrets while a local cluster starts (its processes copy it)."""
+    """os.environ without bastion's and other secrets while a local cluster starts (its processes
+    copy it). Ray's own settings stay (`RAY_AUTH_TOKEN` is how its processes authenticate)."""
     from bastion.launch.ray_env import is_secret
 
-    saved = {k: v for k, v in os.environ.items() if k in SECRET_ENV_VARS or is_secret(k)}
+    saved = {k: v for k, v in os.environ.items()
+             if (k in SECRET_ENV_VARS or is_secret(k)) and not k.startswith("RAY_")}
     for name in saved:
         del os.environ[name]
     try:
