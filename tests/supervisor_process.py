@@ -97,7 +97,14 @@ class SupervisorProcess:
         self.proc.send_signal(sig)
 
     def wait(self, timeout: float) -> int:
-        return self.proc.wait(timeout)
+        """Its exit code; if it has not exited in `timeout`, fail with its log and its processes."""
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            family = [f"{p.pid} {p.status()} {' '.join(p.cmdline())[-80:]}"
+                      for p in psutil.Process(self.proc.pid).children(recursive=True) if p.is_running()]
+            raise AssertionError(f"the supervisor did not exit in {timeout} s; its processes: {family}; "
+                                 f"stdout: {''.join(self.stdout)[-1000:]}; stderr: {self.log()[-6000:]}") from None
 
     def log(self) -> str:
         return "".join(self.stderr)

@@ -79,25 +79,8 @@ class RayRanks:
 
         address = self.ray_config.address or os.environ.get("RAY_ADDRESS") or None
         host_ip = os.environ.get(HOST_IP_ENV, "").strip() or None
-        kwargs = {"_node_ip_address": host_ip} if host_ip else {}
-        local_ip = None
-        if address is None:  # a local cluster: never on the external interface by default
-            local_ip = local_cluster_address(host_ip)
-            kwargs = {"_node_ip_address": local_ip, "include_dashboard": False}
-        handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
-        try:
-            # NOTE: a local cluster's processes (and so every actor) inherit os.environ
-            with _without_secrets() if local_ip else contextlib.nullcontext():
-                ray.init(address=address, namespace="bastion", logging_level=logging.WARNING,
-                         configure_logging=False, **kwargs)
-        except Exception as exc:  # NOTE: ray raises ConnectionError, RuntimeError, ValueError ...
-            where = address or "a local cluster"
-            raise ChildStartError(f"cannot connect to Ray at {where} (--ray-address / RAY_ADDRESS): "
-                                  f"{exc}") from None
-        finally:
-            for sig, handler in handlers.items():  # NOTE: ray.init installs its own SIGTERM handler
-                signal.signal(sig, handler)
-        self.connected = True
+        local_ip = None if address else local_cluster_address(host_ip)
+        self._join(address, host_ip, local_ip)
         if local_ip is not None:
             bound = {n["NodeManagerAddress"] for n in ray.nodes()}
             if bound != {local_ip}:
@@ -113,6 +96,29 @@ class RayRanks:
                                "runtime_env": {"env_vars": dict(self.ray_config.env_vars)}}
         self._remote_actor = ray.remote(RankActor)
         return self.ray_config.driver_host or ray.util.get_node_ip_address()
+
+    def _join(self, address: str | None, host_ip: str | None, local_ip: str | None) -> None:
+        """ray.init: the cluster at `address`, or a new local one at `local_ip`."""
+        import ray
+
+        if local_ip is not None:  # a local cluster: never on the external interface by default
+            kwargs = {"_node_ip_address": local_ip, "include_dashboard": False}
+        else:
+            kwargs = {"_node_ip_address": host_ip} if host_ip else {}
+        handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
+        try:
+            # NOTE: a local cluster's processes (and so every actor) inherit os.environ
+            with _without_secrets() if local_ip else contextlib.nullcontext():
+                ray.init(address=address, namespace="bastion", logging_level=logging.WARNING,
+                         configure_logging=False, **kwargs)
+        except Exception as exc:  # NOTE: ray raises ConnectionError, RuntimeError, ValueError ...
+            where = address or "a local cluster"
+            raise ChildStartError(f"cannot connect to Ray at {where} (--ray-address / RAY_ADDRESS): "
+                                  f"{exc}") from None
+        finally:
+            for sig, handler in handlers.items():  # NOTE: ray.init installs its own SIGTERM handler
+                signal.signal(sig, handler)
+        self.connected = True
 
     def start_all(self, api_publics: list[bytes], timeout: float) -> list[RankStarted]:
         """Place and start every rank; return once all are ready. ChildStartError (naming the rank
