@@ -8,7 +8,8 @@ every API server (its requests fail with 503, /health turns 503 naming the rank)
 with backoff while the other ranks serve (engine_ranks.py); an API server that dies stops the
 server, and so does every rank failing. SIGTERM/SIGINT drains (API servers finish in-flight
 requests up to --shutdown-timeout), then stops the engines and exits 0; a second signal kills
-at once.
+at once. With --data-parallel-backend ray the engine ranks are Ray actors instead of children
+(ray_ranks.py), watched and restarted the same way.
 """
 from __future__ import annotations
 
