@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import re
-import signal
 import subprocess
 import sys
 import threading
@@ -12,6 +11,8 @@ import time
 
 import httpx
 import psutil
+
+from bastion.launch.procs import terminate  # noqa: F401 (tests import it from here)
 
 READY = re.compile(r"bastion: serving .* on (https?://\S+) ")
 
@@ -94,14 +95,3 @@ class ServerProcess:
             if child.is_running():
                 child.kill()
         psutil.wait_procs(getattr(self, "children", []), timeout=10)
-
-
-def terminate(proc: subprocess.Popen, timeout: float) -> None:
-    """SIGTERM a process we started; SIGKILL it if it is still there after `timeout`."""
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)

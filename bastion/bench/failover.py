@@ -22,7 +22,7 @@ from pathlib import Path
 import httpx
 
 from bastion.bench.ports import free_port_block
-from bastion.launch.procs import descendants
+from bastion.launch.procs import descendants, terminate
 
 TARGETS = {"detection_s": 1.5, "recovery_s": 10.0, "errors_on_healthy_ranks": 0}
 
@@ -87,13 +87,8 @@ class Deployment:
         return reply.json()["data"]
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(120)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        if self.proc is not None:
+            terminate(self.proc, 120)
 
 
 def _verify(args: argparse.Namespace):

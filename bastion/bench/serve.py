@@ -10,7 +10,6 @@ import dataclasses
 import json
 import os
 import resource
-import signal
 import subprocess
 import sys
 import tempfile
@@ -21,6 +20,7 @@ from pathlib import Path
 from bastion.bench.serve_load import LoadSettings, run_load, summarize
 from bastion.bench.workloads import BenchRequest, mixed_workload, shared_prefix_workload
 from bastion.engine_args import engine_kwargs
+from bastion.launch.procs import terminate
 
 PROMPT_VOCAB = 4096
 
@@ -205,13 +205,7 @@ class _Server:
         return found[0]
 
     def __exit__(self, *exc) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(60)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        terminate(self.proc, 60)
 
 
 def engine_flags(args: argparse.Namespace) -> list[str]:

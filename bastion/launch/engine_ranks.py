@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from bastion.launch.procs import Child, ChildStartError
-from bastion.launch.restart import RestartPolicy
+from bastion.launch.restart import RestartPolicy, after_loss
 from bastion.transport.control import EngineReady, EngineSpec, RankDown, RankUp
 
 logger = logging.getLogger(__name__)
@@ -100,13 +100,5 @@ class EngineRanks:
     def _lost(self, index: int, reason: str) -> None:
         rank = self.ranks[index]
         rank.child = None
-        delay = rank.policy.next_delay()
-        if delay is None:
-            rank.state = "failed"
-            logger.error("%s; it used up its restarts (--max-rank-restarts %d in "
-                         "--rank-restart-window-s %.0f): failed", reason, rank.policy.max_restarts,
-                         rank.policy.window_s)
-        else:
-            rank.state, rank.due = "restarting", time.monotonic() + delay
-            logger.error("%s; restarting it in %.0f s while the other ranks serve", reason, delay)
+        rank.state, rank.due = after_loss(rank.policy, reason)
         self.notify(RankDown(rank.spec.index, reason, rank.state, rank.policy.total))

@@ -74,7 +74,7 @@ class HeadlessLauncher:
         env = child_environment(cfg.server.log_level)
         self.engines = [Child(f"engine-{spec.index}", spec, env=env) for spec in specs]
         readies = await_all(self.engines, cfg.engine_startup_timeout)
-        endpoints = [EngineEndpoint(r.engine_index, r.input_endpoint, r.server_key) for r in readies]
+        endpoints = [EngineEndpoint.of(r) for r in readies]
         self.registrant = Registrant(par.data_parallel_address, par.data_parallel_rpc_port, secret,
                                      cfg.internal.host, endpoints)
         self.ranks = EngineRanks(specs, self.engines, self.registrant.report, par.max_rank_restarts,

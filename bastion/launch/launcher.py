@@ -152,7 +152,7 @@ class Launcher:
         self.ranks = EngineRanks(specs, self.engines, self._notify_api_servers, cfg.parallel.max_rank_restarts,
                                  cfg.parallel.rank_restart_window_s, cfg.engine_startup_timeout, env,
                                  self.label)
-        endpoints = [EngineEndpoint(r.engine_index, r.input_endpoint, r.server_key) for r in readies]
+        endpoints = [EngineEndpoint.of(r) for r in readies]
         endpoints += [EngineEndpoint(i, "") for i in range(local, dp)]  # until their nodes register
         where = f" ({dp - local} on other nodes, registering at {self.registrar.endpoint})" \
             if self.registrar else ""
@@ -170,7 +170,7 @@ class Launcher:
         started = self.ray.start_all([k.public for k in keys], cfg.engine_startup_timeout)
         self.ranks = self.ray
         readies = [s.ready for s in started]
-        endpoints = [EngineEndpoint(r.engine_index, r.input_endpoint, r.server_key) for r in readies]
+        endpoints = [EngineEndpoint.of(r) for r in readies]
         nodes = sorted({s.node_ip for s in started})
         return endpoints, readies, f" on Ray nodes {', '.join(nodes)}"
 

@@ -185,3 +185,14 @@ def await_all(children: list[Child], timeout: float) -> list[Handshake]:
             child.wait(10)
         raise
     return replies
+
+
+def terminate(proc: subprocess.Popen, timeout: float) -> None:
+    """SIGTERM a process we started; SIGKILL it if it is still there after `timeout`; reap it."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)

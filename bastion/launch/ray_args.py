@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 
 from bastion.config import RAY_BACKEND_FLAG, RAY_PLACEMENT_STRATEGIES, RayConfig
@@ -45,10 +46,8 @@ def ray_config(args: argparse.Namespace) -> RayConfig | None:
         if given:
             raise ValueError(f"--{given[0].replace('_', '-')} needs {RAY_BACKEND_FLAG}")
         return None
-    try:
-        import ray  # noqa: F401
-    except ImportError:
-        raise ValueError(f"{RAY_BACKEND_FLAG} needs Ray: pip install 'bastion[ray]'") from None
+    if importlib.util.find_spec("ray") is None:  # NOTE: found, not imported: ray is slow to import
+        raise ValueError(f"{RAY_BACKEND_FLAG} needs Ray: pip install 'bastion[ray]'")
     include = split_patterns(args.ray_env_include)
     check_includes(include, "--ray-env-include")
     env_include = split_patterns([os.environ.get(INCLUDE_ENV, "")])

@@ -31,7 +31,7 @@ from bastion.launch.net import HOST_IP_ENV
 from bastion.launch.procs import ChildStartError
 from bastion.launch.ray_actor import RankActor, RankStarted
 from bastion.launch.ray_placement import NoFit, bundle, nodes_from_ray, place
-from bastion.launch.restart import RestartPolicy
+from bastion.launch.restart import RestartPolicy, after_loss
 from bastion.transport.control import RankDown, RankUp
 
 logger = logging.getLogger(__name__)
@@ -140,13 +140,10 @@ class RayRanks:
     # -- the launcher's watch interface (as EngineRanks) -----------------------------------
 
     def watch_fds(self) -> dict[int, int]:
-        return {}  # NOTE: Ray calls are polled in tick()
+        return {}  # NOTE: Ray calls are polled in tick(), so on_readable is never needed
 
     def next_timeout(self, default: float) -> float:
         return min(default, 0.25)
-
-    def on_readable(self, index: int) -> None:  # never called: no fds
-        raise AssertionError("Ray ranks have no file descriptors to watch")
 
     def children(self) -> list:
         return []
@@ -234,14 +231,7 @@ class RayRanks:
         self._release(rank)
         if starting_up:
             raise ChildStartError(reason)
-        delay = rank.policy.next_delay()
-        if delay is None:
-            rank.state, rank.due = "failed", None
-            logger.error("%s; it used up its restarts (--max-rank-restarts %d in --rank-restart-window-s "
-                         "%.0f): failed", reason, rank.policy.max_restarts, rank.policy.window_s)
-        else:
-            rank.state, rank.due = "restarting", time.monotonic() + delay
-            logger.error("%s; restarting it in %.0f s while the other ranks serve", reason, delay)
+        rank.state, rank.due = after_loss(rank.policy, reason)
         self.notify(RankDown(rank.index, reason, rank.state, rank.policy.total))
 
     def _nodes(self):

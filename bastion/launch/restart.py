@@ -7,8 +7,11 @@ than `max_restarts` restarts within the window and the rank is given up (failed)
 from __future__ import annotations
 
 import collections
+import logging
 import time
 from typing import Callable
+
+logger = logging.getLogger(__name__)
 
 BACKOFF_BASE_S = 1.0
 BACKOFF_CAP_S = 60.0
@@ -36,3 +39,15 @@ class RestartPolicy:
         self.restarts.append(now)
         self.total += 1
         return delay
+
+
+def after_loss(policy: RestartPolicy, reason: str) -> tuple[str, float | None]:
+    """A rank was lost for `reason`: log it and say what comes next, ("restarting", when) or
+    ("failed", None) once it has used up its restarts."""
+    delay = policy.next_delay()
+    if delay is None:
+        logger.error("%s; it used up its restarts (--max-rank-restarts %d in --rank-restart-window-s "
+                     "%.0f): failed", reason, policy.max_restarts, policy.window_s)
+        return "failed", None
+    logger.error("%s; restarting it in %.0f s while the other ranks serve", reason, delay)
+    return "restarting", time.monotonic() + delay

@@ -45,6 +45,11 @@ class EngineEndpoint(msgspec.Struct):
     input_endpoint: str
     server_key: bytes = b""  # its CURVE public key on encrypted TCP
 
+    @classmethod
+    def of(cls, ready: "EngineReady") -> "EngineEndpoint":
+        """Where a ready engine (its handshake) is reached."""
+        return cls(ready.engine_index, ready.input_endpoint, ready.server_key)
+
 
 class ApiServerSpec(msgspec.Struct, tag="api_spec"):
     """Everything an API-server child needs to start loading while the engines load; its engines
