@@ -11,6 +11,6 @@ def __getattr__(name: str):
         from bastion.engine.llm import LLM
         return LLM
     if name == "SamplingParams":
-        from bastion.engine.sampling_params import SamplingParams
+        from bastion.sampling_params import SamplingParams
         return SamplingParams
     raise AttributeError(name)

@@ -6,18 +6,18 @@ import logging
 import sys
 
 from bastion import __version__
-from bastion.engine_args import add_engine_args, engine_kwargs
+from bastion.args.engine import add_engine_args, engine_kwargs
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from bastion.launch.serve_args import serve_config
+    from bastion.args.serve import serve_config
 
     config = serve_config(args)
     if config.parallel.headless:
-        from bastion.launch.headless import HeadlessLauncher
+        from bastion.launch.multinode.headless import HeadlessLauncher
         return HeadlessLauncher(config).run()
     if config.supervisor is not None:
-        from bastion.launch.supervisor import Supervisor
+        from bastion.launch.supervisor.supervisor import Supervisor
         return Supervisor(config).run()
     from bastion.launch.launcher import Launcher
     return Launcher(config).run()
@@ -25,7 +25,7 @@ def _serve(args: argparse.Namespace) -> int:
 
 def _generate(args: argparse.Namespace) -> int:
     from bastion.engine.llm import LLM
-    from bastion.engine.sampling_params import SamplingParams
+    from bastion.sampling_params import SamplingParams
 
     params = SamplingParams(n=args.n, temperature=args.temperature, top_p=args.top_p,
                             top_k=args.top_k, min_p=args.min_p, seed=args.sample_seed,
@@ -76,7 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     serve = sub.add_parser("serve", help="serve a model over the OpenAI API (and SGLang's /generate)")
-    from bastion.launch.serve_args import add_serve_args
+    from bastion.args.serve import add_serve_args
     add_serve_args(serve)
     serve.set_defaults(func=_serve)
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(Path(__file__).parent / "support"))
 
 from bastion.model.demo import DEMO_MODEL_DIR  # noqa: E402
 from server_process import ServerProcess  # noqa: E402

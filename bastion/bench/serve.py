@@ -17,9 +17,9 @@ import threading
 import time
 from pathlib import Path
 
+from bastion.args.engine import engine_kwargs
 from bastion.bench.serve_load import LoadSettings, run_load, summarize
 from bastion.bench.workloads import BenchRequest, mixed_workload, shared_prefix_workload
-from bastion.engine_args import engine_kwargs
 from bastion.launch.procs import terminate
 
 PROMPT_VOCAB = 4096
@@ -161,7 +161,7 @@ def compare_offline(args: argparse.Namespace, tmp: Path) -> dict:
 def measure_offline(model: str, args: argparse.Namespace, reqs: list[BenchRequest]) -> float:
     """The same requests through an in-process engine, at most --concurrency at a time."""
     from bastion.bench.throughput import warm_engine
-    from bastion.engine.sampling_params import SamplingParams
+    from bastion.sampling_params import SamplingParams
 
     engine = warm_engine(model, args)
     queue = list(enumerate(reqs))[::-1]

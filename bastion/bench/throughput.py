@@ -31,7 +31,7 @@ def add_throughput_args(parser: argparse.ArgumentParser) -> None:
 
 def run_bastion(engine, reqs: list[BenchRequest], prefix: str = "b") -> tuple[int, float, float]:
     """Run every request through `engine`; return (output tokens, seconds, engine overhead)."""
-    from bastion.engine.sampling_params import SamplingParams
+    from bastion.sampling_params import SamplingParams
 
     forward_before = engine.runner.forward_seconds
     started = time.perf_counter()
@@ -52,8 +52,8 @@ def _warmup_requests(vocab: int) -> list[BenchRequest]:
 
 def warm_engine(model: str, args: argparse.Namespace, **overrides):
     """An engine from the bench's engine flags, warmed up, with an empty prefix cache."""
+    from bastion.args.engine import engine_config
     from bastion.engine.core import EngineCore
-    from bastion.engine_args import engine_config
 
     config = engine_config(model, args)
     if overrides:

@@ -5,13 +5,13 @@ import logging
 import time
 from dataclasses import dataclass, replace
 
-from bastion.config import EngineConfig
+from bastion.config.engine import EngineConfig
 from bastion.engine.kv_cache import BlockManager
 from bastion.engine.request import FinishReason, Request, TokenLogprob
 from bastion.engine.runner import EngineLimits, ModelRunner
 from bastion.engine.sampler import Sampler
-from bastion.engine.sampling_params import SamplingParams
 from bastion.engine.scheduler import Scheduler
+from bastion.sampling_params import SamplingParams
 
 logger = logging.getLogger(__name__)
 

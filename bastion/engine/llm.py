@@ -6,12 +6,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
-from bastion.config import EngineConfig
+from bastion.config.engine import EngineConfig
 from bastion.engine.core import EngineCore
 from bastion.engine.request import TokenLogprob
-from bastion.engine.sampling_params import SamplingParams
 from bastion.model.demo import default_model_path
 from bastion.model.tokenizer import load_tokenizer
+from bastion.sampling_params import SamplingParams
 
 Prompt = str | list[int]
 

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from bastion.engine.sampling_params import SamplingParams
+from bastion.sampling_params import SamplingParams
 
 
 class RequestStatus(enum.Enum):

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import torch
 
-from bastion.config import EngineConfig
+from bastion.config.engine import EngineConfig
 from bastion.engine.cpu_memory import keep_freed_memory
 from bastion.engine.scheduler import ScheduledRequest, SchedulerOutput
 from bastion.engine.step_inputs import StepInputs

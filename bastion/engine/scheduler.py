@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass, field
 
-from bastion.config import SchedulerConfig
+from bastion.config.engine import SchedulerConfig
 from bastion.engine.kv_cache import BlockManager
 from bastion.engine.request import FinishReason, Request, RequestStatus
 

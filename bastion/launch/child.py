@@ -13,9 +13,9 @@ import sys
 import traceback
 from typing import Callable
 
-from bastion.config import EngineConfig
+from bastion.config.engine import EngineConfig
 from bastion.model.arch import ModelLoadError
-from bastion.transport.control import (ApiServerSpec, ChildFailed, ControlWatch, EngineSpec,
+from bastion.transport.child_pipe import (ApiServerSpec, ChildFailed, ControlWatch, EngineSpec,
                                        RankServerSpec, decode_spec, read_frame, write_frame)
 
 
@@ -40,7 +40,7 @@ def main() -> None:
         if isinstance(spec, EngineSpec):
             _engine(spec, report)
         elif isinstance(spec, ApiServerSpec):
-            from bastion.server.api_process import run_api_server
+            from bastion.server.process import run_api_server
             run_api_server(spec, control, report)
     except Exception as exc:
         if not isinstance(exc, (ValueError, ModelLoadError, OSError)):
@@ -54,7 +54,7 @@ def main() -> None:
 
 
 def _engine(spec: EngineSpec, report: Callable) -> None:
-    from bastion.engine.core_proc import run_engine
+    from bastion.engine.process import run_engine
 
     device_rank = spec.index if spec.device_rank is None else spec.device_rank
     run_engine(_rank_device(spec.config, device_rank), spec.index, spec.ipc_dir, report,

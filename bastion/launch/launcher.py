@@ -5,11 +5,11 @@ start every engine rank and the API servers on the shared socket (they load thei
 and HTTP stack meanwhile) -> await the engines' handshakes -> tell every API server where the
 engines are -> await theirs -> print the ready line -> watch. An engine that dies is reported to
 every API server (its requests fail with 503, /health turns 503 naming the rank) and restarted
-with backoff while the other ranks serve (engine_ranks.py); an API server that dies stops the
+with backoff while the other ranks serve (ranks.py); an API server that dies stops the
 server, and so does every rank failing. SIGTERM/SIGINT drains (API servers finish in-flight
 requests up to --shutdown-timeout), then stops the engines and exits 0; a second signal kills
 at once. With --data-parallel-backend ray the engine ranks are Ray actors instead of children
-(ray_ranks.py), watched and restarted the same way.
+(ray/ranks.py), watched and restarted the same way.
 """
 from __future__ import annotations
 
@@ -22,15 +22,15 @@ import signal
 import socket
 import sys
 
-from bastion.launch.engine_ranks import EngineRanks
+from bastion.config.serve import ServeConfig
+from bastion.launch.multinode.registry import Registrar
 from bastion.launch.procs import Child, ChildStartError, await_all
-from bastion.launch.registrar import Registrar
-from bastion.config import ServeConfig
+from bastion.launch.ranks import EngineRanks
 from bastion.security.keys import ENV_VAR as API_KEY_ENV_VAR
 from bastion.security.ratelimit import Limiter
 from bastion.security.shared_limits import LimitsService
 from bastion.transport import channel
-from bastion.transport.control import ApiServerSpec, EngineEndpoint, EngineReady, EngineSet, EngineSpec
+from bastion.transport.child_pipe import ApiServerSpec, EngineEndpoint, EngineReady, EngineSet, EngineSpec
 
 logger = logging.getLogger(__name__)
 
@@ -160,7 +160,7 @@ class Launcher:
 
     def _start_ray_engines(self, sock, env, limits_dir):
         """Every engine rank as a Ray actor; the API servers listen where the actors reach them."""
-        from bastion.launch.ray_ranks import RayRanks
+        from bastion.launch.ray.ranks import RayRanks
 
         cfg = self.config
         self.ray = RayRanks(cfg, self._notify_api_servers)

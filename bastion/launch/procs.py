@@ -20,7 +20,7 @@ import time
 
 import msgspec
 
-from bastion.transport.control import ChildSpec, Handshake, decode_handshake, read_frame, write_frame
+from bastion.transport.child_pipe import ChildSpec, Handshake, decode_handshake, read_frame, write_frame
 
 logger = logging.getLogger(__name__)
 

@@ -9,7 +9,7 @@ import dataclasses
 import logging
 from typing import Callable
 
-from bastion.security.config import SCOPES, SecurityConfig
+from bastion.config.security import SCOPES, SecurityConfig
 from bastion.security.jwt_auth import JwtVerifier, TokenRejected
 from bastion.security.keys import KeyFileError, KeyTable, load_key_file
 from bastion.security.principal import Principal

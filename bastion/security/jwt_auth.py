@@ -11,7 +11,7 @@ from pathlib import Path
 
 import jwt
 
-from bastion.security.config import SCOPES, JwtConfig, Limits
+from bastion.config.security import SCOPES, JwtConfig, Limits
 from bastion.security.principal import Principal
 
 HMAC_ALGORITHMS = ["HS256"]

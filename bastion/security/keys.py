@@ -27,7 +27,7 @@ import os
 import tomllib
 from pathlib import Path
 
-from bastion.security.config import SCOPES, KeyDigest, Limits
+from bastion.config.security import SCOPES, KeyDigest, Limits
 
 logger = logging.getLogger(__name__)
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from bastion.security.config import SCOPES, KeyDigest, Limits
+from bastion.config.security import SCOPES, KeyDigest, Limits
 
 
 @dataclass(frozen=True)

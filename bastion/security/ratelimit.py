@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Hashable
 
-from bastion.security.config import Limits
+from bastion.config.security import Limits
 
 QUEUE_FULL_RETRY_AFTER = 1.0
 

@@ -1,9 +1,9 @@
 """The security pieces one HTTP server runs: credentials, TLS, limits client, audit log."""
 from __future__ import annotations
 
+from bastion.config.security import SecurityConfig
 from bastion.security.audit import AuditLog
 from bastion.security.auth import Authenticator
-from bastion.security.config import SecurityConfig
 from bastion.security.shared_limits import LimitsClient
 from bastion.security.tls import TlsRefresher, build_context
 from bastion.security.watch import FileWatch

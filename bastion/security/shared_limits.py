@@ -16,7 +16,7 @@ import msgspec
 import zmq
 import zmq.asyncio
 
-from bastion.security.config import Limits
+from bastion.config.security import Limits
 from bastion.security.ratelimit import Limiter, Refusal
 
 logger = logging.getLogger(__name__)

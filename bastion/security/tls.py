@@ -20,7 +20,7 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from bastion.security.config import TlsConfig
+from bastion.config.security import TlsConfig
 from bastion.security.watch import FileWatch
 
 logger = logging.getLogger(__name__)

@@ -7,17 +7,17 @@ from fastapi import FastAPI
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from bastion import __version__
+from bastion.config.security import SecurityConfig
 from bastion.security.audit import AuditLog
 from bastion.security.auth import Authenticator
-from bastion.security.config import SecurityConfig
 from bastion.server import metrics
-from bastion.server.admin_routes import router as admin_router
-from bastion.server.errors import error_body, install_error_handlers
-from bastion.server.guard import AuditTrail, AuthGuard
-from bastion.server.info_routes import router as info_router
-from bastion.server.openai_routes import router as openai_router
-from bastion.server.sglang_routes import router as sglang_router
-from bastion.server.state import ServerState
+from bastion.server.frontend import ServerState
+from bastion.server.http.errors import error_body, install_error_handlers
+from bastion.server.http.middleware import AuditTrail, AuthGuard
+from bastion.server.routes.admin import router as admin_router
+from bastion.server.routes.info import router as info_router
+from bastion.server.routes.openai import router as openai_router
+from bastion.server.routes.sglang import router as sglang_router
 
 
 class BodyLimit:

@@ -13,11 +13,11 @@ from dataclasses import dataclass, field
 import zmq
 import zmq.asyncio
 
-from bastion.config import InternalConfig
-from bastion.engine.sampling_params import SamplingParams
+from bastion.config.deployment import InternalConfig
+from bastion.sampling_params import SamplingParams
 from bastion.server.balancer import RankBalancer
 from bastion.transport import channel
-from bastion.transport.control import EngineEndpoint
+from bastion.transport.child_pipe import EngineEndpoint
 from bastion.transport.messages import (AbortRequests, ClientHello, EngineOutputs,
                                         EngineRequest, MAX_FRAME_BYTES, RequestError, SequenceOutput,
                                         decode, encode)

@@ -12,11 +12,11 @@ import uuid
 from dataclasses import dataclass, field
 from typing import AsyncIterator, Callable
 
-from bastion.engine.sampling_params import SamplingParams
+from bastion.sampling_params import SamplingParams
 from bastion.server import metrics
 from bastion.server.detokenizer import SequenceText
 from bastion.server.engine_client import EngineClient, RankUnavailable
-from bastion.server.errors import APIError
+from bastion.server.http.errors import APIError
 from bastion.transport.messages import Logprob, RequestError, SequenceOutput
 
 

@@ -20,7 +20,7 @@ import zmq
 import zmq.auth.thread
 from zmq.utils import z85
 
-from bastion.config import InternalConfig
+from bastion.config.deployment import InternalConfig
 
 logger = logging.getLogger(__name__)
 

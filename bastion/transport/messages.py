@@ -11,7 +11,7 @@ from typing import Union
 
 import msgspec
 
-from bastion.engine.sampling_params import SamplingParams
+from bastion.sampling_params import SamplingParams
 
 logger = logging.getLogger(__name__)
 

@@ -1,0 +1,1 @@
+"""Command-line flags, one file per group; each builds its part of the config tree."""

@@ -1,0 +1,46 @@
+"""Command-line flags for the engine, named as vLLM's where the meaning is the same."""
+from __future__ import annotations
+
+import argparse
+
+from bastion.config.engine import SUPPORTED_DTYPES, EngineConfig, parse_bytes
+
+
+def add_engine_args(parser: argparse.ArgumentParser) -> None:
+    """Add the engine's flags to a sub-command's parser."""
+    g = parser.add_argument_group("engine")
+    g.add_argument("--dtype", default="auto", choices=SUPPORTED_DTYPES,
+                   help="weights and activations dtype; auto = the checkpoint's (bfloat16 for "
+                        "float16 checkpoints on CPU)")
+    g.add_argument("--device", default="auto", help="auto (CUDA when present, else CPU), cpu, cuda, cuda:N")
+    g.add_argument("--max-model-len", type=int, default=None,
+                   help="context length (prompt + output); default: the model's")
+    g.add_argument("--block-size", type=int, default=16, help="tokens per KV-cache block")
+    g.add_argument("--kv-cache-memory", type=parse_bytes, default=None,
+                   help="size of the KV pool, e.g. 4GiB or 512MB (default: enough for "
+                        "--max-num-seqs full sequences, at most 4GiB on CPU; 85%% of free memory on CUDA)")
+    g.add_argument("--num-kv-blocks", type=int, default=None,
+                   help="size of the KV pool in blocks (instead of --kv-cache-memory)")
+    g.add_argument("--enable-prefix-caching", action=argparse.BooleanOptionalAction, default=True,
+                   help="reuse the KV of shared prompt prefixes")
+    g.add_argument("--max-num-batched-tokens", type=int, default=2048,
+                   help="token budget of one engine step (prefill chunks + decodes)")
+    g.add_argument("--max-num-seqs", type=int, default=128,
+                   help="most sequences running at once")
+    g.add_argument("--seed", type=int, default=0, help="seed of the engine's random state")
+    g.add_argument("--num-threads", type=int, default=None,
+                   help="CPU threads for torch (default: every core this process may use)")
+
+
+ENGINE_FLAGS = ("dtype", "device", "max_model_len", "block_size", "kv_cache_memory", "num_kv_blocks",
+                "enable_prefix_caching", "max_num_batched_tokens", "max_num_seqs", "seed",
+                "num_threads")
+
+
+def engine_kwargs(args: argparse.Namespace) -> dict:
+    """The parsed engine flags as keyword arguments for `LLM(...)` / `EngineConfig.from_kwargs`."""
+    return {name: getattr(args, name) for name in ENGINE_FLAGS}
+
+
+def engine_config(model: str, args: argparse.Namespace) -> EngineConfig:
+    return EngineConfig.from_kwargs(model, **engine_kwargs(args))

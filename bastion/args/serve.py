@@ -1,0 +1,154 @@
+"""`bastion serve` flags (named as vLLM's where the meaning is the same) and their configs."""
+from __future__ import annotations
+
+import argparse
+import os
+
+from bastion.args.engine import add_engine_args, engine_config
+from bastion.args.ray import add_ray_args, ray_config
+from bastion.args.security import add_security_args, check_exposure, security_config
+from bastion.args.supervisor import add_supervisor_args, supervisor_config
+from bastion.config.deployment import InternalConfig, ParallelConfig
+from bastion.config.engine import parse_bytes
+from bastion.config.serve import ServeConfig
+from bastion.config.server import ServerConfig
+from bastion.launch.net import HOST_IP_ENV, node_address
+
+
+def add_serve_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("model", nargs="?", default=None,
+                        help="local model folder (default: the bundled demo model)")
+    g = parser.add_argument_group("server")
+    g.add_argument("--log-level", default=argparse.SUPPRESS,
+                   choices=["debug", "info", "warning", "error"], help="logging level (default warning)")
+    g.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    g.add_argument("--port", type=int, default=8000, help="port to listen on (0 picks one; the "
+                   "ready line shows it)")
+    g.add_argument("--served-model-name", nargs="+", default=None,
+                   help="model name(s) clients use (default: the model folder's name)")
+    g.add_argument("--api-server-count", type=int, default=1,
+                   help="API-server processes sharing the listening socket")
+    g.add_argument("--max-request-body-bytes", type=parse_bytes, default=4 * 2**20,
+                   help="larger request bodies get 413 (default 4MiB)")
+    g.add_argument("--max-queued-requests", type=int, default=None,
+                   help="503 while more requests than this wait for an engine (default: no bound)")
+    g.add_argument("--shutdown-timeout", type=float, default=30.0,
+                   help="seconds in-flight requests may take to finish after SIGTERM/SIGINT")
+    g.add_argument("--engine-startup-timeout", type=float, default=600.0,
+                   help="seconds an engine may take to load before the launch fails")
+    p = parser.add_argument_group("parallel")
+    p.add_argument("--data-parallel-size", "-dp", type=int, default=1,
+                   help="engine ranks (model replicas); each gets its share of CPU threads or its own GPU")
+    p.add_argument("--max-rank-restarts", type=int, default=5,
+                   help="restarts of a dead rank (an engine rank, or a whole rank under the supervisor) "
+                        "within --rank-restart-window-s before it is failed (backoff 1 s doubling to "
+                        "60 s); 0 never restarts")
+    p.add_argument("--rank-restart-window-s", type=float, default=600.0,
+                   help="the window --max-rank-restarts counts in (seconds)")
+    p.add_argument("--data-parallel-size-local", "-dpl", type=int, default=None,
+                   help="ranks on this node when they span nodes (default: all of them)")
+    p.add_argument("--data-parallel-start-rank", "-dpr", type=int, default=0,
+                   help="the first rank on this node (--headless nodes, and supervisor nodes of "
+                        "--data-parallel-multi-port-external-lb)")
+    p.add_argument("--data-parallel-address", "-dpa", default=None,
+                   help="the head's address: where --headless nodes register (default on the head: "
+                        "$BASTION_HOST_IP)")
+    p.add_argument("--data-parallel-rpc-port", "-dpp", type=int, default=29550,
+                   help="the head's registration port (CurveZMQ, keys from --internal-secret-file)")
+    p.add_argument("--headless", action="store_true",
+                   help="run this node's engine ranks only, registered with the head's API servers")
+    p.add_argument("--internal-transport", choices=["ipc", "tcp"], default=None,
+                   help="sockets between bastion's processes: ipc in a private 0700 directory "
+                        "(default on one node), or TCP on --internal-host with CurveZMQ (always "
+                        "when ranks span nodes)")
+    p.add_argument("--internal-host", default=None,
+                   help="address internal TCP listeners bind (default $BASTION_HOST_IP, else on the "
+                        "head --data-parallel-address, on a headless node its address toward the "
+                        "head, else 127.0.0.1)")
+    p.add_argument("--internal-encryption", choices=["on", "off"], default="on",
+                   help="CurveZMQ on internal TCP sockets; off only to measure its cost")
+    p.add_argument("--internal-secret-file", default=None,
+                   help="derive the internal CurveZMQ keys from this secret (>= 32 bytes, the same "
+                        "file on every node) instead of making random ones per launch")
+    add_ray_args(parser)
+    add_supervisor_args(parser)
+    add_security_args(parser)
+    add_engine_args(parser)
+
+
+def serve_config(args: argparse.Namespace) -> ServeConfig:
+    """Build and validate every config; ValueError names the offending flag."""
+    from bastion.model.demo import default_model_path
+
+    model = args.model or str(default_model_path())
+    engine = engine_config(model, args)
+    parallel = ParallelConfig(args.data_parallel_size, args.api_server_count, args.max_rank_restarts,
+                              args.rank_restart_window_s, args.data_parallel_size_local,
+                              args.data_parallel_start_rank, args.data_parallel_address or
+                              (os.environ.get(HOST_IP_ENV) if args.data_parallel_size_local else None),
+                              args.data_parallel_rpc_port, args.headless)
+    names = tuple(args.served_model_name or [_default_name(model, args.model is None)])
+    server = ServerConfig(host=args.host, port=args.port, served_model_names=names,
+                          max_request_body_bytes=args.max_request_body_bytes,
+                          max_queued_requests=args.max_queued_requests,
+                          shutdown_timeout=args.shutdown_timeout, log_level=args.log_level)
+    if args.engine_startup_timeout <= 0:
+        raise ValueError(f"--engine-startup-timeout must be positive, got {args.engine_startup_timeout}")
+    security = security_config(args)
+    check_exposure(server.host, security)
+    supervisor = supervisor_config(args)  # NOTE: first, so a clash of modes is the error shown
+    parallel.check_start_rank(supervised=supervisor is not None)
+    ray = ray_config(args)
+    internal = ray_internal_config(args) if ray is not None else \
+        internal_config(args, parallel, supervised=supervisor is not None)
+    return ServeConfig(model, engine, parallel, server, args.engine_startup_timeout, security, internal,
+                       supervisor, ray)
+
+
+def ray_internal_config(args: argparse.Namespace) -> InternalConfig:
+    """Ray ranks may be on any node: TCP with CurveZMQ, keys made by each engine actor. The host
+    is where the API servers listen; it is settled once the driver has joined the cluster."""
+    if (args.internal_transport or "tcp") != "tcp":
+        raise ValueError("Ray ranks talk over TCP: drop --internal-transport ipc")
+    if args.internal_encryption != "on":
+        raise ValueError("Ray ranks need --internal-encryption on")
+    if args.internal_secret_file:
+        raise ValueError("--internal-secret-file is not used with --data-parallel-backend ray: each "
+                         "engine actor makes its own keypair on its node, so no key crosses Ray")
+    return InternalConfig("tcp", args.internal_host or "127.0.0.1", True)
+
+
+def internal_config(args: argparse.Namespace, parallel: ParallelConfig,
+                    supervised: bool = False) -> InternalConfig:
+    """Where and how bastion's own processes talk; ranks on several nodes need TCP, CurveZMQ and
+    keys derived from a secret every node holds. Supervised ranks are whole servers on their
+    own node (each node's supervisor runs its ranks), so their channels stay local."""
+    multi_node = parallel.multi_node and not supervised
+    transport = args.internal_transport or ("tcp" if multi_node else "ipc")
+    if multi_node:
+        if transport != "tcp":
+            raise ValueError("ranks on several nodes talk over TCP: drop --internal-transport ipc")
+        if args.internal_encryption != "on":
+            raise ValueError("ranks on several nodes need --internal-encryption on")
+        if not args.internal_secret_file:
+            raise ValueError("ranks on several nodes need --internal-secret-file (the same file on every "
+                             "node): their CurveZMQ keys derive from it")
+        if not parallel.data_parallel_address:
+            raise ValueError(f"the head of ranks on several nodes needs --data-parallel-address (or "
+                             f"{HOST_IP_ENV}): the address where other nodes register")
+    host = args.internal_host
+    if host is None:
+        toward = parallel.data_parallel_address if multi_node else None
+        host = (os.environ.get(HOST_IP_ENV) or toward) if multi_node and not parallel.headless \
+            else node_address(toward)
+    internal = InternalConfig(transport, host, args.internal_encryption == "on", args.internal_secret_file)
+    if internal.secret_file:
+        from bastion.transport.channel import read_internal_secret
+        read_internal_secret(internal.secret_file)
+    return internal
+
+
+def _default_name(model: str, is_demo: bool) -> str:
+    from pathlib import Path
+
+    return "bastion-demo" if is_demo else Path(model).resolve().name

@@ -1,0 +1,1 @@
+"""The frozen config tree, split by concern; validated once, before any process starts."""

@@ -1,0 +1,129 @@
+"""The engine's config: model, KV cache and scheduler, a tree of frozen dataclasses validated
+once at construction.
+
+Values discovered at run time (the model's real context length, the number of KV blocks that
+fit in memory) do not live here: they are computed into `bastion.engine.runner.EngineLimits`.
+"""
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+
+_UNITS = {
+    "": 1, "b": 1,
+    "k": 10**3, "kb": 10**3, "m": 10**6, "mb": 10**6, "g": 10**9, "gb": 10**9,
+    "t": 10**12, "tb": 10**12,
+    "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40,
+}
+
+SUPPORTED_DTYPES = ("auto", "float32", "bfloat16", "float16")
+
+
+def parse_bytes(text: str | int) -> int:
+    """Parse a size such as ``4GiB``, ``512MB``, ``1.5g`` or ``1048576`` into bytes."""
+    if isinstance(text, int):
+        return text
+    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*", str(text))
+    unit = match.group(2).lower() if match else None
+    if match is None or unit not in _UNITS:
+        raise ValueError(
+            f"invalid size {text!r}: use a number with an optional unit "
+            "(B, KB, MB, GB, KiB, MiB, GiB), e.g. 4GiB")
+    return int(float(match.group(1)) * _UNITS[unit])
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Which checkpoint to run, and how."""
+
+    model: str
+    dtype: str = "auto"
+    device: str = "auto"
+    max_model_len: int | None = None
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.dtype not in SUPPORTED_DTYPES:
+            raise ValueError(f"--dtype must be one of {', '.join(SUPPORTED_DTYPES)}, got {self.dtype!r}")
+        if self.max_model_len is not None and self.max_model_len < 2:
+            raise ValueError(f"--max-model-len must be at least 2, got {self.max_model_len}")
+        if not (self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda")):
+            raise ValueError(f"--device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
+
+
+@dataclass(frozen=True)
+class CacheConfig:
+    """The paged KV cache: block size, pool size and prefix caching."""
+
+    block_size: int = 16
+    kv_cache_memory: int | None = None
+    num_kv_blocks: int | None = None
+    enable_prefix_caching: bool = True
+
+    def __post_init__(self) -> None:
+        if self.block_size <= 0 or self.block_size & (self.block_size - 1):
+            raise ValueError(f"--block-size must be a power of two, got {self.block_size}")
+        if self.kv_cache_memory is not None and self.num_kv_blocks is not None:
+            raise ValueError("give either --kv-cache-memory or --num-kv-blocks, not both")
+        if self.kv_cache_memory is not None and self.kv_cache_memory <= 0:
+            raise ValueError(f"--kv-cache-memory must be positive, got {self.kv_cache_memory}")
+        if self.num_kv_blocks is not None and self.num_kv_blocks < 1:
+            raise ValueError(f"--num-kv-blocks must be at least 1, got {self.num_kv_blocks}")
+
+
+@dataclass(frozen=True)
+class SchedulerConfig:
+    """How much work one engine step may take on."""
+
+    max_num_batched_tokens: int = 2048
+    max_num_seqs: int = 128
+
+    def __post_init__(self) -> None:
+        if self.max_num_batched_tokens < 1:
+            raise ValueError(f"--max-num-batched-tokens must be at least 1, got {self.max_num_batched_tokens}")
+        if self.max_num_seqs < 1:
+            raise ValueError(f"--max-num-seqs must be at least 1, got {self.max_num_seqs}")
+        if self.max_num_seqs > self.max_num_batched_tokens:
+            raise ValueError("--max-num-seqs cannot exceed --max-num-batched-tokens "
+                             f"({self.max_num_seqs} > {self.max_num_batched_tokens})")
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """Everything one engine (one data-parallel rank) needs."""
+
+    model: ModelConfig
+    cache: CacheConfig = field(default_factory=CacheConfig)
+    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+    num_threads: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.num_threads is not None and self.num_threads < 1:
+            raise ValueError(f"--num-threads must be at least 1, got {self.num_threads}")
+
+    @property
+    def threads(self) -> int:
+        """CPU threads for torch: the flag, else every core this process may use."""
+        return self.num_threads or len(os.sched_getaffinity(0))
+
+    @classmethod
+    def from_kwargs(cls, model: str, **kwargs) -> "EngineConfig":
+        """Build a config from flat keyword arguments (the `LLM(...)` and CLI shape)."""
+        groups = {ModelConfig: {}, CacheConfig: {}, SchedulerConfig: {}}
+        top = {}
+        for key, value in kwargs.items():
+            if value is None:
+                continue
+            if key == "kv_cache_memory":
+                value = parse_bytes(value)
+            owner = next((g for g in groups if key in g.__dataclass_fields__), None)
+            if owner is not None:
+                groups[owner][key] = value
+            elif key in cls.__dataclass_fields__:
+                top[key] = value
+            else:
+                raise TypeError(f"unknown engine argument {key!r}")
+        return cls(model=ModelConfig(model=model, **groups[ModelConfig]),
+                   cache=CacheConfig(**groups[CacheConfig]),
+                   scheduler=SchedulerConfig(**groups[SchedulerConfig]), **top)

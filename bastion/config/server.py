@@ -1,0 +1,30 @@
+"""The HTTP front end's config: where it listens, what it calls the model, and its guards."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """The HTTP front end: where it listens, what it calls the model, and its guards."""
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    served_model_names: tuple[str, ...] = ()
+    max_request_body_bytes: int = 4 * 2**20
+    max_queued_requests: int | None = None
+    shutdown_timeout: float = 30.0
+    prefix_affinity_tokens: int = 2048
+    log_level: str = "info"
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.port <= 65535:
+            raise ValueError(f"--port must be in [0, 65535], got {self.port}")
+        if not self.served_model_names:
+            raise ValueError("--served-model-name needs at least one name")
+        if self.max_request_body_bytes < 1024:
+            raise ValueError(f"--max-request-body-bytes must be at least 1024, got {self.max_request_body_bytes}")
+        if self.max_queued_requests is not None and self.max_queued_requests < 0:
+            raise ValueError(f"--max-queued-requests must be non-negative, got {self.max_queued_requests}")
+        if self.shutdown_timeout < 0:
+            raise ValueError(f"--shutdown-timeout must be non-negative, got {self.shutdown_timeout}")

@@ -1,0 +1,151 @@
+"""The engine core as its own process: ZMQ in, engine steps, ZMQ out.
+
+The engine binds its input (PULL) socket itself, on an ipc path in the launcher's private 0700
+directory or on the internal host's port 0 over TCP with CurveZMQ (admitting only the
+deployment's keys), and reports the real endpoint through the start-up handshake. Each front end (API server) says hello with the endpoint of a
+PULL socket it bound; the engine connects a PUSH socket there, so every front end receives the
+results of its own requests, plus the engine's load after every step.
+
+Threads: an input thread decodes frames into a queue; the main thread adds and aborts requests
+and steps the engine; an output thread owns the PUSH sockets, encodes and sends.
+"""
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from dataclasses import dataclass
+from typing import Callable
+
+import zmq
+
+from bastion.config.deployment import InternalConfig
+from bastion.config.engine import EngineConfig
+from bastion.engine.core import EngineCore, EngineOutput
+from bastion.transport import channel
+from bastion.transport.child_pipe import EngineReady
+from bastion.transport.messages import (AbortRequests, ClientHello, EngineLoad, EngineOutputs,
+                                        EngineRequest, Logprob, RequestError, SequenceOutput,
+                                        MAX_FRAME_BYTES, decode, encode)
+
+logger = logging.getLogger(__name__)
+
+
+def run_engine(config: EngineConfig, index: int, ipc_dir: str, report: Callable[[EngineReady], None],
+               internal: InternalConfig = InternalConfig(), keys: channel.ChannelKeys | None = None) -> None:
+    """Load the model, bind the input socket, report ready, then serve until killed."""
+    engine = EngineCore(config)
+    zctx = zmq.Context()
+    listener = channel.Listener(zctx, internal, ipc_dir, keys)
+    pull = zctx.socket(zmq.PULL)
+    pull.setsockopt(zmq.MAXMSGSIZE, MAX_FRAME_BYTES)
+    endpoint = listener.bind(pull, f"engine-{index}-in")
+    limits = engine.limits
+    report(EngineReady(index, endpoint, limits.max_model_len, limits.num_kv_blocks, limits.vocab_size,
+                       listener.public))
+    EngineLoop(engine, index, pull, zctx, listener).run()
+
+
+@dataclass
+class _Owner:
+    client: int
+    unfinished: int
+
+
+class EngineLoop:
+    """Moves messages between the sockets and the engine, forever."""
+
+    def __init__(self, engine: EngineCore, index: int, pull: zmq.Socket, zctx: zmq.Context,
+                 listener: channel.Listener) -> None:
+        self.engine, self.index, self.listener = engine, index, listener
+        self.inbox: queue.Queue = queue.Queue()
+        self.outbox: queue.Queue = queue.Queue()
+        self.clients: set[int] = set()
+        self.owners: dict[str, _Owner] = {}
+        threading.Thread(target=self._receive, args=(pull,), daemon=True).start()
+        threading.Thread(target=self._send, args=(zctx,), daemon=True).start()
+
+    def _receive(self, pull: zmq.Socket) -> None:
+        while True:
+            message = decode(pull.recv())
+            if message is not None:
+                self.inbox.put(message)
+
+    def _send(self, zctx: zmq.Context) -> None:
+        pushes: dict[int, zmq.Socket] = {}
+        while True:
+            client, item = self.outbox.get()
+            if isinstance(item, ClientHello):
+                if client in pushes:
+                    pushes.pop(client).close(0)
+                sock = zctx.socket(zmq.PUSH)
+                sock.setsockopt(zmq.LINGER, 0)
+                self.listener.connect(sock, item.output_endpoint, item.server_key)
+                pushes[client] = sock
+            elif client in pushes:
+                pushes[client].send(encode(item))
+
+    def run(self) -> None:
+        while True:
+            block = not self.engine.has_unfinished
+            try:
+                while True:
+                    self._handle(self.inbox.get(block=block))
+                    block = False
+            except queue.Empty:
+                pass
+            if self.engine.has_unfinished:
+                self._publish(self.engine.step())
+
+    def _handle(self, message) -> None:
+        if isinstance(message, EngineRequest):
+            self._add(message)
+        elif isinstance(message, AbortRequests):
+            outputs = [o for rid in message.request_ids for o in self.engine.abort_request(rid)]
+            for rid, i in message.sequences:
+                outputs += self.engine.abort_request(rid, i)
+            self._publish(outputs)
+        elif isinstance(message, ClientHello):
+            self.clients.add(message.client_index)
+            self.outbox.put((message.client_index, message))
+        else:
+            logger.warning("engine %d ignored an unexpected %s message", self.index, type(message).__name__)
+
+    def _add(self, message: EngineRequest) -> None:
+        try:
+            self.engine.add_request(message.request_id, message.prompt_token_ids,
+                                    message.params, message.cache_salt)
+        except ValueError as exc:
+            self.outbox.put((message.client_index, RequestError(message.request_id, str(exc))))
+            return
+        self.owners[message.request_id] = _Owner(message.client_index, message.params.n)
+        self._publish([])
+
+    def _publish(self, outputs: list[EngineOutput]) -> None:
+        """Send each client its requests' outputs, and every client the current load."""
+        by_client: dict[int, list[SequenceOutput]] = {c: [] for c in self.clients}
+        for out in outputs:
+            owner = self.owners.get(out.request_id)
+            if owner is None:
+                continue
+            by_client.setdefault(owner.client, []).append(_wire(out))
+            if out.finished:
+                owner.unfinished -= 1
+                if owner.unfinished == 0:
+                    del self.owners[out.request_id]
+        load = self.load()
+        for client, seqs in by_client.items():
+            self.outbox.put((client, EngineOutputs(self.index, seqs, load)))
+
+    def load(self) -> EngineLoad:
+        sched, blocks = self.engine.scheduler, self.engine.blocks
+        outstanding = sum(r.num_tokens - r.num_computed_tokens for r in sched.running)
+        outstanding += sum(r.num_tokens for r in sched.waiting)
+        rate = blocks.hit_tokens / blocks.query_tokens if blocks.query_tokens else 0.0
+        return EngineLoad(len(sched.running), len(sched.waiting), outstanding, blocks.usage, rate)
+
+
+def _wire(out: EngineOutput) -> SequenceOutput:
+    return SequenceOutput(out.request_id, out.index, out.new_token_ids,
+                          [Logprob(lp.token_id, lp.logprob, lp.rank, lp.top) for lp in out.new_logprobs],
+                          out.finish_reason.value if out.finish_reason else None, out.num_cached_tokens)

@@ -1,0 +1,1 @@
+"""Headless nodes: their engine ranks register with the head over CurveZMQ."""

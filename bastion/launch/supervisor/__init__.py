@@ -1,0 +1,1 @@
+"""The multi-port external load-balancing mode: one server per rank, probed and restarted."""

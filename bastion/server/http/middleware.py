@@ -1,0 +1,109 @@
+"""ASGI middleware of the security layer: the auth guard and the audit trail.
+
+The guard runs before routing: it finds the route a request will reach, reads that route's
+auth decision, authenticates and authorizes, and stores the Principal on the request. A route
+without a decision is refused (fail closed); an unknown path needs a valid credential before
+it gets its 404, so unauthenticated clients cannot map the API.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import time
+import uuid
+
+from starlette.routing import Match
+
+from bastion.security.audit import AuditLog, RequestRecord
+from bastion.security.auth import (AUTHENTICATED, NO_DECISION, PUBLIC, AuthError, Authenticator,
+                                   decision_of)
+from bastion.security.principal import Principal
+from bastion.server.http.errors import error_body
+
+logger = logging.getLogger(__name__)
+
+WWW_AUTHENTICATE = b'Bearer realm="bastion"'
+
+
+def principal_of(request) -> Principal:
+    """The Principal the guard stored for this request."""
+    return request.scope["state"]["principal"]
+
+
+def record_of(request) -> RequestRecord | None:
+    return request.scope.get("state", {}).get("record")
+
+
+class AuthGuard:
+    """Authenticates and authorizes every HTTP request by its route's decision."""
+
+    def __init__(self, app, routes: list, authenticator: Authenticator) -> None:
+        self.app, self.routes, self.auth = app, routes, authenticator
+
+    def decision(self, scope) -> str | tuple[str, ...]:
+        for route in self.routes:
+            match, _ = route.matches(scope)
+            if match != Match.NONE:
+                decision = decision_of(getattr(route, "endpoint", None))
+                if decision is None:
+                    logger.error("route %s has no auth decision; refusing it", getattr(route, "path", "?"))
+                    return NO_DECISION
+                return decision
+        return AUTHENTICATED
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        decision = self.decision(scope)
+        state = scope.setdefault("state", {})
+        if decision != PUBLIC:
+            try:
+                principal = self.auth.authenticate(dict(scope["headers"]))
+                self.auth.authorize(principal, decision)
+            except AuthError as exc:
+                return await _deny(send, exc)
+            state["principal"] = principal
+            record = state.get("record")
+            if record is not None:
+                record.principal = principal
+        await self.app(scope, receive, send)
+
+
+async def _deny(send, exc: AuthError) -> None:
+    headers = [(b"content-type", b"application/json")]
+    if exc.status == 401:
+        headers.append((b"www-authenticate", WWW_AUTHENTICATE))
+    code = "invalid_api_key" if exc.status == 401 else "insufficient_scope"
+    body = json.dumps(error_body(exc.status, str(exc), code=code)).encode()
+    await send({"type": "http.response.start", "status": exc.status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+class AuditTrail:
+    """Gives each request an id (the `x-request-id` header) and writes its audit line at the end."""
+
+    def __init__(self, app, log: AuditLog | None, api_server: int = 0) -> None:
+        self.app, self.log, self.api_server = app, log, api_server
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        client = scope.get("client")
+        record = RequestRecord(uuid.uuid4().hex, self.api_server, scope["method"], scope["path"],
+                               client[0] if client else None, time.monotonic())
+        scope.setdefault("state", {})["record"] = record
+        status = 500
+
+        async def tracked_send(message):
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message = {**message, "headers": [*message.get("headers", []),
+                                                  (b"x-request-id", record.request_id.encode())]}
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracked_send)
+        finally:
+            if self.log is not None:
+                self.log.write(record.line(status))

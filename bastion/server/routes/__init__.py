@@ -1,0 +1,1 @@
+"""The routes of an API server: parse the body, make one call, shape the answer."""
