@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import logging
-import time
 from dataclasses import dataclass, replace
 
 from bastion.config.engine import EngineConfig
@@ -45,7 +44,6 @@ class EngineCore:
         self.sampler = Sampler(config.model.seed)
         self.eos_token_ids = frozenset(self.runner.arch.eos_token_ids)
         self._groups: dict[str, list[Request]] = {}
-        self.wall_seconds = 0.0
 
     def validate(self, prompt_token_ids: list[int], params: SamplingParams) -> None:
         """Raise ValueError for a request the engine could never serve."""
@@ -100,7 +98,6 @@ class EngineCore:
 
     def step(self) -> list[EngineOutput]:
         """Schedule, run the model, sample, and report what changed."""
-        started = time.perf_counter()
         out = self.scheduler.schedule()
         if out.is_empty:
             return []
@@ -112,9 +109,7 @@ class EngineCore:
             logger.error("engine step failed; scheduler state:\n%s", self.scheduler.dump_state())
             raise
         self.scheduler.finish_step(out)
-        outputs = [self._append(req, tok, lp) for req, tok, lp in zip(reqs, tokens, logprobs)]
-        self.wall_seconds += time.perf_counter() - started
-        return outputs
+        return [self._append(req, tok, lp) for req, tok, lp in zip(reqs, tokens, logprobs)]
 
     def _append(self, req: Request, token: int, logprob: TokenLogprob | None) -> EngineOutput:
         reason = req.append_token(token)
