@@ -2,33 +2,18 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 from bastion.config.engine import EngineConfig
 from bastion.engine.kv_cache import BlockManager
-from bastion.engine.request import FinishReason, Request, TokenLogprob
+from bastion.engine.outputs import FinishReason, TokenDelta, TokenLogprob
+from bastion.engine.request import Request
 from bastion.engine.runner import EngineLimits, ModelRunner
 from bastion.engine.sampler import Sampler
 from bastion.engine.scheduler import Scheduler
 from bastion.sampling_params import SamplingParams
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass
-class EngineOutput:
-    """What one step produced for one sequence (`index` tells the n>1 siblings apart)."""
-
-    request_id: str
-    index: int
-    new_token_ids: list[int]
-    new_logprobs: list[TokenLogprob]
-    finish_reason: FinishReason | None = None
-    num_cached_tokens: int = 0
-
-    @property
-    def finished(self) -> bool:
-        return self.finish_reason is not None
 
 
 class EngineCore:
@@ -80,14 +65,14 @@ class EngineCore:
             self.scheduler.add(req)
         self._groups[request_id] = group
 
-    def abort_request(self, request_id: str, index: int | None = None) -> list[EngineOutput]:
+    def abort_request(self, request_id: str, index: int | None = None) -> list[TokenDelta]:
         """End every sequence of a request (or only sequence `index`) now; blocks return at once."""
         group = self._groups.get(request_id, [])
         outputs = []
         for req in group:
             if not req.is_finished and (index is None or req.index == index):
                 self.scheduler.finish(req, FinishReason.ABORT)
-                outputs.append(EngineOutput(request_id, req.index, [], [], FinishReason.ABORT))
+                outputs.append(TokenDelta(request_id, req.index, [], [], FinishReason.ABORT))
         if all(r.is_finished for r in group):
             self._groups.pop(request_id, None)
         return outputs
@@ -96,7 +81,7 @@ class EngineCore:
     def has_unfinished(self) -> bool:
         return self.scheduler.has_unfinished
 
-    def step(self) -> list[EngineOutput]:
+    def step(self) -> list[TokenDelta]:
         """Schedule, run the model, sample, and report what changed."""
         out = self.scheduler.schedule()
         if out.is_empty:
@@ -111,7 +96,7 @@ class EngineCore:
         self.scheduler.finish_step(out)
         return [self._append(req, tok, lp) for req, tok, lp in zip(reqs, tokens, logprobs)]
 
-    def _append(self, req: Request, token: int, logprob: TokenLogprob | None) -> EngineOutput:
+    def _append(self, req: Request, token: int, logprob: TokenLogprob | None) -> TokenDelta:
         reason = req.append_token(token)
         if logprob is not None:
             req.logprobs.append(logprob)
@@ -120,5 +105,5 @@ class EngineCore:
             group = self._groups.get(req.request_id, [])
             if all(r.is_finished for r in group):
                 self._groups.pop(req.request_id, None)
-        return EngineOutput(req.request_id, req.index, [token],
-                            [logprob] if logprob is not None else [], reason, req.num_cached_tokens)
+        return TokenDelta(req.request_id, req.index, [token],
+                          [logprob] if logprob is not None else [], reason, req.num_cached_tokens)

@@ -8,7 +8,7 @@ from typing import Sequence
 
 from bastion.config.engine import EngineConfig
 from bastion.engine.core import EngineCore
-from bastion.engine.request import TokenLogprob
+from bastion.engine.outputs import TokenLogprob
 from bastion.model.demo import default_model_path
 from bastion.model.tokenizer import load_tokenizer
 from bastion.sampling_params import SamplingParams

@@ -21,12 +21,13 @@ import zmq
 
 from bastion.config.deployment import InternalConfig
 from bastion.config.engine import EngineConfig
-from bastion.engine.core import EngineCore, EngineOutput
+from bastion.engine.core import EngineCore
+from bastion.engine.outputs import TokenDelta
 from bastion.transport import channel
 from bastion.transport.child_pipe import EngineReady
 from bastion.transport.messages import (AbortRequests, ClientHello, EngineLoad, EngineOutputs,
-                                        EngineRequest, Logprob, RequestError, SequenceOutput,
-                                        MAX_FRAME_BYTES, decode, encode)
+                                        EngineRequest, MAX_FRAME_BYTES, RequestError, decode,
+                                        encode)
 
 logger = logging.getLogger(__name__)
 
@@ -121,21 +122,21 @@ class EngineLoop:
         self.owners[message.request_id] = _Owner(message.client_index, message.params.n)
         self._publish([])
 
-    def _publish(self, outputs: list[EngineOutput]) -> None:
-        """Send each client its requests' outputs, and every client the current load."""
-        by_client: dict[int, list[SequenceOutput]] = {c: [] for c in self.clients}
+    def _publish(self, outputs: list[TokenDelta]) -> None:
+        """Send each client its requests' deltas, and every client the current load."""
+        by_client: dict[int, list[TokenDelta]] = {c: [] for c in self.clients}
         for out in outputs:
             owner = self.owners.get(out.request_id)
             if owner is None:
                 continue
-            by_client.setdefault(owner.client, []).append(_wire(out))
+            by_client.setdefault(owner.client, []).append(out)
             if out.finished:
                 owner.unfinished -= 1
                 if owner.unfinished == 0:
                     del self.owners[out.request_id]
         load = self.load()
-        for client, seqs in by_client.items():
-            self.outbox.put((client, EngineOutputs(self.index, seqs, load)))
+        for client, deltas in by_client.items():
+            self.outbox.put((client, EngineOutputs(self.index, deltas, load)))
 
     def load(self) -> EngineLoad:
         sched, blocks = self.engine.scheduler, self.engine.blocks
@@ -143,9 +144,3 @@ class EngineLoop:
         outstanding += sum(r.num_tokens for r in sched.waiting)
         rate = blocks.hit_tokens / blocks.query_tokens if blocks.query_tokens else 0.0
         return EngineLoad(len(sched.running), len(sched.waiting), outstanding, blocks.usage, rate)
-
-
-def _wire(out: EngineOutput) -> SequenceOutput:
-    return SequenceOutput(out.request_id, out.index, out.new_token_ids,
-                          [Logprob(lp.token_id, lp.logprob, lp.rank, lp.top) for lp in out.new_logprobs],
-                          out.finish_reason.value if out.finish_reason else None, out.num_cached_tokens)

@@ -2,10 +2,10 @@
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, field
 
 import torch
 
+from bastion.engine.outputs import FinishReason, TokenLogprob
 from bastion.sampling_params import SamplingParams
 
 
@@ -13,22 +13,6 @@ class RequestStatus(enum.Enum):
     WAITING = "waiting"
     RUNNING = "running"
     FINISHED = "finished"
-
-
-class FinishReason(str, enum.Enum):
-    STOP = "stop"
-    LENGTH = "length"
-    ABORT = "abort"
-
-
-@dataclass
-class TokenLogprob:
-    """Log-probability of a chosen token plus the top alternatives at that position."""
-
-    token_id: int
-    logprob: float
-    rank: int
-    top: list[tuple[int, float]] = field(default_factory=list)
 
 
 class Request:

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import torch
 
-from bastion.engine.request import Request, TokenLogprob
+from bastion.engine.outputs import TokenLogprob
+from bastion.engine.request import Request
 
 
 class Sampler:

@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 
 from bastion.config.engine import SchedulerConfig
 from bastion.engine.kv_cache import BlockManager
-from bastion.engine.request import FinishReason, Request, RequestStatus
+from bastion.engine.outputs import FinishReason
+from bastion.engine.request import Request, RequestStatus
 
 
 @dataclass

@@ -19,7 +19,7 @@ from bastion.server.balancer import RankBalancer
 from bastion.transport import channel
 from bastion.transport.child_pipe import EngineEndpoint
 from bastion.transport.messages import (AbortRequests, ClientHello, EngineOutputs,
-                                        EngineRequest, MAX_FRAME_BYTES, RequestError, SequenceOutput,
+                                        EngineRequest, MAX_FRAME_BYTES, RequestError, TokenDelta,
                                         decode, encode)
 
 logger = logging.getLogger(__name__)
@@ -95,7 +95,7 @@ class EngineClient:
         for out in message.outputs:
             self._deliver(out.request_id, out)
 
-    def _deliver(self, request_id: str, item: SequenceOutput | RequestError) -> None:
+    def _deliver(self, request_id: str, item: TokenDelta | RequestError) -> None:
         queue = self.queues.get(request_id)
         if queue is not None:
             queue.put_nowait(item)

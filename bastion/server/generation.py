@@ -17,18 +17,23 @@ from bastion.server import metrics
 from bastion.server.detokenizer import SequenceText
 from bastion.server.engine_client import EngineClient, RankUnavailable
 from bastion.server.http.errors import APIError
-from bastion.transport.messages import Logprob, RequestError, SequenceOutput
+from bastion.transport.messages import FinishReason, RequestError, TokenDelta, TokenLogprob
 
 
 @dataclass
 class SequenceDelta:
-    """What one sequence gained since the last delta."""
+    """What one sequence gained since the last delta, as the routes stream it.
+
+    Not a copy of the engine's `TokenDelta`: it carries the text released after stop-string
+    handling (held back while a stop string may still match), may merge several engine deltas,
+    and its finish reason is "stop" when a stop string ended the sequence here.
+    """
 
     index: int
     text: str
     token_ids: list[int]
-    logprobs: list[Logprob]
-    finish_reason: str | None = None
+    logprobs: list[TokenLogprob]
+    finish_reason: FinishReason | None = None
 
     def merge(self, later: "SequenceDelta") -> "SequenceDelta":
         return SequenceDelta(self.index, self.text + later.text, self.token_ids + later.token_ids,
@@ -37,11 +42,13 @@ class SequenceDelta:
 
 @dataclass
 class SequenceState:
+    """Everything one sequence has produced so far: its text (with stop strings), tokens, logprobs."""
+
     index: int
     text: SequenceText
     token_ids: list[int] = field(default_factory=list)
-    logprobs: list[Logprob] = field(default_factory=list)
-    finish_reason: str | None = None
+    logprobs: list[TokenLogprob] = field(default_factory=list)
+    finish_reason: FinishReason | None = None
 
 
 class Generation:
@@ -120,7 +127,7 @@ class Generation:
             raise APIError(503, f"{item}; the request was not completed")
         if isinstance(item, RequestError):
             raise APIError(400, item.message)
-        assert isinstance(item, SequenceOutput)
+        assert isinstance(item, TokenDelta)
         seq = self.seqs[item.index]
         if seq.finish_reason is not None:
             return None  # NOTE: the engine's abort echo after a stop string ended it here
@@ -130,7 +137,7 @@ class Generation:
         seq.logprobs += item.new_logprobs
         seq.text.add(item.new_token_ids)
         if seq.text.stopped_by is not None:
-            seq.finish_reason = "stop"
+            seq.finish_reason = FinishReason.STOP
             await self.client.abort(self.request_id, [seq.index])
         elif item.finish_reason is not None:
             seq.finish_reason = item.finish_reason

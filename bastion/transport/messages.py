@@ -3,6 +3,8 @@
 No pickle on any socket. Decoding is an allowlist of tagged message types with a size limit;
 a malformed or unexpected frame is logged and dropped (it never crashes the receiver).
 Sampling parameters travel as `SamplingParams` itself, so decoding re-runs its validation.
+Token deltas travel as the engine's own `TokenDelta` (bastion/engine/outputs.py, a leaf of pure
+data types): born in the engine's step and sent as is; the API server imports them from here.
 """
 from __future__ import annotations
 
@@ -11,7 +13,12 @@ from typing import Union
 
 import msgspec
 
+from bastion.engine.outputs import FinishReason, TokenDelta, TokenLogprob
 from bastion.sampling_params import SamplingParams
+
+__all__ = ["AbortRequests", "ClientHello", "EngineLoad", "EngineOutputs", "EngineRequest",
+           "FinishReason", "MAX_FRAME_BYTES", "Message", "RequestError", "TokenDelta",
+           "TokenLogprob", "decode", "encode"]
 
 logger = logging.getLogger(__name__)
 
@@ -47,24 +54,6 @@ class ClientHello(msgspec.Struct, tag="hello", frozen=True):
     server_key: bytes = b""  # the CURVE public key of that socket on encrypted TCP
 
 
-class Logprob(msgspec.Struct, frozen=True, array_like=True):
-    token_id: int
-    logprob: float
-    rank: int
-    top: list[tuple[int, float]] = []
-
-
-class SequenceOutput(msgspec.Struct, frozen=True):
-    """New tokens of one of a request's sequences since the last message."""
-
-    request_id: str
-    index: int
-    new_token_ids: list[int]
-    new_logprobs: list[Logprob] = []
-    finish_reason: str | None = None
-    num_cached_tokens: int = 0
-
-
 class EngineLoad(msgspec.Struct, frozen=True):
     """What an engine publishes for load balancing and metrics."""
 
@@ -76,10 +65,10 @@ class EngineLoad(msgspec.Struct, frozen=True):
 
 
 class EngineOutputs(msgspec.Struct, tag="outputs", frozen=True):
-    """Engine -> front end: one step's results plus the engine's current load."""
+    """Engine -> front end: one step's token deltas (this front end's requests) plus the load."""
 
     engine_index: int
-    outputs: list[SequenceOutput]
+    outputs: list[TokenDelta]
     load: EngineLoad | None = None
 
 

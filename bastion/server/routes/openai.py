@@ -12,7 +12,7 @@ from bastion.server.frontend import ServerState
 from bastion.server.generation import Generation, SequenceDelta, SequenceState
 from bastion.server.http.streaming import collect_unless_disconnected, sse, sse_response
 from bastion.server.routes.protocol import ChatCompletionRequest, CompletionRequest
-from bastion.transport.messages import Logprob
+from bastion.transport.messages import TokenLogprob
 
 router = APIRouter()
 
@@ -86,7 +86,7 @@ class _Reply:
     def _token(self, token_id: int) -> str:
         return self.backend.decode([token_id], skip_special_tokens=False)
 
-    def chat_logprobs(self, logprobs: list[Logprob]) -> dict | None:
+    def chat_logprobs(self, logprobs: list[TokenLogprob]) -> dict | None:
         if not self.logprobs:
             return None
         def entry(token_id: int, logprob: float) -> dict:
@@ -95,7 +95,7 @@ class _Reply:
         return {"content": [{**entry(lp.token_id, lp.logprob),
                              "top_logprobs": [entry(t, v) for t, v in lp.top]} for lp in logprobs]}
 
-    def completion_logprobs(self, logprobs: list[Logprob], offset: int = 0) -> dict | None:
+    def completion_logprobs(self, logprobs: list[TokenLogprob], offset: int = 0) -> dict | None:
         if not self.logprobs:
             return None
         tokens = [self._token(lp.token_id) for lp in logprobs]

@@ -6,7 +6,8 @@ import torch
 
 from bastion.config.engine import EngineConfig
 from bastion.engine.core import EngineCore
-from bastion.engine.request import FinishReason, Request
+from bastion.engine.outputs import FinishReason
+from bastion.engine.request import Request
 from bastion.engine.sampler import apply_penalties
 from bastion.sampling_params import SamplingParams
 

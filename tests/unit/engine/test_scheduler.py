@@ -3,7 +3,8 @@ from __future__ import annotations
 
 from bastion.config.engine import SchedulerConfig
 from bastion.engine.kv_cache import BlockManager
-from bastion.engine.request import FinishReason, Request
+from bastion.engine.outputs import FinishReason
+from bastion.engine.request import Request
 from bastion.engine.scheduler import Scheduler
 from bastion.sampling_params import SamplingParams
 

@@ -11,7 +11,7 @@ import zmq
 from bastion.sampling_params import SamplingParams
 from bastion.transport import channel
 from bastion.transport.messages import (AbortRequests, EngineLoad, EngineOutputs, EngineRequest,
-                                        Logprob, SequenceOutput, decode, encode)
+                                        TokenDelta, TokenLogprob, decode, encode)
 
 
 def test_messages_round_trip():
@@ -19,7 +19,7 @@ def test_messages_round_trip():
         EngineRequest("r1", [1, 2, 3], SamplingParams(temperature=0.5, seed=3, stop_token_ids=[9]),
                       cache_salt="tenant"),
         AbortRequests(["r1", "r2"]),
-        EngineOutputs(1, [SequenceOutput("r1", 0, [5, 6], [Logprob(5, -0.5, 1, [(5, -0.5)])], "stop", 16)],
+        EngineOutputs(1, [TokenDelta("r1", 0, [5, 6], [TokenLogprob(5, -0.5, 1, [(5, -0.5)])], "stop", 16)],
                       EngineLoad(3, 4, 1200, 0.25, 0.5)),
     ]
     for message in messages:
