@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 from bastion.config.engine import EngineConfig
 from bastion.engine.kv_cache import BlockManager
@@ -16,8 +16,26 @@ from bastion.sampling_params import SamplingParams
 logger = logging.getLogger(__name__)
 
 
+@dataclass
+class RequestGroup:
+    """The n sequences of one request and the opaque tag of the client that sent it."""
+
+    sequences: list[Request]
+    client: int
+
+    @property
+    def finished(self) -> bool:
+        return all(r.is_finished for r in self.sequences)
+
+
 class EngineCore:
-    """Owns the runner, the block manager and the scheduler of one data-parallel rank."""
+    """Owns the runner, the block manager and the scheduler of one data-parallel rank.
+
+    It is the one place that knows which requests are live and when each ends: `_groups` holds
+    the unfinished ones; a group whose last sequence finishes moves to `_ended`.
+    NOTE: `_ended` is emptied only at the start of `step()`, so `client_of` still answers for the
+    deltas that ended a request (those of the last step and of any abort since).
+    """
 
     def __init__(self, config: EngineConfig) -> None:
         self.config = config
@@ -28,7 +46,8 @@ class EngineCore:
         self.scheduler = Scheduler(config.scheduler, self.blocks)
         self.sampler = Sampler(config.model.seed)
         self.eos_token_ids = frozenset(self.runner.arch.eos_token_ids)
-        self._groups: dict[str, list[Request]] = {}
+        self._groups: dict[str, RequestGroup] = {}
+        self._ended: dict[str, RequestGroup] = {}
 
     def validate(self, prompt_token_ids: list[int], params: SamplingParams) -> None:
         """Raise ValueError for a request the engine could never serve."""
@@ -46,35 +65,44 @@ class EngineCore:
             raise ValueError(f"prompt has {n} tokens but the whole KV pool holds "
                              f"{self.limits.pool_tokens}")
 
-    def add_request(self, request_id: str, prompt_token_ids: list[int],
-                    params: SamplingParams, cache_salt: str | None = None) -> None:
-        """Queue a request (n sequences when params.n > 1); raise ValueError if it is invalid."""
+    def add_request(self, request_id: str, prompt_token_ids: list[int], params: SamplingParams,
+                    cache_salt: str | None = None, client: int = 0) -> None:
+        """Queue a request (n sequences when params.n > 1); raise ValueError if it is invalid.
+
+        `client` is an opaque tag for the caller's routing, read back with `client_of`.
+        """
         if request_id in self._groups:
             raise ValueError(f"request id {request_id!r} is already in use")
         self.validate(prompt_token_ids, params)
         max_total = min(self.limits.max_model_len, self.limits.pool_tokens)
-        group: list[Request] = []
+        group = RequestGroup([], client)
         for i in range(params.n):
             child_params = params if params.n == 1 or params.seed is None else replace(
                 params, seed=params.seed + i)
             req = Request(request_id, prompt_token_ids, child_params, self.eos_token_ids,
                           max_total, cache_salt, index=i)
             if i and self.blocks.enable_prefix_caching:
-                req.wait_for = group[0]
-            group.append(req)
+                req.wait_for = group.sequences[0]
+            group.sequences.append(req)
             self.scheduler.add(req)
         self._groups[request_id] = group
 
+    def client_of(self, request_id: str) -> int:
+        """The `client` tag of a live request, or of one that ended since the last step."""
+        group = self._groups.get(request_id) or self._ended[request_id]
+        return group.client
+
     def abort_request(self, request_id: str, index: int | None = None) -> list[TokenDelta]:
         """End every sequence of a request (or only sequence `index`) now; blocks return at once."""
-        group = self._groups.get(request_id, [])
+        group = self._groups.get(request_id)
+        if group is None:
+            return []
         outputs = []
-        for req in group:
+        for req in group.sequences:
             if not req.is_finished and (index is None or req.index == index):
                 self.scheduler.finish(req, FinishReason.ABORT)
                 outputs.append(TokenDelta(request_id, req.index, [], [], FinishReason.ABORT))
-        if all(r.is_finished for r in group):
-            self._groups.pop(request_id, None)
+        self._end_if_finished(request_id, group)
         return outputs
 
     @property
@@ -83,6 +111,7 @@ class EngineCore:
 
     def step(self) -> list[TokenDelta]:
         """Schedule, run the model, sample, and report what changed."""
+        self._ended.clear()
         out = self.scheduler.schedule()
         if out.is_empty:
             return []
@@ -102,8 +131,10 @@ class EngineCore:
             req.logprobs.append(logprob)
         if reason is not None:
             self.scheduler.finish(req, reason)
-            group = self._groups.get(req.request_id, [])
-            if all(r.is_finished for r in group):
-                self._groups.pop(req.request_id, None)
+            self._end_if_finished(req.request_id, self._groups[req.request_id])
         return TokenDelta(req.request_id, req.index, [token],
                           [logprob] if logprob is not None else [], reason, req.num_cached_tokens)
+
+    def _end_if_finished(self, request_id: str, group: RequestGroup) -> None:
+        if group.finished:
+            self._ended[request_id] = self._groups.pop(request_id)

@@ -14,7 +14,6 @@ from __future__ import annotations
 import logging
 import queue
 import threading
-from dataclasses import dataclass
 from typing import Callable
 
 import zmq
@@ -47,12 +46,6 @@ def run_engine(config: EngineConfig, index: int, ipc_dir: str, report: Callable[
     EngineLoop(engine, index, pull, zctx, listener).run()
 
 
-@dataclass
-class _Owner:
-    client: int
-    unfinished: int
-
-
 class EngineLoop:
     """Moves messages between the sockets and the engine, forever."""
 
@@ -62,7 +55,6 @@ class EngineLoop:
         self.inbox: queue.Queue = queue.Queue()
         self.outbox: queue.Queue = queue.Queue()
         self.clients: set[int] = set()
-        self.owners: dict[str, _Owner] = {}
         threading.Thread(target=self._receive, args=(pull,), daemon=True).start()
         threading.Thread(target=self._send, args=(zctx,), daemon=True).start()
 
@@ -115,25 +107,21 @@ class EngineLoop:
     def _add(self, message: EngineRequest) -> None:
         try:
             self.engine.add_request(message.request_id, message.prompt_token_ids,
-                                    message.params, message.cache_salt)
+                                    message.params, message.cache_salt, message.client_index)
         except ValueError as exc:
             self.outbox.put((message.client_index, RequestError(message.request_id, str(exc))))
             return
-        self.owners[message.request_id] = _Owner(message.client_index, message.params.n)
         self._publish([])
 
     def _publish(self, outputs: list[TokenDelta]) -> None:
-        """Send each client its requests' deltas, and every client the current load."""
+        """Send each client its requests' deltas, and every client the current load.
+
+        NOTE: called right after the engine call that made `outputs` (before the next step), so
+        the engine still knows the client of a request those deltas ended.
+        """
         by_client: dict[int, list[TokenDelta]] = {c: [] for c in self.clients}
         for out in outputs:
-            owner = self.owners.get(out.request_id)
-            if owner is None:
-                continue
-            by_client.setdefault(owner.client, []).append(out)
-            if out.finished:
-                owner.unfinished -= 1
-                if owner.unfinished == 0:
-                    del self.owners[out.request_id]
+            by_client.setdefault(self.engine.client_of(out.request_id), []).append(out)
         load = self.load()
         for client, deltas in by_client.items():
             self.outbox.put((client, EngineOutputs(self.index, deltas, load)))
