@@ -2,9 +2,10 @@
 
 The engine binds its input (PULL) socket itself, on an ipc path in the launcher's private 0700
 directory or on the internal host's port 0 over TCP with CurveZMQ (admitting only the
-deployment's keys), and reports the real endpoint through the start-up handshake. Each front end (API server) says hello with the endpoint of a
-PULL socket it bound; the engine connects a PUSH socket there, so every front end receives the
-results of its own requests, plus the engine's load after every step.
+deployment's keys), and reports the real endpoint through the start-up handshake. Each front end
+(API server) says hello with the endpoint of a PULL socket it bound; the engine connects a PUSH
+socket there, so every front end receives the token deltas of its own requests (sent as the
+engine made them), plus the engine's load after every step.
 
 Threads: an input thread decodes frames into a queue; the main thread adds and aborts requests
 and steps the engine; an output thread owns the PUSH sockets, encodes and sends.
@@ -25,8 +26,8 @@ from bastion.engine.outputs import TokenDelta
 from bastion.transport import channel
 from bastion.transport.child_pipe import EngineReady
 from bastion.transport.messages import (AbortRequests, ClientHello, EngineLoad, EngineOutputs,
-                                        EngineRequest, MAX_FRAME_BYTES, RequestError, decode,
-                                        encode)
+                                        EngineRequest, MAX_FRAME_BYTES, Message, RequestError,
+                                        decode, encode)
 
 logger = logging.getLogger(__name__)
 
@@ -90,7 +91,7 @@ class EngineLoop:
             if self.engine.has_unfinished:
                 self._publish(self.engine.step())
 
-    def _handle(self, message) -> None:
+    def _handle(self, message: Message) -> None:
         if isinstance(message, EngineRequest):
             self._add(message)
         elif isinstance(message, AbortRequests):
@@ -127,6 +128,7 @@ class EngineLoop:
             self.outbox.put((client, EngineOutputs(self.index, deltas, load)))
 
     def load(self) -> EngineLoad:
+        """What the balancer and the metrics read: queue lengths, tokens still to compute, KV use."""
         sched, blocks = self.engine.scheduler, self.engine.blocks
         outstanding = sum(r.num_tokens - r.num_computed_tokens for r in sched.running)
         outstanding += sum(r.num_tokens for r in sched.waiting)
