@@ -7,11 +7,10 @@ than `max_restarts` restarts within the window and the rank is given up (failed)
 from __future__ import annotations
 
 import collections
-import logging
 import time
 from typing import Callable
 
-logger = logging.getLogger(__name__)
+from bastion.transport.rank_state import RankState
 
 BACKOFF_BASE_S = 1.0
 BACKOFF_CAP_S = 60.0
@@ -41,13 +40,11 @@ class RestartPolicy:
         return delay
 
 
-def after_loss(policy: RestartPolicy, reason: str) -> tuple[str, float | None]:
-    """A rank was lost for `reason`: log it and say what comes next, ("restarting", when) or
-    ("failed", None) once it has used up its restarts."""
+def after_loss(policy: RestartPolicy, now: float) -> tuple[RankState, float | None]:
+    """A rank was lost (its process exited, its actor or node died, it failed to start or was
+    stopped as unhealthy): what comes next, (RESTARTING, when to start it again) or (FAILED,
+    None) once it has used up its restarts. The one decision every kind of rank makes."""
     delay = policy.next_delay()
     if delay is None:
-        logger.error("%s; it used up its restarts (--max-rank-restarts %d in --rank-restart-window-s "
-                     "%.0f): failed", reason, policy.max_restarts, policy.window_s)
-        return "failed", None
-    logger.error("%s; restarting it in %.0f s while the other ranks serve", reason, delay)
-    return "restarting", time.monotonic() + delay
+        return RankState.FAILED, None
+    return RankState.RESTARTING, now + delay

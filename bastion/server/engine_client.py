@@ -21,6 +21,7 @@ from bastion.transport.child_pipe import EngineEndpoint
 from bastion.transport.messages import (AbortRequests, ClientHello, EngineOutputs,
                                         EngineRequest, MAX_FRAME_BYTES, RequestError, TokenDelta,
                                         decode, encode)
+from bastion.transport.rank_state import RankState
 
 logger = logging.getLogger(__name__)
 
@@ -30,11 +31,13 @@ class RankUnavailable(Exception):
 
 
 @dataclass
-class RankState:
+class RankView:
+    """What this API server knows of one engine rank."""
+
     index: int
     endpoint: str
     server_key: bytes = b""
-    state: str = "ready"  # ready | waiting (its node has not registered) | restarting | failed
+    state: RankState = RankState.READY  # ready | waiting (its node has not registered) | restarting | failed
     restarts: int = 0
     reason: str = ""
     requests: set[str] = field(default_factory=set)
@@ -51,7 +54,7 @@ class EngineClient:
                  affinity_tokens: int = 2048, internal: InternalConfig = InternalConfig(),
                  keys: channel.ChannelKeys | None = None) -> None:
         self.client_index = client_index
-        self.ranks = [RankState(e.index, e.input_endpoint, e.server_key) for e in engines]
+        self.ranks = [RankView(e.index, e.input_endpoint, e.server_key) for e in engines]
         self.balancer = RankBalancer(len(engines), affinity_tokens)
         self.ctx = zmq.asyncio.Context()
         self.listener = channel.Listener(self.ctx, internal, ipc_dir, keys)
@@ -70,7 +73,7 @@ class EngineClient:
             push.setsockopt(zmq.LINGER, 0)
             self.pushes.append(push)
             if not rank.endpoint:  # a rank on another node, until that node registers
-                rank.state, rank.reason = "waiting", "its node has not registered yet"
+                rank.state, rank.reason = RankState.WAITING, "its node has not registered yet"
                 self.balancer.alive[rank.index] = False
                 continue
             self.listener.connect(push, rank.endpoint, rank.server_key)
@@ -133,7 +136,8 @@ class EngineClient:
                    else AbortRequests(sequences=[(request_id, i) for i in sequences]))
         await self.pushes[rank].send(encode(message))
 
-    def rank_down(self, index: int, reason: str, state: str = "restarting", restarts: int = 0) -> None:
+    def rank_down(self, index: int, reason: str, state: RankState = RankState.RESTARTING,
+                  restarts: int = 0) -> None:
         """Mark a rank dead and end each of its requests with RankUnavailable."""
         rank = self.ranks[index]
         rank.reason, rank.state, rank.restarts = reason, state, restarts
@@ -154,7 +158,7 @@ class EngineClient:
         await push.send(encode(ClientHello(self.client_index, self.output_endpoint, self.listener.public)))
         self.pushes[index] = push
         rank.endpoint, rank.server_key, rank.restarts = endpoint, server_key, restarts
-        rank.state, rank.reason = "ready", ""
+        rank.state, rank.reason = RankState.READY, ""
         self.balancer.revive(index)
         logger.warning("engine rank %d is ready at %s (restart %d)", index, endpoint, restarts)
 

@@ -23,6 +23,7 @@ from bastion.config.security import SecurityConfig
 from bastion.config.serve import ServeConfig
 from bastion.config.server import ServerConfig
 from bastion.transport.channel import ChannelKeys
+from bastion.transport.rank_state import RankState
 
 logger = logging.getLogger(__name__)
 
@@ -112,7 +113,7 @@ class RankDown(msgspec.Struct, tag="rank_down"):
 
     index: int
     reason: str
-    state: str = "restarting"
+    state: RankState = RankState.RESTARTING
     restarts: int = 0
 
 

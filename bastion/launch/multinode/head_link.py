@@ -26,8 +26,8 @@ HELLO_EVERY_S = 2.0
 UNANSWERED_WARNING_S = 10.0
 
 
-class Registrant:
-    """DEALER to the head's registrar at `head:port`, as a CURVE client with the node key."""
+class HeadLink:
+    """DEALER to the head's registry at `head:port`, as a CURVE client with the node key."""
 
     def __init__(self, head: str, port: int, secret: bytes, node: str, engines: list[EngineEndpoint]) -> None:
         self.node, self.engines = node, list(engines)
@@ -39,7 +39,7 @@ class Registrant:
         if ":" in head:
             self.sock.ipv6 = True
         channel.curve_client(self.sock, protocol.node_keys(secret),
-                             protocol.registrar_keys(secret).public)
+                             protocol.registry_keys(secret).public)
         self.sock.connect(f"tcp://{f'[{head}]' if ':' in head else head}:{port}")
         self.welcomed = False
         self.heartbeat_s = 1.0

@@ -1,6 +1,6 @@
 """The wire between a head and its headless nodes: typed msgpack messages over CurveZMQ.
 
-The head's registrar is a CURVE server whose keypair derives from the deployment's secret; it
+The head's registry is a CURVE server whose keypair derives from the deployment's secret; it
 admits only clients holding the derived node key. A peer without the secret fails the CURVE
 handshake: it is refused (and logged) before any message, so it learns no address.
 """
@@ -12,7 +12,7 @@ from bastion.transport.channel import CurveKeyPair, derive_keypair
 from bastion.transport.child_pipe import EngineEndpoint, RankDown, RankUp
 
 MAX_REGISTRATION_BYTES = 64 * 1024
-REGISTRAR_ROLE, NODE_ROLE = "registrar", "node"
+REGISTRY_ROLE, NODE_ROLE = "registrar", "node"  # NOTE: key derivation: head and nodes must agree
 
 
 class NodeHello(msgspec.Struct, tag="node_hello"):
@@ -63,8 +63,8 @@ def decode_to_node(payload: bytes) -> ToNode:
     return _to_node.decode(payload)
 
 
-def registrar_keys(secret: bytes) -> CurveKeyPair:
-    return derive_keypair(secret, REGISTRAR_ROLE)
+def registry_keys(secret: bytes) -> CurveKeyPair:
+    return derive_keypair(secret, REGISTRY_ROLE)
 
 
 def node_keys(secret: bytes) -> CurveKeyPair:

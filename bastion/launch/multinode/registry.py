@@ -1,6 +1,7 @@
-"""The head's registration socket for headless nodes (a thread of the head's launcher).
+"""The head's registry of remote ranks: the registration socket for headless nodes (a thread
+of the head's launcher).
 
-A node holding the deployment's secret says hello with its ranks' real endpoints; the registrar
+A node holding the deployment's secret says hello with its ranks' real endpoints; the registry
 checks they are this deployment's remote ranks and not claimed by another live node, welcomes
 the node and tells every API server (`RankUp`), which connect and balance over them. A node
 that stops heartbeating, says goodbye or reports a dead engine has those ranks marked down
@@ -23,6 +24,7 @@ from bastion.launch.multinode import protocol
 from bastion.launch.multinode.protocol import Goodbye, Heartbeat, NodeHello, Refusal, Welcome
 from bastion.transport import channel
 from bastion.transport.child_pipe import RankDown, RankUp
+from bastion.transport.rank_state import RankState
 
 logger = logging.getLogger(__name__)
 
@@ -40,7 +42,7 @@ class _Node:
     restarts: dict[int, int] = field(default_factory=dict)
 
 
-class Registrar:
+class RemoteRankRegistry:
     """Binds `tcp://address:port` (CURVE, node key only); `notify` reaches every API server."""
 
     def __init__(self, address: str, port: int, secret: bytes, remote_ranks: range,
@@ -53,7 +55,7 @@ class Registrar:
         self.sock = self.ctx.socket(zmq.ROUTER)
         self.sock.setsockopt(zmq.LINGER, 0)
         self.sock.setsockopt(zmq.MAXMSGSIZE, protocol.MAX_REGISTRATION_BYTES)
-        channel.curve_server(self.sock, protocol.registrar_keys(secret))
+        channel.curve_server(self.sock, protocol.registry_keys(secret))
         host = f"[{address}]" if ":" in address else address
         if ":" in address:
             self.sock.ipv6 = True
@@ -66,7 +68,7 @@ class Registrar:
         self.monitor = self.sock.get_monitor_socket(_HANDSHAKE_FAILURES)
         self.refused, self._refusal_logged = 0, 0.0
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="registrar", daemon=True)
+        self._thread = threading.Thread(target=self._loop, name="rank-registry", daemon=True)
 
     def start(self) -> None:
         """Answer nodes from now on (bound already, so a taken port fails before models load)."""
@@ -163,7 +165,7 @@ class Registrar:
         node = self.nodes.pop(identity)
         logger.error("node %s %s: its ranks %s are down", node.address, why, node.ranks)
         for rank in node.ranks:
-            self.notify(RankDown(rank, f"node {node.address} {why}", "restarting",
+            self.notify(RankDown(rank, f"node {node.address} {why}", RankState.RESTARTING,
                                  self.registrations.get(rank, 1) - 1))
 
     def _reply(self, identity: bytes, message) -> None:

@@ -1,129 +1,96 @@
 """The driver side of `--data-parallel-backend ray`: every engine rank is a Ray actor.
 
-`connect` joins the cluster (`--ray-address`, else RAY_ADDRESS, else a new local cluster on this
-node's address). `start_all` plans where the ranks go (placement.py), makes one named
-placement group per rank pinned to its node, starts a `RankActor` in each and awaits every
-rank's real endpoint; nothing port-shaped is chosen here. After start-up the launcher's watch
-loop calls `tick`, which polls every rank's outstanding Ray call without blocking:
+`start` joins the cluster (cluster.py). `await_ready` plans where the ranks go (placement.py),
+makes one named placement group per rank pinned to its node, starts a `RankActor` in each and
+awaits every rank's real endpoint; nothing port-shaped is chosen here. After start-up the
+launcher's watch loop calls `tick`, which polls every rank's outstanding Ray call without
+blocking:
 
-    placing (group pending) -> starting (actor's `start`) -> ready (actor's `wait`)
+    placing (group pending) --ready--> starting (actor's `start`) --ready--> ready (actor's `wait`)
+    placing, starting --not ready in time, or the call failed--> restarting
+    ready --engine exited, actor or node died--> restarting
+    restarting --due--> placing (on a node alive then) | waiting (no node has room) --retry--> ...
+    restarting --out of restarts--> failed
 
-A rank whose engine exits, or whose actor or node dies, is reported to every API server
-(`RankDown`), its actor and group are removed, and it is placed again after the restart policy's
-backoff on a node the strategy picks among those alive then; while no node has room it waits
-and retries. A rank over its restart budget is failed for good.
+A lost rank is reported (`RankDown`), its actor and group are removed, and it is placed again
+after the restart policy's backoff on a node the strategy picks among those alive then.
 """
 from __future__ import annotations
 
 import logging
-import os
 import secrets
-import signal
 import time
-import contextlib
-from contextlib import contextmanager
 from dataclasses import dataclass, replace
-from typing import Callable
 
+from bastion.config.deployment import InternalConfig
 from bastion.config.serve import ServeConfig
-from bastion.launch.launcher import SECRET_ENV_VARS
-from bastion.launch.net import HOST_IP_ENV
 from bastion.launch.procs import ChildStartError
+from bastion.launch.ranks import Notify, Rank, RankSet, Watch
 from bastion.launch.ray.actor import RankActor, RankStarted
+from bastion.launch.ray.cluster import RayCluster
 from bastion.launch.ray.placement import NoFit, bundle, nodes_from_ray, place
-from bastion.launch.restart import RestartPolicy, after_loss
-from bastion.transport.child_pipe import RankDown, RankUp
+from bastion.launch.restart import RestartPolicy
+from bastion.transport import channel
+from bastion.transport.channel import ChannelKeys
+from bastion.transport.child_pipe import EngineReady
+from bastion.transport.rank_state import RankState
 
 logger = logging.getLogger(__name__)
 
 NO_ROOM_RETRY_S = 2.0
 POLL_S = 0.1
+WATCH_S = 0.25  # NOTE: Ray calls have no file descriptor: tick() polls them this often
+_PLACED = (RankState.PLACING, RankState.STARTING, RankState.READY)
 
 
-@dataclass
-class _Rank:
-    index: int
-    policy: RestartPolicy
-    state: str = "placing"  # placing | starting | ready | restarting | failed
+@dataclass(kw_only=True)
+class _ActorRank(Rank):
     node: str = ""
     group: object = None  # its placement group
     actor: object = None
     pending: object = None  # the Ray call awaited in this state
-    due: float | None = None  # restarting: when to place it again
-    deadline: float = 0.0  # placing/starting: by when it must be ready
     started: RankStarted | None = None
     placements: int = 0
 
 
-class RayRanks:
-    """Every engine rank of one deployment, as Ray actors; `notify` reaches every API server."""
+class RayActorRanks(RankSet):
+    """Every engine rank of one deployment, as Ray actors."""
 
-    def __init__(self, config: ServeConfig, notify: Callable) -> None:
+    def __init__(self, config: ServeConfig, notify: Notify) -> None:
         assert config.ray is not None
-        self.config, self.ray_config, self.notify = config, config.ray, notify
+        super().__init__(notify)
+        self.config, self.ray_config = config, config.ray
         par = config.parallel
-        self.ranks = [_Rank(i, RestartPolicy(par.max_rank_restarts, par.rank_restart_window_s))
-                      for i in range(par.data_parallel_size)]
+        self.ranks: list[_ActorRank] = [
+            _ActorRank(i, RestartPolicy(par.max_rank_restarts, par.rank_restart_window_s), RankState.PLACING)
+            for i in range(par.data_parallel_size)]
         self.name = f"bastion-{secrets.token_hex(4)}"  # names this deployment's groups and actors
+        self.cluster = RayCluster(config.ray)
         self.api_publics: list[bytes] = []
         self.gpus = 0.0
-        self.connected = False
         self._remote_actor = None
         self._actor_options: dict = {}
 
     # -- start-up --------------------------------------------------------------------------
 
-    def connect(self) -> str:
-        """Join or start the Ray cluster; the address the API servers should listen on."""
+    def start(self, api_servers: int) -> tuple[InternalConfig, list[ChannelKeys]]:
+        """Join the cluster. The API servers listen where the actors reach them; each engine makes
+        its own keys where it runs, so only the API servers' keys are made here."""
         import ray
 
-        address = self.ray_config.address or os.environ.get("RAY_ADDRESS") or None
-        host_ip = os.environ.get(HOST_IP_ENV, "").strip() or None
-        local_ip = None if address else local_cluster_address(host_ip)
-        self._join(address, host_ip, local_ip)
-        if local_ip is not None:
-            bound = {n["NodeManagerAddress"] for n in ray.nodes()}
-            if bound != {local_ip}:
-                raise ChildStartError(f"the local Ray cluster took address {', '.join(sorted(bound))}, not "
-                                      f"{local_ip}; set {HOST_IP_ENV} to the address it should use")
-        gpus = self.ray_config.gpus_per_rank
-        if gpus is None:  # one GPU per rank when the cluster has them and the device allows
-            wants_gpu = self.config.engine.model.device in ("auto", "cuda")
-            gpus = 1.0 if wants_gpu and ray.cluster_resources().get("GPU", 0) > 0 else 0.0
-        self.gpus = gpus
-        self._actor_options = {"num_cpus": self.ray_config.cpus_per_rank, "num_gpus": gpus,
+        self.cluster.join()
+        self.gpus = self.cluster.gpus_per_rank(self.config.engine.model.device)
+        self._actor_options = {"num_cpus": self.ray_config.cpus_per_rank, "num_gpus": self.gpus,
                                "max_restarts": 0, "max_concurrency": 4,
                                "runtime_env": {"env_vars": dict(self.ray_config.env_vars)}}
         self._remote_actor = ray.remote(RankActor)
-        return self.ray_config.driver_host or ray.util.get_node_ip_address()
+        keys = channel.deployment_keys(0, api_servers)
+        self.api_publics = [k.public for k in keys]
+        return replace(self.config.internal, host=self.cluster.driver_address()), keys
 
-    def _join(self, address: str | None, host_ip: str | None, local_ip: str | None) -> None:
-        """ray.init: the cluster at `address`, or a new local one at `local_ip`."""
-        import ray
-
-        if local_ip is not None:  # a local cluster: never on the external interface by default
-            kwargs = {"_node_ip_address": local_ip, "include_dashboard": False}
-        else:
-            kwargs = {"_node_ip_address": host_ip} if host_ip else {}
-        handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
-        try:
-            # NOTE: a local cluster's processes (and so every actor) inherit os.environ
-            with _without_secrets() if local_ip else contextlib.nullcontext():
-                ray.init(address=address, namespace="bastion", logging_level=logging.WARNING,
-                         configure_logging=False, **kwargs)
-        except Exception as exc:  # NOTE: ray raises ConnectionError, RuntimeError, ValueError ...
-            where = address or "a local cluster"
-            raise ChildStartError(f"cannot connect to Ray at {where} (--ray-address / RAY_ADDRESS): "
-                                  f"{exc}") from None
-        finally:
-            for sig, handler in handlers.items():  # NOTE: ray.init installs its own SIGTERM handler
-                signal.signal(sig, handler)
-        self.connected = True
-
-    def start_all(self, api_publics: list[bytes], timeout: float) -> list[RankStarted]:
-        """Place and start every rank; return once all are ready. ChildStartError (naming the rank
-        and why) if the cluster cannot fit them, or a rank fails or misses `timeout`."""
-        self.api_publics = api_publics
+    def await_ready(self, timeout: float) -> list[EngineReady]:
+        """Place and start every rank; ChildStartError (naming the rank and why) if the cluster
+        cannot fit them, or a rank fails or misses `timeout`."""
         deadline = time.monotonic() + timeout
         try:
             plan = place([r.index for r in self.ranks], self._nodes(), self.ray_config.cpus_per_rank,
@@ -132,30 +99,22 @@ class RayRanks:
             raise ChildStartError(str(exc)) from None
         for rank in self.ranks:
             self._create_group(rank, plan[rank.index], deadline)
-        while any(r.state != "ready" for r in self.ranks):
+        while any(r.state != RankState.READY for r in self.ranks):
             self._poll(starting_up=True)
             time.sleep(POLL_S)
-        return [r.started for r in self.ranks]
-
-    # -- the launcher's watch interface (as EngineRanks) -----------------------------------
-
-    def watch_fds(self) -> dict[int, int]:
-        return {}  # NOTE: Ray calls are polled in tick(), so on_readable is never needed
-
-    def next_timeout(self, default: float) -> float:
-        return min(default, 0.25)
-
-    def children(self) -> list:
-        return []
+        return [r.started.ready for r in self.ranks]
 
     @property
-    def all_failed(self) -> bool:
-        return all(r.state == "failed" for r in self.ranks)
+    def where(self) -> str:
+        return f" on Ray nodes {', '.join(sorted({r.started.node_ip for r in self.ranks if r.started}))}"
+
+    # -- the watch ---------------------------------------------------------------------------
+
+    def watch(self, longest: float) -> Watch:
+        return {}, min(longest, WATCH_S)
 
     def tick(self) -> None:
         self._poll(starting_up=False)
-
-    # -- the state machine -----------------------------------------------------------------
 
     def _poll(self, starting_up: bool) -> None:
         import ray
@@ -166,22 +125,22 @@ class RayRanks:
             self._advance(waiting[ref], ref, starting_up)
         now = time.monotonic()
         for rank in self.ranks:
-            if rank.state in ("placing", "starting") and now > rank.deadline:
-                self._lost(rank, f"rank {rank.index} did not become ready in time on {rank.node}",
-                           starting_up)
-            elif rank.state == "restarting" and rank.due is not None and now >= rank.due:
+            if rank.state in (RankState.PLACING, RankState.STARTING) and now > rank.deadline:
+                self._rank_lost(rank, f"rank {rank.index} did not become ready in time on {rank.node}",
+                                starting_up)
+            elif rank.state in (RankState.RESTARTING, RankState.WAITING) and now >= rank.due:
                 self._replace(rank)
 
-    def _advance(self, rank: _Rank, ref, starting_up: bool) -> None:
+    def _advance(self, rank: _ActorRank, ref, starting_up: bool) -> None:
         import ray
 
         try:
             result = ray.get(ref)
         except ray.exceptions.RayError as exc:
-            self._lost(rank, _ray_failure(rank, exc), starting_up)
+            self._rank_lost(rank, _ray_failure(rank, exc), starting_up)
             return
-        if rank.state == "placing":
-            rank.state = "starting"
+        if rank.state == RankState.PLACING:
+            rank.state = RankState.STARTING
             rank.actor = self._remote_actor.options(
                 name=f"{self.name}-rank-{rank.index}-{rank.placements}",
                 scheduling_strategy=_in_group(rank.group), **self._actor_options).remote()
@@ -190,49 +149,48 @@ class RayRanks:
             rank.pending = rank.actor.start.remote(rank.index, config, self.api_publics,
                                                    self.config.server.log_level,
                                                    max(1.0, rank.deadline - time.monotonic()))
-        elif rank.state == "starting":
-            rank.state, rank.started = "ready", result
+        elif rank.state == RankState.STARTING:
+            rank.state, rank.started = RankState.READY, result
             rank.pending = rank.actor.wait.remote()
-            ready = result.ready
             logger.warning("engine rank %d is ready on Ray node %s at %s (actor pid %d, engine pid %d)",
-                           rank.index, result.node_ip, ready.input_endpoint, result.actor_pid,
+                           rank.index, result.node_ip, result.ready.input_endpoint, result.actor_pid,
                            result.engine_pid)
             if not starting_up:
-                self.notify(RankUp(rank.index, ready.input_endpoint, ready.server_key, rank.policy.total))
+                self._back(rank, result.ready)
         else:  # ready: the engine exited
-            self._lost(rank, f"engine-{rank.index} on {rank.node} exited with code {result}", starting_up)
+            self._rank_lost(rank, f"engine-{rank.index} on {rank.node} exited with code {result}", starting_up)
 
-    def _create_group(self, rank: _Rank, node_ip: str, deadline: float) -> None:
+    def _create_group(self, rank: _ActorRank, node_ip: str, deadline: float) -> None:
         from ray.util.placement_group import placement_group
 
-        rank.node, rank.state, rank.deadline = node_ip, "placing", deadline
+        rank.node, rank.state, rank.deadline = node_ip, RankState.PLACING, deadline
         rank.group = placement_group([bundle(self.ray_config.cpus_per_rank, self.gpus, node_ip)],
                                      strategy="STRICT_PACK",
                                      name=f"{self.name}-rank-{rank.index}-{rank.placements}")
         rank.pending = rank.group.ready()
         rank.placements += 1
 
-    def _replace(self, rank: _Rank) -> None:
+    def _replace(self, rank: _ActorRank) -> None:
         """Place a restarting rank again, on a node the strategy picks among those alive now."""
         try:
             node = place([rank.index], self._nodes(), self.ray_config.cpus_per_rank, self.gpus,
                          self.ray_config.placement_strategy)[rank.index]
         except NoFit as exc:
-            if rank.node != "waiting":  # NOTE: said once, not at every retry
+            if rank.state != RankState.WAITING:  # NOTE: said once, not at every retry
                 logger.error("engine rank %d waits for room: %s", rank.index, exc)
-            rank.node, rank.due = "waiting", time.monotonic() + NO_ROOM_RETRY_S
+            rank.state, rank.due = RankState.WAITING, time.monotonic() + NO_ROOM_RETRY_S
             return
         rank.due = None
         logger.warning("restarting engine rank %d on Ray node %s (restart %d)", rank.index, node,
                        rank.policy.total)
         self._create_group(rank, node, time.monotonic() + self.config.engine_startup_timeout)
 
-    def _lost(self, rank: _Rank, reason: str, starting_up: bool) -> None:
+    def _rank_lost(self, rank: _ActorRank, reason: str, starting_up: bool) -> None:
+        """Release what the rank held; during start-up that fails the start, later it restarts."""
         self._release(rank)
         if starting_up:
             raise ChildStartError(reason)
-        rank.state, rank.due = after_loss(rank.policy, reason)
-        self.notify(RankDown(rank.index, reason, rank.state, rank.policy.total))
+        self._lost(rank, reason)
 
     def _nodes(self):
         """The alive nodes, each holding the ranks placed on it now."""
@@ -241,11 +199,11 @@ class RayRanks:
         nodes = nodes_from_ray(ray.nodes())
         by_ip = {node.ip: node for node in nodes}
         for rank in self.ranks:
-            if rank.state in ("placing", "starting", "ready") and rank.node in by_ip:
+            if rank.state in _PLACED and rank.node in by_ip:
                 by_ip[rank.node].ranks.append(rank.index)
         return nodes
 
-    def _release(self, rank: _Rank) -> None:
+    def _release(self, rank: _ActorRank) -> None:
         """Kill the rank's actor and remove its placement group (either may be gone already)."""
         import ray
         from ray.util.placement_group import remove_placement_group
@@ -275,27 +233,11 @@ class RayRanks:
 
     def close(self) -> None:
         """Kill every actor, remove every group and leave (or stop the local) cluster."""
-        if not self.connected:
+        if not self.cluster.connected:
             return
-        import ray
-
         for rank in self.ranks:
             self._release(rank)
-        ray.shutdown()
-        self.connected = False
-
-
-# NOTE: Ray swaps 127.0.0.1 (and localhost, ::1) for this host's external address; another
-# loopback address is kept as given.
-LOCAL_CLUSTER_DEFAULT = "127.0.0.2"
-_RAY_LOCALHOSTS = ("127.0.0.1", "localhost", "::1")
-
-
-def local_cluster_address(host_ip: str | None) -> str:
-    """Where a local cluster's node lives: BASTION_HOST_IP, else a loopback address Ray keeps."""
-    if host_ip and host_ip not in _RAY_LOCALHOSTS:
-        return host_ip
-    return LOCAL_CLUSTER_DEFAULT
+        self.cluster.leave()
 
 
 def _in_group(group):
@@ -304,7 +246,7 @@ def _in_group(group):
     return PlacementGroupSchedulingStrategy(group, placement_group_bundle_index=0)
 
 
-def _ray_failure(rank: _Rank, exc: Exception) -> str:
+def _ray_failure(rank: _ActorRank, exc: Exception) -> str:
     """A short reason for a failed Ray call: the engine's own error, or the actor's death."""
     import ray
 
@@ -314,19 +256,3 @@ def _ray_failure(rank: _Rank, exc: Exception) -> str:
     if isinstance(exc, ray.exceptions.RayActorError):
         return f"rank {rank.index}'s actor on {rank.node} died (its node may be gone)"
     return f"rank {rank.index} on {rank.node}: {type(exc).__name__}: {str(exc).splitlines()[0]}"
-
-
-@contextmanager
-def _without_secrets():
-    """os.environ without bastion's and other secrets while a local cluster starts (its processes
-    copy it). Ray's own settings stay (`RAY_AUTH_TOKEN` is how its processes authenticate)."""
-    from bastion.launch.ray.env import is_secret
-
-    saved = {k: v for k, v in os.environ.items()
-             if (k in SECRET_ENV_VARS or is_secret(k)) and not k.startswith("RAY_")}
-    for name in saved:
-        del os.environ[name]
-    try:
-        yield
-    finally:
-        os.environ.update(saved)

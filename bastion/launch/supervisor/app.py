@@ -13,7 +13,7 @@ from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from bastion import __version__
-from bastion.launch.supervisor.rank_slot import RankSlot
+from bastion.launch.supervisor.supervised_rank import SupervisedRank
 from bastion.security.auth import Authenticator, public, requires
 from bastion.server.http.errors import install_error_handlers
 from bastion.server.http.middleware import AuthGuard
@@ -25,7 +25,7 @@ class SupervisorView(Protocol):
     """What the endpoints read from the supervisor."""
 
     phase: str  # starting | serving | draining
-    slots: list[RankSlot]
+    slots: list[SupervisedRank]
     ready_ranks_needed: int
 
 

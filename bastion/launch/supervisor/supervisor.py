@@ -23,18 +23,20 @@ import sys
 import time
 
 from bastion.config.serve import ServeConfig
-from bastion.launch.launcher import bind_listener, child_environment, rank_engine_config
+from bastion.launch.launcher import bind_listener, child_environment
+from bastion.launch.local_ranks import rank_engine_config
 from bastion.launch.procs import Child
 from bastion.launch.restart import RestartPolicy
 from bastion.launch.supervisor.app import build_supervisor_app
 from bastion.launch.supervisor.probe import Prober, ProbeTls
-from bastion.launch.supervisor.rank_slot import RankSlot
+from bastion.launch.supervisor.supervised_rank import SupervisedRank
 from bastion.security.ratelimit import Limiter
 from bastion.security.runtime import SecurityRuntime
 from bastion.security.shared_limits import LimitsService
 from bastion.server.http.server import HttpServer
 from bastion.transport import channel
 from bastion.transport.child_pipe import RankServerSpec
+from bastion.transport.rank_state import RankState
 
 logger = logging.getLogger(__name__)
 
@@ -56,7 +58,7 @@ class Supervisor:
         scheme = "https" if tls.enabled else "http"
         par = config.parallel
         first = par.data_parallel_start_rank
-        self.slots = [RankSlot(i, f"{scheme}://{url_host(self.host)}:{rank_port(config, i)}",
+        self.slots = [SupervisedRank(i, f"{scheme}://{url_host(self.host)}:{rank_port(config, i)}",
                                RestartPolicy(par.max_rank_restarts, par.rank_restart_window_s),
                                self.sup.probe_failure_threshold, self.sup.startup_timeout_s)
                       for i in range(first, first + par.local_size)]
@@ -135,7 +137,7 @@ class Supervisor:
         for child in self.children.values():
             child.signal(signal.SIGHUP)
 
-    def _spawn(self, slot: RankSlot) -> None:
+    def _spawn(self, slot: SupervisedRank) -> None:
         spec = RankServerSpec(slot.index, rank_config(self.config, slot.index),
                               str(self.limits_dir) if self.limits else None)
         child = Child(f"rank-{slot.index}", spec, env=self.env)
@@ -143,11 +145,11 @@ class Supervisor:
         slot.started(child.pid, time.monotonic())
         asyncio.get_running_loop().add_reader(child.sentinel, self._exited, slot, child)
 
-    def _exited(self, slot: RankSlot, child: Child) -> None:
+    def _exited(self, slot: SupervisedRank, child: Child) -> None:
         asyncio.get_running_loop().remove_reader(child.sentinel)
         asyncio.create_task(self._reap(slot, child))
 
-    async def _reap(self, slot: RankSlot, child: Child) -> None:
+    async def _reap(self, slot: SupervisedRank, child: Child) -> None:
         code = await asyncio.to_thread(child.wait, 5)
         last = await asyncio.to_thread(child.last_line)
         self.logs[slot.index] = child.last_lines(wait=False)
@@ -155,20 +157,20 @@ class Supervisor:
         if self.children.get(slot.index) is child:
             del self.children[slot.index]
         if self.phase == "draining":
-            slot.state, slot.pid = "stopped", None
+            slot.state, slot.pid = RankState.STOPPED, None
             return
         slot.on_exit(code, last, time.monotonic())
-        if slot.state != "failed":
+        if slot.state != RankState.FAILED:
             logger.error("rank %d %s; restarting it in %.0f s while the other ranks serve", slot.index,
                          slot.reason, slot.restart_at - time.monotonic())
             return
         logger.error("rank %d failed: %s", slot.index, slot.reason)
-        left = sum(s.state != "failed" for s in self.slots)
+        left = sum(s.state != RankState.FAILED for s in self.slots)
         if left < self.ready_ranks_needed:
             self._finish(f"rank {slot.index} failed: {slot.reason}\n  {left} rank(s) left, fewer than "
                          f"--min-ready-ranks {self.ready_ranks_needed}; stopping")
 
-    def _stop_rank(self, slot: RankSlot, grace: float) -> None:
+    def _stop_rank(self, slot: SupervisedRank, grace: float) -> None:
         child = self.children.get(slot.index)
         if child is None:
             return
@@ -178,12 +180,12 @@ class Supervisor:
         child.signal(signal.SIGTERM)
         asyncio.get_running_loop().call_later(grace, lambda: child.alive() and child.kill_tree())
 
-    async def _probe_loop(self, slot: RankSlot) -> None:
+    async def _probe_loop(self, slot: SupervisedRank) -> None:
         prober = Prober(slot.url, self.probe_tls, self.sup.probe_timeout_s)
         try:
             while True:
                 began = time.monotonic()
-                if slot.state not in ("failed", "stopped"):
+                if slot.state not in (RankState.FAILED, RankState.STOPPED):
                     if slot.on_probe(await prober.probe(), time.monotonic()):
                         logger.error("rank %d is unhealthy: %s; stopping it", slot.index, slot.reason)
                         self._stop_rank(slot, RANK_STOP_GRACE_S)
@@ -240,8 +242,8 @@ class Supervisor:
         """Every rank drains in parallel (SIGTERM); a second signal, or the time limit, kills."""
         self.phase = "draining"
         for slot in self.slots:
-            if slot.state == "restarting":
-                slot.state = "stopped"
+            if slot.state == RankState.RESTARTING:
+                slot.state = RankState.STOPPED
         for child in self.children.values():
             child.signal(signal.SIGTERM)
         deadline = time.monotonic() + self.config.server.shutdown_timeout + DRAIN_MARGIN_S

@@ -8,8 +8,8 @@ import time
 
 import pytest
 
-from bastion.launch.multinode.head_link import Registrant
-from bastion.launch.multinode.registry import Registrar
+from bastion.launch.multinode.head_link import HeadLink
+from bastion.launch.multinode.registry import RemoteRankRegistry
 from bastion.transport.child_pipe import EngineEndpoint, RankDown, RankUp
 
 SECRET = b"registration-secret-" + b"r" * 32
@@ -23,10 +23,10 @@ def engines(*ranks: int) -> list[EngineEndpoint]:
 @pytest.fixture()
 def head():
     heard: list = []
-    registrar = Registrar(HEAD, 0, SECRET, range(2, 4), heard.append, heartbeat_timeout_s=1.5)
-    registrar.start()
-    yield registrar, heard
-    registrar.close()
+    registry = RemoteRankRegistry(HEAD, 0, SECRET, range(2, 4), heard.append, heartbeat_timeout_s=1.5)
+    registry.start()
+    yield registry, heard
+    registry.close()
 
 
 def until(predicate, timeout: float = 10.0) -> bool:
@@ -36,7 +36,7 @@ def until(predicate, timeout: float = 10.0) -> bool:
     return predicate()
 
 
-def pump(node: Registrant, predicate, timeout: float = 10.0) -> bool:
+def pump(node: HeadLink, predicate, timeout: float = 10.0) -> bool:
     def step():
         node.poll()
         return predicate()
@@ -44,8 +44,8 @@ def pump(node: Registrant, predicate, timeout: float = 10.0) -> bool:
 
 
 def test_a_node_with_the_secret_registers_its_ranks(head):
-    registrar, heard = head
-    node = Registrant(HEAD, registrar.port, SECRET, "127.0.0.3", engines(2, 3))
+    registry, heard = head
+    node = HeadLink(HEAD, registry.port, SECRET, "127.0.0.3", engines(2, 3))
     try:
         assert pump(node, lambda: node.welcomed)
         assert until(lambda: len(heard) == 2)
@@ -62,23 +62,23 @@ def test_a_node_with_the_secret_registers_its_ranks(head):
 
 
 def test_a_node_without_the_secret_is_refused_and_logged(head, caplog):
-    registrar, heard = head
+    registry, heard = head
     caplog.set_level(logging.WARNING)
-    stranger = Registrant(HEAD, registrar.port, b"another-secret-" + b"x" * 32, "127.0.0.3", engines(2))
+    stranger = HeadLink(HEAD, registry.port, b"another-secret-" + b"x" * 32, "127.0.0.3", engines(2))
     try:
         assert not pump(stranger, lambda: stranger.welcomed, timeout=2.5)
-        assert heard == [] and registrar.nodes == {}
+        assert heard == [] and registry.nodes == {}
         assert until(lambda: "refused a peer at the registration port" in caplog.text)
-        assert registrar.refused > 0
+        assert registry.refused > 0
     finally:
         stranger.close()
 
 
 def test_ranks_that_are_not_remote_or_are_taken_are_refused(head):
-    registrar, heard = head
-    wrong = Registrant(HEAD, registrar.port, SECRET, "127.0.0.4", engines(1, 2))  # rank 1 is the head's
-    first = Registrant(HEAD, registrar.port, SECRET, "127.0.0.3", engines(2))
-    second = Registrant(HEAD, registrar.port, SECRET, "127.0.0.5", engines(2))
+    registry, heard = head
+    wrong = HeadLink(HEAD, registry.port, SECRET, "127.0.0.4", engines(1, 2))  # rank 1 is the head's
+    first = HeadLink(HEAD, registry.port, SECRET, "127.0.0.3", engines(2))
+    second = HeadLink(HEAD, registry.port, SECRET, "127.0.0.5", engines(2))
     try:
         assert not pump(wrong, lambda: wrong.welcomed, timeout=1.5)
         assert pump(first, lambda: first.welcomed)
@@ -90,8 +90,8 @@ def test_ranks_that_are_not_remote_or_are_taken_are_refused(head):
 
 
 def test_a_silent_node_loses_its_ranks_and_gets_them_back_when_it_returns(head):
-    registrar, heard = head
-    node = Registrant(HEAD, registrar.port, SECRET, "127.0.0.3", engines(3))
+    registry, heard = head
+    node = HeadLink(HEAD, registry.port, SECRET, "127.0.0.3", engines(3))
     try:
         assert pump(node, lambda: node.welcomed)
         assert until(lambda: any(isinstance(m, RankDown) for m in heard), timeout=10)  # no heartbeats

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 from manual_clock import ManualClock
 
-from bastion.launch.restart import RestartPolicy
+from bastion.launch.restart import RestartPolicy, after_loss
+from bastion.transport.rank_state import RankState
 
 
 def test_backoff_doubles_to_the_cap_then_the_rank_fails():
@@ -28,3 +29,12 @@ def test_a_quiet_window_resets_the_backoff_and_the_budget():
 
 def test_zero_restarts_means_fail_at_once():
     assert RestartPolicy(max_restarts=0, window_s=60).next_delay() is None
+
+
+def test_after_loss_is_restarting_at_a_time_until_the_budget_is_used_then_failed():
+    clock = ManualClock(100.0)
+    policy = RestartPolicy(max_restarts=2, window_s=600, clock=clock)
+    assert after_loss(policy, 100.0) == (RankState.RESTARTING, 101.0)
+    assert after_loss(policy, 102.0) == (RankState.RESTARTING, 104.0)
+    assert after_loss(policy, 105.0) == (RankState.FAILED, None)
+    assert RankState.FAILED == "failed" and f"{RankState.RESTARTING}" == "restarting"

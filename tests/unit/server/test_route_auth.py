@@ -60,9 +60,9 @@ def test_a_route_without_a_decision_is_refused_even_to_an_admin(tmp_path):
 def supervisor_app(security: SecurityConfig = SecurityConfig()):
     from bastion.launch.restart import RestartPolicy
     from bastion.launch.supervisor.app import build_supervisor_app
-    from bastion.launch.supervisor.rank_slot import RankSlot
+    from bastion.launch.supervisor.supervised_rank import SupervisedRank
 
-    slots = [RankSlot(i, f"http://127.0.0.1:{8000 + i}", RestartPolicy(5, 600), 3, 60.0) for i in range(2)]
+    slots = [SupervisedRank(i, f"http://127.0.0.1:{8000 + i}", RestartPolicy(5, 600), 3, 60.0) for i in range(2)]
     slots[0].state = "ready"
     view = SimpleNamespace(phase="serving", slots=slots, ready_ranks_needed=2)
     return build_supervisor_app(view, Authenticator(security)), view

@@ -5,14 +5,14 @@ from manual_clock import ManualClock
 
 from bastion.launch.restart import RestartPolicy
 from bastion.launch.supervisor.probe import ProbeResult
-from bastion.launch.supervisor.rank_slot import RankSlot, exit_reason
+from bastion.launch.supervisor.supervised_rank import SupervisedRank, exit_reason
 
 PASS = ProbeResult(True, 0.01, 200)
 REFUSED = ProbeResult(False, 0.01, error="ConnectError: [Errno 111] Connection refused")
 
 
-def slot(clock: ManualClock, max_restarts: int = 2, threshold: int = 3) -> RankSlot:
-    rank = RankSlot(1, "http://127.0.0.1:8001", RestartPolicy(max_restarts, 600, clock), threshold, 30.0)
+def slot(clock: ManualClock, max_restarts: int = 2, threshold: int = 3) -> SupervisedRank:
+    rank = SupervisedRank(1, "http://127.0.0.1:8001", RestartPolicy(max_restarts, 600, clock), threshold, 30.0)
     rank.started(pid=100, now=clock())
     return rank
 
