@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 import select
 import shutil
 import signal
@@ -23,10 +22,10 @@ import socket
 import sys
 
 from bastion.config.serve import ServeConfig
+from bastion.launch.environment import child_environment
 from bastion.launch.multinode.registry import Registrar
 from bastion.launch.procs import Child, ChildStartError, await_all
 from bastion.launch.ranks import EngineRanks
-from bastion.security.keys import ENV_VAR as API_KEY_ENV_VAR
 from bastion.security.ratelimit import Limiter
 from bastion.security.shared_limits import LimitsService
 from bastion.transport import channel
@@ -36,7 +35,6 @@ logger = logging.getLogger(__name__)
 
 API_SERVER_STARTUP_TIMEOUT = 120.0
 ENGINE_STOP_TIMEOUT = 5.0
-SECRET_ENV_VARS = frozenset({API_KEY_ENV_VAR})
 
 
 class StopRequested(Exception):
@@ -241,13 +239,6 @@ class Launcher:
             child.kill()
             child.wait(10)
             child.close()
-
-
-def child_environment(log_level: str) -> dict[str, str]:
-    """The launcher's environment without its secrets (keys reach children as digests in the spec)."""
-    env = {k: v for k, v in os.environ.items() if k not in SECRET_ENV_VARS}
-    env["BASTION_LOG_LEVEL"] = log_level
-    return env
 
 
 def rank_engine_config(config: ServeConfig, index: int):

@@ -16,8 +16,8 @@ import signal
 import sys
 
 from bastion.config.serve import ServeConfig
-from bastion.launch.launcher import (ENGINE_STOP_TIMEOUT, StopRequested, child_environment,
-                                    rank_engine_config)
+from bastion.launch.environment import child_environment
+from bastion.launch.launcher import ENGINE_STOP_TIMEOUT, StopRequested, rank_engine_config
 from bastion.launch.multinode.head_link import Registrant
 from bastion.launch.procs import Child, ChildStartError, await_all
 from bastion.launch.ranks import EngineRanks

@@ -21,12 +21,11 @@ import secrets
 import signal
 import time
 import contextlib
-from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from typing import Callable
 
 from bastion.config.serve import ServeConfig
-from bastion.launch.launcher import SECRET_ENV_VARS
+from bastion.launch.environment import secrets_hidden
 from bastion.launch.net import HOST_IP_ENV
 from bastion.launch.procs import ChildStartError
 from bastion.launch.ray.actor import RankActor, RankStarted
@@ -108,7 +107,7 @@ class RayRanks:
         handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
         try:
             # NOTE: a local cluster's processes (and so every actor) inherit os.environ
-            with _without_secrets() if local_ip else contextlib.nullcontext():
+            with secrets_hidden() if local_ip else contextlib.nullcontext():
                 ray.init(address=address, namespace="bastion", logging_level=logging.WARNING,
                          configure_logging=False, **kwargs)
         except Exception as exc:  # NOTE: ray raises ConnectionError, RuntimeError, ValueError ...
@@ -314,19 +313,3 @@ def _ray_failure(rank: _Rank, exc: Exception) -> str:
     if isinstance(exc, ray.exceptions.RayActorError):
         return f"rank {rank.index}'s actor on {rank.node} died (its node may be gone)"
     return f"rank {rank.index} on {rank.node}: {type(exc).__name__}: {str(exc).splitlines()[0]}"
-
-
-@contextmanager
-def _without_secrets():
-    """os.environ without bastion's and other secrets while a local cluster starts (its processes
-    copy it). Ray's own settings stay (`RAY_AUTH_TOKEN` is how its processes authenticate)."""
-    from bastion.launch.ray.env import is_secret
-
-    saved = {k: v for k, v in os.environ.items()
-             if (k in SECRET_ENV_VARS or is_secret(k)) and not k.startswith("RAY_")}
-    for name in saved:
-        del os.environ[name]
-    try:
-        yield
-    finally:
-        os.environ.update(saved)

@@ -23,7 +23,8 @@ import sys
 import time
 
 from bastion.config.serve import ServeConfig
-from bastion.launch.launcher import bind_listener, child_environment, rank_engine_config
+from bastion.launch.environment import child_environment
+from bastion.launch.launcher import bind_listener, rank_engine_config
 from bastion.launch.procs import Child
 from bastion.launch.restart import RestartPolicy
 from bastion.launch.supervisor.app import build_supervisor_app
