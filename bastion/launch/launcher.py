@@ -29,6 +29,7 @@ from bastion.launch.ranks import EngineRanks
 from bastion.security.ratelimit import Limiter
 from bastion.security.shared_limits import LimitsService
 from bastion.transport import channel
+from bastion.transport.addresses import url_host
 from bastion.transport.child_pipe import ApiServerSpec, EngineEndpoint, EngineReady, EngineSet, EngineSpec
 
 logger = logging.getLogger(__name__)
@@ -126,7 +127,7 @@ class Launcher:
             self.registrar.start()
         await_all(self.api_servers, API_SERVER_STARTUP_TIMEOUT)
         host, port = sock.getsockname()[:2]
-        shown = f"[{host}]" if ":" in host else host
+        shown = url_host(host)
         scheme = "https" if sec.tls.enabled else "http"
         dp, apis = cfg.parallel.data_parallel_size, cfg.parallel.api_server_count
         print(f"bastion: serving {', '.join(cfg.server.served_model_names)} on {scheme}://{shown}:{port} "

@@ -22,6 +22,7 @@ from zmq.utils.monitor import recv_monitor_message
 from bastion.launch.multinode import protocol
 from bastion.launch.multinode.protocol import Goodbye, Heartbeat, NodeHello, Refusal, Welcome
 from bastion.transport import channel
+from bastion.transport.addresses import url_host
 from bastion.transport.child_pipe import RankDown, RankUp
 
 logger = logging.getLogger(__name__)
@@ -54,7 +55,7 @@ class Registrar:
         self.sock.setsockopt(zmq.LINGER, 0)
         self.sock.setsockopt(zmq.MAXMSGSIZE, protocol.MAX_REGISTRATION_BYTES)
         channel.curve_server(self.sock, protocol.registrar_keys(secret))
-        host = f"[{address}]" if ":" in address else address
+        host = url_host(address)
         if ":" in address:
             self.sock.ipv6 = True
         try:

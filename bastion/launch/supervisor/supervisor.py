@@ -35,6 +35,7 @@ from bastion.security.runtime import SecurityRuntime
 from bastion.security.shared_limits import LimitsService
 from bastion.server.http.server import HttpServer
 from bastion.transport import channel
+from bastion.transport.addresses import url_host
 from bastion.transport.child_pipe import RankServerSpec
 
 logger = logging.getLogger(__name__)
@@ -281,7 +282,3 @@ def rank_config(config: ServeConfig, index: int) -> ServeConfig:
 def probe_host(host: str) -> str:
     """Where the supervisor reaches ranks bound to `host`: loopback for a wildcard bind."""
     return {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "::1"}.get(host, host)
-
-
-def url_host(host: str) -> str:
-    return f"[{host}]" if ":" in host else host
