@@ -13,16 +13,15 @@ import argparse
 import json
 import os
 import signal
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
 
 import httpx
 
+from bastion.bench.harness import SUPERVISING, ServeProcess
 from bastion.bench.ports import free_port_block
-from bastion.launch.procs import descendants, terminate
+from bastion.launch.procs import descendants
 
 TARGETS = {"detection_s": 1.5, "recovery_s": 10.0, "errors_on_healthy_ranks": 0}
 
@@ -53,7 +52,8 @@ class Deployment:
     """The supervisor to measure: given by --url, or started here and stopped at the end."""
 
     def __init__(self, args: argparse.Namespace) -> None:
-        self.args, self.proc = args, None
+        self.args = args
+        self.server: ServeProcess | None = None  # the deployment, when started here
         self.http = {"timeout": 10, "verify": _verify(args)}
         key = os.environ.get("BASTION_API_KEY", "").split(",")[0].strip()
         if key:
@@ -64,20 +64,12 @@ class Deployment:
         from bastion.model.demo import default_model_path
 
         a = self.args
-        cmd = [sys.executable, "-m", "bastion.cli", "serve", a.model or str(default_model_path()),
-               "--data-parallel-multi-port-external-lb", "-dp", str(a.ranks), "--port",
-               str(free_port_block(a.ranks)), "--data-parallel-supervisor-port", "0",
-               "--dp-supervisor-probe-interval-s", str(a.probe_interval_s),
-               "--dp-supervisor-probe-timeout-s", str(a.probe_timeout_s)]
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
-        deadline = time.monotonic() + 600
-        for line in self.proc.stdout:
-            if line.startswith("bastion: supervising") and "supervisor at " in line:
-                return line.split("supervisor at ", 1)[1].split()[0]
-            if time.monotonic() > deadline:
-                break
-        self.stop()
-        raise RuntimeError("the benchmark's deployment did not start (see its log above)")
+        self.server = ServeProcess(
+            [a.model or str(default_model_path()), "--data-parallel-multi-port-external-lb", "-dp", str(a.ranks),
+             "--port", str(free_port_block(a.ranks)), "--data-parallel-supervisor-port", "0",
+             "--dp-supervisor-probe-interval-s", str(a.probe_interval_s),
+             "--dp-supervisor-probe-timeout-s", str(a.probe_timeout_s)], SUPERVISING, capture_stderr=False)
+        return self.server.wait_ready(600, "the benchmark's deployment")["url"]
 
     def ranks(self) -> list[dict]:
         reply = httpx.get(f"{self.url}/ranks", **self.http)
@@ -87,8 +79,8 @@ class Deployment:
         return reply.json()["data"]
 
     def stop(self) -> None:
-        if self.proc is not None:
-            terminate(self.proc, 120)
+        if self.server is not None:
+            self.server.stop(120)
 
 
 def _verify(args: argparse.Namespace):

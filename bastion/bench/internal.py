@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import argparse
 
-from bastion.bench.serve import PROMPT_VOCAB, _Server, measure_serving, workload
+from bastion.bench.harness import bench_server
+from bastion.bench.serve_load import measure_serving
+from bastion.bench.workloads import PROMPT_VOCAB, workload
 
 VARIANTS = {
     "ipc": ("--internal-transport", "ipc"),
@@ -25,7 +27,7 @@ def compare_internal(args: argparse.Namespace) -> dict:
     result: dict = {"model": model}
     for name, flags in VARIANTS.items():
         print(f"--- internal sockets: {name} ({' '.join(flags)})")
-        with _Server(model, args, flags) as url:
+        with bench_server(model, args, flags) as url:
             result[name] = measure_serving(url, args, reqs)
     tps = {name: result[name]["output_tokens_per_s"] for name in VARIANTS}
     result["tcp_curve_over_ipc"] = round(tps["tcp_curve"] / tps["ipc"], 3) if tps["ipc"] else None

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import argparse
 
-from bastion.bench.serve import PROMPT_VOCAB, _Server, measure_serving, workload
+from bastion.bench.harness import bench_server
+from bastion.bench.serve_load import measure_serving
+from bastion.bench.workloads import PROMPT_VOCAB, workload
 
 
 def compare_ray(args: argparse.Namespace) -> dict:
@@ -24,7 +26,7 @@ def compare_ray(args: argparse.Namespace) -> dict:
     result: dict = {"model": model, "ranks": args.ranks}
     for name, flags in variants.items():
         print(f"--- {args.ranks} ranks as {name} ({' '.join(flags)})")
-        with _Server(model, args, flags) as url:
+        with bench_server(model, args, flags) as url:
             result[name] = measure_serving(url, args, reqs)
     local, ray = (result[name]["output_tokens_per_s"] for name in variants)
     result.update(local_output_tokens_per_s=local, ray_output_tokens_per_s=ray,

@@ -5,24 +5,16 @@ the offline engine in the same run (same requests, same concurrency), printing t
 from __future__ import annotations
 
 import argparse
-import asyncio
-import dataclasses
 import json
-import os
-import resource
-import subprocess
-import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
-from bastion.args.engine import engine_kwargs
-from bastion.bench.serve_load import LoadSettings, run_load, summarize
-from bastion.bench.workloads import BenchRequest, mixed_workload, shared_prefix_workload
-from bastion.launch.procs import terminate
-
-PROMPT_VOCAB = 4096
+from bastion.bench.harness import bench_server
+from bastion.bench.internal import compare_internal
+from bastion.bench.ray_compare import compare_ray
+from bastion.bench.serve_load import measure_serving
+from bastion.bench.workloads import PROMPT_VOCAB, BenchRequest, workload
 
 
 def add_serve_bench_args(parser: argparse.ArgumentParser) -> None:
@@ -61,58 +53,6 @@ def add_serve_bench_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", default=None, metavar="PATH", help="write the results as JSON")
 
 
-def workload(args: argparse.Namespace, vocab: int) -> list[BenchRequest]:
-    if args.workload == "mixed":
-        reqs = mixed_workload(args.num_requests or 128, vocab, args.workload_seed)
-    else:
-        reqs = shared_prefix_workload(args.num_requests or 64, vocab, args.workload_seed)
-    if args.max_tokens:
-        reqs = [BenchRequest(r.prompt_token_ids, args.max_tokens) for r in reqs]
-    return reqs
-
-
-def _served_model(settings: LoadSettings) -> str:
-    import httpx
-
-    headers = {"Authorization": f"Bearer {settings.api_key}"} if settings.api_key else {}
-    reply = httpx.get(f"{settings.url}/v1/models", headers=headers, timeout=30, verify=settings.verify())
-    if reply.status_code != 200:
-        raise ValueError(f"GET {settings.url}/v1/models answered {reply.status_code}: "
-                         f"{reply.text[:200]} (--api-key or BASTION_API_KEY?)")
-    return reply.json()["data"][0]["id"]
-
-
-def measure_serving(url: str, args: argparse.Namespace, reqs: list[BenchRequest]) -> dict:
-    api_key = args.api_key or os.environ.get("BASTION_API_KEY")
-    client_cert = None
-    if args.ssl_client_certfile or args.ssl_client_keyfile:
-        if not (args.ssl_client_certfile and args.ssl_client_keyfile):
-            raise ValueError("--ssl-client-certfile and --ssl-client-keyfile go together")
-        client_cert = (args.ssl_client_certfile, args.ssl_client_keyfile)
-    settings = LoadSettings(url.rstrip("/"), args.served_model or "", api_key, args.concurrency,
-                            args.request_rate, ca_certs=args.ssl_ca_certs, client_cert=client_cert)
-    if not settings.model:
-        settings = dataclasses.replace(settings, model=_served_model(settings))
-    warm = mixed_workload(4, PROMPT_VOCAB, seed=99, prompt_range=(16, 64), output_range=(4, 8))
-    asyncio.run(run_load(settings, warm))
-    cpu_before = _cpu_seconds()
-    results, seconds = asyncio.run(run_load(settings, reqs))
-    summary = summarize(results, seconds)
-    summary["client_cpu_seconds"] = round(_cpu_seconds() - cpu_before, 2)
-    print(f"serving: {summary['requests_per_s']:.2f} req/s, {summary['output_tokens_per_s']:.1f} output tok/s, "
-          f"{summary['errors']} errors, {len(reqs)} requests at concurrency {args.concurrency} "
-          f"(the load generator used {summary['client_cpu_seconds']} CPU-s in {summary['seconds']} s)")
-    for name in ("ttft_ms", "itl_ms", "e2e_ms"):
-        p = summary[name]
-        print(f"  {name[:-3]:5s} p50 {p['p50']:9.1f} ms  p90 {p['p90']:9.1f} ms  p99 {p['p99']:9.1f} ms")
-    return summary
-
-
-def _cpu_seconds() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
-
-
 def run_serve_bench(args: argparse.Namespace) -> int:
     if [bool(args.url), args.compare_offline, args.compare_internal, args.compare_ray].count(True) != 1:
         raise ValueError("give one of --url URL (a running server), --compare-offline, --compare-internal "
@@ -123,10 +63,8 @@ def run_serve_bench(args: argparse.Namespace) -> int:
         with tempfile.TemporaryDirectory(prefix="bastion-bench-") as tmp:
             result = compare_offline(args, Path(tmp))
     elif args.compare_internal:
-        from bastion.bench.internal import compare_internal
         result = compare_internal(args)
     elif args.compare_ray:
-        from bastion.bench.ray_compare import compare_ray
         result = compare_ray(args)
     else:
         result = measure_serving(args.url, args, workload(args, PROMPT_VOCAB))
@@ -147,7 +85,7 @@ def compare_offline(args: argparse.Namespace, tmp: Path) -> dict:
         model = str(default_model_path())
     from bastion.model.arch import read_arch_config
     reqs = workload(args, min(read_arch_config(model).vocab_size, 32000))
-    with _Server(model, args) as url:
+    with bench_server(model, args) as url:
         result = measure_serving(url, args, reqs)
     offline = measure_offline(model, args, reqs)
     ratio = round(result["output_tokens_per_s"] / offline, 3) if offline else None
@@ -180,41 +118,3 @@ def measure_offline(model: str, args: argparse.Namespace, reqs: list[BenchReques
             if out.finished and queue:
                 add_next()
     return produced / (time.perf_counter() - started)
-
-
-class _Server:
-    """`bastion serve MODEL --port 0` with the bench's engine flags, for --compare-offline."""
-
-    def __init__(self, model: str, args: argparse.Namespace, extra: tuple[str, ...] = ()) -> None:
-        self.cmd = [sys.executable, "-m", "bastion.cli", "serve", model, "--port", "0",
-                    *engine_flags(args), *extra]
-
-    def __enter__(self) -> str:
-        self.proc = subprocess.Popen(self.cmd, stdout=subprocess.PIPE, text=True)
-        found: list[str] = []
-        reader = threading.Thread(target=lambda: found.extend(
-            line.split(" on ", 1)[1].split()[0] for line in self.proc.stdout if " on http" in line))
-        reader.daemon = True
-        reader.start()
-        deadline = time.monotonic() + 600
-        while not found and self.proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.1)
-        if not found:
-            self.__exit__()
-            raise RuntimeError("the benchmark's server did not start (see its log above)")
-        return found[0]
-
-    def __exit__(self, *exc) -> None:
-        terminate(self.proc, 60)
-
-
-def engine_flags(args: argparse.Namespace) -> list[str]:
-    """The engine flags given to the bench, as `bastion serve` arguments."""
-    flags = []
-    for name, value in engine_kwargs(args).items():
-        flag = "--" + name.replace("_", "-")
-        if isinstance(value, bool):
-            flags.append(flag if value else flag.replace("--", "--no-", 1))
-        elif value is not None:
-            flags += [flag, str(value)]
-    return flags

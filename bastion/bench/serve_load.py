@@ -2,19 +2,23 @@
 prompts, closed-loop (fixed concurrency) or open-loop (Poisson arrivals), with latency stats.
 
 It uses raw httpx and parses only what it measures, so the client costs the server's CPU as
-little as possible on a small machine.
+little as possible on a small machine. `measure_serving` runs the bench's flags against a URL:
+a warm-up, then the workload, and prints the summary.
 """
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
+import os
 import random
+import resource
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import httpx
 
-from bastion.bench.workloads import BenchRequest
+from bastion.bench.workloads import PROMPT_VOCAB, BenchRequest, mixed_workload
 
 
 @dataclass
@@ -129,3 +133,43 @@ def summarize(results: list[RequestResult], seconds: float) -> dict:
             "itl_ms": percentiles([x for r in ok for x in r.itls]),
             "e2e_ms": percentiles([r.e2e for r in ok]),
             "first_errors": sorted({r.error for r in results if not r.ok})[:3]}
+
+
+def _served_model(settings: LoadSettings) -> str:
+    headers = {"Authorization": f"Bearer {settings.api_key}"} if settings.api_key else {}
+    reply = httpx.get(f"{settings.url}/v1/models", headers=headers, timeout=30, verify=settings.verify())
+    if reply.status_code != 200:
+        raise ValueError(f"GET {settings.url}/v1/models answered {reply.status_code}: "
+                         f"{reply.text[:200]} (--api-key or BASTION_API_KEY?)")
+    return reply.json()["data"][0]["id"]
+
+
+def measure_serving(url: str, args: argparse.Namespace, reqs: list[BenchRequest]) -> dict:
+    api_key = args.api_key or os.environ.get("BASTION_API_KEY")
+    client_cert = None
+    if args.ssl_client_certfile or args.ssl_client_keyfile:
+        if not (args.ssl_client_certfile and args.ssl_client_keyfile):
+            raise ValueError("--ssl-client-certfile and --ssl-client-keyfile go together")
+        client_cert = (args.ssl_client_certfile, args.ssl_client_keyfile)
+    settings = LoadSettings(url.rstrip("/"), args.served_model or "", api_key, args.concurrency,
+                            args.request_rate, ca_certs=args.ssl_ca_certs, client_cert=client_cert)
+    if not settings.model:
+        settings = replace(settings, model=_served_model(settings))
+    warm = mixed_workload(4, PROMPT_VOCAB, seed=99, prompt_range=(16, 64), output_range=(4, 8))
+    asyncio.run(run_load(settings, warm))
+    cpu_before = _cpu_seconds()
+    results, seconds = asyncio.run(run_load(settings, reqs))
+    summary = summarize(results, seconds)
+    summary["client_cpu_seconds"] = round(_cpu_seconds() - cpu_before, 2)
+    print(f"serving: {summary['requests_per_s']:.2f} req/s, {summary['output_tokens_per_s']:.1f} output tok/s, "
+          f"{summary['errors']} errors, {len(reqs)} requests at concurrency {args.concurrency} "
+          f"(the load generator used {summary['client_cpu_seconds']} CPU-s in {summary['seconds']} s)")
+    for name in ("ttft_ms", "itl_ms", "e2e_ms"):
+        p = summary[name]
+        print(f"  {name[:-3]:5s} p50 {p['p50']:9.1f} ms  p90 {p['p90']:9.1f} ms  p99 {p['p99']:9.1f} ms")
+    return summary
+
+
+def _cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime

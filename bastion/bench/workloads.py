@@ -1,10 +1,14 @@
-"""Fixed-seed benchmark workloads and the synthetic ~110M Llama checkpoint."""
+"""Fixed-seed benchmark workloads (`workload` picks one from the bench's flags) and the synthetic
+~110M Llama checkpoint."""
 from __future__ import annotations
 
+import argparse
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+PROMPT_VOCAB = 4096  # prompt token ids stay below this where the bench does not read the model's vocabulary
 
 
 @dataclass(frozen=True)
@@ -34,6 +38,17 @@ def shared_prefix_workload(num_requests: int, vocab_size: int, seed: int = 0,
     prefix = rng.integers(10, vocab_size, prefix_len).tolist()
     return [BenchRequest(prefix + rng.integers(10, vocab_size, suffix_len).tolist(), output_len)
             for _ in range(num_requests)]
+
+
+def workload(args: argparse.Namespace, vocab: int) -> list[BenchRequest]:
+    if args.workload == "mixed":
+        reqs = mixed_workload(args.num_requests or 128, vocab, args.workload_seed)
+    else:
+        reqs = shared_prefix_workload(args.num_requests or 64, vocab, args.workload_seed)
+    if args.max_tokens:
+        reqs = [BenchRequest(r.prompt_token_ids, args.max_tokens) for r in reqs]
+    return reqs
+
 
 
 def write_synthetic_110m(out: Path, seed: int = 0) -> Path:

@@ -18,7 +18,6 @@ headless node runs the same launcher without API servers (multinode/headless.py)
 from __future__ import annotations
 
 import logging
-import os
 import select
 import shutil
 import signal
@@ -26,14 +25,15 @@ import socket
 import sys
 
 from bastion.config.serve import ServeConfig
+from bastion.launch.environment import child_environment
 from bastion.launch.local_ranks import LocalRanks
 from bastion.launch.multinode.registry import RemoteRankRegistry
 from bastion.launch.procs import Child, ChildStartError, await_all
 from bastion.launch.ranks import RankSet
-from bastion.security.keys import ENV_VAR as API_KEY_ENV_VAR
 from bastion.security.ratelimit import Limiter
 from bastion.security.shared_limits import LimitsService
 from bastion.transport import channel
+from bastion.transport.addresses import url_host
 from bastion.transport.child_pipe import ApiServerSpec, EngineEndpoint, EngineReady, EngineSet
 
 logger = logging.getLogger(__name__)
@@ -41,7 +41,6 @@ logger = logging.getLogger(__name__)
 API_SERVER_STARTUP_TIMEOUT = 120.0
 ENGINE_STOP_TIMEOUT = 5.0
 WATCH_S = 0.25  # the watch loop's longest wait
-SECRET_ENV_VARS = frozenset({API_KEY_ENV_VAR})
 
 
 class StopRequested(Exception):
@@ -142,7 +141,7 @@ class Launcher:
             self.registry.start()
         await_all(self.api_servers, API_SERVER_STARTUP_TIMEOUT)
         host, port = sock.getsockname()[:2]
-        shown = f"[{host}]" if ":" in host else host
+        shown = url_host(host)
         scheme = "https" if cfg.security.tls.enabled else "http"
         dp, apis = par.data_parallel_size, par.api_server_count
         print(f"bastion: serving {', '.join(cfg.server.served_model_names)} on {scheme}://{shown}:{port} "
@@ -241,11 +240,6 @@ class Launcher:
             shutil.rmtree(folder, ignore_errors=True)
 
 
-def child_environment(log_level: str) -> dict[str, str]:
-    """The launcher's environment without its secrets (keys reach children as digests in the spec)."""
-    env = {k: v for k, v in os.environ.items() if k not in SECRET_ENV_VARS}
-    env["BASTION_LOG_LEVEL"] = log_level
-    return env
 
 
 def bind_listener(host: str, port: int, flags: str = "--host/--port") -> socket.socket:

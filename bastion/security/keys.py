@@ -6,7 +6,7 @@ Key file (``--api-key-file``)::
     requests_per_minute = 600
 
     [keys.alice]
-    sha256 = "9f86d081..."           # hex digest of the key (`bastion hash-key`), or:
+    sha256 = "9f86d081..."           # hex SHA-256 of the key: printf %s KEY | sha256sum, or:
     # key = "sk-..."                 # the key itself (the file must then be private)
     tenant = "acme"
     scopes = ["inference", "metrics"]   # any of inference, metrics, admin

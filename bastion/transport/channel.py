@@ -21,6 +21,7 @@ import zmq.auth.thread
 from zmq.utils import z85
 
 from bastion.config.deployment import InternalConfig
+from bastion.transport.addresses import url_host
 
 logger = logging.getLogger(__name__)
 
@@ -182,8 +183,7 @@ class Listener:
         host = self.internal.host
         if ":" in host:  # an IPv6 address
             sock.ipv6 = True
-            host = f"[{host}]"
-        return bind(sock, f"tcp://{host}:0")
+        return bind(sock, f"tcp://{url_host(host)}:0")
 
     def connect(self, sock: zmq.Socket, endpoint: str, server_public: bytes) -> None:
         """Connect to a deployment peer; over encrypted TCP as a CURVE client of `server_public`.

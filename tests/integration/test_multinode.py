@@ -4,42 +4,37 @@ registers over CurveZMQ. Requests are balanced over both; a node without the sec
 a killed node's rank goes down while the head serves on, and comes back when it restarts."""
 from __future__ import annotations
 
-import os
 import signal
-import subprocess
-import sys
-import threading
 import time
 
 import httpx
 import psutil
 import pytest
-from server_process import ServerProcess, terminate
+from server_process import ServerProcess
 
+from bastion.bench.harness import HEADLESS, ServeProcess
 from bastion.bench.ports import free_port_block
 
 HEAD, NODE = "127.0.0.2", "127.0.0.3"
 
 
-class HeadlessNode:
+class HeadlessNode(ServeProcess):
     """`bastion serve --headless` for rank 1 of 2, waiting for its ready line."""
 
     def __init__(self, port: int, secret, address: str = NODE) -> None:
-        cmd = [sys.executable, "-m", "bastion.cli", "--log-level", "warning", "serve", "--headless", "-dp", "2",
-               "-dpr", "1", "-dpl", "1", "-dpa", HEAD, "-dpp", str(port), "--internal-secret-file", str(secret)]
-        env = {**os.environ, "BASTION_HOST_IP": address}
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-        self.stderr: list[str] = []
-        threading.Thread(target=lambda: self.stderr.extend(self.proc.stderr), daemon=True).start()
-        line = self.proc.stdout.readline()
+        super().__init__(["--headless", "-dp", "2", "-dpr", "1", "-dpl", "1", "-dpa", HEAD, "-dpp", str(port),
+                          "--internal-secret-file", str(secret)], HEADLESS, log_level="warning",
+                         env={"BASTION_HOST_IP": address})
+        self.family: list[psutil.Process] = []
+        line = self.wait_ready(180, "headless node").string
         assert "headless node serving ranks 1..1" in line, "".join(self.stderr)[-3000:]
         self.family = psutil.Process(self.proc.pid).children(recursive=True)
 
     def engine(self) -> psutil.Process:
         return next(p for p in self.family if "engine-1" in " ".join(p.cmdline()))
 
-    def stop(self) -> None:
-        terminate(self.proc, 30)
+    def stop(self, timeout: float = 30.0) -> None:
+        super().stop(timeout)
         for proc in self.family:
             if proc.is_running():
                 proc.kill()

@@ -11,8 +11,6 @@ import threading
 import time
 
 import httpx
-import psutil
-import pytest
 
 from server_process import ServerProcess
 

@@ -4,21 +4,14 @@ on port 0 (its URL read from the ready line). Ranks restart, so their processes 
 name: every `rank-*` child must be gone when a test ends."""
 from __future__ import annotations
 
-import os
-import re
-import signal
 import subprocess
-import sys
-import threading
 import time
 
 import httpx
 import psutil
-from server_process import terminate
 
+from bastion.bench.harness import SUPERVISING, ServeProcess
 from bastion.bench.ports import free_port_block
-
-SUPERVISING = re.compile(r"bastion: supervising (\d+) ranks (?:\(.*\) )?of .* at (.*); supervisor at (https?://\S+) ")
 
 
 def rank_processes() -> list[psutil.Process]:
@@ -40,38 +33,21 @@ def no_rank_left(timeout: float = 30.0) -> bool:
     return not rank_processes()
 
 
-class SupervisorProcess:
+class SupervisorProcess(ServeProcess):
     """The supervisor and its `ranks` ranks; `wait_ready` blocks until its ready line."""
 
     def __init__(self, *args: str, ranks: int = 2, http: dict | None = None, wait_ready: bool = True,
                  timeout: float = 240.0, port: int | None = None, env: dict[str, str] | None = None) -> None:
         self.port = port or free_port_block(ranks)
         self.http = http or {}  # httpx options (verify, cert, headers) for the supervisor
-        cmd = [sys.executable, "-m", "bastion.cli", "--log-level", "warning", "serve",
-               "--data-parallel-multi-port-external-lb", "-dp", str(ranks), "--port", str(self.port),
-               "--data-parallel-supervisor-port", "0", *args]
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                     env={**os.environ, **env} if env else None)
-        self.stdout: list[str] = []
-        self.stderr: list[str] = []
-        self.ready = threading.Event()
+        super().__init__(["--data-parallel-multi-port-external-lb", "-dp", str(ranks), "--port", str(self.port),
+                          "--data-parallel-supervisor-port", "0", *args], SUPERVISING, log_level="warning", env=env)
         self.rank_urls: list[str] = []
         self.url = ""
-        threading.Thread(target=self._read_stdout, daemon=True).start()
-        threading.Thread(target=lambda: self.stderr.extend(self.proc.stderr), daemon=True).start()
-        if wait_ready and not self.ready.wait(timeout):
-            self.kill()
-            raise RuntimeError(f"supervisor did not become ready; stdout={''.join(self.stdout)!r} "
-                               f"stderr={''.join(self.stderr)[-6000:]}")
-
-    def _read_stdout(self) -> None:
-        for line in self.proc.stdout:
-            self.stdout.append(line)
-            match = SUPERVISING.search(line)
-            if match:
-                self.rank_urls = [url.strip() for url in match.group(2).split(",")]
-                self.url = match.group(3)
-                self.ready.set()
+        if wait_ready:
+            ready = self.wait_ready(timeout, "supervisor")
+            self.rank_urls = [url.strip() for url in ready["rank_urls"].split(",")]
+            self.url = ready["url"]
 
     def get(self, path: str, **options) -> httpx.Response:
         return httpx.get(f"{self.url}{path}", timeout=10, **{**self.http, **options})
@@ -93,9 +69,6 @@ class SupervisorProcess:
                                      f"{''.join(self.stderr)[-3000:]}")
             time.sleep(0.1)
 
-    def signal(self, sig: int) -> None:
-        self.proc.send_signal(sig)
-
     def wait(self, timeout: float) -> int:
         """Its exit code; if it has not exited in `timeout`, fail with its log and its processes."""
         try:
@@ -106,13 +79,12 @@ class SupervisorProcess:
             raise AssertionError(f"the supervisor did not exit in {timeout} s; its processes: {family}; "
                                  f"stdout: {''.join(self.stdout)[-1000:]}; stderr: {self.log()[-6000:]}") from None
 
-    def log(self) -> str:
-        return "".join(self.stderr)
-
-    def kill(self) -> None:
+    def stop(self, timeout: float = 60.0) -> None:
         """Stop the supervisor and make sure no rank outlives the test."""
-        terminate(self.proc, 60)
+        super().stop(timeout)
         if not no_rank_left(30):
             for proc in rank_processes():  # NOTE: only supervisor tests start rank-* processes
                 proc.kill()
             psutil.wait_procs(rank_processes(), timeout=10)
+
+    kill = stop  # the tests' name for it

@@ -17,6 +17,7 @@ import zmq
 from bastion.launch.multinode import protocol
 from bastion.launch.multinode.protocol import Goodbye, Heartbeat, NodeHello, Refusal, Welcome
 from bastion.transport import channel
+from bastion.transport.addresses import url_host
 from bastion.transport.child_pipe import EngineEndpoint
 from bastion.transport.child_pipe import RankDown, RankUp
 
@@ -40,7 +41,7 @@ class HeadLink:
             self.sock.ipv6 = True
         channel.curve_client(self.sock, protocol.node_keys(secret),
                              protocol.registry_keys(secret).public)
-        self.sock.connect(f"tcp://{f'[{head}]' if ':' in head else head}:{port}")
+        self.sock.connect(f"tcp://{url_host(head)}:{port}")
         self.welcomed = False
         self.heartbeat_s = 1.0
         self._next_send = 0.0

@@ -23,6 +23,7 @@ from zmq.utils.monitor import recv_monitor_message
 from bastion.launch.multinode import protocol
 from bastion.launch.multinode.protocol import Goodbye, Heartbeat, NodeHello, Refusal, Welcome
 from bastion.transport import channel
+from bastion.transport.addresses import url_host
 from bastion.transport.child_pipe import RankDown, RankUp
 from bastion.transport.rank_state import RankState
 
@@ -56,7 +57,7 @@ class RemoteRankRegistry:
         self.sock.setsockopt(zmq.LINGER, 0)
         self.sock.setsockopt(zmq.MAXMSGSIZE, protocol.MAX_REGISTRATION_BYTES)
         channel.curve_server(self.sock, protocol.registry_keys(secret))
-        host = f"[{address}]" if ":" in address else address
+        host = url_host(address)
         if ":" in address:
             self.sock.ipv6 = True
         try:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from bastion.config.deployment import InternalConfig
 from bastion.config.engine import EngineConfig
-from bastion.launch.launcher import child_environment
+from bastion.launch.environment import child_environment
 from bastion.launch.net import HOST_IP_ENV
 from bastion.launch.procs import Child
 from bastion.transport import channel

@@ -10,10 +10,9 @@ import contextlib
 import logging
 import os
 import signal
-from contextlib import contextmanager
 
 from bastion.config.deployment import RayConfig
-from bastion.launch.launcher import SECRET_ENV_VARS
+from bastion.launch.environment import secrets_hidden
 from bastion.launch.net import HOST_IP_ENV
 from bastion.launch.procs import ChildStartError
 
@@ -50,7 +49,7 @@ class RayCluster:
         handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
         try:
             # NOTE: a local cluster's processes (and so every actor) inherit os.environ
-            with _without_secrets() if local_ip else contextlib.nullcontext():
+            with secrets_hidden() if local_ip else contextlib.nullcontext():
                 ray.init(address=address, namespace="bastion", logging_level=logging.WARNING,
                          configure_logging=False, **kwargs)
         except Exception as exc:  # NOTE: ray raises ConnectionError, RuntimeError, ValueError ...
@@ -99,19 +98,3 @@ def local_cluster_address(host_ip: str | None) -> str:
     if host_ip and host_ip not in _RAY_LOCALHOSTS:
         return host_ip
     return LOCAL_CLUSTER_DEFAULT
-
-
-@contextmanager
-def _without_secrets():
-    """os.environ without bastion's and other secrets while a local cluster starts (its processes
-    copy it). Ray's own settings stay (`RAY_AUTH_TOKEN` is how its processes authenticate)."""
-    from bastion.launch.ray.env import is_secret
-
-    saved = {k: v for k, v in os.environ.items()
-             if (k in SECRET_ENV_VARS or is_secret(k)) and not k.startswith("RAY_")}
-    for name in saved:
-        del os.environ[name]
-    try:
-        yield
-    finally:
-        os.environ.update(saved)

@@ -5,8 +5,9 @@ gets only what describes the deployment, never what describes the driver's own h
 
 * propagated: names matching `PROPAGATE` (`BASTION_*`, `HF_*`, `OMP_NUM_THREADS`, `NCCL_*`, ...);
 * never, even when they match: `WORKER_SPECIFIC` (the driver's host address, its device
-  visibility and its network interfaces: each node has its own) and every secret (`is_secret`:
-  the API key, tokens, passwords, keys; secrets reach engines only over the encrypted channel).
+  visibility and its network interfaces: each node has its own) and every secret (`is_secret`,
+  launch/environment.py: the API key, tokens, passwords, keys; secrets reach engines only over
+  the encrypted channel).
 
 Users extend both lists with `--ray-env-include` / `--ray-env-exclude` or the comma-separated
 `BASTION_RAY_ENV_INCLUDE` / `BASTION_RAY_ENV_EXCLUDE`; a pattern is a name or a prefix ending in
@@ -15,8 +16,9 @@ Users extend both lists with `--ray-env-include` / `--ray-env-exclude` or the co
 from __future__ import annotations
 
 import fnmatch
-import re
 from typing import Iterable, Mapping
+
+from bastion.launch.environment import is_secret
 
 INCLUDE_ENV = "BASTION_RAY_ENV_INCLUDE"
 EXCLUDE_ENV = "BASTION_RAY_ENV_EXCLUDE"
@@ -31,15 +33,6 @@ WORKER_SPECIFIC = (
     "CUDA_VISIBLE_DEVICES", "HIP_VISIBLE_DEVICES", "ROCR_VISIBLE_DEVICES",  # Ray assigns devices
     "NCCL_SOCKET_IFNAME", "NCCL_IB_HCA", "GLOO_SOCKET_IFNAME", "TP_SOCKET_IFNAME",  # host interfaces
 )
-
-_SECRET_WORDS = {"KEY", "APIKEY", "TOKEN", "SECRET", "PASSWORD", "PASSWD", "CREDENTIAL",
-                 "CREDENTIALS", "AUTH", "PRIVATE"}
-
-
-def is_secret(name: str) -> bool:
-    """Whether a variable's name says it holds a secret (HF_TOKEN, BASTION_API_KEY, ...)."""
-    return any(word in _SECRET_WORDS for word in re.split(r"[_\W]+", name.upper()))
-
 
 def split_patterns(values: Iterable[str]) -> tuple[str, ...]:
     """Flag values and env-var lists, comma-separated, blanks dropped."""

@@ -23,7 +23,8 @@ import sys
 import time
 
 from bastion.config.serve import ServeConfig
-from bastion.launch.launcher import bind_listener, child_environment
+from bastion.launch.environment import child_environment
+from bastion.launch.launcher import bind_listener
 from bastion.launch.local_ranks import rank_engine_config
 from bastion.launch.procs import Child
 from bastion.launch.restart import RestartPolicy
@@ -35,6 +36,7 @@ from bastion.security.runtime import SecurityRuntime
 from bastion.security.shared_limits import LimitsService
 from bastion.server.http.server import HttpServer
 from bastion.transport import channel
+from bastion.transport.addresses import url_host
 from bastion.transport.child_pipe import RankServerSpec
 from bastion.transport.rank_state import RankState
 
@@ -282,7 +284,3 @@ def rank_config(config: ServeConfig, index: int) -> ServeConfig:
 def probe_host(host: str) -> str:
     """Where the supervisor reaches ranks bound to `host`: loopback for a wildcard bind."""
     return {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "::1"}.get(host, host)
-
-
-def url_host(host: str) -> str:
-    return f"[{host}]" if ":" in host else host

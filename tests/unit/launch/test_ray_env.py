@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from bastion.launch.ray.env import actor_environment, check_includes, is_secret, split_patterns
+from bastion.launch.ray.env import actor_environment, check_includes, split_patterns
 
 DRIVER = {
     "BASTION_LOG_FORMAT": "json", "HF_HOME": "/models/hf", "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "8",
@@ -27,15 +27,6 @@ def test_users_extend_both_lists_and_excludes_win():
     assert env["MY_APP_MODE"] == "x"
     assert "HF_HOME" not in env and "NCCL_DEBUG" not in env
     assert "AWS_SECRET_ACCESS_KEY" not in env  # a secret never travels, even when included
-
-
-@pytest.mark.parametrize("name, secret", [
-    ("HF_TOKEN", True), ("BASTION_API_KEY", True), ("OPENAI_APIKEY", True), ("DB_PASSWORD", True),
-    ("GOOGLE_APPLICATION_CREDENTIALS", True), ("TOKENIZERS_PARALLELISM", False), ("HF_HOME", False),
-    ("KEYBOARD", False), ("OMP_NUM_THREADS", False),
-])
-def test_secret_names(name, secret):
-    assert is_secret(name) is secret
 
 
 def test_including_a_secret_is_refused_naming_the_source():

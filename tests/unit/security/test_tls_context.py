@@ -4,9 +4,7 @@ from __future__ import annotations
 import shutil
 import socket
 import ssl
-import sys
 import threading
-from pathlib import Path
 
 import pytest
 
