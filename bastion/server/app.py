@@ -7,7 +7,7 @@ from bastion import __version__
 from bastion.config.security import SecurityConfig
 from bastion.security.audit import AuditLog
 from bastion.security.auth import Authenticator
-from bastion.server.frontend import ServerState
+from bastion.server.frontend import Frontend
 from bastion.server.http.errors import install_error_handlers
 from bastion.server.http.middleware import AuditTrail, AuthGuard, BodyLimit, RequestMetrics
 from bastion.server.routes.admin import router as admin_router
@@ -16,18 +16,18 @@ from bastion.server.routes.openai import router as openai_router
 from bastion.server.routes.sglang import router as sglang_router
 
 
-def build_app(state: ServerState, authenticator: Authenticator, security: SecurityConfig,
+def build_app(frontend: Frontend, authenticator: Authenticator, security: SecurityConfig,
               audit: AuditLog | None = None, api_server: int = 0) -> FastAPI:
     """The app; middleware from the outside in: metrics, audit trail, auth guard, body limit."""
     app = FastAPI(title="bastion", version=__version__, docs_url=None, redoc_url=None,
                   openapi_url=None)
-    app.state.bastion, app.state.authenticator, app.state.security = state, authenticator, security
+    app.state.frontend, app.state.authenticator, app.state.security = frontend, authenticator, security
     install_error_handlers(app)
     for router in (openai_router, sglang_router, info_router, admin_router):
         # NOTE: the routes themselves, not include_router's lazy wrapper: the auth guard and
         # the route-walk test must see every route with its endpoint and decision.
         app.router.routes.extend(router.routes)
-    app.add_middleware(BodyLimit, limit=state.config.max_request_body_bytes)
+    app.add_middleware(BodyLimit, limit=frontend.config.max_request_body_bytes)
     app.add_middleware(AuthGuard, routes=app.router.routes, authenticator=authenticator)
     app.add_middleware(AuditTrail, log=audit, api_server=api_server)
     app.add_middleware(RequestMetrics)

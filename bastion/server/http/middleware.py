@@ -2,8 +2,8 @@
 request counter.
 
 The guard runs before routing: it finds the route a request will reach, reads that route's
-auth decision, authenticates and authorizes, and stores the Principal on the request. A route
-without a decision is refused (fail closed); an unknown path needs a valid credential before
+auth decision, authenticates and authorizes, and stores the Principal on the request; a route
+reads it, with the audit record, as one `Caller` (`caller_of`). A route without a decision is refused (fail closed); an unknown path needs a valid credential before
 it gets its 404, so unauthenticated clients cannot map the API.
 """
 from __future__ import annotations
@@ -19,8 +19,8 @@ from starlette.routing import Match
 from bastion.security.audit import AuditLog, RequestRecord
 from bastion.security.auth import (AUTHENTICATED, NO_DECISION, PUBLIC, AuthError, Authenticator,
                                    decision_of)
-from bastion.security.principal import Principal
 from bastion.server import metrics
+from bastion.server.caller import Caller
 from bastion.server.http.errors import error_body
 
 logger = logging.getLogger(__name__)
@@ -28,13 +28,11 @@ logger = logging.getLogger(__name__)
 WWW_AUTHENTICATE = b'Bearer realm="bastion"'
 
 
-def principal_of(request) -> Principal:
-    """The Principal the guard stored for this request."""
-    return request.scope["state"]["principal"]
-
-
-def record_of(request) -> RequestRecord | None:
-    return request.scope.get("state", {}).get("record")
+def caller_of(request) -> Caller:
+    """Who is calling, from what the guard and the audit trail stored on this request (a route
+    the guard authenticated)."""
+    state = request.scope["state"]
+    return Caller.of(state["principal"], state.get("record"))
 
 
 class AuthGuard:
