@@ -1,26 +1,53 @@
-"""What every route of one API-server process shares: config, tokenizer, engine client,
-and the checks that happen before a request is admitted (model name, prompt, context, queue).
+"""Admission for one API-server process: the one call every route makes.
+
+A route hands the front end its parsed body and the `Caller`; the front end checks the model
+(served, and allowed to this caller), turns the body's prompt into token ids, fits the
+completion into the context, admits the request (engines up, queue bound, the caller's limits)
+and starts its generation. The request's spend is settled in one place, `Admission.settle`,
+when the generation ends.
 """
 from __future__ import annotations
 
-import hashlib
-
-from fastapi import Request
+from typing import Protocol
 
 from bastion.config.server import ServerConfig
 from bastion.sampling_params import SamplingParams
+from bastion.security.audit import RequestRecord
 from bastion.security.shared_limits import LimitExceeded, LimitsClient
+from bastion.server.caller import Caller
 from bastion.server.engine_client import EngineClient
 from bastion.server.generation import Generation
 from bastion.server.http.errors import APIError
-from bastion.server.http.middleware import principal_of, record_of
-from bastion.server.routes.protocol import ChatMessage
+from bastion.server.prompt import Budget, ChatPrompt, Prompt, TextPrompt
 
 RETRY_AFTER_SECONDS = "1"
 
 
-class ServerState:
-    """Shared by the routes of one API-server process."""
+class PromptBody(Protocol):
+    """A parsed request body that names a model and holds a prompt."""
+
+    @property
+    def model(self) -> str | None: ...
+
+    def check(self) -> None:
+        """A 400 for what the body asks that the server does not do."""
+
+    def to_prompt(self) -> Prompt: ...
+
+
+class GenerationBody(PromptBody, Protocol):
+    """A generation route's parsed body: a prompt, a completion budget, sampling and stops."""
+
+    def budget(self) -> Budget: ...
+
+    def sampling(self, max_tokens: int) -> SamplingParams: ...
+
+    @property
+    def stop_strings(self) -> list[str]: ...
+
+
+class Frontend:
+    """Shared by the routes of one API-server process: config, tokenizer, engine client, limits."""
 
     def __init__(self, config: ServerConfig, client: EngineClient, tokenizer, max_model_len: int,
                  vocab_size: int, limits: LimitsClient | None = None) -> None:
@@ -30,36 +57,61 @@ class ServerState:
         self.max_model_len, self.vocab_size = max_model_len, vocab_size
         self.model_name = config.served_model_names[0]
 
-    def check_model(self, name: str | None, request: Request) -> None:
+    async def generate(self, body: GenerationBody, caller: Caller) -> Generation:
+        """Check, tokenize, fit and admit one generation request, then submit it to a rank."""
+        self.check_model(body.model, caller)
+        body.check()
+        prompt = body.to_prompt()
+        prompt_ids = self.prompt_ids(prompt)
+        if not isinstance(prompt, ChatPrompt):
+            self.check_ids(prompt_ids, prompt.field)
+        max_tokens = self.max_tokens(len(prompt_ids), body.budget(), prompt.field)
+        params = body.sampling(max_tokens)
+        return await self.start(prompt_ids, params, body.stop_strings, caller)
+
+    def tokenize(self, body: PromptBody, caller: Caller) -> list[int]:
+        self.check_model(body.model, caller)
+        body.check()
+        return self.prompt_ids(body.to_prompt())
+
+    def detokenize(self, model: str | None, ids: list[int], caller: Caller) -> str:
+        self.check_model(model, caller)
+        self.check_ids(ids, "tokens")
+        return self.backend.decode(ids, skip_special_tokens=False)
+
+    def models(self, caller: Caller) -> list[str]:
+        """The served names this caller may use."""
+        return [name for name in self.config.served_model_names if caller.may_use(name)]
+
+    def check_model(self, name: str | None, caller: Caller) -> None:
         """404 for a name not served, 403 for one the caller may not use; notes it for the audit."""
         if name is not None and name not in self.config.served_model_names:
             raise APIError(404, f"The model '{name}' does not exist", "model", "model_not_found")
         name = name or self.model_name
-        principal = principal_of(request)
-        if not principal.may_use(name):
-            raise APIError(403, f"'{principal.name}' may not use the model '{name}'", "model",
+        if not caller.may_use(name):
+            raise APIError(403, f"'{caller.name}' may not use the model '{name}'", "model",
                            "model_not_allowed")
-        record = record_of(request)
-        if record is not None:
-            record.model = name
+        if caller.record is not None:
+            caller.record.model = name
 
-    def chat_prompt(self, messages: list[ChatMessage], add_generation_prompt: bool = True,
-                    continue_final_message: bool = False) -> list[int]:
-        conversation = [{"role": m.role, "content": m.text(), **({"name": m.name} if m.name else {})}
-                        for m in messages]
-        if continue_final_message and add_generation_prompt:
+    def prompt_ids(self, prompt: Prompt) -> list[int]:
+        if isinstance(prompt, ChatPrompt):
+            return self._chat_ids(prompt)
+        if isinstance(prompt, TextPrompt):
+            return list(self.tokenizer(prompt.text, add_special_tokens=prompt.add_special_tokens).input_ids)
+        return list(prompt.ids)
+
+    def _chat_ids(self, prompt: ChatPrompt) -> list[int]:
+        if prompt.continue_final_message and prompt.add_generation_prompt:
             raise APIError(400, "'continue_final_message' needs 'add_generation_prompt' set to false",
                            "continue_final_message")
         try:
             ids = self.tokenizer.apply_chat_template(
-                conversation, add_generation_prompt=add_generation_prompt,
-                continue_final_message=continue_final_message, tokenize=True, return_dict=False)
+                prompt.conversation, add_generation_prompt=prompt.add_generation_prompt,
+                continue_final_message=prompt.continue_final_message, tokenize=True, return_dict=False)
         except Exception as exc:  # a template may raise anything (jinja's raise_exception)
-            raise APIError(400, f"the chat template rejected these messages: {exc}", "messages") from None
+            raise APIError(400, f"the chat template rejected these messages: {exc}", prompt.field) from None
         return list(ids)
-
-    def text_prompt(self, text: str, add_special_tokens: bool = True) -> list[int]:
-        return list(self.tokenizer(text, add_special_tokens=add_special_tokens).input_ids)
 
     def check_ids(self, ids: list[int], field: str) -> None:
         bad = next((t for t in ids if t >= self.vocab_size), None)
@@ -67,9 +119,8 @@ class ServerState:
             raise APIError(400, f"token id {bad} in '{field}' is outside the vocabulary "
                                 f"(size {self.vocab_size})", field)
 
-    def max_tokens(self, prompt_len: int, requested: int | None, default: int | None,
-                   field: str = "max_tokens", prompt_field: str = "prompt") -> int:
-        """The completion budget; 400 naming both numbers when it cannot fit the context."""
+    def max_tokens(self, prompt_len: int, budget: Budget, prompt_field: str) -> int:
+        """The completion length; 400 naming both numbers when it cannot fit the context."""
         if prompt_len == 0:
             raise APIError(400, "the prompt is empty: give at least one token", prompt_field)
         room = self.max_model_len - prompt_len
@@ -77,17 +128,29 @@ class ServerState:
             raise APIError(400, f"This model's maximum context length is {self.max_model_len} "
                                 f"tokens, but the prompt has {prompt_len} tokens; shorten the prompt.",
                            prompt_field, "context_length_exceeded")
+        requested = budget.requested
         if requested is None:
-            return room if default is None else min(default, room)
+            return room if budget.default is None else min(budget.default, room)
         if requested > room:
             raise APIError(400, f"This model's maximum context length is {self.max_model_len} "
                                 f"tokens. However, you requested {prompt_len + requested} tokens "
                                 f"({prompt_len} in the prompt, {requested} for the completion). "
                                 "Reduce the prompt or the completion length.",
-                           field, "context_length_exceeded")
+                           budget.field, "context_length_exceeded")
         return requested
 
-    def admit(self) -> None:
+    async def start(self, prompt_ids: list[int], params: SamplingParams, stops: list[str],
+                    caller: Caller) -> Generation:
+        """Admit (engines up, queue bound, the caller's limits), then submit to a rank."""
+        self._admit()
+        ticket = await self._acquire(caller, len(prompt_ids) + params.max_tokens * params.n)
+        admission = Admission(self.limits, ticket, caller.record)
+        generation = Generation(self.client, self.backend, prompt_ids, params, stops,
+                                caller.cache_salt, on_end=admission.settle)
+        await generation.submit()
+        return generation
+
+    def _admit(self) -> None:
         """503 with no rank up, or with the queue over its bound."""
         if not any(r.alive for r in self.client.ranks):
             raise APIError(503, "no engine rank is available")
@@ -97,35 +160,27 @@ class ServerState:
                                 f"queued (--max-queued-requests {limit}); retry later",
                            headers={"Retry-After": RETRY_AFTER_SECONDS})
 
-    async def start_generation(self, prompt_ids: list[int], params: SamplingParams,
-                               stops: list[str], request: Request) -> Generation:
-        """Admit (engines up, queue bound, the caller's limits), then submit to a rank."""
-        self.admit()
-        principal, record = principal_of(request), record_of(request)
-        ticket = await self._acquire(principal, len(prompt_ids) + params.max_tokens * params.n)
-
-        def settle(prompt_tokens: int, completion_tokens: int) -> None:
-            if ticket is not None:
-                self.limits.release(ticket, prompt_tokens + completion_tokens)
-            if record is not None:
-                record.prompt_tokens, record.completion_tokens = prompt_tokens, completion_tokens
-
-        generation = Generation(self.client, self.backend, prompt_ids, params, stops,
-                                tenant_salt(principal.tenant), on_end=settle)
-        await generation.submit()
-        return generation
-
-    async def _acquire(self, principal, tokens: int) -> int | None:
+    async def _acquire(self, caller: Caller, tokens: int) -> int | None:
         if self.limits is None:
             return None
         try:
-            return await self.limits.acquire(principal.limit_key, principal.limits, tokens)
+            return await self.limits.acquire(caller.limit_key, caller.limits, tokens)
         except LimitExceeded as exc:
             raise APIError(429, exc.refusal.message, code="rate_limit_exceeded",
                            headers={"Retry-After": exc.refusal.retry_after_header}) from None
 
 
-def tenant_salt(tenant: str) -> str:
-    """The engine's prefix-cache salt for `tenant`: tenants never share cached KV, and the engine
-    sees an opaque value, never the tenant's name."""
-    return hashlib.sha256(b"bastion-tenant\x00" + tenant.encode()).hexdigest()
+class Admission:
+    """What admitting one request took from its caller: a limits ticket (None without shared
+    limits) and its audit record. `settle` runs once, when the generation ends."""
+
+    def __init__(self, limits: LimitsClient | None, ticket: int | None,
+                 record: RequestRecord | None) -> None:
+        self.limits, self.ticket, self.record = limits, ticket, record
+
+    def settle(self, prompt_tokens: int, completion_tokens: int) -> None:
+        """Give back the limits with the tokens used; write the counts to the audit record."""
+        if self.ticket is not None:
+            self.limits.release(self.ticket, prompt_tokens + completion_tokens)
+        if self.record is not None:
+            self.record.prompt_tokens, self.record.completion_tokens = prompt_tokens, completion_tokens

@@ -36,7 +36,7 @@ async def _serve(spec: ApiServerSpec, engines: EngineSet, tokenizer, sock: socke
     from bastion.server import metrics
     from bastion.server.app import build_app
     from bastion.server.engine_client import EngineClient
-    from bastion.server.frontend import ServerState
+    from bastion.server.frontend import Frontend
     from bastion.server.http.server import HttpServer
 
     security = SecurityRuntime(spec.security, spec.limits_dir)
@@ -59,9 +59,9 @@ async def _serve(spec: ApiServerSpec, engines: EngineSet, tokenizer, sock: socke
     control.set_handler(lambda m: loop.call_soon_threadsafe(on_control, m))
 
     loop.add_signal_handler(signal.SIGHUP, security.hangup)
-    state = ServerState(spec.server, client, tokenizer, engines.max_model_len, engines.vocab_size,
+    frontend = Frontend(spec.server, client, tokenizer, engines.max_model_len, engines.vocab_size,
                         security.limits)
-    app = build_app(state, security.authenticator, spec.security, security.audit, spec.index)
+    app = build_app(frontend, security.authenticator, spec.security, security.audit, spec.index)
     server = HttpServer(app, spec.server.log_level, security.ssl_context, spec.server.shutdown_timeout)
     serving = await server.start(sock)
     report(ApiServerReady(spec.index))

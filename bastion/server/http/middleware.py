@@ -1,8 +1,9 @@
-"""ASGI middleware of the security layer: the auth guard and the audit trail.
+"""ASGI middleware of an API server: the auth guard, the audit trail, the body limit and the
+request counter.
 
 The guard runs before routing: it finds the route a request will reach, reads that route's
-auth decision, authenticates and authorizes, and stores the Principal on the request. A route
-without a decision is refused (fail closed); an unknown path needs a valid credential before
+auth decision, authenticates and authorizes, and stores the Principal on the request; a route
+reads it, with the audit record, as one `Caller` (`caller_of`). A route without a decision is refused (fail closed); an unknown path needs a valid credential before
 it gets its 404, so unauthenticated clients cannot map the API.
 """
 from __future__ import annotations
@@ -12,12 +13,14 @@ import logging
 import time
 import uuid
 
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
 from bastion.security.audit import AuditLog, RequestRecord
 from bastion.security.auth import (AUTHENTICATED, NO_DECISION, PUBLIC, AuthError, Authenticator,
                                    decision_of)
-from bastion.security.principal import Principal
+from bastion.server import metrics
+from bastion.server.caller import Caller
 from bastion.server.http.errors import error_body
 
 logger = logging.getLogger(__name__)
@@ -25,13 +28,11 @@ logger = logging.getLogger(__name__)
 WWW_AUTHENTICATE = b'Bearer realm="bastion"'
 
 
-def principal_of(request) -> Principal:
-    """The Principal the guard stored for this request."""
-    return request.scope["state"]["principal"]
-
-
-def record_of(request) -> RequestRecord | None:
-    return request.scope.get("state", {}).get("record")
+def caller_of(request) -> Caller:
+    """Who is calling, from what the guard and the audit trail stored on this request (a route
+    the guard authenticated)."""
+    state = request.scope["state"]
+    return Caller.of(state["principal"], state.get("record"))
 
 
 class AuthGuard:
@@ -107,3 +108,64 @@ class AuditTrail:
         finally:
             if self.log is not None:
                 self.log.write(record.line(status))
+
+
+class BodyLimit:
+    """413 for request bodies over `limit` bytes, by Content-Length or by counting the stream."""
+
+    def __init__(self, app, limit: int) -> None:
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        length = dict(scope["headers"]).get(b"content-length")
+        if length is not None and length.isdigit() and int(length) > self.limit:
+            return await self._reject(send)
+        seen = 0
+
+        async def counted_receive():
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.limit:
+                    # NOTE: raised while the route reads its body; the error handlers answer 413.
+                    raise StarletteHTTPException(413, self.message)
+            return message
+
+        await self.app(scope, counted_receive, send)
+
+    @property
+    def message(self) -> str:
+        return f"request body is larger than {self.limit} bytes (--max-request-body-bytes)"
+
+    async def _reject(self, send) -> None:
+        body = json.dumps(error_body(413, self.message)).encode()
+        await send({"type": "http.response.start", "status": 413,
+                    "headers": [(b"content-type", b"application/json"), (b"connection", b"close")]})
+        await send({"type": "http.response.body", "body": body})
+
+
+class RequestMetrics:
+    """Counts every HTTP request by its route template (never the raw path) and status."""
+
+    def __init__(self, app) -> None:
+        self.app = app
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        status = 500
+
+        async def tracked_send(message):
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracked_send)
+        finally:
+            route = scope.get("route")
+            metrics.REQUESTS.labels(getattr(route, "path", "other"), str(status)).inc()

@@ -9,6 +9,7 @@ from fastapi import APIRouter, Request
 from bastion import __version__
 from bastion.security.auth import requires
 from bastion.server.http.errors import APIError
+from bastion.server.routes import frontend_of
 
 router = APIRouter()
 
@@ -29,12 +30,12 @@ async def reload_credentials(request: Request) -> dict:
 @requires("admin")
 async def server_info(request: Request) -> dict:
     """What runs, and how it is protected; names and flags only, never a key or secret."""
-    state, sec = request.app.state.bastion, request.app.state.security
+    frontend, sec = frontend_of(request), request.app.state.security
     return {
         "version": __version__,
-        "served_model_names": list(state.config.served_model_names),
-        "max_model_len": state.max_model_len,
-        "engine_ranks": [{"index": r.index, "alive": r.alive} for r in state.client.ranks],
+        "served_model_names": list(frontend.config.served_model_names),
+        "max_model_len": frontend.max_model_len,
+        "engine_ranks": [{"index": r.index, "alive": r.alive} for r in frontend.client.ranks],
         "tls": {"enabled": sec.tls.enabled, "client_certificates": sec.tls.cert_reqs,
                 "refresh": sec.tls.refresh},
         "auth": {"api_keys": [k.name for k in request.app.state.authenticator.table.keys],

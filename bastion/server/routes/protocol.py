@@ -1,5 +1,10 @@
 """Request bodies of the HTTP API (pydantic, strict types), and their sampling parameters.
 
+A generation body hands the front end its prompt, completion budget, sampling parameters and
+stop strings (`frontend.GenerationBody`). One builder, `build_sampling_params`, makes the
+engine's parameters from any body's fields; bounds that `SamplingParams` checks itself are
+left to it (its 400 names the client's field), so only this server's own limits sit here.
+
 Top-level fields we do not know are ignored (clients send vendor extensions), but fields that
 would change the answer and that bastion does not implement (tools, response formats, logit
 bias, ...) are refused with a 400 rather than silently dropped. Nested objects with a fixed
@@ -7,19 +12,21 @@ shape (`stream_options`, messages, SGLang's `sampling_params`) refuse unknown ke
 """
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Mapping
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from bastion.sampling_params import SamplingParams
 from bastion.server.http.errors import APIError
+from bastion.server.prompt import Budget, ChatPrompt, TextPrompt, TokenPrompt
 
 MAX_N = 64
 MAX_STOP_STRINGS = 16
+COMPLETIONS_DEFAULT_MAX_TOKENS = 16  # as OpenAI's legacy completions API
 
 
 class _Body(BaseModel):
-    # NOTE: "allow" keeps unknown top-level fields visible to refuse_unsupported(); they are unused.
+    # NOTE: "allow" keeps unknown top-level fields visible to check(); they are unused.
     model_config = ConfigDict(strict=True, extra="allow")
 
 
@@ -31,6 +38,8 @@ class StreamOptions(_Fixed):
     include_usage: bool = False
 
 
+# NOTE: completion lengths keep their bound: the budget is fitted to the context before
+# SamplingParams sees it, and clients get pydantic's "greater than or equal to 1".
 PositiveInt = Annotated[int, Field(ge=1)]
 StopField = str | Annotated[list[str], Field(max_length=MAX_STOP_STRINGS)] | None
 
@@ -38,22 +47,58 @@ StopField = str | Annotated[list[str], Field(max_length=MAX_STOP_STRINGS)] | Non
 _UNSUPPORTED = ("tools", "tool_choice", "functions", "function_call", "suffix", "audio",
                 "prediction", "guided_json", "guided_regex", "guided_choice", "guided_grammar")
 
+# The SamplingParams a request body carries in fields of the same name unless it renames them.
+SAMPLING_FIELDS = ("n", "temperature", "top_p", "top_k", "min_p", "seed", "presence_penalty",
+                   "frequency_penalty", "repetition_penalty", "min_tokens", "stop_token_ids",
+                   "ignore_eos", "skip_special_tokens")
+
+
+def build_sampling_params(fields: BaseModel, max_tokens: int, logprobs: int | None = None,
+                          renamed: Mapping[str, str] | None = None, path: str = "") -> SamplingParams:
+    """The engine's parameters from a body's fields (a None field: SamplingParams' default).
+
+    `renamed` maps a SamplingParams name to the field that carries it, `path` is where those
+    fields sit in the body; a ValueError from SamplingParams' own checks becomes a 400 whose
+    `param` names the client's field."""
+    names = {name: (renamed or {}).get(name, name) for name in SAMPLING_FIELDS}
+    values = {name: getattr(fields, field) for name, field in names.items()}
+    values = {name: value for name, value in values.items() if value is not None}
+    values.update(max_tokens=max_tokens, logprobs=logprobs)
+    try:
+        return SamplingParams(**values)
+    except ValueError as exc:
+        first = str(exc).split(" ", 1)[0]
+        param = path + names[first] if first in names else first if first in values else None
+        raise APIError(400, str(exc), param) from None
+    except TypeError as exc:
+        raise APIError(400, f"invalid sampling parameters: {exc}") from None
+
+
+def stop_strings(stop: str | list[str] | None, field: str) -> list[str]:
+    """The stop strings of a `stop` field (one string or a list); a 400 for an empty one."""
+    if stop is None:
+        return []
+    stops = [stop] if isinstance(stop, str) else list(stop)
+    if any(s == "" for s in stops):
+        raise APIError(400, "stop strings must not be empty", field)
+    return stops
+
 
 class _Sampling(_Body):
     model: str
-    n: Annotated[int, Field(ge=1, le=MAX_N)] = 1
-    temperature: Annotated[float, Field(ge=0, le=2)] | None = None
-    top_p: Annotated[float, Field(gt=0, le=1)] | None = None
+    n: Annotated[int, Field(le=MAX_N)] = 1
+    temperature: Annotated[float, Field(le=2)] | None = None
+    top_p: float | None = None
     top_k: int | None = None
-    min_p: Annotated[float, Field(ge=0, le=1)] | None = None
+    min_p: float | None = None
     seed: int | None = None
-    presence_penalty: Annotated[float, Field(ge=-2, le=2)] | None = None
-    frequency_penalty: Annotated[float, Field(ge=-2, le=2)] | None = None
-    repetition_penalty: Annotated[float, Field(gt=0, le=10)] | None = None
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+    repetition_penalty: Annotated[float, Field(le=10)] | None = None
     max_tokens: PositiveInt | None = None
-    min_tokens: Annotated[int, Field(ge=0)] = 0
+    min_tokens: int = 0
     stop: StopField = None
-    stop_token_ids: list[Annotated[int, Field(ge=0)]] | None = None
+    stop_token_ids: list[int] | None = None
     ignore_eos: bool = False
     skip_special_tokens: bool = True
     stream: bool = False
@@ -64,7 +109,8 @@ class _Sampling(_Body):
     response_format: dict[str, Any] | None = None
     echo: bool = False
 
-    def refuse_unsupported(self) -> None:
+    def check(self) -> None:
+        """A 400 for what this server does not implement, rather than a silently different answer."""
         extra = self.model_extra or {}
         for name in _UNSUPPORTED:
             if extra.get(name) not in (None, [], {}, "none", "auto"):
@@ -82,37 +128,11 @@ class _Sampling(_Body):
 
     @property
     def stop_strings(self) -> list[str]:
-        if self.stop is None:
-            return []
-        stops = [self.stop] if isinstance(self.stop, str) else list(self.stop)
-        if any(s == "" for s in stops):
-            raise APIError(400, "stop strings must not be empty", "stop")
-        return stops
+        return stop_strings(self.stop, "stop")
 
     @property
     def include_usage(self) -> bool:
         return bool(self.stream_options and self.stream_options.include_usage)
-
-    def sampling_params(self, max_tokens: int | None, logprobs: int | None) -> SamplingParams:
-        """Engine parameters; ValueError from their own checks becomes a 400."""
-        values = dict(n=self.n, temperature=self.temperature, top_p=self.top_p, top_k=self.top_k,
-                      min_p=self.min_p, seed=self.seed, presence_penalty=self.presence_penalty,
-                      frequency_penalty=self.frequency_penalty,
-                      repetition_penalty=self.repetition_penalty, max_tokens=max_tokens,
-                      min_tokens=self.min_tokens, stop_token_ids=self.stop_token_ids or [],
-                      ignore_eos=self.ignore_eos, logprobs=logprobs,
-                      skip_special_tokens=self.skip_special_tokens)
-        return build_sampling_params({k: v for k, v in values.items() if v is not None or k == "max_tokens"})
-
-
-def build_sampling_params(values: dict) -> SamplingParams:
-    try:
-        return SamplingParams(**values)
-    except ValueError as exc:
-        param = str(exc).split(" ", 1)[0]
-        raise APIError(400, str(exc), param if param in values else None) from None
-    except TypeError as exc:
-        raise APIError(400, f"invalid sampling parameters: {exc}") from None
 
 
 class TextPart(_Fixed):
@@ -133,17 +153,32 @@ class ChatMessage(BaseModel):
             return self.content
         return "".join(part.text for part in self.content)
 
+    def for_template(self) -> dict:
+        """The message as a chat template reads it."""
+        return {"role": self.role, "content": self.text(), **({"name": self.name} if self.name else {})}
+
 
 class ChatCompletionRequest(_Sampling):
     messages: Annotated[list[ChatMessage], Field(min_length=1)]
     max_completion_tokens: PositiveInt | None = None
     logprobs: bool = False
+    # NOTE: bounded here although SamplingParams checks `logprobs`: its 400 would name a field
+    # the client did not send.
     top_logprobs: Annotated[int, Field(ge=0, le=20)] | None = None
     add_generation_prompt: bool = True
     continue_final_message: bool = False
 
-    def requested_max_tokens(self) -> int | None:
-        return self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
+    def to_prompt(self) -> ChatPrompt:
+        return ChatPrompt([m.for_template() for m in self.messages], self.add_generation_prompt,
+                          self.continue_final_message)
+
+    def budget(self) -> Budget:
+        if self.max_completion_tokens is not None:
+            return Budget(self.max_completion_tokens, None, "max_completion_tokens")
+        return Budget(self.max_tokens, None)
+
+    def sampling(self, max_tokens: int) -> SamplingParams:
+        return build_sampling_params(self, max_tokens, self.requested_logprobs())
 
     def requested_logprobs(self) -> int | None:
         if self.top_logprobs is not None and not self.logprobs:
@@ -153,9 +188,10 @@ class ChatCompletionRequest(_Sampling):
 
 class CompletionRequest(_Sampling):
     prompt: str | Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=1)] | list[str] | list[list[int]]
-    logprobs: Annotated[int, Field(ge=0, le=20)] | None = None
+    logprobs: int | None = None
 
-    def single_prompt(self) -> str | list[int]:
+    def to_prompt(self) -> TextPrompt | TokenPrompt:
+        """The one prompt of the body; a 400 for a batch (one prompt per request)."""
         p = self.prompt
         if isinstance(p, list) and p and isinstance(p[0], (str, list)):
             if len(p) != 1:
@@ -163,7 +199,13 @@ class CompletionRequest(_Sampling):
             p = p[0]
         if isinstance(p, list) and not p:
             raise APIError(400, "prompt must not be empty", "prompt")
-        return p
+        return TextPrompt(p, "prompt") if isinstance(p, str) else TokenPrompt(list(p), "prompt")
+
+    def budget(self) -> Budget:
+        return Budget(self.max_tokens, COMPLETIONS_DEFAULT_MAX_TOKENS)
+
+    def sampling(self, max_tokens: int) -> SamplingParams:
+        return build_sampling_params(self, max_tokens, self.logprobs)
 
 
 class TokenizeRequest(_Body):
@@ -172,6 +214,15 @@ class TokenizeRequest(_Body):
     messages: list[ChatMessage] | None = None
     add_special_tokens: bool = True
     add_generation_prompt: bool = True
+
+    def check(self) -> None:
+        if (self.prompt is None) == (self.messages is None):
+            raise APIError(400, "give exactly one of 'prompt' or 'messages'", "prompt")
+
+    def to_prompt(self) -> ChatPrompt | TextPrompt:
+        if self.messages is not None:
+            return ChatPrompt([m.for_template() for m in self.messages], self.add_generation_prompt)
+        return TextPrompt(self.prompt, "prompt", self.add_special_tokens)
 
 
 class DetokenizeRequest(_Body):

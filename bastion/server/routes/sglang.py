@@ -11,33 +11,41 @@ from typing import Annotated, AsyncIterator
 from fastapi import APIRouter, Request
 from pydantic import Field
 
+from bastion.sampling_params import SamplingParams
 from bastion.security.auth import requires
-from bastion.server.frontend import ServerState
 from bastion.server.generation import Generation, SequenceState
 from bastion.server.http.errors import APIError
+from bastion.server.http.middleware import caller_of
 from bastion.server.http.streaming import collect_unless_disconnected, sse, sse_response
-from bastion.server.routes.protocol import MAX_N, PositiveInt, StopField, _Body, _Fixed, build_sampling_params
+from bastion.server.prompt import Budget, TextPrompt, TokenPrompt
+from bastion.server.routes import frontend_of
+from bastion.server.routes.protocol import (MAX_N, PositiveInt, StopField, _Body, _Fixed,
+                                            build_sampling_params, stop_strings)
 
 router = APIRouter()
 
 DEFAULT_MAX_NEW_TOKENS = 128
+# SamplingParams names that SGLang spells otherwise.
+_RENAMED = {"seed": "sampling_seed", "min_tokens": "min_new_tokens"}
 
 
 class SGLangSamplingParams(_Fixed):
+    # NOTE: bounds that SamplingParams checks under the same name are left to it; the renamed
+    # `min_new_tokens` keeps its own, as SamplingParams' message would name `min_tokens`.
     max_new_tokens: PositiveInt | None = None
     min_new_tokens: Annotated[int, Field(ge=0)] = 0
-    temperature: Annotated[float, Field(ge=0)] = 1.0
-    top_p: Annotated[float, Field(gt=0, le=1)] = 1.0
+    temperature: float = 1.0
+    top_p: float = 1.0
     top_k: int = -1
-    min_p: Annotated[float, Field(ge=0, le=1)] = 0.0
+    min_p: float = 0.0
     frequency_penalty: float = 0.0
     presence_penalty: float = 0.0
     repetition_penalty: float = 1.0
     stop: StopField = None
-    stop_token_ids: list[Annotated[int, Field(ge=0)]] | None = None
+    stop_token_ids: list[int] | None = None
     ignore_eos: bool = False
     skip_special_tokens: bool = True
-    n: Annotated[int, Field(ge=1, le=MAX_N)] = 1
+    n: Annotated[int, Field(le=MAX_N)] = 1
     sampling_seed: int | None = None
 
 
@@ -49,31 +57,34 @@ class GenerateRequest(_Body):
     max_tokens: PositiveInt | None = None
     model: str | None = None
 
+    def check(self) -> None:
+        if (self.text is None) == (self.input_ids is None):
+            raise APIError(400, "give exactly one of 'text' or 'input_ids'", "text")
+
+    def to_prompt(self) -> TextPrompt | TokenPrompt:
+        if self.text is not None:
+            return TextPrompt(self.text, "text")
+        return TokenPrompt(list(self.input_ids), "input_ids")
+
+    def budget(self) -> Budget:
+        if self.sampling_params.max_new_tokens is not None:
+            return Budget(self.sampling_params.max_new_tokens, DEFAULT_MAX_NEW_TOKENS,
+                          "sampling_params.max_new_tokens")
+        return Budget(self.max_tokens, DEFAULT_MAX_NEW_TOKENS)
+
+    def sampling(self, max_tokens: int) -> SamplingParams:
+        return build_sampling_params(self.sampling_params, max_tokens, renamed=_RENAMED,
+                                     path="sampling_params.")
+
+    @property
+    def stop_strings(self) -> list[str]:
+        return stop_strings(self.sampling_params.stop, "sampling_params.stop")
+
 
 @router.post("/generate")
 @requires("inference")
 async def generate(body: GenerateRequest, request: Request):
-    state: ServerState = request.app.state.bastion
-    state.check_model(body.model, request)
-    if (body.text is None) == (body.input_ids is None):
-        raise APIError(400, "give exactly one of 'text' or 'input_ids'", "text")
-    prompt_ids = state.text_prompt(body.text) if body.text is not None else list(body.input_ids)
-    state.check_ids(prompt_ids, "input_ids")
-    sp = body.sampling_params
-    requested = sp.max_new_tokens if sp.max_new_tokens is not None else body.max_tokens
-    field = "sampling_params.max_new_tokens" if sp.max_new_tokens is not None else "max_tokens"
-    budget = state.max_tokens(len(prompt_ids), requested, DEFAULT_MAX_NEW_TOKENS, field,
-                              "text" if body.text is not None else "input_ids")
-    stops = [sp.stop] if isinstance(sp.stop, str) else list(sp.stop or [])
-    if any(s == "" for s in stops):
-        raise APIError(400, "stop strings must not be empty", "sampling_params.stop")
-    params = build_sampling_params(dict(
-        n=sp.n, temperature=sp.temperature, top_p=sp.top_p, top_k=sp.top_k, min_p=sp.min_p,
-        seed=sp.sampling_seed, presence_penalty=sp.presence_penalty,
-        frequency_penalty=sp.frequency_penalty, repetition_penalty=sp.repetition_penalty,
-        max_tokens=budget, min_tokens=sp.min_new_tokens, stop_token_ids=sp.stop_token_ids or [],
-        ignore_eos=sp.ignore_eos, skip_special_tokens=sp.skip_special_tokens))
-    generation = await state.start_generation(prompt_ids, params, stops, request)
+    generation = await frontend_of(request).generate(body, caller_of(request))
     if body.stream:
         return sse_response(_events(generation), generation)
     seqs = await collect_unless_disconnected(request, generation)

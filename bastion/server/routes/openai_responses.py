@@ -1,0 +1,97 @@
+"""The response objects of the OpenAI routes: whole envelopes and SSE chunks, choices, logprobs."""
+from __future__ import annotations
+
+import time
+import uuid
+from typing import AsyncIterator
+
+from bastion.server.generation import Generation, SequenceDelta, SequenceState
+from bastion.server.http.streaming import sse
+from bastion.transport.messages import TokenLogprob
+
+
+class ResponseBuilder:
+    """Builds the response objects of one request, streamed or whole."""
+
+    def __init__(self, prefix: str, kind: str, model: str, logprobs: bool, backend) -> None:
+        self.id = f"{prefix}-{uuid.uuid4().hex}"
+        self.kind, self.model, self.logprobs = kind, model, logprobs
+        self.created = int(time.time())
+        self.backend = backend  # the tokenizer's, for the text of logprob tokens
+
+    def envelope(self, choices: list[dict], usage: dict) -> dict:
+        """A whole (non-streamed) response."""
+        return {"id": self.id, "object": self.kind, "created": self.created, "model": self.model,
+                "choices": choices, "usage": usage}
+
+    def chunk(self, choices: list[dict], include_usage: bool, usage: dict | None = None) -> str:
+        """One SSE event; with include_usage every chunk has `usage` (null but in the last)."""
+        kind = "chat.completion.chunk" if self.kind == "chat.completion" else self.kind
+        body = {"id": self.id, "object": kind, "created": self.created, "model": self.model,
+                "choices": choices}
+        if include_usage:
+            body["usage"] = usage
+        return sse(body)
+
+    def _token(self, token_id: int) -> str:
+        return self.backend.decode([token_id], skip_special_tokens=False)
+
+    def chat_logprobs(self, logprobs: list[TokenLogprob]) -> dict | None:
+        if not self.logprobs:
+            return None
+        def entry(token_id: int, logprob: float) -> dict:
+            text = self._token(token_id)
+            return {"token": text, "logprob": logprob, "bytes": list(text.encode())}
+        return {"content": [{**entry(lp.token_id, lp.logprob),
+                             "top_logprobs": [entry(t, v) for t, v in lp.top]} for lp in logprobs]}
+
+    def completion_logprobs(self, logprobs: list[TokenLogprob], offset: int = 0) -> dict | None:
+        if not self.logprobs:
+            return None
+        tokens = [self._token(lp.token_id) for lp in logprobs]
+        offsets, position = [], offset
+        for text in tokens:
+            offsets.append(position)
+            position += len(text)
+        return {"tokens": tokens, "token_logprobs": [lp.logprob for lp in logprobs],
+                "top_logprobs": [{self._token(t): v for t, v in lp.top} for lp in logprobs],
+                "text_offset": offsets}
+
+    def chat_choice(self, seq: SequenceState) -> dict:
+        return {"index": seq.index, "message": {"role": "assistant", "content": seq.text.text},
+                "logprobs": self.chat_logprobs(seq.logprobs), "finish_reason": seq.finish_reason}
+
+    def completion_choice(self, seq: SequenceState) -> dict:
+        return {"index": seq.index, "text": seq.text.text,
+                "logprobs": self.completion_logprobs(seq.logprobs), "finish_reason": seq.finish_reason}
+
+    async def chat_events(self, generation: Generation, include_usage: bool) -> AsyncIterator[str]:
+        first = [{"index": i, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
+                  "finish_reason": None} for i in range(len(generation.seqs))]
+        yield self.chunk(first, include_usage)
+        async for deltas in generation.deltas():
+            choices = [{"index": d.index, "delta": {"content": d.text} if d.text else {},
+                        "logprobs": self.chat_logprobs(d.logprobs), "finish_reason": d.finish_reason}
+                       for d in deltas if d.text or d.finish_reason or (self.logprobs and d.logprobs)]
+            if choices:
+                yield self.chunk(choices, include_usage)
+        if include_usage:
+            yield self.chunk([], True, generation.usage())
+
+    async def completion_events(self, generation: Generation, include_usage: bool) -> AsyncIterator[str]:
+        offsets = [0] * len(generation.seqs)
+        async for deltas in generation.deltas():
+            choices = []
+            for d in deltas:
+                if not (d.text or d.finish_reason or (self.logprobs and d.logprobs)):
+                    continue
+                choices.append(self._completion_delta(d, offsets[d.index]))
+                offsets[d.index] += len(d.text)
+            if choices:
+                yield self.chunk(choices, include_usage)
+        if include_usage:
+            yield self.chunk([], True, generation.usage())
+
+    def _completion_delta(self, d: SequenceDelta, offset: int) -> dict:
+        return {"index": d.index, "text": d.text, "logprobs": self.completion_logprobs(d.logprobs, offset),
+                "finish_reason": d.finish_reason}
