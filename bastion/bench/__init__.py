@@ -1,0 +1,1 @@
+"""`bastion bench ...`: measurements side by side in one run, and the harness that starts servers for them."""

@@ -1,0 +1,1 @@
+"""The inference engine: requests, KV cache, scheduler, runner, sampler; the engine process."""

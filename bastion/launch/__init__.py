@@ -1,0 +1,1 @@
+"""Starting, watching, restarting and stopping bastion's processes, wherever the ranks run."""

@@ -240,8 +240,6 @@ class Launcher:
             shutil.rmtree(folder, ignore_errors=True)
 
 
-
-
 def bind_listener(host: str, port: int, flags: str = "--host/--port") -> socket.socket:
     """Bind (not yet listen) the one HTTP socket all API servers share; errors name the flags."""
     try:

@@ -1,0 +1,1 @@
+"""Llama-family models from local safetensors folders; paged attention; the demo model."""

@@ -1,0 +1,1 @@
+"""Credentials, scopes, limits, TLS and the audit log."""

@@ -1,0 +1,1 @@
+"""The API-server process: HTTP in front, every engine rank behind."""

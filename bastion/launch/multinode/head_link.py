@@ -18,8 +18,7 @@ from bastion.launch.multinode import protocol
 from bastion.launch.multinode.protocol import Goodbye, Heartbeat, NodeHello, Refusal, Welcome
 from bastion.transport import channel
 from bastion.transport.addresses import url_host
-from bastion.transport.child_pipe import EngineEndpoint
-from bastion.transport.child_pipe import RankDown, RankUp
+from bastion.transport.child_pipe import EngineEndpoint, RankDown, RankUp
 
 logger = logging.getLogger(__name__)
 
