@@ -3,8 +3,9 @@ request counter.
 
 The guard runs before routing: it finds the route a request will reach, reads that route's
 auth decision, authenticates and authorizes, and stores the Principal on the request; a route
-reads it, with the audit record, as one `Caller` (`caller_of`). A route without a decision is refused (fail closed); an unknown path needs a valid credential before
-it gets its 404, so unauthenticated clients cannot map the API.
+reads it, with the audit record, as one `Caller` (`caller_of`). A route without a decision is
+refused (fail closed); an unknown path needs a valid credential before it gets its 404, so
+unauthenticated clients cannot map the API.
 """
 from __future__ import annotations
 
