@@ -30,6 +30,16 @@ def add_serve_args(parser: argparse.ArgumentParser) -> None:
                    help="API-server processes sharing the listening socket")
     g.add_argument("--max-request-body-bytes", type=parse_bytes, default=4 * 2**20,
                    help="larger request bodies get 413 (default 4MiB)")
+    g.add_argument("--max-request-header-bytes", type=parse_bytes, default=32 * 2**10,
+                   help="larger request heads (request line and headers, however they arrive) get 431 "
+                        "(default 32KiB, nginx's 4 x 8k large_client_header_buffers)")
+    g.add_argument("--http-header-timeout", type=float, default=10.0,
+                   help="seconds a connection has to send a whole request head, from accept (also the "
+                        "TLS handshake's limit) or from its first byte after a keep-alive wait; then it "
+                        "is closed (default 10; nginx client_header_timeout)")
+    g.add_argument("--max-connections", type=int, default=4096,
+                   help="open connections per API server; past it a new one gets 503 and is closed "
+                        "(default 4096; nginx worker_connections)")
     g.add_argument("--max-queued-requests", type=int, default=None,
                    help="503 while more requests than this wait for an engine (default: no bound)")
     g.add_argument("--shutdown-timeout", type=float, default=30.0,
@@ -90,6 +100,9 @@ def serve_config(args: argparse.Namespace) -> ServeConfig:
     names = tuple(args.served_model_name or [_default_name(model, args.model is None)])
     server = ServerConfig(host=args.host, port=args.port, served_model_names=names,
                           max_request_body_bytes=args.max_request_body_bytes,
+                          max_request_header_bytes=args.max_request_header_bytes,
+                          http_header_timeout=args.http_header_timeout,
+                          max_connections=args.max_connections,
                           max_queued_requests=args.max_queued_requests,
                           shutdown_timeout=args.shutdown_timeout, log_level=args.log_level)
     if args.engine_startup_timeout <= 0:

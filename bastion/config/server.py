@@ -16,6 +16,9 @@ class ServerConfig:
     shutdown_timeout: float = 30.0
     prefix_affinity_tokens: int = 2048
     log_level: str = "info"
+    http_header_timeout: float = 10.0
+    max_request_header_bytes: int = 32 * 2**10
+    max_connections: int = 4096
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
@@ -26,5 +29,11 @@ class ServerConfig:
             raise ValueError(f"--max-request-body-bytes must be at least 1024, got {self.max_request_body_bytes}")
         if self.max_queued_requests is not None and self.max_queued_requests < 0:
             raise ValueError(f"--max-queued-requests must be non-negative, got {self.max_queued_requests}")
+        if not self.http_header_timeout > 0:
+            raise ValueError(f"--http-header-timeout must be positive, got {self.http_header_timeout}")
+        if self.max_request_header_bytes < 1024:
+            raise ValueError(f"--max-request-header-bytes must be at least 1024, got {self.max_request_header_bytes}")
+        if self.max_connections < 1:
+            raise ValueError(f"--max-connections must be at least 1, got {self.max_connections}")
         if self.shutdown_timeout < 0:
             raise ValueError(f"--shutdown-timeout must be non-negative, got {self.shutdown_timeout}")

@@ -62,7 +62,7 @@ async def _serve(spec: ApiServerSpec, engines: EngineSet, tokenizer, sock: socke
     frontend = Frontend(spec.server, client, tokenizer, engines.max_model_len, engines.vocab_size,
                         security.limits)
     app = build_app(frontend, security.authenticator, spec.security, security.audit, spec.index)
-    server = HttpServer(app, spec.server.log_level, security.ssl_context, spec.server.shutdown_timeout)
+    server = HttpServer(app, spec.server, security.ssl_context, spec.server.shutdown_timeout)
     serving = await server.start(sock)
     report(ApiServerReady(spec.index))
     await serving

@@ -96,7 +96,7 @@ class Supervisor:
         self.security = SecurityRuntime(self.config.security, audit=False)
         loop.add_signal_handler(signal.SIGHUP, self._on_hangup)
         server = HttpServer(build_supervisor_app(self, self.security.authenticator),
-                            self.config.server.log_level, self.security.ssl_context, 2.0, own_signals=False)
+                            self.config.server, self.security.ssl_context, 2.0, own_signals=False)
         serving = await server.start(sock)
         sec = self.config.security
         if sec.limits_enabled:
