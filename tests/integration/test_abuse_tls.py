@@ -111,4 +111,5 @@ def test_handshake_floods_leave_no_lasting_memory(server):
     # measured: +0.4 MiB after 1,000 and +2.4 MiB after 10,000 (before the fix: +87 and +326)
     assert first - base < 48, (base, first, second)
     assert second - first < 16, (base, first, second)  # steady state: the second batch adds ~nothing
+    print(f"rss base {base:.1f} MiB, first batch {first - base:+.1f}, second {second - first:+.1f}")
     complete(address)  # and it still serves handshakes
