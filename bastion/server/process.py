@@ -37,10 +37,8 @@ async def _serve(spec: ApiServerSpec, engines: EngineSet, tokenizer, sock: socke
     from bastion.server.app import build_app
     from bastion.server.engine_client import EngineClient
     from bastion.server.frontend import Frontend
-    from bastion.server.http.memory import MemoryKeeper, tune_tls_buffers
     from bastion.server.http.server import HttpServer
 
-    tune_tls_buffers()
     security = SecurityRuntime(spec.security, spec.limits_dir)
     client = EngineClient(spec.index, engines.engines, spec.ipc_dir, spec.server.prefix_affinity_tokens,
                           spec.internal, spec.keys)
@@ -66,9 +64,7 @@ async def _serve(spec: ApiServerSpec, engines: EngineSet, tokenizer, sock: socke
     app = build_app(frontend, security.authenticator, spec.security, security.audit, spec.index)
     server = HttpServer(app, spec.server, security.ssl_context, spec.server.shutdown_timeout)
     serving = await server.start(sock)
-    keeper = MemoryKeeper().start()  # closed connections' memory goes back (memory.py)
     report(ApiServerReady(spec.index))
     await serving
-    keeper.stop()
     client.close()
     security.close()

@@ -3,6 +3,8 @@ and a drain that never waits on a TLS client that does not answer the close.
 
 Every connection goes through `LimitedH11Protocol` (protocol.py): the request-head deadline, head
 size, connection cap and the close after an early answer; the same deadline bounds TLS handshakes.
+Memory that closed connections leave behind goes back (memory.py: smaller TLS read buffers,
+periodic collection of dead handshakes' cycles), for API servers and the supervisor alike.
 
 Closing a TLS connection sends close_notify and waits for the peer's (asyncio allows it 30 s);
 an idle keep-alive client that never reads would hold a whole drain for that long. Connections
@@ -21,6 +23,7 @@ import ssl
 import uvicorn
 
 from bastion.config.server import ServerConfig
+from bastion.server.http.memory import MemoryKeeper, tune_tls_buffers
 from bastion.server.http.protocol import CloseUnreadBody, LimitedH11Protocol
 
 logger = logging.getLogger(__name__)
@@ -45,6 +48,7 @@ class HttpServer(uvicorn.Server):
         config.ssl = ssl_context  # NOTE: our own context: TLS >= 1.2, mTLS, hot refresh
         super().__init__(config)
         self.own_signals, self.limits = own_signals, server
+        tune_tls_buffers()
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         raise_descriptor_limit(self.limits.max_connections + SPARE_FDS)
@@ -68,6 +72,8 @@ class HttpServer(uvicorn.Server):
         if serving.done():
             serving.result()
             raise RuntimeError("the HTTP server stopped during start-up")
+        keeper = MemoryKeeper().start()  # NOTE: closed connections' memory goes back (memory.py)
+        serving.add_done_callback(lambda _: keeper.stop())
         return serving
 
     @contextlib.contextmanager
