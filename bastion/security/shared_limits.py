@@ -84,7 +84,7 @@ def limiter_for(config: ServeConfig) -> Limiter | None:
     if not sec.limits_enabled and max_queued is None:
         return None
     return Limiter(sec.max_concurrent_requests, sec.max_waiting_requests,
-                   max_seqs=config.parallel.data_parallel_size * config.engine.max_num_seqs,
+                   max_seqs=config.parallel.data_parallel_size * config.engine.scheduler.max_num_seqs,
                    max_queued=max_queued)
 
 
