@@ -62,6 +62,12 @@ def add_security_args(parser: argparse.ArgumentParser) -> None:
     lim.add_argument("--audit-log", help="append one JSON line per request to this file (reopened on SIGHUP)")
 
 
+_DEFAULT_FLAGS = {"requests_per_minute": "--default-requests-per-minute",
+                  "tokens_per_minute": "--default-tokens-per-minute",
+                  "max_concurrent_requests": "--default-max-concurrent-per-principal",
+                  "max_waiting_requests": "--default-max-waiting-per-principal"}
+
+
 def security_config(args: argparse.Namespace) -> SecurityConfig:
     """Build and validate the security config; ValueError names the flag or file."""
     from bastion.security.auth import Authenticator
@@ -81,7 +87,10 @@ def security_config(args: argparse.Namespace) -> SecurityConfig:
                         args.default_max_concurrent_per_principal,
                         args.default_max_waiting_per_principal)
     except ValueError as exc:
-        raise ValueError(f"--default-*: {exc}") from None
+        message = str(exc)
+        for field, flag in _DEFAULT_FLAGS.items():
+            message = message.replace(field, flag)
+        raise ValueError(message) from None
     config = SecurityConfig(tls, jwt, args.api_key_file, extra, args.allow_insecure, limits,
                             args.max_concurrent_requests, args.max_waiting_requests, args.audit_log)
     if tls.enabled:

@@ -31,7 +31,9 @@ def add_serve_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--max-request-body-bytes", type=parse_bytes, default=4 * 2**20,
                    help="larger request bodies get 413 (default 4MiB)")
     g.add_argument("--max-queued-requests", type=int, default=None,
-                   help="503 while more requests than this wait for an engine (default: no bound)")
+                   help="503 (with Retry-After) while more requests than this wait for an engine slot "
+                        "(beyond -dp x --max-num-seqs running), across all API servers; waiting requests "
+                        "are admitted round-robin by tenant (default: no bound)")
     g.add_argument("--shutdown-timeout", type=float, default=30.0,
                    help="seconds in-flight requests may take to finish after SIGTERM/SIGINT")
     g.add_argument("--engine-startup-timeout", type=float, default=600.0,
