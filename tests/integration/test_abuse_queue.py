@@ -141,3 +141,33 @@ def test_one_keys_flood_does_not_starve_another_key(tmp_path):
         assert httpx.get(f"{server.url}/health", timeout=10).status_code == 200
     finally:
         server.kill()
+
+
+def test_a_client_that_leaves_while_waiting_gives_its_place_back():
+    server = ServerProcess("--max-queued-requests", "2", "--max-num-seqs", "1")
+    body = {"model": "bastion-demo", "prompt": "wait", "max_tokens": 1500, "ignore_eos": True}
+
+    async def run() -> tuple[int, int]:
+        async with httpx.AsyncClient(timeout=120) as client:
+            running = asyncio.create_task(client.post(f"{server.url}/v1/completions", json=body))
+            await asyncio.to_thread(server.wait_for_metric, "bastion_num_requests_running",
+                                    lambda v: v >= 1, 30)
+            waiting = [asyncio.create_task(client.post(f"{server.url}/v1/completions", json=body))
+                       for _ in range(2)]
+            full = await asyncio.to_thread(server.wait_for_metric, "bastion_num_requests_waiting",
+                                           lambda v: v >= 2, 30, rank="queue")
+            for task in waiting:
+                task.cancel()  # the clients leave: their connections close
+            await asyncio.gather(*waiting, return_exceptions=True)
+            empty = await asyncio.to_thread(server.wait_for_metric, "bastion_num_requests_waiting",
+                                            lambda v: v == 0, 30, rank="queue")
+            running.cancel()
+            await asyncio.gather(running, return_exceptions=True)
+            return int(full), int(empty)
+
+    try:
+        assert asyncio.run(run()) == (2, 0)
+        assert httpx.post(f"{server.url}/v1/completions", timeout=60, json={
+            **body, "max_tokens": 4}).status_code == 200
+    finally:
+        server.kill()
