@@ -76,20 +76,22 @@ async def _burst(url: str, count: int) -> list[httpx.Response]:
         return await asyncio.wait_for(asyncio.gather(*(one(i) for i in range(count))), 150)
 
 
-@pytest.mark.parametrize("api_servers", ["1", "2"])
-def test_a_burst_past_the_queue_bound_gets_503_and_the_bound_holds(api_servers):
+# NOTE: the two-API-server burst is 500, not 1,000, to keep the file near a minute on 2 cores
+# (the time goes into 1,000 HTTP exchanges, not generation); the bound is the same one.
+@pytest.mark.parametrize("api_servers, burst", [("1", BURST), ("2", BURST // 2)])
+def test_a_burst_past_the_queue_bound_gets_503_and_the_bound_holds(api_servers, burst):
     server = ServerProcess("--max-queued-requests", str(BOUND), "--max-num-seqs", str(SLOTS),
                            "--api-server-count", api_servers)
     try:
         watch = QueueWatch(server)
-        responses = asyncio.run(_burst(server.url, BURST))
+        responses = asyncio.run(_burst(server.url, burst))
         most_queued = watch.stop()
         ok = [r for r in responses if r.status_code == 200]
         refused = [r for r in responses if r.status_code == 503]
-        assert len(ok) + len(refused) == BURST, {r.status_code for r in responses}
+        assert len(ok) + len(refused) == burst, {r.status_code for r in responses}
         assert 0 < most_queued <= BOUND
         # at most the engine's slots plus the queue were ever admitted at once
-        assert SLOTS <= len(ok) and len(refused) >= BURST - 4 * (SLOTS + BOUND)
+        assert SLOTS <= len(ok) and len(refused) >= burst - 4 * (SLOTS + BOUND)
         assert all(r.json()["usage"]["completion_tokens"] == MAX_TOKENS for r in ok)
         for r in refused:
             assert int(r.headers["retry-after"]) >= 1
@@ -115,7 +117,7 @@ def test_one_keys_flood_does_not_starve_another_key(tmp_path):
             async def one(key: str, label: str) -> httpx.Response:
                 r = await client.post(f"{server.url}/v1/completions", headers={
                     "Authorization": f"Bearer {key}"}, json={
-                    "model": "bastion-demo", "prompt": "flood", "max_tokens": 300, "ignore_eos": True})
+                    "model": "bastion-demo", "prompt": "flood", "max_tokens": 150, "ignore_eos": True})
                 if r.status_code == 200:
                     finished.append(label)
                 return r
