@@ -52,11 +52,20 @@ def add_security_args(parser: argparse.ArgumentParser) -> None:
                      help="per-principal token rate (prompt + max_tokens reserved, settled to usage)")
     lim.add_argument("--default-max-concurrent-per-principal", type=int, default=None,
                      help="per-principal concurrent requests for keys and tokens that set none")
+    lim.add_argument("--default-max-waiting-per-principal", type=int, default=None,
+                     help="per-principal requests waiting for an engine slot (beyond: 429) for keys "
+                          "and tokens that set none; waiting requests are admitted round-robin by tenant")
     lim.add_argument("--max-concurrent-requests", type=int, default=None,
                      help="requests generating at once across the server; more wait in a queue")
     lim.add_argument("--max-waiting-requests", type=int, default=None,
                      help="bound of that queue (default: --max-concurrent-requests); beyond it, 429")
     lim.add_argument("--audit-log", help="append one JSON line per request to this file (reopened on SIGHUP)")
+
+
+_DEFAULT_FLAGS = {"requests_per_minute": "--default-requests-per-minute",
+                  "tokens_per_minute": "--default-tokens-per-minute",
+                  "max_concurrent_requests": "--default-max-concurrent-per-principal",
+                  "max_waiting_requests": "--default-max-waiting-per-principal"}
 
 
 def security_config(args: argparse.Namespace) -> SecurityConfig:
@@ -75,9 +84,13 @@ def security_config(args: argparse.Namespace) -> SecurityConfig:
         extra += secret_keys(args.api_key, "api-key")
     try:
         limits = Limits(args.default_requests_per_minute, args.default_tokens_per_minute,
-                        args.default_max_concurrent_per_principal)
+                        args.default_max_concurrent_per_principal,
+                        args.default_max_waiting_per_principal)
     except ValueError as exc:
-        raise ValueError(f"--default-*: {exc}") from None
+        message = str(exc)
+        for field, flag in _DEFAULT_FLAGS.items():
+            message = message.replace(field, flag)
+        raise ValueError(message) from None
     config = SecurityConfig(tls, jwt, args.api_key_file, extra, args.allow_insecure, limits,
                             args.max_concurrent_requests, args.max_waiting_requests, args.audit_log)
     if tls.enabled:

@@ -41,7 +41,9 @@ def add_serve_args(parser: argparse.ArgumentParser) -> None:
                    help="open connections per API server; past it a new one gets 503 and is closed "
                         "(default 4096; nginx worker_connections)")
     g.add_argument("--max-queued-requests", type=int, default=None,
-                   help="503 while more requests than this wait for an engine (default: no bound)")
+                   help="503 (with Retry-After) while more requests than this wait for an engine slot "
+                        "(beyond -dp x --max-num-seqs running), across all API servers; waiting requests "
+                        "are admitted round-robin by tenant (default: no bound)")
     g.add_argument("--shutdown-timeout", type=float, default=30.0,
                    help="seconds in-flight requests may take to finish after SIGTERM/SIGINT")
     g.add_argument("--engine-startup-timeout", type=float, default=600.0,

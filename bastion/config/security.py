@@ -18,9 +18,11 @@ class Limits:
     requests_per_minute: int | None = None
     tokens_per_minute: int | None = None
     max_concurrent_requests: int | None = None
+    max_waiting_requests: int | None = None  # NOTE: requests of this principal waiting for a slot
 
     def __post_init__(self) -> None:
-        for name in ("requests_per_minute", "tokens_per_minute", "max_concurrent_requests"):
+        for name in ("requests_per_minute", "tokens_per_minute", "max_concurrent_requests",
+                     "max_waiting_requests"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
@@ -31,7 +33,8 @@ class Limits:
                         zip(self.as_tuple(), defaults.as_tuple())))
 
     def as_tuple(self) -> tuple:
-        return (self.requests_per_minute, self.tokens_per_minute, self.max_concurrent_requests)
+        return (self.requests_per_minute, self.tokens_per_minute, self.max_concurrent_requests,
+                self.max_waiting_requests)
 
     @property
     def unlimited(self) -> bool:

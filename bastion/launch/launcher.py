@@ -30,8 +30,7 @@ from bastion.launch.local_ranks import LocalRanks
 from bastion.launch.multinode.registry import RemoteRankRegistry
 from bastion.launch.procs import Child, ChildStartError, await_all
 from bastion.launch.ranks import RankSet
-from bastion.security.ratelimit import Limiter
-from bastion.security.shared_limits import LimitsService
+from bastion.security.shared_limits import LimitsService, limiter_for
 from bastion.transport import channel
 from bastion.transport.addresses import url_host
 from bastion.transport.child_pipe import ApiServerSpec, EngineEndpoint, EngineReady, EngineSet
@@ -150,13 +149,12 @@ class Launcher:
 
     def _limits_service(self) -> str | None:
         """Where the API servers find the limits service: the supervisor's, else one started here."""
-        sec = self.config.security
-        if not sec.limits_enabled:
+        limiter = limiter_for(self.config)
+        if limiter is None:
             return None
         if self.limits_dir is not None:
             return self.limits_dir
-        self.limits = LimitsService(Limiter(sec.max_concurrent_requests, sec.max_waiting_requests),
-                                    str(self.dirs[0]))
+        self.limits = LimitsService(limiter, str(self.dirs[0]))
         return str(self.dirs[0])
 
     def _spawn_api_servers(self, sock, internal, keys, limits_dir) -> None:

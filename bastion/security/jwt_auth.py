@@ -2,7 +2,7 @@
 
 Claims: `sub` names the principal; `tenant` (default: `sub`); `scope` (space-separated, as
 OAuth) or `scopes` (a list), default `inference`; `models` (a list of served names);
-`requests_per_minute`, `tokens_per_minute`, `max_concurrent_requests`. `exp` is required;
+`requests_per_minute`, `tokens_per_minute`, `max_concurrent_requests`, `max_waiting_requests`. `exp` is required;
 `nbf`, `iss` and `aud` are checked, with `--jwt-leeway` seconds of clock skew.
 """
 from __future__ import annotations
@@ -75,7 +75,7 @@ def _principal(claims: dict) -> Principal:
         raise TokenRejected("invalid token: 'models' must be a list of names")
     try:
         limits = Limits(*(claims.get(f) for f in ("requests_per_minute", "tokens_per_minute",
-                                                   "max_concurrent_requests")))
+                                                   "max_concurrent_requests", "max_waiting_requests")))
     except ValueError as exc:
         raise TokenRejected(f"invalid token: {exc}") from None
     sub = str(claims["sub"])

@@ -14,6 +14,7 @@ Key file (``--api-key-file``)::
     requests_per_minute = 60
     tokens_per_minute = 20000
     max_concurrent_requests = 4
+    max_waiting_requests = 8         # of its requests waiting for an engine slot (beyond: 429)
 
 Only digests are kept in memory; a presented key is hashed and compared with every digest in
 constant time.
@@ -33,8 +34,9 @@ logger = logging.getLogger(__name__)
 
 ENV_VAR = "BASTION_API_KEY"
 _KEY_FIELDS = {"sha256", "key", "tenant", "scopes", "models", "requests_per_minute",
-               "tokens_per_minute", "max_concurrent_requests"}
-_LIMIT_FIELDS = ("requests_per_minute", "tokens_per_minute", "max_concurrent_requests")
+               "tokens_per_minute", "max_concurrent_requests", "max_waiting_requests"}
+_LIMIT_FIELDS = ("requests_per_minute", "tokens_per_minute", "max_concurrent_requests",
+                 "max_waiting_requests")
 
 
 class KeyFileError(ValueError):

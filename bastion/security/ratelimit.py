@@ -3,18 +3,25 @@
 Per principal: requests per minute and tokens per minute as token buckets (a full minute's
 worth of burst, refilled continuously), and concurrent requests. Tokens are reserved at
 admission (prompt plus the most the request may generate), settled to actual usage at the
-end, and the unused part returned on abort. Globally: at most `max_concurrent` requests run;
-up to `max_waiting` more wait in FIFO order; beyond that, refused.
+end, and the unused part returned on abort; and, optionally, how many may wait at once.
+
+Globally: a request runs when it fits (at most `max_concurrent` requests, and at most `max_seqs`
+sequences: the engines' slots, ranks x --max-num-seqs, a request of `n` sequences taking `n`);
+otherwise it waits. Waiting requests are admitted round-robin by group (the tenant), FIFO within
+a group (`FairQueue`). "Queued" means exactly that: admitted by the API servers, not finished,
+and waiting for a slot. Past `max_queued` queued requests a request is refused with 503 (the
+server is overloaded, --max-queued-requests); past `max_waiting` (--max-waiting-requests, with
+--max-concurrent-requests) or its principal's `max_waiting_requests`, with 429.
 """
 from __future__ import annotations
 
-import collections
 import math
 import time
 from dataclasses import dataclass
 from typing import Callable, Hashable
 
 from bastion.config.security import Limits
+from bastion.security.fair_queue import FairQueue
 
 QUEUE_FULL_RETRY_AFTER = 1.0
 
@@ -25,6 +32,7 @@ class Refusal:
 
     retry_after: float
     message: str
+    status: int = 429
 
     @property
     def retry_after_header(self) -> str:
@@ -62,14 +70,17 @@ class PrincipalState:
     requests: Bucket | None = None
     tokens: Bucket | None = None
     active: int = 0
+    waiting: int = 0
 
 
 @dataclass
 class Ticket:
-    """An admitted or waiting request: who, and how many tokens it reserved."""
+    """An admitted or waiting request: who, how many tokens it reserved, how many sequence
+    slots it takes."""
 
     key: str
     reserved: int
+    seats: int = 1
     granted: bool = False
 
 
@@ -77,32 +88,38 @@ class Limiter:
     """Admission bookkeeping; every method is quick and never blocks (the caller queues)."""
 
     def __init__(self, max_concurrent: int | None = None, max_waiting: int | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
-        self.max_concurrent = max_concurrent
+                 clock: Callable[[], float] = time.monotonic, max_seqs: int | None = None,
+                 max_queued: int | None = None) -> None:
+        self.max_concurrent, self.max_seqs, self.max_queued = max_concurrent, max_seqs, max_queued
         self.max_waiting = (max_concurrent or 0) if max_waiting is None else max_waiting
         self.clock = clock
         self.principals: dict[str, PrincipalState] = {}
         self.tickets: dict[Hashable, Ticket] = {}
-        self.waiting: collections.deque[Hashable] = collections.deque()
+        self.waiting = FairQueue()
         self.running = 0
+        self.seats_used = 0
 
-    def acquire(self, ticket_id: Hashable, key: str, limits: Limits, tokens: int) -> Refusal | bool:
-        """Admit (True), queue (False: a later `release` admits it), or refuse."""
+    def acquire(self, ticket_id: Hashable, key: str, limits: Limits, tokens: int,
+                group: str | None = None, seqs: int = 1) -> Refusal | bool:
+        """Admit (True), queue (False: a later `release` admits it), or refuse. `group` is the
+        round-robin group (the tenant; default the key); `seqs` the sequences it will run."""
         state = self._state(key, limits)
         refusal = self._check(state, limits, tokens)
         if refusal is not None:
             return refusal
-        if self.max_concurrent is not None and self.running >= self.max_concurrent:
-            if len(self.waiting) >= self.max_waiting:
-                return Refusal(QUEUE_FULL_RETRY_AFTER, f"the server is at --max-concurrent-requests "
-                               f"{self.max_concurrent} with {len(self.waiting)} waiting; retry later")
+        seats = min(seqs, self.max_seqs) if self.max_seqs is not None else seqs
+        if self.waiting or not self._fits(seats):
+            refusal = self._check_queue(state, limits)
+            if refusal is not None:
+                return refusal
             self._reserve(state, tokens)
-            self.tickets[ticket_id] = Ticket(key, tokens)
-            self.waiting.append(ticket_id)
+            state.waiting += 1
+            self.tickets[ticket_id] = Ticket(key, tokens, seats)
+            self.waiting.append(ticket_id, group if group is not None else key)
             return False
         self._reserve(state, tokens)
-        self.tickets[ticket_id] = Ticket(key, tokens, granted=True)
-        self.running += 1
+        self.tickets[ticket_id] = Ticket(key, tokens, seats)
+        self._grant(self.tickets[ticket_id])
         return True
 
     def release(self, ticket_id: Hashable, used_tokens: int) -> list[Hashable]:
@@ -117,16 +134,49 @@ class Limiter:
             state.tokens.refill(self.clock())
             state.tokens.give(max(0, ticket.reserved - used_tokens))
         if not ticket.granted:
+            state.waiting -= 1
             self.waiting.remove(ticket_id)
             return []
         self.running -= 1
+        self.seats_used -= ticket.seats
         admitted = []
-        while self.waiting and (self.max_concurrent is None or self.running < self.max_concurrent):
-            next_id = self.waiting.popleft()
-            self.tickets[next_id].granted = True
-            self.running += 1
+        while self.waiting and self._fits(self.tickets[self.waiting.peek()].seats):
+            next_id = self.waiting.pop()
+            ticket = self.tickets[next_id]
+            self.principals[ticket.key].waiting -= 1
+            self._grant(ticket)
             admitted.append(next_id)
         return admitted
+
+    @property
+    def queued(self) -> int:
+        """Requests admitted and waiting for a slot."""
+        return len(self.waiting)
+
+    def _fits(self, seats: int) -> bool:
+        return (self.max_concurrent is None or self.running < self.max_concurrent) and \
+            (self.max_seqs is None or self.seats_used + seats <= self.max_seqs)
+
+    def _grant(self, ticket: Ticket) -> None:
+        ticket.granted = True
+        self.running += 1
+        self.seats_used += ticket.seats
+
+    def _check_queue(self, state: PrincipalState, limits: Limits) -> Refusal | None:
+        """Refused instead of queued: the principal's waiting cap (429), the queue bound (503),
+        the waiting bound of --max-concurrent-requests (429)."""
+        cap = limits.max_waiting_requests
+        if cap is not None and state.waiting >= cap:
+            return Refusal(QUEUE_FULL_RETRY_AFTER, f"too many waiting requests: the limit is {cap} "
+                                                   "waiting at a time")
+        if self.max_queued is not None and len(self.waiting) >= self.max_queued:
+            return Refusal(QUEUE_FULL_RETRY_AFTER, f"the server is overloaded: {len(self.waiting)} "
+                           f"requests are queued (--max-queued-requests {self.max_queued}); retry "
+                           "later", status=503)
+        if self.max_concurrent is not None and len(self.waiting) >= self.max_waiting:
+            return Refusal(QUEUE_FULL_RETRY_AFTER, f"the server is at --max-concurrent-requests "
+                           f"{self.max_concurrent} with {len(self.waiting)} waiting; retry later")
+        return None
 
     def _state(self, key: str, limits: Limits) -> PrincipalState:
         now = self.clock()

@@ -2,8 +2,11 @@
 
 The launcher runs `LimitsService` in a thread (a ROUTER socket in its private 0700 ipc
 directory); each API server holds a `LimitsClient` (DEALER). An admission is one round trip;
-a request that must wait for a global slot simply gets its answer later, so the queue is one
-FIFO across all processes. Messages are a typed allowlist; a malformed one is logged and dropped.
+a request that must wait for a global slot is told so (`Queued`) and gets its `Admitted` later,
+so the queue is one line across all processes (round-robin by tenant, see `FairQueue`), and
+the queue bound (--max-queued-requests) is one bound for the whole server. Every reply carries
+the queue's length, for the API servers' metrics. Messages are a typed allowlist; a malformed
+one is logged and dropped.
 """
 from __future__ import annotations
 
@@ -11,12 +14,14 @@ import asyncio
 import itertools
 import logging
 import threading
+from typing import Callable
 
 import msgspec
 import zmq
 import zmq.asyncio
 
 from bastion.config.security import Limits
+from bastion.config.serve import ServeConfig
 from bastion.security.ratelimit import Limiter, Refusal
 
 logger = logging.getLogger(__name__)
@@ -29,6 +34,8 @@ class Acquire(msgspec.Struct, tag="acquire"):
     key: str
     limits: Limits
     tokens: int
+    group: str = ""
+    seqs: int = 1
 
 
 class Release(msgspec.Struct, tag="release"):
@@ -38,17 +45,47 @@ class Release(msgspec.Struct, tag="release"):
 
 class Admitted(msgspec.Struct, tag="admitted"):
     ticket: int
+    queued: int = 0
+
+
+class Queued(msgspec.Struct, tag="queued"):
+    """The ticket waits for a slot; `Admitted` follows (or nothing, if it is released first)."""
+
+    ticket: int
+    queued: int = 0
 
 
 class Refused(msgspec.Struct, tag="refused"):
     ticket: int
     retry_after: float
     message: str
+    status: int = 429
+    queued: int = 0
+
+
+class QueueLength(msgspec.Struct, tag="queue_length"):
+    """The queue changed without admitting anyone (a waiting request gave up)."""
+
+    queued: int
 
 
 _encoder = msgspec.msgpack.Encoder()
 _request_decoder = msgspec.msgpack.Decoder(Acquire | Release)
-_reply_decoder = msgspec.msgpack.Decoder(Admitted | Refused)
+_reply_decoder = msgspec.msgpack.Decoder(Admitted | Queued | Refused | QueueLength)
+
+
+def limiter_for(config: ServeConfig) -> Limiter | None:
+    """The server's one Limiter, or None when nothing asks for one (no credentials, limits,
+    --max-concurrent-requests or --max-queued-requests). Its slots are the engines' sequences,
+    data-parallel ranks x --max-num-seqs: beyond them requests wait in its fair queue, not in
+    the engines' first-come-first-served one."""
+    sec = config.security
+    max_queued = config.server.max_queued_requests
+    if not sec.limits_enabled and max_queued is None:
+        return None
+    return Limiter(sec.max_concurrent_requests, sec.max_waiting_requests,
+                   max_seqs=config.parallel.data_parallel_size * config.engine.scheduler.max_num_seqs,
+                   max_queued=max_queued)
 
 
 def endpoint(ipc_dir: str) -> str:
@@ -92,31 +129,42 @@ class LimitsService:
             self._handle(identity, message)
 
     def _handle(self, identity: bytes, message: Acquire | Release) -> None:
+        lim = self.limiter
         if isinstance(message, Acquire):
-            result = self.limiter.acquire((identity, message.ticket), message.key, message.limits,
-                                          message.tokens)
+            result = lim.acquire((identity, message.ticket), message.key, message.limits,
+                                 message.tokens, message.group or None, max(1, message.seqs))
             if isinstance(result, Refusal):
-                self._reply(identity, Refused(message.ticket, result.retry_after, result.message))
-            elif result:
-                self._reply(identity, Admitted(message.ticket))
+                self._reply(identity, Refused(message.ticket, result.retry_after, result.message,
+                                              result.status, lim.queued))
+            else:
+                reply = Admitted if result else Queued
+                self._reply(identity, reply(message.ticket, lim.queued))
             return
-        for waiting_identity, ticket in self.limiter.release((identity, message.ticket), message.used_tokens):
-            self._reply(waiting_identity, Admitted(ticket))
+        before = lim.queued
+        admitted = lim.release((identity, message.ticket), message.used_tokens)
+        for waiting_identity, ticket in admitted:
+            self._reply(waiting_identity, Admitted(ticket, lim.queued))
+        if not admitted and lim.queued != before:
+            self._reply(identity, QueueLength(lim.queued))
 
     def _reply(self, identity: bytes, message) -> None:
         self.sock.send_multipart([identity, _encoder.encode(message)])
 
 
 class LimitExceeded(Exception):
+    """Refused: answer `refusal.status` (429, or 503 past the queue bound) with Retry-After."""
+
     def __init__(self, refusal: Refusal) -> None:
         super().__init__(refusal.message)
         self.refusal = refusal
 
 
 class LimitsClient:
-    """An API server's side: `acquire` (awaits a slot or raises LimitExceeded), then `release`."""
+    """An API server's side: `acquire` (awaits a slot or raises LimitExceeded), then `release`.
+    `on_queue_length` hears the server-wide queue length with every reply (for /metrics)."""
 
     def __init__(self, ipc_dir: str) -> None:
+        self.on_queue_length: Callable[[int], None] | None = None
         self.ctx = zmq.asyncio.Context()
         self.sock = self.ctx.socket(zmq.DEALER)
         self.sock.setsockopt(zmq.LINGER, 0)
@@ -125,14 +173,16 @@ class LimitsClient:
         self._pending: dict[int, asyncio.Future] = {}
         self._reader: asyncio.Task | None = None
 
-    async def acquire(self, key: str, limits: Limits, tokens: int) -> int:
-        """A ticket once admitted; LimitExceeded if refused. Cancelling gives the place back."""
+    async def acquire(self, key: str, limits: Limits, tokens: int, group: str = "",
+                      seqs: int = 1) -> int:
+        """A ticket once admitted; LimitExceeded if refused. Cancelling gives the place back.
+        `group` is the round-robin group (the tenant); `seqs` the sequences the request runs."""
         if self._reader is None:
             self._reader = asyncio.create_task(self._read())
         ticket = next(self._ids)
         future = asyncio.get_running_loop().create_future()
         self._pending[ticket] = future
-        await self.sock.send(_encoder.encode(Acquire(ticket, key, limits, tokens)))
+        await self.sock.send(_encoder.encode(Acquire(ticket, key, limits, tokens, group, seqs)))
         try:
             reply = await future
         except asyncio.CancelledError:
@@ -141,7 +191,7 @@ class LimitsClient:
         finally:
             self._pending.pop(ticket, None)
         if isinstance(reply, Refused):
-            raise LimitExceeded(Refusal(reply.retry_after, reply.message))
+            raise LimitExceeded(Refusal(reply.retry_after, reply.message, reply.status))
         return ticket
 
     def release(self, ticket: int, used_tokens: int) -> None:
@@ -154,6 +204,10 @@ class LimitsClient:
                 reply = _reply_decoder.decode(payload)
             except msgspec.DecodeError:
                 logger.warning("dropped a malformed limits reply")
+                continue
+            if self.on_queue_length is not None:
+                self.on_queue_length(reply.queued)
+            if isinstance(reply, (QueueLength, Queued)):
                 continue
             future = self._pending.get(reply.ticket)
             if future is not None and not future.done():

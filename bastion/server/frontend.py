@@ -14,13 +14,12 @@ from bastion.config.server import ServerConfig
 from bastion.sampling_params import SamplingParams
 from bastion.security.audit import RequestRecord
 from bastion.security.shared_limits import LimitExceeded, LimitsClient
+from bastion.server import metrics
 from bastion.server.caller import Caller
 from bastion.server.engine_client import EngineClient
 from bastion.server.generation import Generation
 from bastion.server.http.errors import APIError
 from bastion.server.prompt import Budget, ChatPrompt, Prompt, TextPrompt
-
-RETRY_AFTER_SECONDS = "1"
 
 
 class PromptBody(Protocol):
@@ -53,6 +52,8 @@ class Frontend:
                  vocab_size: int, limits: LimitsClient | None = None) -> None:
         self.config, self.client, self.tokenizer = config, client, tokenizer
         self.limits = limits
+        if limits is not None:
+            limits.on_queue_length = metrics.record_queue_length
         self.backend = tokenizer.backend_tokenizer
         self.max_model_len, self.vocab_size = max_model_len, vocab_size
         self.model_name = config.served_model_names[0]
@@ -141,33 +142,34 @@ class Frontend:
 
     async def start(self, prompt_ids: list[int], params: SamplingParams, stops: list[str],
                     caller: Caller) -> Generation:
-        """Admit (engines up, queue bound, the caller's limits), then submit to a rank."""
-        self._admit()
-        ticket = await self._acquire(caller, len(prompt_ids) + params.max_tokens * params.n)
+        """Admit (engines up; a slot, the queue bound and the caller's limits from the shared
+        limiter), then submit to a rank. The slot is given back however the generation ends."""
+        if not any(r.alive for r in self.client.ranks):
+            raise APIError(503, "no engine rank is available")
+        ticket = await self._acquire(caller, len(prompt_ids) + params.max_tokens * params.n, params.n)
         admission = Admission(self.limits, ticket, caller.record)
         generation = Generation(self.client, self.backend, prompt_ids, params, stops,
                                 caller.cache_salt, on_end=admission.settle)
-        await generation.submit()
+        try:
+            await generation.submit()
+        except BaseException:
+            admission.settle(0, 0)  # NOTE: cancelled mid-send; a no-op when submit already ended it
+            raise
         return generation
 
-    def _admit(self) -> None:
-        """503 with no rank up, or with the queue over its bound."""
-        if not any(r.alive for r in self.client.ranks):
-            raise APIError(503, "no engine rank is available")
-        limit = self.config.max_queued_requests
-        if limit is not None and self.client.queued() >= limit:
-            raise APIError(503, f"the server is overloaded: {self.client.queued()} requests are "
-                                f"queued (--max-queued-requests {limit}); retry later",
-                           headers={"Retry-After": RETRY_AFTER_SECONDS})
-
-    async def _acquire(self, caller: Caller, tokens: int) -> int | None:
+    async def _acquire(self, caller: Caller, tokens: int, seqs: int) -> int | None:
+        """A limits ticket: waits (round-robin by tenant) while the engines' slots are full; 429
+        over the caller's limits, 503 past --max-queued-requests, both with Retry-After."""
         if self.limits is None:
             return None
         try:
-            return await self.limits.acquire(caller.limit_key, caller.limits, tokens)
+            return await self.limits.acquire(caller.limit_key, caller.limits, tokens,
+                                             caller.principal.tenant, seqs)
         except LimitExceeded as exc:
-            raise APIError(429, exc.refusal.message, code="rate_limit_exceeded",
-                           headers={"Retry-After": exc.refusal.retry_after_header}) from None
+            refusal = exc.refusal
+            raise APIError(refusal.status, refusal.message,
+                           code="rate_limit_exceeded" if refusal.status == 429 else None,
+                           headers={"Retry-After": refusal.retry_after_header}) from None
 
 
 class Admission:
@@ -181,6 +183,7 @@ class Admission:
     def settle(self, prompt_tokens: int, completion_tokens: int) -> None:
         """Give back the limits with the tokens used; write the counts to the audit record."""
         if self.ticket is not None:
-            self.limits.release(self.ticket, prompt_tokens + completion_tokens)
+            ticket, self.ticket = self.ticket, None
+            self.limits.release(ticket, prompt_tokens + completion_tokens)
         if self.record is not None:
             self.record.prompt_tokens, self.record.completion_tokens = prompt_tokens, completion_tokens

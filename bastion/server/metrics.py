@@ -11,6 +11,7 @@ from prometheus_client import multiprocess
 
 from bastion.transport.messages import EngineLoad
 
+QUEUE_LABEL = "queue"
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 _ITL_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5)
 
@@ -29,8 +30,9 @@ RANK_UP = Gauge("bastion_engine_up", "1 while an engine rank is alive", ["rank"]
                 multiprocess_mode="mostrecent")
 RUNNING = Gauge("bastion_num_requests_running", "Sequences running in an engine rank", ["rank"],
                 multiprocess_mode="mostrecent")
-WAITING = Gauge("bastion_num_requests_waiting", "Sequences waiting in an engine rank", ["rank"],
-                multiprocess_mode="mostrecent")
+WAITING = Gauge("bastion_num_requests_waiting", "Sequences waiting in an engine rank; rank=\"queue\": "
+                "requests the API servers admitted that wait for an engine slot (--max-queued-requests)",
+                ["rank"], multiprocess_mode="mostrecent")
 KV_USAGE = Gauge("bastion_kv_cache_usage_ratio", "Fraction of an engine rank's KV blocks in use",
                  ["rank"], multiprocess_mode="mostrecent")
 PREFIX_HIT_RATE = Gauge("bastion_prefix_cache_hit_rate",
@@ -44,6 +46,11 @@ def record_load(rank: int, load: EngineLoad) -> None:
     WAITING.labels(label).set(load.num_waiting)
     KV_USAGE.labels(label).set(load.kv_cache_usage)
     PREFIX_HIT_RATE.labels(label).set(load.prefix_cache_hit_rate)
+
+
+def record_queue_length(queued: int) -> None:
+    """The server-wide admission queue, as the limits service last reported it."""
+    WAITING.labels(QUEUE_LABEL).set(queued)
 
 
 def record_rank_up(rank: int, up: bool) -> None:

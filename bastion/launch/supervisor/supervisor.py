@@ -31,9 +31,8 @@ from bastion.launch.restart import RestartPolicy
 from bastion.launch.supervisor.app import build_supervisor_app
 from bastion.launch.supervisor.probe import Prober, ProbeTls
 from bastion.launch.supervisor.supervised_rank import SupervisedRank
-from bastion.security.ratelimit import Limiter
 from bastion.security.runtime import SecurityRuntime
-from bastion.security.shared_limits import LimitsService
+from bastion.security.shared_limits import LimitsService, limiter_for
 from bastion.server.http.server import HttpServer
 from bastion.transport import channel
 from bastion.transport.addresses import url_host
@@ -98,10 +97,9 @@ class Supervisor:
         server = HttpServer(build_supervisor_app(self, self.security.authenticator),
                             self.config.server, self.security.ssl_context, 2.0, own_signals=False)
         serving = await server.start(sock)
-        sec = self.config.security
-        if sec.limits_enabled:
-            self.limits = LimitsService(Limiter(sec.max_concurrent_requests, sec.max_waiting_requests),
-                                        str(self.limits_dir))
+        limiter = limiter_for(self.config)
+        if limiter is not None:
+            self.limits = LimitsService(limiter, str(self.limits_dir))
         self.env = child_environment(self.config.server.log_level)
         self.deadline = time.monotonic() + self.sup.startup_timeout_s
         for slot in self.slots:
