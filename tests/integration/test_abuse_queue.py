@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import resource
 import threading
-import time
 
 import httpx
 import pytest
