@@ -103,9 +103,6 @@ class EngineClient:
         if queue is not None:
             queue.put_nowait(item)
 
-    def queued(self) -> int:
-        return self.balancer.queued()
-
     async def submit(self, request_id: str, prompt_ids: list[int], params: SamplingParams,
                      cache_salt: str | None = None) -> tuple[int, asyncio.Queue]:
         """Send to the chosen rank; results (or a RankUnavailable) arrive on the queue."""
