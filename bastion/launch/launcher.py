@@ -30,7 +30,8 @@ from bastion.launch.local_ranks import LocalRanks
 from bastion.launch.multinode.registry import RemoteRankRegistry
 from bastion.launch.procs import Child, ChildStartError, await_all
 from bastion.launch.ranks import RankSet
-from bastion.security.shared_limits import LimitsService, limiter_for
+from bastion.security.ratelimit import Limiter
+from bastion.security.shared_limits import LimitsService
 from bastion.transport import channel
 from bastion.transport.addresses import url_host
 from bastion.transport.child_pipe import ApiServerSpec, EngineEndpoint, EngineReady, EngineSet
@@ -149,7 +150,7 @@ class Launcher:
 
     def _limits_service(self) -> str | None:
         """Where the API servers find the limits service: the supervisor's, else one started here."""
-        limiter = limiter_for(self.config)
+        limiter = limiter_for(self.config, self.config.parallel.data_parallel_size)
         if limiter is None:
             return None
         if self.limits_dir is not None:
@@ -249,3 +250,16 @@ def bind_listener(host: str, port: int, flags: str = "--host/--port") -> socket.
         raise ValueError(f"cannot listen on {host}:{port} ({flags}): {exc.strerror or exc}") from None
     sock.set_inheritable(True)
     return sock
+
+
+def limiter_for(config: ServeConfig, ranks: int) -> Limiter | None:
+    """The one Limiter of a server whose limits service admits to `ranks` engine ranks, or None
+    when nothing asks for one (no credentials, limits, --max-concurrent-requests or
+    --max-queued-requests). Its slots are the engines' sequences, `ranks` x --max-num-seqs:
+    beyond them requests wait in its fair queue, not in the engines' first-come-first-served one."""
+    sec = config.security
+    max_queued = config.server.max_queued_requests
+    if not sec.limits_enabled and max_queued is None:
+        return None
+    return Limiter(sec.max_concurrent_requests, sec.max_waiting_requests,
+                   max_seqs=ranks * config.engine.scheduler.max_num_seqs, max_queued=max_queued)

@@ -21,7 +21,6 @@ import zmq
 import zmq.asyncio
 
 from bastion.config.security import Limits
-from bastion.config.serve import ServeConfig
 from bastion.security.ratelimit import Limiter, Refusal
 
 logger = logging.getLogger(__name__)
@@ -72,20 +71,6 @@ class QueueLength(msgspec.Struct, tag="queue_length"):
 _encoder = msgspec.msgpack.Encoder()
 _request_decoder = msgspec.msgpack.Decoder(Acquire | Release)
 _reply_decoder = msgspec.msgpack.Decoder(Admitted | Queued | Refused | QueueLength)
-
-
-def limiter_for(config: ServeConfig) -> Limiter | None:
-    """The server's one Limiter, or None when nothing asks for one (no credentials, limits,
-    --max-concurrent-requests or --max-queued-requests). Its slots are the engines' sequences,
-    data-parallel ranks x --max-num-seqs: beyond them requests wait in its fair queue, not in
-    the engines' first-come-first-served one."""
-    sec = config.security
-    max_queued = config.server.max_queued_requests
-    if not sec.limits_enabled and max_queued is None:
-        return None
-    return Limiter(sec.max_concurrent_requests, sec.max_waiting_requests,
-                   max_seqs=config.parallel.data_parallel_size * config.engine.scheduler.max_num_seqs,
-                   max_queued=max_queued)
 
 
 def endpoint(ipc_dir: str) -> str:

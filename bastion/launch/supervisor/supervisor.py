@@ -24,7 +24,7 @@ import time
 
 from bastion.config.serve import ServeConfig
 from bastion.launch.environment import child_environment
-from bastion.launch.launcher import bind_listener
+from bastion.launch.launcher import bind_listener, limiter_for
 from bastion.launch.local_ranks import rank_engine_config
 from bastion.launch.procs import Child
 from bastion.launch.restart import RestartPolicy
@@ -32,7 +32,7 @@ from bastion.launch.supervisor.app import build_supervisor_app
 from bastion.launch.supervisor.probe import Prober, ProbeTls
 from bastion.launch.supervisor.supervised_rank import SupervisedRank
 from bastion.security.runtime import SecurityRuntime
-from bastion.security.shared_limits import LimitsService, limiter_for
+from bastion.security.shared_limits import LimitsService
 from bastion.server.http.server import HttpServer
 from bastion.transport import channel
 from bastion.transport.addresses import url_host
@@ -97,7 +97,7 @@ class Supervisor:
         server = HttpServer(build_supervisor_app(self, self.security.authenticator),
                             self.config.server, self.security.ssl_context, 2.0, own_signals=False)
         serving = await server.start(sock)
-        limiter = limiter_for(self.config)
+        limiter = limiter_for(self.config, self.config.parallel.local_size)  # this node's ranks
         if limiter is not None:
             self.limits = LimitsService(limiter, str(self.limits_dir))
         self.env = child_environment(self.config.server.log_level)
