@@ -44,6 +44,11 @@ def add_serve_args(parser: argparse.ArgumentParser) -> None:
                    help="503 (with Retry-After) while more requests than this wait for an engine slot "
                         "(beyond -dp x --max-num-seqs running), across all API servers; waiting requests "
                         "are admitted round-robin by tenant (default: no bound)")
+    g.add_argument("--max-batched-prompts", type=int, default=None,
+                   help="prompts one /v1/completions request may batch (a list of strings or of "
+                        "token-id lists); more get 400. Each prompt is admitted as its own request, "
+                        "so the default is --max-num-seqs: one batch at most fills one rank's "
+                        "running sequences and cannot crowd the queue past what one rank runs")
     g.add_argument("--shutdown-timeout", type=float, default=30.0,
                    help="seconds in-flight requests may take to finish after SIGTERM/SIGINT")
     g.add_argument("--engine-startup-timeout", type=float, default=600.0,
@@ -106,6 +111,8 @@ def serve_config(args: argparse.Namespace) -> ServeConfig:
                           http_header_timeout=args.http_header_timeout,
                           max_connections=args.max_connections,
                           max_queued_requests=args.max_queued_requests,
+                          max_batched_prompts=engine.scheduler.max_num_seqs if args.max_batched_prompts is None
+                          else args.max_batched_prompts,
                           shutdown_timeout=args.shutdown_timeout, log_level=args.log_level)
     if args.engine_startup_timeout <= 0:
         raise ValueError(f"--engine-startup-timeout must be positive, got {args.engine_startup_timeout}")

@@ -19,6 +19,7 @@ class ServerConfig:
     http_header_timeout: float = 10.0
     max_request_header_bytes: int = 32 * 2**10
     max_connections: int = 4096
+    max_batched_prompts: int = 128
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
@@ -35,5 +36,7 @@ class ServerConfig:
             raise ValueError(f"--max-request-header-bytes must be at least 1024, got {self.max_request_header_bytes}")
         if self.max_connections < 1:
             raise ValueError(f"--max-connections must be at least 1, got {self.max_connections}")
+        if self.max_batched_prompts < 1:
+            raise ValueError(f"--max-batched-prompts must be at least 1, got {self.max_batched_prompts}")
         if self.shutdown_timeout < 0:
             raise ValueError(f"--shutdown-timeout must be non-negative, got {self.shutdown_timeout}")

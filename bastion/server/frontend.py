@@ -16,6 +16,7 @@ from bastion.security.audit import RequestRecord
 from bastion.security.shared_limits import LimitExceeded, LimitsClient
 from bastion.server import metrics
 from bastion.server.caller import Caller
+from bastion.server.batch import GenerationBatch
 from bastion.server.engine_client import EngineClient
 from bastion.server.generation import Generation
 from bastion.server.http.errors import APIError
@@ -45,6 +46,12 @@ class GenerationBody(PromptBody, Protocol):
     def stop_strings(self) -> list[str]: ...
 
 
+class BatchBody(GenerationBody, Protocol):
+    """A body that may hold several prompts (`/v1/completions`), each its own generation."""
+
+    def to_prompts(self) -> list[Prompt]: ...
+
+
 class Frontend:
     """Shared by the routes of one API-server process: config, tokenizer, engine client, limits."""
 
@@ -62,13 +69,48 @@ class Frontend:
         """Check, tokenize, fit and admit one generation request, then submit it to a rank."""
         self.check_model(body.model, caller)
         body.check()
-        prompt = body.to_prompt()
+        prompt_ids, params = self.prepare(body, body.to_prompt())
+        return await self.start(prompt_ids, params, body.stop_strings, caller)
+
+    async def generate_batch(self, body: BatchBody, caller: Caller) -> Generation | GenerationBatch:
+        """`generate` for each prompt of the body: all are checked and fitted before any is
+        admitted, then each is admitted and submitted on its own, in order (choices prompt-major).
+        If one cannot be admitted, those already started are ended and its error is raised."""
+        self.check_model(body.model, caller)
+        body.check()
+        prompts = body.to_prompts()
+        if len(prompts) == 1:
+            prompt_ids, params = self.prepare(body, prompts[0])
+            return await self.start(prompt_ids, params, body.stop_strings, caller)
+        if len(prompts) > self.config.max_batched_prompts:
+            raise APIError(400, f"{len(prompts)} prompts in one request: this server takes at most "
+                                f"{self.config.max_batched_prompts} (--max-batched-prompts)", "prompt")
+        prepared = [self._prepare_nth(body, prompt, i) for i, prompt in enumerate(prompts)]
+        generations: list[Generation] = []
+        try:
+            for prompt_ids, params in prepared:
+                generations.append(await self.start(prompt_ids, params, body.stop_strings, caller,
+                                                    first_index=len(generations) * params.n))
+        except BaseException:
+            await GenerationBatch(generations).close()
+            raise
+        return GenerationBatch(generations)
+
+    def prepare(self, body: GenerationBody, prompt: Prompt) -> tuple[list[int], SamplingParams]:
+        """One prompt's ids (checked against the vocabulary) and its sampling parameters, with
+        the completion fitted into the context."""
         prompt_ids = self.prompt_ids(prompt)
         if not isinstance(prompt, ChatPrompt):
             self.check_ids(prompt_ids, prompt.field)
         max_tokens = self.max_tokens(len(prompt_ids), body.budget(), prompt.field)
-        params = body.sampling(max_tokens)
-        return await self.start(prompt_ids, params, body.stop_strings, caller)
+        return prompt_ids, body.sampling(max_tokens)
+
+    def _prepare_nth(self, body: GenerationBody, prompt: Prompt, index: int) -> tuple[list[int], SamplingParams]:
+        try:
+            return self.prepare(body, prompt)
+        except APIError as exc:
+            raise APIError(exc.status, f"prompt {index} of the batch: {exc.message}", exc.param,
+                           exc.code, exc.headers) from None
 
     def tokenize(self, body: PromptBody, caller: Caller) -> list[int]:
         self.check_model(body.model, caller)
@@ -141,7 +183,7 @@ class Frontend:
         return requested
 
     async def start(self, prompt_ids: list[int], params: SamplingParams, stops: list[str],
-                    caller: Caller) -> Generation:
+                    caller: Caller, first_index: int = 0) -> Generation:
         """Admit (engines up; a slot, the queue bound and the caller's limits from the shared
         limiter), then submit to a rank. The slot is given back however the generation ends."""
         if not any(r.alive for r in self.client.ranks):
@@ -149,7 +191,7 @@ class Frontend:
         ticket = await self._acquire(caller, len(prompt_ids) + params.max_tokens * params.n, params.n)
         admission = Admission(self.limits, ticket, caller.record)
         generation = Generation(self.client, self.backend, prompt_ids, params, stops,
-                                caller.cache_salt, on_end=admission.settle)
+                                caller.cache_salt, on_end=admission.settle, first_index=first_index)
         try:
             await generation.submit()
         except BaseException:
@@ -179,11 +221,17 @@ class Admission:
     def __init__(self, limits: LimitsClient | None, ticket: int | None,
                  record: RequestRecord | None) -> None:
         self.limits, self.ticket, self.record = limits, ticket, record
+        self.settled = False
 
     def settle(self, prompt_tokens: int, completion_tokens: int) -> None:
-        """Give back the limits with the tokens used; write the counts to the audit record."""
+        """Give back the limits with the tokens used; add the counts to the audit record (a
+        batch's prompts share it). Only the first call counts."""
+        if self.settled:
+            return
+        self.settled = True
         if self.ticket is not None:
             ticket, self.ticket = self.ticket, None
             self.limits.release(ticket, prompt_tokens + completion_tokens)
         if self.record is not None:
-            self.record.prompt_tokens, self.record.completion_tokens = prompt_tokens, completion_tokens
+            self.record.prompt_tokens = (self.record.prompt_tokens or 0) + prompt_tokens
+            self.record.completion_tokens = (self.record.completion_tokens or 0) + completion_tokens

@@ -51,16 +51,26 @@ class SequenceState:
     finish_reason: FinishReason | None = None
 
 
+def usage(prompt_tokens: int, completion_tokens: int, cached_tokens: int) -> dict:
+    """An OpenAI `usage` object."""
+    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens,
+            "prompt_tokens_details": {"cached_tokens": cached_tokens}}
+
+
 class Generation:
     """Follows one submitted request; iterate `deltas()` or await `collect()` once."""
 
     def __init__(self, client: EngineClient, backend, prompt_ids: list[int], params: SamplingParams,
                  stops: list[str], cache_salt: str | None = None,
-                 on_end: Callable[[int, int], None] | None = None) -> None:
+                 on_end: Callable[[int, int], None] | None = None, first_index: int = 0) -> None:
+        """`first_index`: the choice index of its first sequence (a batch's prompts number their
+        choices on, prompt-major); the engine numbers them from 0 all the same."""
         self.client, self.prompt_ids, self.params = client, prompt_ids, params
         self.cache_salt, self.on_end = cache_salt, on_end
         self.request_id = f"{client.client_index}-{uuid.uuid4().hex}"
-        self.seqs = [SequenceState(i, SequenceText(backend, prompt_ids, stops, params.skip_special_tokens))
+        self.seqs = [SequenceState(first_index + i,
+                                   SequenceText(backend, prompt_ids, stops, params.skip_special_tokens))
                      for i in range(params.n)]
         self.num_cached_tokens = 0
         self.started = time.monotonic()
@@ -77,9 +87,7 @@ class Generation:
         return sum(len(s.token_ids) for s in self.seqs)
 
     def usage(self) -> dict:
-        return {"prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens,
-                "total_tokens": self.prompt_tokens + self.completion_tokens,
-                "prompt_tokens_details": {"cached_tokens": self.num_cached_tokens}}
+        return usage(self.prompt_tokens, self.completion_tokens, self.num_cached_tokens)
 
     async def submit(self) -> None:
         """Send the request to a rank; a 503 when none is up."""
@@ -138,7 +146,7 @@ class Generation:
         seq.text.add(item.new_token_ids)
         if seq.text.stopped_by is not None:
             seq.finish_reason = FinishReason.STOP
-            await self.client.abort(self.request_id, [seq.index])
+            await self.client.abort(self.request_id, [item.index])
         elif item.finish_reason is not None:
             seq.finish_reason = item.finish_reason
         text = seq.text.release(final=seq.finish_reason is not None)

@@ -7,7 +7,7 @@ from bastion.security.auth import requires
 from bastion.server.http.middleware import caller_of
 from bastion.server.http.streaming import collect_unless_disconnected, sse_response
 from bastion.server.routes import frontend_of
-from bastion.server.routes.openai_responses import ResponseBuilder
+from bastion.server.routes.openai_responses import ResponseBuilder, StreamUsage
 from bastion.server.routes.protocol import ChatCompletionRequest, CompletionRequest
 
 router = APIRouter()
@@ -21,7 +21,8 @@ async def chat_completions(body: ChatCompletionRequest, request: Request):
     responses = ResponseBuilder("chatcmpl", "chat.completion", frontend.model_name, body.logprobs,
                                 frontend.backend)
     if body.stream:
-        return sse_response(responses.chat_events(generation, body.include_usage), generation)
+        return sse_response(responses.chat_events(generation, StreamUsage.of(body.stream_options)),
+                            generation)
     seqs = await collect_unless_disconnected(request, generation)
     return responses.envelope([responses.chat_choice(s) for s in seqs], generation.usage())
 
@@ -30,10 +31,11 @@ async def chat_completions(body: ChatCompletionRequest, request: Request):
 @requires("inference")
 async def completions(body: CompletionRequest, request: Request):
     frontend = frontend_of(request)
-    generation = await frontend.generate(body, caller_of(request))
+    generation = await frontend.generate_batch(body, caller_of(request))
     responses = ResponseBuilder("cmpl", "text_completion", frontend.model_name,
                                 body.logprobs is not None, frontend.backend)
     if body.stream:
-        return sse_response(responses.completion_events(generation, body.include_usage), generation)
+        return sse_response(responses.completion_events(generation, StreamUsage.of(body.stream_options)),
+                            generation)
     seqs = await collect_unless_disconnected(request, generation)
     return responses.envelope([responses.completion_choice(s) for s in seqs], generation.usage())

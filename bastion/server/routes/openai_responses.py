@@ -3,11 +3,46 @@ from __future__ import annotations
 
 import time
 import uuid
+from dataclasses import dataclass
 from typing import AsyncIterator
 
+from bastion.server.batch import GenerationBatch
 from bastion.server.generation import Generation, SequenceDelta, SequenceState
 from bastion.server.http.streaming import sse
 from bastion.transport.messages import TokenLogprob
+
+
+Answer = Generation | GenerationBatch
+_OMIT = object()  # a chunk without a `usage` field
+
+
+@dataclass(frozen=True)
+class StreamUsage:
+    """What `stream_options` asks of a stream's usage. `include`: a last chunk with the whole
+    request's usage (choices empty), `usage: null` on the others, as OpenAI's. `continuous`
+    (vLLM's `continuous_usage_stats`, only with `include`, as vLLM): every chunk, the role chunk
+    too, carries the usage so far: prompt tokens, and completion tokens of every sequence of
+    the request (vLLM counts the chunk's one choice; bastion's chunks may carry several)."""
+
+    include: bool = False
+    continuous: bool = False
+
+    @classmethod
+    def of(cls, options) -> "StreamUsage":
+        """From a body's `stream_options` (None: no usage in the stream)."""
+        if options is None or not options.include_usage:
+            return cls()
+        return cls(True, options.continuous_usage_stats)
+
+    def running(self, answer: Answer):
+        """The `usage` field of a chunk that is not the last."""
+        if not self.include:
+            return _OMIT
+        if not self.continuous:
+            return None
+        prompt, completion = answer.prompt_tokens, answer.completion_tokens
+        return {"prompt_tokens": prompt, "completion_tokens": completion,
+                "total_tokens": prompt + completion}
 
 
 class ResponseBuilder:
@@ -24,12 +59,12 @@ class ResponseBuilder:
         return {"id": self.id, "object": self.kind, "created": self.created, "model": self.model,
                 "choices": choices, "usage": usage}
 
-    def chunk(self, choices: list[dict], include_usage: bool, usage: dict | None = None) -> str:
-        """One SSE event; with include_usage every chunk has `usage` (null but in the last)."""
+    def chunk(self, choices: list[dict], usage=_OMIT) -> str:
+        """One SSE event; `usage` as `StreamUsage` gives it (a dict, None, or no field)."""
         kind = "chat.completion.chunk" if self.kind == "chat.completion" else self.kind
         body = {"id": self.id, "object": kind, "created": self.created, "model": self.model,
                 "choices": choices}
-        if include_usage:
+        if usage is not _OMIT:
             body["usage"] = usage
         return sse(body)
 
@@ -65,20 +100,20 @@ class ResponseBuilder:
         return {"index": seq.index, "text": seq.text.text,
                 "logprobs": self.completion_logprobs(seq.logprobs), "finish_reason": seq.finish_reason}
 
-    async def chat_events(self, generation: Generation, include_usage: bool) -> AsyncIterator[str]:
+    async def chat_events(self, generation: Answer, usage: StreamUsage) -> AsyncIterator[str]:
         first = [{"index": i, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
                   "finish_reason": None} for i in range(len(generation.seqs))]
-        yield self.chunk(first, include_usage)
+        yield self.chunk(first, usage.running(generation))
         async for deltas in generation.deltas():
             choices = [{"index": d.index, "delta": {"content": d.text} if d.text else {},
                         "logprobs": self.chat_logprobs(d.logprobs), "finish_reason": d.finish_reason}
                        for d in deltas if d.text or d.finish_reason or (self.logprobs and d.logprobs)]
             if choices:
-                yield self.chunk(choices, include_usage)
-        if include_usage:
-            yield self.chunk([], True, generation.usage())
+                yield self.chunk(choices, usage.running(generation))
+        if usage.include:
+            yield self.chunk([], generation.usage())
 
-    async def completion_events(self, generation: Generation, include_usage: bool) -> AsyncIterator[str]:
+    async def completion_events(self, generation: Answer, usage: StreamUsage) -> AsyncIterator[str]:
         offsets = [0] * len(generation.seqs)
         async for deltas in generation.deltas():
             choices = []
@@ -88,9 +123,9 @@ class ResponseBuilder:
                 choices.append(self._completion_delta(d, offsets[d.index]))
                 offsets[d.index] += len(d.text)
             if choices:
-                yield self.chunk(choices, include_usage)
-        if include_usage:
-            yield self.chunk([], True, generation.usage())
+                yield self.chunk(choices, usage.running(generation))
+        if usage.include:
+            yield self.chunk([], generation.usage())
 
     def _completion_delta(self, d: SequenceDelta, offset: int) -> dict:
         return {"index": d.index, "text": d.text, "logprobs": self.completion_logprobs(d.logprobs, offset),

@@ -7,7 +7,7 @@ left to it (its 400 names the client's field), so only this server's own limits 
 
 Top-level fields we do not know are ignored (clients send vendor extensions), but fields that
 would change the answer and that bastion does not implement (tools, response formats, logit
-bias, ...) are refused with a 400 rather than silently dropped. Nested objects with a fixed
+bias, ...; `unsupported.py`) are refused with a 400 rather than silently dropped. Nested objects with a fixed
 shape (`stream_options`, messages, SGLang's `sampling_params`) refuse unknown keys.
 """
 from __future__ import annotations
@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from bastion.sampling_params import SamplingParams
 from bastion.server.http.errors import APIError
 from bastion.server.prompt import Budget, ChatPrompt, TextPrompt, TokenPrompt
+from bastion.server.routes.unsupported import refuse_unsupported
 
 MAX_N = 64
 MAX_STOP_STRINGS = 16
@@ -36,16 +37,15 @@ class _Fixed(BaseModel):
 
 class StreamOptions(_Fixed):
     include_usage: bool = False
+    # vLLM's: usage on every chunk (with include_usage), as the streams of guidellm ask for.
+    continuous_usage_stats: bool = False
+    include_obfuscation: bool = True  # OpenAI's padding of deltas against side channels; ignored
 
 
 # NOTE: completion lengths keep their bound: the budget is fitted to the context before
 # SamplingParams sees it, and clients get pydantic's "greater than or equal to 1".
 PositiveInt = Annotated[int, Field(ge=1)]
 StopField = str | Annotated[list[str], Field(max_length=MAX_STOP_STRINGS)] | None
-
-# Fields whose presence (with a non-default value) changes what a client expects back.
-_UNSUPPORTED = ("tools", "tool_choice", "functions", "function_call", "suffix", "audio",
-                "prediction", "guided_json", "guided_regex", "guided_choice", "guided_grammar")
 
 # The SamplingParams a request body carries in fields of the same name unless it renames them.
 SAMPLING_FIELDS = ("n", "temperature", "top_p", "top_k", "min_p", "seed", "presence_penalty",
@@ -111,10 +111,7 @@ class _Sampling(_Body):
 
     def check(self) -> None:
         """A 400 for what this server does not implement, rather than a silently different answer."""
-        extra = self.model_extra or {}
-        for name in _UNSUPPORTED:
-            if extra.get(name) not in (None, [], {}, "none", "auto"):
-                raise APIError(400, f"'{name}' is not supported by this server", name)
+        refuse_unsupported(self.model_extra or {})
         if self.best_of is not None and self.best_of != self.n:
             raise APIError(400, "'best_of' is not supported (use 'n')", "best_of")
         if self.logit_bias:
@@ -129,10 +126,6 @@ class _Sampling(_Body):
     @property
     def stop_strings(self) -> list[str]:
         return stop_strings(self.stop, "stop")
-
-    @property
-    def include_usage(self) -> bool:
-        return bool(self.stream_options and self.stream_options.include_usage)
 
 
 class TextPart(_Fixed):
@@ -186,20 +179,29 @@ class ChatCompletionRequest(_Sampling):
         return (self.top_logprobs or 0) if self.logprobs else None
 
 
+TokenIds = Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=1)]
+
+
 class CompletionRequest(_Sampling):
-    prompt: str | Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=1)] | list[str] | list[list[int]]
+    # One prompt (text or token ids) or a batch of them, each its own generation.
+    prompt: str | TokenIds | list[str] | list[TokenIds]
     logprobs: int | None = None
 
-    def to_prompt(self) -> TextPrompt | TokenPrompt:
-        """The one prompt of the body; a 400 for a batch (one prompt per request)."""
+    def to_prompts(self) -> list[TextPrompt | TokenPrompt]:
+        """The body's prompts in order: one, or each of a batch; a 400 for an empty batch."""
         p = self.prompt
-        if isinstance(p, list) and p and isinstance(p[0], (str, list)):
-            if len(p) != 1:
-                raise APIError(400, "batched prompts are not supported: send one prompt per request", "prompt")
-            p = p[0]
-        if isinstance(p, list) and not p:
+        batch = [p] if isinstance(p, str) or (p and isinstance(p[0], int)) else list(p)
+        if not batch:
             raise APIError(400, "prompt must not be empty", "prompt")
-        return TextPrompt(p, "prompt") if isinstance(p, str) else TokenPrompt(list(p), "prompt")
+        return [TextPrompt(x, "prompt") if isinstance(x, str) else TokenPrompt(list(x), "prompt")
+                for x in batch]
+
+    def to_prompt(self) -> TextPrompt | TokenPrompt:
+        """The one prompt of the body; a 400 for a batch of several (`to_prompts` takes those)."""
+        prompts = self.to_prompts()
+        if len(prompts) != 1:
+            raise APIError(400, "this route takes one prompt", "prompt")
+        return prompts[0]
 
     def budget(self) -> Budget:
         return Budget(self.max_tokens, COMPLETIONS_DEFAULT_MAX_TOKENS)

@@ -43,3 +43,11 @@ def test_bad_http_limits_name_their_flag(argv, message):
 ])
 def test_head_problem(buffer, verdict):
     assert head_problem(buffer, 32 * 1024) == verdict
+
+
+def test_max_batched_prompts_defaults_to_max_num_seqs():
+    assert config().server.max_batched_prompts == 128
+    assert config("--max-num-seqs", "8").server.max_batched_prompts == 8
+    assert config("--max-num-seqs", "8", "--max-batched-prompts", "300").server.max_batched_prompts == 300
+    with pytest.raises(ValueError, match="--max-batched-prompts must be at least 1"):
+        config("--max-batched-prompts", "0")

@@ -1,0 +1,36 @@
+"""Request fields bastion does not implement and that would change the answer: refused, not dropped.
+
+Each field is listed with the values that leave the answer as bastion gives it (None always
+does), so a client that sends the default (`"tool_choice": "none"`, `"use_beam_search": false`)
+is served. Fields that do not change the answer (`user`, `metadata`, `service_tier`, `store`,
+`parallel_tool_calls`, `prompt_cache_key`, `safety_identifier`, vLLM's `priority`,
+`request_id`, `cache_salt`) are not listed: the bodies accept and ignore them, as peers do.
+"""
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+from bastion.server.http.errors import APIError
+
+# NOTE: OpenAI's fields first, then vLLM's; `logit_bias`, `response_format`, `echo`, `best_of`
+# are declared fields of the bodies and checked there.
+REFUSED: dict[str, tuple[Any, ...]] = {
+    "tools": ([],), "tool_choice": ("none", "auto"), "functions": ([],),
+    "function_call": ("none", "auto"), "suffix": ("",), "audio": (), "prediction": (),
+    "modalities": (["text"],), "web_search_options": (), "reasoning_effort": (), "verbosity": (),
+    "guided_json": (), "guided_regex": (), "guided_choice": (), "guided_grammar": (),
+    "structured_outputs": (), "use_beam_search": (False,), "length_penalty": (1.0,),
+    "include_stop_str_in_output": (False,), "allowed_token_ids": (), "bad_words": ([],),
+    "prompt_logprobs": (), "truncate_prompt_tokens": (), "return_tokens_as_token_ids": (False,),
+    "spaces_between_special_tokens": (True,), "logits_processors": (), "chat_template": (),
+    "chat_template_kwargs": ({},), "documents": (),
+}
+
+
+def refuse_unsupported(extra: Mapping[str, Any]) -> None:
+    """A 400 naming the first field of `extra` (a body's unknown fields) that would change the answer."""
+    for name, harmless in REFUSED.items():
+        value = extra.get(name)
+        if value is not None and not any(value == h and isinstance(value, bool) == isinstance(h, bool)
+                                         for h in harmless):
+            raise APIError(400, f"'{name}' is not supported by this server", name)
