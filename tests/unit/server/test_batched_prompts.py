@@ -108,3 +108,15 @@ def test_batch_errors_name_the_prompt_before_anything_is_admitted(frontend, body
         asyncio.run(frontend.generate_batch(CompletionRequest(model="m", **body), CALLER))
     assert caught.value.status == 400 and message in caught.value.message
     assert caught.value.param == param
+
+
+def test_a_batchs_admissions_add_their_counts_to_one_audit_record_once_each():
+    from bastion.security.audit import RequestRecord
+    from bastion.server.frontend import Admission
+
+    record = RequestRecord("r", 0, "POST", "/v1/completions", None, 0.0)
+    first, second = Admission(None, None, record), Admission(None, None, record)
+    first.settle(3, 5)
+    second.settle(4, 6)
+    second.settle(0, 0)  # a second settle (a send cancelled after the generation ended) counts nothing
+    assert (record.prompt_tokens, record.completion_tokens) == (7, 11)
