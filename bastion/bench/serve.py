@@ -2,7 +2,7 @@
 and latency; with `--compare-offline`, start a server itself and run the same workload through
 the offline engine in the same run (same requests, same concurrency), printing the ratio.
 The other `--compare-*` modes start servers the same way and compare two or three deployments
-(`internal.py`, `ray_compare.py`, `security_compare.py`).
+(`internal.py`, `ray_compare.py`, `security/compare.py`).
 """
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from pathlib import Path
 from bastion.bench.harness import bench_server
 from bastion.bench.internal import compare_internal
 from bastion.bench.ray_compare import compare_ray
-from bastion.bench.security_compare import compare_security
+from bastion.bench.security.compare import compare_security
 from bastion.bench.serve_load import measure_serving
 from bastion.bench.workloads import PROMPT_VOCAB, BenchRequest, bench_model, workload
 

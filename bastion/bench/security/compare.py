@@ -26,7 +26,7 @@ from statistics import mean
 
 from bastion.bench.harness import bench_server
 from bastion.bench.machine import machine_summary
-from bastion.bench.run_secrets import RunSecrets, make_run_secrets
+from bastion.bench.security.run_secrets import RunSecrets, make_run_secrets
 from bastion.bench.serve_load import measure_serving
 from bastion.bench.workloads import bench_model, workload
 
