@@ -2,7 +2,9 @@
 
 One run, two servers of the same model up side by side, the same requests at the same
 concurrency against each, interleaved (plain, secure, plain, secure, ... `--repeats` times) so
-that drift on a shared machine falls on both sides alike:
+that drift on a shared machine falls on both sides alike. Before its first run each side serves
+one untimed batch of the workload (its first `--concurrency` requests), so warming up counts
+against neither side.
 
 * plain: everything off. HTTP, no credentials (so no limits service), no audit log, the
   engine reached over ipc.
@@ -24,7 +26,7 @@ from contextlib import ExitStack
 from pathlib import Path
 from statistics import mean
 
-from bastion.bench.harness import bench_server
+from bastion.bench.harness import bench_server, engine_flags
 from bastion.bench.machine import machine_summary
 from bastion.bench.security.run_secrets import RunSecrets, make_run_secrets
 from bastion.bench.serve_load import measure_serving
@@ -52,13 +54,15 @@ def compare_security(args: argparse.Namespace) -> dict:
             urls = {side: servers.enter_context(bench_server(model, args, flags[side])) for side in SIDES}
             print(f"plain server at {urls['plain']}, secure server at {urls['secure']}")
             clients = {"plain": client_args(args), "secure": client_args(args, run)}
+            warmup = reqs[:args.concurrency]  # NOTE: a full batch first: the first run is no slower
             for repeat in range(1, args.repeats + 1):
                 for side in SIDES:
                     print(f"--- {side}, run {repeat} of {args.repeats}")
-                    runs[side].append(measure_serving(urls[side], clients[side], reqs))
+                    runs[side].append(measure_serving(urls[side], clients[side], reqs,
+                                                      warmup if repeat == 1 else None))
         audit_lines = _count_lines(folder / "audit.jsonl")
     result = summarize_sides(runs)
-    result.update(model=label, repeats=args.repeats, machine=machine_summary(),
+    result.update(model=label, repeats=args.repeats, machine=machine_summary(), engine_flags=engine_flags(args),
                   sides={"plain": describe("plain", flags["plain"]),
                          "secure": {**describe("secure", flags["secure"]), "audit_lines": audit_lines}})
     print_table(result)
