@@ -92,3 +92,10 @@ def test_a_forgotten_principal_returns_exactly_where_it_would_have_been():
     lim.release(3, 0)
     clock.now += 60
     assert lim.acquire(4, "a", limits, 1000) is True  # a full minute's worth, as if never forgotten
+
+
+def test_a_bad_cap_names_its_flag(capsys):
+    from bastion.cli import main
+
+    assert main(["serve", "--max-tracked-principals", "0"]) == 2
+    assert "--max-tracked-principals must be at least 1, got 0" in capsys.readouterr().err
