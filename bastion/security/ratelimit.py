@@ -21,14 +21,15 @@ from __future__ import annotations
 
 import math
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Callable, Hashable
 
 from bastion.config.security import DEFAULT_MAX_TRACKED_PRINCIPALS, Limits
 from bastion.security.fair_queue import FairQueue
-from bastion.security.principal_table import PrincipalTable
 
 QUEUE_FULL_RETRY_AFTER = 1.0
+SCAN_STEPS = 32  # records a new principal looks at, at most, to find room
 
 
 @dataclass
@@ -91,6 +92,49 @@ class PrincipalState:
         return max((b.full_in(now) for b in (self.requests, self.tokens) if b is not None), default=0.0)
 
 
+class PrincipalTable(OrderedDict[str, PrincipalState]):
+    """Principal key -> PrincipalState, least recently used first, at most `cap` of them.
+
+    Only a *settled* principal is forgotten (nothing in flight or waiting, buckets full again):
+    met again, it starts fresh, which is where it stood, so forgetting lifts no limit and loses
+    no ticket. When none has settled a new principal does not fit (503) and the tracked ones
+    are served as before. Finding room looks at SCAN_STEPS records at most, forgetting settled
+    ones and moving the others to the back (docs/security.md has the reasoning)."""
+
+    def __init__(self, cap: int) -> None:
+        if cap < 1:
+            raise ValueError(f"the principal cap must be at least 1, got {cap}")
+        super().__init__()
+        self.cap = cap
+        self.forgotten = 0  # settled principals pruned so far
+
+    def use(self, key: str) -> PrincipalState | None:
+        """Its state, now the most recently used; None if not tracked."""
+        state = self.get(key)
+        if state is not None:
+            self.move_to_end(key)
+        return state
+
+    def make_room(self, now: float) -> float:
+        """0 when a new principal fits (forgetting settled ones if full); else the seconds until
+        one of those looked at may settle (1 if all of them hold requests)."""
+        soonest = math.inf
+        for _ in range(min(SCAN_STEPS, len(self))):
+            if len(self) < self.cap:
+                break
+            key, state = next(iter(self.items()))
+            wait = state.settles_in(now)
+            if wait <= 0:
+                del self[key]
+                self.forgotten += 1
+            else:
+                self.move_to_end(key)
+                soonest = min(soonest, wait)
+        if len(self) < self.cap:
+            return 0.0
+        return soonest if soonest < math.inf else 1.0
+
+
 @dataclass
 class Ticket:
     """An admitted or waiting request: who, how many tokens it reserved, how many sequence
@@ -112,7 +156,7 @@ class Limiter:
         self.max_concurrent, self.max_seqs, self.max_queued = max_concurrent, max_seqs, max_queued
         self.max_waiting = (max_concurrent or 0) if max_waiting is None else max_waiting
         self.clock = clock
-        self.principals: PrincipalTable[PrincipalState] = PrincipalTable(max_principals)
+        self.principals = PrincipalTable(max_principals)
         self.tickets: dict[Hashable, Ticket] = {}
         self.waiting = FairQueue()
         self.running = 0
@@ -209,8 +253,7 @@ class Limiter:
                 return Refusal(wait, f"the server is overloaded: it tracks the limits of {cap} "
                                f"callers (--max-tracked-principals {cap}) and none has been idle "
                                "long enough to forget; retry later", status=503)
-            state = PrincipalState(limits)
-            self.principals.add(key, state)
+            state = self.principals[key] = PrincipalState(limits)
         state.limits = limits
         state.requests = _bucket(state.requests, limits.requests_per_minute, now)
         state.tokens = _bucket(state.tokens, limits.tokens_per_minute, now)
