@@ -7,7 +7,7 @@ import ipaddress
 import logging
 import socket
 
-from bastion.config.security import CERT_REQS, JwtConfig, Limits, SecurityConfig, TlsConfig
+from bastion.config.security import CERT_REQS, DEFAULT_MAX_TRACKED_PRINCIPALS, JwtConfig, Limits, SecurityConfig, TlsConfig
 from bastion.security.keys import env_keys, secret_keys
 
 logger = logging.getLogger(__name__)
@@ -59,6 +59,11 @@ def add_security_args(parser: argparse.ArgumentParser) -> None:
                      help="requests generating at once across the server; more wait in a queue")
     lim.add_argument("--max-waiting-requests", type=int, default=None,
                      help="bound of that queue (default: --max-concurrent-requests); beyond it, 429")
+    lim.add_argument("--max-tracked-principals", type=int, default=DEFAULT_MAX_TRACKED_PRINCIPALS,
+                     help="principals (keys, JWT subjects) whose limits are tracked at once; idle ones "
+                          "whose buckets have refilled are forgotten, least recently used first; when "
+                          "none is, a new principal gets 503 until one is (default "
+                          f"{DEFAULT_MAX_TRACKED_PRINCIPALS:,})")
     lim.add_argument("--audit-log", help="append one JSON line per request to this file (reopened on SIGHUP)")
 
 
@@ -92,7 +97,8 @@ def security_config(args: argparse.Namespace) -> SecurityConfig:
             message = message.replace(field, flag)
         raise ValueError(message) from None
     config = SecurityConfig(tls, jwt, args.api_key_file, extra, args.allow_insecure, limits,
-                            args.max_concurrent_requests, args.max_waiting_requests, args.audit_log)
+                            args.max_concurrent_requests, args.max_waiting_requests, args.audit_log,
+                            args.max_tracked_principals)
     if tls.enabled:
         build_context(tls)
     Authenticator(config)  # reads the key file and JWT key: their errors name the file

@@ -1,6 +1,8 @@
 """`bastion bench serve`: load a running server through the OpenAI API and report throughput
 and latency; with `--compare-offline`, start a server itself and run the same workload through
 the offline engine in the same run (same requests, same concurrency), printing the ratio.
+The other `--compare-*` modes start servers the same way and compare two or three deployments
+(`internal.py`, `ray_compare.py`, `security/compare.py`).
 """
 from __future__ import annotations
 
@@ -13,8 +15,9 @@ from pathlib import Path
 from bastion.bench.harness import bench_server
 from bastion.bench.internal import compare_internal
 from bastion.bench.ray_compare import compare_ray
+from bastion.bench.security.compare import compare_security
 from bastion.bench.serve_load import measure_serving
-from bastion.bench.workloads import PROMPT_VOCAB, BenchRequest, workload
+from bastion.bench.workloads import PROMPT_VOCAB, BenchRequest, bench_model, workload
 
 
 def add_serve_bench_args(parser: argparse.ArgumentParser) -> None:
@@ -42,21 +45,31 @@ def add_serve_bench_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--compare-ray", action="store_true",
                         help="start two servers on --model with --ranks ranks each: local processes, "
                              "then Ray actors (--data-parallel-backend ray); same workload against each")
+    parser.add_argument("--compare-security", action="store_true",
+                        help="start two servers on --model (or --synthetic-110m): everything off (HTTP, no "
+                             "auth, no limits, no audit, internal ipc) and everything on (TLS with a "
+                             "certificate made for the run, an API key from a keys file, per-key limits "
+                             "that never bind, an audit log, internal TCP with CurveZMQ); the same "
+                             "workload against each, interleaved --repeats times")
+    parser.add_argument("--repeats", type=int, default=3,
+                        help="with --compare-security: runs per side, interleaved plain/secure (default 3)")
     parser.add_argument("--ranks", type=int, default=2, help="data-parallel ranks for --compare-ray (default 2)")
     parser.add_argument("--ray-address", default=None,
                         help="the Ray cluster for --compare-ray (default $RAY_ADDRESS, else a local one)")
     parser.add_argument("--model", default=None,
-                        help="model folder for --compare-offline/--compare-internal/--compare-ray (default: "
-                             "the demo model)")
+                        help="model folder for --compare-offline/--compare-internal/--compare-ray/"
+                             "--compare-security (default: the demo model)")
     parser.add_argument("--synthetic-110m", action="store_true",
-                        help="with --compare-offline: a random ~110M Llama (with a word tokenizer)")
+                        help="with --compare-offline or --compare-security: a random ~110M Llama (with a "
+                             "word tokenizer)")
     parser.add_argument("--json", default=None, metavar="PATH", help="write the results as JSON")
 
 
 def run_serve_bench(args: argparse.Namespace) -> int:
-    if [bool(args.url), args.compare_offline, args.compare_internal, args.compare_ray].count(True) != 1:
-        raise ValueError("give one of --url URL (a running server), --compare-offline, --compare-internal "
-                         "or --compare-ray")
+    modes = [bool(args.url), args.compare_offline, args.compare_internal, args.compare_ray, args.compare_security]
+    if modes.count(True) != 1:
+        raise ValueError("give one of --url URL (a running server), --compare-offline, --compare-internal, "
+                         "--compare-ray or --compare-security")
     if args.concurrency < 1:
         raise ValueError(f"--concurrency must be at least 1, got {args.concurrency}")
     if args.compare_offline:
@@ -66,6 +79,8 @@ def run_serve_bench(args: argparse.Namespace) -> int:
         result = compare_internal(args)
     elif args.compare_ray:
         result = compare_ray(args)
+    elif args.compare_security:
+        result = compare_security(args)
     else:
         result = measure_serving(args.url, args, workload(args, PROMPT_VOCAB))
     result.update(workload=args.workload, concurrency=args.concurrency, request_rate=args.request_rate)
@@ -76,15 +91,8 @@ def run_serve_bench(args: argparse.Namespace) -> int:
 
 
 def compare_offline(args: argparse.Namespace, tmp: Path) -> dict:
-    model = args.model
-    if args.synthetic_110m:
-        from bastion.bench.workloads import write_synthetic_110m
-        model = str(write_synthetic_110m(tmp / "synthetic-110m"))
-    elif model is None:
-        from bastion.model.demo import default_model_path
-        model = str(default_model_path())
-    from bastion.model.arch import read_arch_config
-    reqs = workload(args, min(read_arch_config(model).vocab_size, 32000))
+    model, label, vocab = bench_model(args, tmp)
+    reqs = workload(args, vocab)
     with bench_server(model, args) as url:
         result = measure_serving(url, args, reqs)
     offline = measure_offline(model, args, reqs)
@@ -92,7 +100,7 @@ def compare_offline(args: argparse.Namespace, tmp: Path) -> dict:
     print(f"offline: {offline:.1f} output tok/s at concurrency {args.concurrency}")
     print(f"serving / offline: {ratio}")
     result.update(offline_output_tokens_per_s=round(offline, 2), serving_over_offline=ratio,
-                  model="synthetic-110m" if args.synthetic_110m else model)
+                  model=label)
     return result
 
 

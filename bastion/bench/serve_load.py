@@ -144,7 +144,10 @@ def _served_model(settings: LoadSettings) -> str:
     return reply.json()["data"][0]["id"]
 
 
-def measure_serving(url: str, args: argparse.Namespace, reqs: list[BenchRequest]) -> dict:
+def measure_serving(url: str, args: argparse.Namespace, reqs: list[BenchRequest],
+                    warmup: list[BenchRequest] | None = None) -> dict:
+    """Run `reqs` against `url` after an untimed warm-up (`warmup`, default 4 short requests)
+    and print the summary."""
     api_key = args.api_key or os.environ.get("BASTION_API_KEY")
     client_cert = None
     if args.ssl_client_certfile or args.ssl_client_keyfile:
@@ -155,8 +158,9 @@ def measure_serving(url: str, args: argparse.Namespace, reqs: list[BenchRequest]
                             args.request_rate, ca_certs=args.ssl_ca_certs, client_cert=client_cert)
     if not settings.model:
         settings = replace(settings, model=_served_model(settings))
-    warm = mixed_workload(4, PROMPT_VOCAB, seed=99, prompt_range=(16, 64), output_range=(4, 8))
-    asyncio.run(run_load(settings, warm))
+    if warmup is None:
+        warmup = mixed_workload(4, PROMPT_VOCAB, seed=99, prompt_range=(16, 64), output_range=(4, 8))
+    asyncio.run(run_load(settings, warmup))
     cpu_before = _cpu_seconds()
     results, seconds = asyncio.run(run_load(settings, reqs))
     summary = summarize(results, seconds)

@@ -50,6 +50,22 @@ def workload(args: argparse.Namespace, vocab: int) -> list[BenchRequest]:
     return reqs
 
 
+def bench_model(args: argparse.Namespace, tmp: Path) -> tuple[str, str, int]:
+    """The model a comparing bench serves: the synthetic 110M Llama (`--synthetic-110m`, written
+    into `tmp`), `--model`, or the demo model. Returns its folder, its name for the report, and
+    the vocabulary its prompts draw from."""
+    from bastion.model.arch import read_arch_config
+
+    if args.synthetic_110m:
+        path = str(write_synthetic_110m(tmp / "synthetic-110m"))
+        label = "synthetic-110m"
+    elif args.model:
+        path = label = args.model
+    else:
+        from bastion.model.demo import default_model_path
+        path = label = str(default_model_path())
+    return path, label, min(read_arch_config(path).vocab_size, 32000)
+
 
 def write_synthetic_110m(out: Path, seed: int = 0) -> Path:
     """A random-weight Llama (hidden 768, 12 layers, vocab 32000, ~110M params) in bfloat16."""

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 
 SCOPES = ("inference", "metrics", "admin")
 CERT_REQS = ("none", "optional", "required")
+DEFAULT_MAX_TRACKED_PRINCIPALS = 100_000  # --max-tracked-principals; ~500 B each with two buckets
 
 
 @dataclass(frozen=True)
@@ -124,8 +125,11 @@ class SecurityConfig:
     max_concurrent_requests: int | None = None
     max_waiting_requests: int | None = None
     audit_log: str | None = None
+    max_tracked_principals: int = DEFAULT_MAX_TRACKED_PRINCIPALS
 
     def __post_init__(self) -> None:
+        if self.max_tracked_principals < 1:
+            raise ValueError(f"--max-tracked-principals must be at least 1, got {self.max_tracked_principals}")
         if self.max_concurrent_requests is not None and self.max_concurrent_requests < 1:
             raise ValueError(f"--max-concurrent-requests must be at least 1, got {self.max_concurrent_requests}")
         if self.max_waiting_requests is not None and self.max_waiting_requests < 0:

@@ -262,4 +262,5 @@ def limiter_for(config: ServeConfig, ranks: int) -> Limiter | None:
     if not sec.limits_enabled and max_queued is None:
         return None
     return Limiter(sec.max_concurrent_requests, sec.max_waiting_requests,
-                   max_seqs=ranks * config.engine.scheduler.max_num_seqs, max_queued=max_queued)
+                   max_seqs=ranks * config.engine.scheduler.max_num_seqs, max_queued=max_queued,
+                   max_principals=sec.max_tracked_principals)

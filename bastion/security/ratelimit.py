@@ -12,18 +12,24 @@ a group (`FairQueue`). "Queued" means exactly that: admitted by the API servers,
 and waiting for a slot. Past `max_queued` queued requests a request is refused with 503 (the
 server is overloaded, --max-queued-requests); past `max_waiting` (--max-waiting-requests, with
 --max-concurrent-requests) or its principal's `max_waiting_requests`, with 429.
+
+Per-principal state is bounded (`PrincipalTable`, --max-tracked-principals): principals that
+have settled (nothing in flight, buckets full again) are forgotten least recently used first,
+which changes no limit; when none has, a new principal gets 503 until one does.
 """
 from __future__ import annotations
 
 import math
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Callable, Hashable
 
-from bastion.config.security import Limits
+from bastion.config.security import DEFAULT_MAX_TRACKED_PRINCIPALS, Limits
 from bastion.security.fair_queue import FairQueue
 
 QUEUE_FULL_RETRY_AFTER = 1.0
+SCAN_STEPS = 32  # records a new principal looks at, at most, to find room
 
 
 @dataclass
@@ -41,6 +47,8 @@ class Refusal:
 
 class Bucket:
     """`per_minute` units, refilled continuously, at most one minute's worth banked."""
+
+    __slots__ = ("capacity", "level", "updated")
 
     def __init__(self, per_minute: int, now: float) -> None:
         self.capacity = float(per_minute)
@@ -63,14 +71,68 @@ class Bucket:
     def give(self, amount: float) -> None:
         self.level = min(self.capacity, self.level + amount)
 
+    def full_in(self, now: float) -> float:
+        """Seconds until it is full again (0 when it is), without touching it."""
+        missing = self.capacity - self.level - (now - self.updated) * self.capacity / 60.0
+        return 0.0 if missing <= 0 else missing * 60.0 / self.capacity
 
-@dataclass
+
+@dataclass(slots=True)
 class PrincipalState:
     limits: Limits
     requests: Bucket | None = None
     tokens: Bucket | None = None
-    active: int = 0
+    active: int = 0  # NOTE: its requests admitted and not released, waiting ones included
     waiting: int = 0
+
+    def settles_in(self, now: float) -> float:
+        """0 when forgetting it changes nothing (idle, buckets full); see `PrincipalTable`."""
+        if self.active or self.waiting:
+            return math.inf
+        return max((b.full_in(now) for b in (self.requests, self.tokens) if b is not None), default=0.0)
+
+
+class PrincipalTable(OrderedDict[str, PrincipalState]):
+    """Principal key -> PrincipalState, least recently used first, at most `cap` of them.
+
+    Only a *settled* principal is forgotten (nothing in flight or waiting, buckets full again):
+    met again, it starts fresh, which is where it stood, so forgetting lifts no limit and loses
+    no ticket. When none has settled a new principal does not fit (503) and the tracked ones
+    are served as before. Finding room looks at SCAN_STEPS records at most, forgetting settled
+    ones and moving the others to the back (docs/security.md has the reasoning)."""
+
+    def __init__(self, cap: int) -> None:
+        if cap < 1:
+            raise ValueError(f"the principal cap must be at least 1, got {cap}")
+        super().__init__()
+        self.cap = cap
+        self.forgotten = 0  # settled principals pruned so far
+
+    def use(self, key: str) -> PrincipalState | None:
+        """Its state, now the most recently used; None if not tracked."""
+        state = self.get(key)
+        if state is not None:
+            self.move_to_end(key)
+        return state
+
+    def make_room(self, now: float) -> float:
+        """0 when a new principal fits (forgetting settled ones if full); else the seconds until
+        one of those looked at may settle (1 if all of them hold requests)."""
+        soonest = math.inf
+        for _ in range(min(SCAN_STEPS, len(self))):
+            if len(self) < self.cap:
+                break
+            key, state = next(iter(self.items()))
+            wait = state.settles_in(now)
+            if wait <= 0:
+                del self[key]
+                self.forgotten += 1
+            else:
+                self.move_to_end(key)
+                soonest = min(soonest, wait)
+        if len(self) < self.cap:
+            return 0.0
+        return soonest if soonest < math.inf else 1.0
 
 
 @dataclass
@@ -89,11 +151,12 @@ class Limiter:
 
     def __init__(self, max_concurrent: int | None = None, max_waiting: int | None = None,
                  clock: Callable[[], float] = time.monotonic, max_seqs: int | None = None,
-                 max_queued: int | None = None) -> None:
+                 max_queued: int | None = None,
+                 max_principals: int = DEFAULT_MAX_TRACKED_PRINCIPALS) -> None:
         self.max_concurrent, self.max_seqs, self.max_queued = max_concurrent, max_seqs, max_queued
         self.max_waiting = (max_concurrent or 0) if max_waiting is None else max_waiting
         self.clock = clock
-        self.principals: dict[str, PrincipalState] = {}
+        self.principals = PrincipalTable(max_principals)
         self.tickets: dict[Hashable, Ticket] = {}
         self.waiting = FairQueue()
         self.running = 0
@@ -104,6 +167,8 @@ class Limiter:
         """Admit (True), queue (False: a later `release` admits it), or refuse. `group` is the
         round-robin group (the tenant; default the key); `seqs` the sequences it will run."""
         state = self._state(key, limits)
+        if isinstance(state, Refusal):
+            return state
         refusal = self._check(state, limits, tokens)
         if refusal is not None:
             return refusal
@@ -128,7 +193,7 @@ class Limiter:
         ticket = self.tickets.pop(ticket_id, None)
         if ticket is None:
             return []
-        state = self.principals[ticket.key]
+        state = self.principals.use(ticket.key)  # NOTE: never forgotten while it holds a ticket
         state.active -= 1
         if state.tokens is not None:
             state.tokens.refill(self.clock())
@@ -178,10 +243,16 @@ class Limiter:
                            f"{self.max_concurrent} with {len(self.waiting)} waiting; retry later")
         return None
 
-    def _state(self, key: str, limits: Limits) -> PrincipalState:
+    def _state(self, key: str, limits: Limits) -> PrincipalState | Refusal:
         now = self.clock()
-        state = self.principals.get(key)
+        state = self.principals.use(key)
         if state is None:
+            wait = self.principals.make_room(now)
+            if wait:
+                cap = self.principals.cap
+                return Refusal(wait, f"the server is overloaded: it tracks the limits of {cap} "
+                               f"callers (--max-tracked-principals {cap}) and none has been idle "
+                               "long enough to forget; retry later", status=503)
             state = self.principals[key] = PrincipalState(limits)
         state.limits = limits
         state.requests = _bucket(state.requests, limits.requests_per_minute, now)
