@@ -8,7 +8,7 @@ when the generation ends.
 """
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Callable, Protocol
 
 from bastion.config.server import ServerConfig
 from bastion.sampling_params import SamplingParams
@@ -86,13 +86,18 @@ class Frontend:
             raise APIError(400, f"{len(prompts)} prompts in one request: this server takes at most "
                                 f"{self.config.max_batched_prompts} (--max-batched-prompts)", "prompt")
         prepared = [self._prepare_nth(body, prompt, i) for i, prompt in enumerate(prompts)]
+        # NOTE: one admission for the whole batch: prompts admitted one by one could each hold
+        # slots while waiting for more (two batches, or more sequences than slots: a deadlock).
+        admission = await self.admit(caller, sum(_reserved(ids, params) for ids, params in prepared),
+                                     sum(params.n for _, params in prepared), parts=len(prepared))
         generations: list[Generation] = []
         try:
             for prompt_ids, params in prepared:
-                generations.append(await self.start(prompt_ids, params, body.stop_strings, caller,
-                                                    first_index=len(generations) * params.n))
+                generations.append(await self.submit(prompt_ids, params, body.stop_strings, caller,
+                                                     admission, first_index=len(generations) * params.n))
         except BaseException:
             await GenerationBatch(generations).close()
+            admission.abandon()
             raise
         return GenerationBatch(generations)
 
@@ -183,19 +188,29 @@ class Frontend:
         return requested
 
     async def start(self, prompt_ids: list[int], params: SamplingParams, stops: list[str],
-                    caller: Caller, first_index: int = 0) -> Generation:
-        """Admit (engines up; a slot, the queue bound and the caller's limits from the shared
-        limiter), then submit to a rank. The slot is given back however the generation ends."""
+                    caller: Caller) -> Generation:
+        """Admit one generation, then submit it to a rank. Its slot is given back however it ends."""
+        admission = await self.admit(caller, _reserved(prompt_ids, params), params.n)
+        return await self.submit(prompt_ids, params, stops, caller, admission)
+
+    async def admit(self, caller: Caller, tokens: int, seqs: int, parts: int = 1) -> "Admission":
+        """Engines up; then `seqs` slots, the queue bound and the caller's limits from the shared
+        limiter, for a request of `parts` generations (a batch's prompts) as one."""
         if not any(r.alive for r in self.client.ranks):
             raise APIError(503, "no engine rank is available")
-        ticket = await self._acquire(caller, len(prompt_ids) + params.max_tokens * params.n, params.n)
-        admission = Admission(self.limits, ticket, caller.record)
+        ticket = await self._acquire(caller, tokens, seqs)
+        return Admission(self.limits, ticket, caller.record, parts)
+
+    async def submit(self, prompt_ids: list[int], params: SamplingParams, stops: list[str],
+                     caller: Caller, admission: "Admission", first_index: int = 0) -> Generation:
+        """Start one admitted generation on a rank; it settles its part of `admission` when it ends."""
+        on_end = admission.part()
         generation = Generation(self.client, self.backend, prompt_ids, params, stops,
-                                caller.cache_salt, on_end=admission.settle, first_index=first_index)
+                                caller.cache_salt, on_end=on_end, first_index=first_index)
         try:
             await generation.submit()
         except BaseException:
-            admission.settle(0, 0)  # NOTE: cancelled mid-send; a no-op when submit already ended it
+            on_end(0, 0)  # NOTE: cancelled mid-send; a no-op when submit already ended it
             raise
         return generation
 
@@ -214,24 +229,52 @@ class Frontend:
                            headers={"Retry-After": refusal.retry_after_header}) from None
 
 
+def _reserved(prompt_ids: list[int], params: SamplingParams) -> int:
+    """The tokens a generation reserves against its caller's token rate: prompt and budget."""
+    return len(prompt_ids) + params.max_tokens * params.n
+
+
 class Admission:
     """What admitting one request took from its caller: a limits ticket (None without shared
-    limits) and its audit record. `settle` runs once, when the generation ends."""
+    limits) and its audit record. The request has `parts` generations (a batch's prompts); each
+    settles its part once, when it ends, and the ticket goes back with the last."""
 
     def __init__(self, limits: LimitsClient | None, ticket: int | None,
-                 record: RequestRecord | None) -> None:
+                 record: RequestRecord | None, parts: int = 1) -> None:
         self.limits, self.ticket, self.record = limits, ticket, record
-        self.settled = False
+        self.pending, self.used_tokens = parts, 0
+
+    def part(self) -> Callable[[int, int], None]:
+        """The settle call of one generation: only its first call counts."""
+        settled = False
+
+        def settle(prompt_tokens: int, completion_tokens: int) -> None:
+            nonlocal settled
+            if not settled:
+                settled = True
+                self.settle(prompt_tokens, completion_tokens)
+        return settle
 
     def settle(self, prompt_tokens: int, completion_tokens: int) -> None:
-        """Give back the limits with the tokens used; add the counts to the audit record (a
-        batch's prompts share it). Only the first call counts."""
-        if self.settled:
+        """One part ended: add its counts to the audit record; the last part gives back the
+        limits with the tokens all parts used."""
+        if self.pending <= 0:
             return
-        self.settled = True
-        if self.ticket is not None:
-            ticket, self.ticket = self.ticket, None
-            self.limits.release(ticket, prompt_tokens + completion_tokens)
+        self.pending -= 1
+        self.used_tokens += prompt_tokens + completion_tokens
         if self.record is not None:
             self.record.prompt_tokens = (self.record.prompt_tokens or 0) + prompt_tokens
             self.record.completion_tokens = (self.record.completion_tokens or 0) + completion_tokens
+        if self.pending == 0:
+            self._release()
+
+    def abandon(self) -> None:
+        """The parts never started (a batch cut short) will not settle: give the ticket back now."""
+        if self.pending > 0:
+            self.pending = 0
+            self._release()
+
+    def _release(self) -> None:
+        if self.ticket is not None:
+            ticket, self.ticket = self.ticket, None
+            self.limits.release(ticket, self.used_tokens)

@@ -110,13 +110,38 @@ def test_batch_errors_name_the_prompt_before_anything_is_admitted(frontend, body
     assert caught.value.param == param
 
 
-def test_a_batchs_admissions_add_their_counts_to_one_audit_record_once_each():
+class RecordingLimits:
+    """Stands in for the limits client: records the tickets given back."""
+
+    def __init__(self) -> None:
+        self.released: list[tuple[int, int]] = []
+
+    def release(self, ticket: int, used: int) -> None:
+        self.released.append((ticket, used))
+
+
+def test_a_batch_is_one_admission_whose_ticket_goes_back_with_its_last_prompt():
     from bastion.security.audit import RequestRecord
     from bastion.server.frontend import Admission
 
+    limits = RecordingLimits()
     record = RequestRecord("r", 0, "POST", "/v1/completions", None, 0.0)
-    first, second = Admission(None, None, record), Admission(None, None, record)
-    first.settle(3, 5)
-    second.settle(4, 6)
-    second.settle(0, 0)  # a second settle (a send cancelled after the generation ended) counts nothing
+    admission = Admission(limits, 7, record, parts=2)
+    first, second = admission.part(), admission.part()
+    first(3, 5)
+    first(0, 0)  # a second settle (a send cancelled after the generation ended) counts nothing
+    assert limits.released == []  # the other prompt still runs: the slots stay taken
+    second(4, 6)
+    assert limits.released == [(7, 18)]
     assert (record.prompt_tokens, record.completion_tokens) == (7, 11)
+
+
+def test_a_batch_cut_short_gives_its_ticket_back_with_what_was_used():
+    from bastion.server.frontend import Admission
+
+    limits = RecordingLimits()
+    admission = Admission(limits, 3, None, parts=3)
+    admission.part()(2, 1)
+    admission.abandon()
+    admission.abandon()
+    assert limits.released == [(3, 3)]
