@@ -5,13 +5,20 @@ import argparse
 
 from bastion.config.engine import SUPPORTED_DTYPES, EngineConfig, parse_bytes
 
+DTYPE_SPELLINGS = {"half": "float16", "float": "float32"}  # vLLM's and SGLang's other names
+
+
+def _dtype(text: str) -> str:
+    return DTYPE_SPELLINGS.get(text, text)
+
 
 def add_engine_args(parser: argparse.ArgumentParser) -> None:
     """Add the engine's flags to a sub-command's parser."""
     g = parser.add_argument_group("engine")
-    g.add_argument("--dtype", default="auto", choices=SUPPORTED_DTYPES,
+    g.add_argument("--dtype", default="auto", type=_dtype, choices=SUPPORTED_DTYPES,
                    help="weights and activations dtype; auto = the checkpoint's (bfloat16 for "
-                        "float16 checkpoints on CPU)")
+                        "float16 checkpoints on CPU); half and float, as vLLM and SGLang spell "
+                        "them, mean float16 and float32")
     g.add_argument("--device", default="auto", help="auto (CUDA when present, else CPU), cpu, cuda, cuda:N")
     g.add_argument("--max-model-len", "--context-length", type=int, default=None,
                    help="context length (prompt + output); default: the model's")

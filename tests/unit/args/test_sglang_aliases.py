@@ -25,6 +25,8 @@ def config(*argv: str):
     (["--page-size", "32"], ["--block-size", "32"]),
     (["--random-seed", "7"], ["--seed", "7"]),
     (["--disable-radix-cache"], ["--no-enable-prefix-caching"]),
+    (["--dtype", "half"], ["--dtype", "float16"]),
+    (["--dtype", "float"], ["--dtype", "float32"]),
 ])
 def test_an_alias_builds_the_config_of_its_canonical_flag(alias, canonical):
     assert config(*alias) == config(*canonical)
