@@ -6,6 +6,7 @@ import logging
 import sys
 
 from bastion import __version__
+from bastion.args.aliases import AliasHelpFormatter
 from bastion.args.engine import add_engine_args, engine_kwargs
 
 
@@ -75,12 +76,14 @@ def build_parser() -> argparse.ArgumentParser:
                         choices=["debug", "info", "warning", "error"], help="logging level")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    serve = sub.add_parser("serve", help="serve a model over the OpenAI API (and SGLang's /generate)")
+    serve = sub.add_parser("serve", help="serve a model over the OpenAI API (and SGLang's /generate)",
+                           formatter_class=AliasHelpFormatter)
     from bastion.args.serve import add_serve_args
     add_serve_args(serve)
     serve.set_defaults(func=_serve)
 
-    gen = sub.add_parser("generate", help="complete one prompt offline and print it")
+    gen = sub.add_parser("generate", help="complete one prompt offline and print it",
+                         formatter_class=AliasHelpFormatter)
     gen.add_argument("prompt", help="the prompt text")
     gen.add_argument("--model", default=None, help="local model folder (default: the demo model)")
     gen.add_argument("--max-tokens", type=int, default=64, help="most tokens to generate")
@@ -103,12 +106,14 @@ def build_parser() -> argparse.ArgumentParser:
     bench = sub.add_parser("bench", help="benchmarks")
     bench_sub = bench.add_subparsers(dest="bench", required=True)
     from bastion.bench.throughput import add_throughput_args
-    tp = bench_sub.add_parser("throughput", help="offline engine throughput vs transformers")
+    tp = bench_sub.add_parser("throughput", help="offline engine throughput vs transformers",
+                              formatter_class=AliasHelpFormatter)
     add_throughput_args(tp)
     add_engine_args(tp)
     tp.set_defaults(func=_bench)
     from bastion.bench.serve import add_serve_bench_args
-    sv = bench_sub.add_parser("serve", help="load a server over the OpenAI API (optionally vs offline)")
+    sv = bench_sub.add_parser("serve", help="load a server over the OpenAI API (optionally vs offline)",
+                              formatter_class=AliasHelpFormatter)
     add_serve_bench_args(sv)
     add_engine_args(sv)
     sv.set_defaults(func=_bench_serve)

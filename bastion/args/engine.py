@@ -5,29 +5,39 @@ import argparse
 
 from bastion.config.engine import SUPPORTED_DTYPES, EngineConfig, parse_bytes
 
+DTYPE_SPELLINGS = {"half": "float16", "float": "float32"}  # vLLM's and SGLang's other names
+
+
+def _dtype(text: str) -> str:
+    return DTYPE_SPELLINGS.get(text, text)
+
 
 def add_engine_args(parser: argparse.ArgumentParser) -> None:
     """Add the engine's flags to a sub-command's parser."""
     g = parser.add_argument_group("engine")
-    g.add_argument("--dtype", default="auto", choices=SUPPORTED_DTYPES,
+    g.add_argument("--dtype", default="auto", type=_dtype, choices=SUPPORTED_DTYPES,
                    help="weights and activations dtype; auto = the checkpoint's (bfloat16 for "
-                        "float16 checkpoints on CPU)")
+                        "float16 checkpoints on CPU); half and float, as vLLM and SGLang spell "
+                        "them, mean float16 and float32")
     g.add_argument("--device", default="auto", help="auto (CUDA when present, else CPU), cpu, cuda, cuda:N")
-    g.add_argument("--max-model-len", type=int, default=None,
+    g.add_argument("--max-model-len", "--context-length", type=int, default=None,
                    help="context length (prompt + output); default: the model's")
-    g.add_argument("--block-size", type=int, default=16, help="tokens per KV-cache block")
+    g.add_argument("--block-size", "--page-size", type=int, default=16, help="tokens per KV-cache block")
     g.add_argument("--kv-cache-memory", type=parse_bytes, default=None,
                    help="size of the KV pool, e.g. 4GiB or 512MB (default: enough for "
                         "--max-num-seqs full sequences, at most 4GiB on CPU; 85%% of free memory on CUDA)")
     g.add_argument("--num-kv-blocks", type=int, default=None,
                    help="size of the KV pool in blocks (instead of --kv-cache-memory)")
     g.add_argument("--enable-prefix-caching", action=argparse.BooleanOptionalAction, default=True,
-                   help="reuse the KV of shared prompt prefixes")
+                   help="reuse the KV of shared prompt prefixes (--disable-radix-cache: alias of "
+                        "--no-enable-prefix-caching)")
+    g.add_argument("--disable-radix-cache", dest="enable_prefix_caching", action="store_false",
+                   help=argparse.SUPPRESS)  # NOTE: SGLang's name; noted in the help above
     g.add_argument("--max-num-batched-tokens", type=int, default=2048,
                    help="token budget of one engine step (prefill chunks + decodes)")
-    g.add_argument("--max-num-seqs", type=int, default=128,
+    g.add_argument("--max-num-seqs", "--max-running-requests", type=int, default=128,
                    help="most sequences running at once")
-    g.add_argument("--seed", type=int, default=0, help="seed of the engine's random state")
+    g.add_argument("--seed", "--random-seed", type=int, default=0, help="seed of the engine's random state")
     g.add_argument("--num-threads", type=int, default=None,
                    help="CPU threads for torch (default: every core this process may use)")
 

@@ -24,8 +24,9 @@ def _cert_reqs(text: str) -> str:
 
 def add_security_args(parser: argparse.ArgumentParser) -> None:
     t = parser.add_argument_group("TLS")
-    t.add_argument("--ssl-keyfile", help="PEM private key of the server certificate (needs --ssl-certfile)")
-    t.add_argument("--ssl-certfile", help="PEM certificate (chain) to serve HTTPS with")
+    t.add_argument("--ssl-keyfile", "--ssl-key-file",
+                   help="PEM private key of the server certificate (needs --ssl-certfile)")
+    t.add_argument("--ssl-certfile", "--ssl-cert-file", help="PEM certificate (chain) to serve HTTPS with")
     t.add_argument("--ssl-keyfile-password-file", help="file holding the password of an encrypted --ssl-keyfile")
     t.add_argument("--ssl-ca-certs", help="PEM CA bundle that client certificates must chain to (mTLS)")
     t.add_argument("--ssl-cert-reqs", type=_cert_reqs, default="none",

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import os
 
+from bastion.args.aliases import add_model_args, model_of
 from bastion.args.engine import add_engine_args, engine_config
 from bastion.args.ray import add_ray_args, ray_config
 from bastion.args.security import add_security_args, check_exposure, security_config
@@ -16,8 +17,7 @@ from bastion.launch.net import HOST_IP_ENV, node_address
 
 
 def add_serve_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("model", nargs="?", default=None,
-                        help="local model folder (default: the bundled demo model)")
+    add_model_args(parser)
     g = parser.add_argument_group("server")
     g.add_argument("--log-level", default=argparse.SUPPRESS,
                    choices=["debug", "info", "warning", "error"], help="logging level (default warning)")
@@ -54,7 +54,7 @@ def add_serve_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--engine-startup-timeout", type=float, default=600.0,
                    help="seconds an engine may take to load before the launch fails")
     p = parser.add_argument_group("parallel")
-    p.add_argument("--data-parallel-size", "-dp", type=int, default=1,
+    p.add_argument("--data-parallel-size", "-dp", "--dp", "--dp-size", type=int, default=1,
                    help="engine ranks (model replicas); each gets its share of CPU threads or its own GPU")
     p.add_argument("--max-rank-restarts", type=int, default=5,
                    help="restarts of a dead rank (an engine rank, or a whole rank under the supervisor) "
@@ -97,14 +97,15 @@ def serve_config(args: argparse.Namespace) -> ServeConfig:
     """Build and validate every config; ValueError names the offending flag."""
     from bastion.model.demo import default_model_path
 
-    model = args.model or str(default_model_path())
+    given = model_of(args)
+    model = given or str(default_model_path())
     engine = engine_config(model, args)
     parallel = ParallelConfig(args.data_parallel_size, args.api_server_count, args.max_rank_restarts,
                               args.rank_restart_window_s, args.data_parallel_size_local,
                               args.data_parallel_start_rank, args.data_parallel_address or
                               (os.environ.get(HOST_IP_ENV) if args.data_parallel_size_local else None),
                               args.data_parallel_rpc_port, args.headless)
-    names = tuple(args.served_model_name or [_default_name(model, args.model is None)])
+    names = tuple(args.served_model_name or [_default_name(model, given is None)])
     server = ServerConfig(host=args.host, port=args.port, served_model_names=names,
                           max_request_body_bytes=args.max_request_body_bytes,
                           max_request_header_bytes=args.max_request_header_bytes,

@@ -20,6 +20,7 @@ _FIELDS = {
     "min_ready_ranks": "min_ready_ranks",
     "ssl_client_certfile": "client_certfile",
     "ssl_client_keyfile": "client_keyfile",
+    "audit_log_skip_probes": "audit_skip_probes",
 }
 
 
@@ -49,6 +50,10 @@ def add_supervisor_args(parser: argparse.ArgumentParser) -> None:
                         "(default --ssl-certfile, which must then allow clientAuth)")
     g.add_argument("--ssl-client-keyfile", default=None,
                    help="unencrypted key of --ssl-client-certfile (default --ssl-keyfile)")
+    g.add_argument("--audit-log-skip-probes", action="store_true", default=None,
+                   help="the ranks write no --audit-log line for the supervisor's own health probes "
+                        "(recognised by a token only the supervisor holds; like Envoy's "
+                        "not_health_check_filter); every client request is still written")
 
 
 def supervisor_config(args: argparse.Namespace) -> SupervisorConfig | None:

@@ -147,6 +147,7 @@ class SupervisorConfig:
     min_ready_ranks: int | None = None  # None: every rank
     client_certfile: str | None = None  # the probes' client certificate (mTLS); default the server pair
     client_keyfile: str | None = None
+    audit_skip_probes: bool = False  # the ranks write no audit line for the supervisor's probes
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
@@ -185,6 +186,8 @@ class SupervisorConfig:
         if self.min_ready_ranks is not None and not 1 <= self.min_ready_ranks <= ranks:
             raise ValueError(f"--min-ready-ranks must be in [1, {ranks}] (the ranks on this node), "
                              f"got {self.min_ready_ranks}")
+        if self.audit_skip_probes and not security.audit_log:
+            raise ValueError("--audit-log-skip-probes needs --audit-log")
         if self.client_certfile and not security.tls.enabled:
             raise ValueError("--ssl-client-certfile needs --ssl-keyfile and --ssl-certfile (the "
                              "probes only present a client certificate over TLS)")

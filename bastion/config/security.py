@@ -126,6 +126,9 @@ class SecurityConfig:
     max_waiting_requests: int | None = None
     audit_log: str | None = None
     max_tracked_principals: int = DEFAULT_MAX_TRACKED_PRINCIPALS
+    # NOTE: a supervised rank's only: the SHA-256 of the supervisor's probe token, whose probes
+    # leave no audit line (--audit-log-skip-probes); the token itself never leaves the supervisor.
+    audit_skip_probe_sha256: str | None = None
 
     def __post_init__(self) -> None:
         if self.max_tracked_principals < 1:

@@ -161,10 +161,10 @@ class Launcher:
     def _spawn_api_servers(self, sock, internal, keys, limits_dir) -> None:
         cfg = self.config
         for j in range(cfg.parallel.api_server_count):
+            name = f"{self.label}api-server-{j}"
             spec = ApiServerSpec(j, cfg.server, cfg.model, sock.fileno(), str(self.dirs[0]), str(self.dirs[1]),
-                                 cfg.security, internal, keys[j], limits_dir)
-            self.api_servers.append(Child(f"{self.label}api-server-{j}", spec, pass_fds=(sock.fileno(),),
-                                          env=self.env))
+                                 cfg.security, internal, keys[j], limits_dir, name)
+            self.api_servers.append(Child(name, spec, pass_fds=(sock.fileno(),), env=self.env))
 
     def _watch(self) -> int:
         """Until a signal: tend the ranks (restarts); stop if an API server dies or every rank failed."""

@@ -13,7 +13,7 @@ class SecurityRuntime:
     """One HTTP server's security pieces: credentials (reloaded when the key file changes), TLS
     context (hot refresh when asked), shared limits client and audit log (when configured)."""
 
-    def __init__(self, sec: SecurityConfig, limits_dir: str | None = None, audit: bool = True) -> None:
+    def __init__(self, sec: SecurityConfig, limits_dir: str | None = None) -> None:
         self.authenticator = Authenticator(sec)
         self.key_watch = (FileWatch([sec.api_key_file], self.authenticator.reload, "key-file-watch")
                           if sec.api_key_file else None)
@@ -21,7 +21,7 @@ class SecurityRuntime:
         self.ssl_context = (self.refresher.context if self.refresher
                             else build_context(sec.tls) if sec.tls.enabled else None)
         self.limits = LimitsClient(limits_dir) if limits_dir else None
-        self.audit = AuditLog(sec.audit_log) if sec.audit_log and audit else None
+        self.audit = AuditLog(sec.audit_log) if sec.audit_log else None
 
     def hangup(self) -> None:
         self.authenticator.reload()

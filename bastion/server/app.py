@@ -17,8 +17,9 @@ from bastion.server.routes.sglang import router as sglang_router
 
 
 def build_app(frontend: Frontend, authenticator: Authenticator, security: SecurityConfig,
-              audit: AuditLog | None = None, api_server: int = 0) -> FastAPI:
-    """The app; middleware from the outside in: metrics, audit trail, auth guard, body limit."""
+              audit: AuditLog | None = None, api_server: int = 0, server: str | None = None) -> FastAPI:
+    """The app; middleware from the outside in: metrics, audit trail, auth guard, body limit.
+    `server` names this process in the audit log (default `api-server-N`)."""
     app = FastAPI(title="bastion", version=__version__, docs_url=None, redoc_url=None,
                   openapi_url=None)
     app.state.frontend, app.state.authenticator, app.state.security = frontend, authenticator, security
@@ -29,6 +30,7 @@ def build_app(frontend: Frontend, authenticator: Authenticator, security: Securi
         app.router.routes.extend(router.routes)
     app.add_middleware(BodyLimit, limit=frontend.config.max_request_body_bytes)
     app.add_middleware(AuthGuard, routes=app.router.routes, authenticator=authenticator)
-    app.add_middleware(AuditTrail, log=audit, api_server=api_server)
+    app.add_middleware(AuditTrail, log=audit, api_server=api_server, server=server,
+                       skip_probe_sha256=security.audit_skip_probe_sha256)
     app.add_middleware(RequestMetrics)
     return app

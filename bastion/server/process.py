@@ -61,7 +61,7 @@ async def _serve(spec: ApiServerSpec, engines: EngineSet, tokenizer, sock: socke
     loop.add_signal_handler(signal.SIGHUP, security.hangup)
     frontend = Frontend(spec.server, client, tokenizer, engines.max_model_len, engines.vocab_size,
                         security.limits)
-    app = build_app(frontend, security.authenticator, spec.security, security.audit, spec.index)
+    app = build_app(frontend, security.authenticator, spec.security, security.audit, spec.index, spec.name)
     server = HttpServer(app, spec.server, security.ssl_context, spec.server.shutdown_timeout)
     serving = await server.start(sock)
     report(ApiServerReady(spec.index))

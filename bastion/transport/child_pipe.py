@@ -69,6 +69,7 @@ class ApiServerSpec(msgspec.Struct, tag="api_spec"):
     internal: InternalConfig
     keys: ChannelKeys | None = None
     limits_dir: str | None = None  # where the shared limits service listens (None: no limits)
+    name: str | None = None  # its process name (`rank-1/api-server-0`), in its audit lines
 
 
 class RankServerSpec(msgspec.Struct, tag="rank_spec"):

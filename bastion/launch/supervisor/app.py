@@ -2,7 +2,8 @@
 
 `/health` and `/ready` are public (what a Kubernetes probe can call); `/ranks` shows URLs,
 states, restarts, pids and probe results, so it needs a credential with the `metrics` or
-`admin` scope, checked by the same guard as the ranks' routes.
+`admin` scope, checked by the same guard as the ranks' routes. Every request is written to the
+`--audit-log` by the same audit trail as the ranks', as `"server": "supervisor"`.
 """
 from __future__ import annotations
 
@@ -14,9 +15,10 @@ from fastapi.responses import JSONResponse
 
 from bastion import __version__
 from bastion.launch.supervisor.supervised_rank import SupervisedRank
+from bastion.security.audit import AuditLog
 from bastion.security.auth import Authenticator, public, requires
 from bastion.server.http.errors import install_error_handlers
-from bastion.server.http.middleware import AuthGuard
+from bastion.server.http.middleware import AuditTrail, AuthGuard
 
 router = APIRouter()
 
@@ -63,11 +65,14 @@ async def ranks(request: Request) -> dict:
     return {"phase": view.phase, **_counts(view), "data": [slot.describe(now) for slot in view.slots]}
 
 
-def build_supervisor_app(view: SupervisorView, authenticator: Authenticator) -> FastAPI:
+def build_supervisor_app(view: SupervisorView, authenticator: Authenticator,
+                         audit: AuditLog | None = None) -> FastAPI:
+    """The supervisor's app; middleware from the outside in: audit trail, auth guard."""
     app = FastAPI(title="bastion supervisor", version=__version__, docs_url=None, redoc_url=None,
                   openapi_url=None)
     app.state.supervisor = view
     install_error_handlers(app)
     app.router.routes.extend(router.routes)  # NOTE: the routes themselves, for the auth guard
     app.add_middleware(AuthGuard, routes=app.router.routes, authenticator=authenticator)
+    app.add_middleware(AuditTrail, log=audit, api_server=None, server="supervisor")
     return app

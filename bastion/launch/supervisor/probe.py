@@ -28,6 +28,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from bastion.config.deployment import SupervisorConfig
 from bastion.config.security import TlsConfig
+from bastion.security.audit import PROBE_HEADER
 from bastion.security.tls import check_certificate, key_password
 from bastion.security.watch import signature
 
@@ -143,10 +144,12 @@ def server_name(cert: x509.Certificate, host: str) -> str:
 
 class Prober:
     """Probes one rank's `/health`; each probe opens a new connection (no keep-alive), so a
-    process that took over the port is met on the very next probe."""
+    process that took over the port is met on the very next probe. With `token`
+    (--audit-log-skip-probes) each probe presents it, and the rank writes no audit line for it."""
 
-    def __init__(self, url: str, tls: ProbeTls | None, timeout_s: float) -> None:
+    def __init__(self, url: str, tls: ProbeTls | None, timeout_s: float, token: str | None = None) -> None:
         self.url, self.tls, self.timeout_s = url.rstrip("/") + "/health", tls, timeout_s
+        self.headers = {"user-agent": USER_AGENT, **({PROBE_HEADER.decode(): token} if token else {})}
         self._client: httpx.AsyncClient | None = None
         self._context: ssl.SSLContext | None = None
 
@@ -157,7 +160,7 @@ class Prober:
             self._client = httpx.AsyncClient(
                 verify=context if context is not None else True, trust_env=False,
                 timeout=self.timeout_s, limits=httpx.Limits(max_keepalive_connections=0),
-                headers={"user-agent": USER_AGENT})
+                headers=self.headers)
             self._context = context
         return self._client
 

@@ -2,7 +2,8 @@
 
 Rank i is a whole server (its own launcher, engine and API server, with TLS, auth, limits and
 audit as configured) on `--port + i`, started as a child that gets its configuration through
-the spawn pipe. The supervisor serves `/health`, `/ready` and `/ranks` on its own port, probes
+the spawn pipe. The supervisor serves `/health`, `/ready` and `/ranks` on its own port (audited
+like the ranks' routes; --audit-log-skip-probes keeps its probes out of the ranks' lines), probes
 every rank's `/health` (TLS verified, see probe.py) and restarts a rank that exits or turns
 unhealthy with backoff while the others serve untouched. Per-principal and global limits hold
 across ranks: the supervisor runs the one limits service every rank uses.
@@ -31,6 +32,7 @@ from bastion.launch.restart import RestartPolicy
 from bastion.launch.supervisor.app import build_supervisor_app
 from bastion.launch.supervisor.probe import Prober, ProbeTls
 from bastion.launch.supervisor.supervised_rank import SupervisedRank
+from bastion.security.audit import ProbeToken
 from bastion.security.runtime import SecurityRuntime
 from bastion.security.shared_limits import LimitsService
 from bastion.server.http.server import HttpServer
@@ -56,6 +58,7 @@ class Supervisor:
         self.host = probe_host(config.server.host)
         tls = config.security.tls
         self.probe_tls = ProbeTls(tls, self.sup, self.host) if tls.enabled else None
+        self.probe_token = ProbeToken.new() if self.sup.audit_skip_probes else None
         scheme = "https" if tls.enabled else "http"
         par = config.parallel
         first = par.data_parallel_start_rank
@@ -92,9 +95,9 @@ class Supervisor:
         self.outcome: asyncio.Future = loop.create_future()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._on_signal, sig)
-        self.security = SecurityRuntime(self.config.security, audit=False)
+        self.security = SecurityRuntime(self.config.security)
         loop.add_signal_handler(signal.SIGHUP, self._on_hangup)
-        server = HttpServer(build_supervisor_app(self, self.security.authenticator),
+        server = HttpServer(build_supervisor_app(self, self.security.authenticator, self.security.audit),
                             self.config.server, self.security.ssl_context, 2.0, own_signals=False)
         serving = await server.start(sock)
         limiter = limiter_for(self.config, self.config.parallel.local_size)  # this node's ranks
@@ -138,7 +141,7 @@ class Supervisor:
             child.signal(signal.SIGHUP)
 
     def _spawn(self, slot: SupervisedRank) -> None:
-        spec = RankServerSpec(slot.index, rank_config(self.config, slot.index),
+        spec = RankServerSpec(slot.index, rank_config(self.config, slot.index, self.probe_token),
                               str(self.limits_dir) if self.limits else None)
         child = Child(f"rank-{slot.index}", spec, env=self.env)
         self.children[slot.index] = child
@@ -181,7 +184,8 @@ class Supervisor:
         asyncio.get_running_loop().call_later(grace, lambda: child.alive() and child.kill_tree())
 
     async def _probe_loop(self, slot: SupervisedRank) -> None:
-        prober = Prober(slot.url, self.probe_tls, self.sup.probe_timeout_s)
+        prober = Prober(slot.url, self.probe_tls, self.sup.probe_timeout_s,
+                        self.probe_token.token if self.probe_token else None)
         try:
             while True:
                 began = time.monotonic()
@@ -268,14 +272,15 @@ def rank_port(config: ServeConfig, index: int) -> int:
     return config.server.port + index - config.parallel.data_parallel_start_rank
 
 
-def rank_config(config: ServeConfig, index: int) -> ServeConfig:
+def rank_config(config: ServeConfig, index: int, probe: ProbeToken | None = None) -> ServeConfig:
     """Rank `index`'s server: one engine with its share of this node's CPU threads, on
     `rank_port`. Its own launcher never restarts its engine: restarts are the supervisor's, one
-    authority per rank."""
+    authority per rank. With `probe` (--audit-log-skip-probes) it knows the probe token's digest."""
     one = dataclasses.replace(config.parallel, data_parallel_size=1, max_rank_restarts=0,
                               data_parallel_size_local=None, data_parallel_start_rank=0)
     return dataclasses.replace(
-        config, engine=rank_engine_config(config, index), parallel=one,
+        config, engine=rank_engine_config(config, index), parallel=one, security=dataclasses.replace(
+            config.security, audit_skip_probe_sha256=probe.sha256 if probe else None),
         server=dataclasses.replace(config.server, port=rank_port(config, index)), supervisor=None)
 
 

@@ -17,7 +17,7 @@ import uuid
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
-from bastion.security.audit import AuditLog, RequestRecord
+from bastion.security.audit import AuditLog, RequestRecord, is_probe
 from bastion.security.auth import (AUTHENTICATED, NO_DECISION, PUBLIC, AuthError, Authenticator,
                                    decision_of)
 from bastion.server import metrics
@@ -82,17 +82,25 @@ async def _deny(send, exc: AuthError) -> None:
 
 
 class AuditTrail:
-    """Gives each request an id (the `x-request-id` header) and writes its audit line at the end."""
+    """Gives each request an id (the `x-request-id` header) and writes its audit line at the end.
 
-    def __init__(self, app, log: AuditLog | None, api_server: int = 0) -> None:
+    `server` names this process in every line (`api-server-0`, `supervisor`); `skip_probe_sha256`
+    (`--audit-log-skip-probes`, a rank under the supervisor) is the digest of the supervisor's
+    probe token: a probe presenting it leaves no line (security/audit.py: `is_probe`)."""
+
+    def __init__(self, app, log: AuditLog | None, api_server: int | None = 0, server: str | None = None,
+                 skip_probe_sha256: str | None = None) -> None:
         self.app, self.log, self.api_server = app, log, api_server
+        self.server = server if server is not None else f"api-server-{api_server}"
+        self.skip_probe_sha256 = skip_probe_sha256
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         client = scope.get("client")
         record = RequestRecord(uuid.uuid4().hex, self.api_server, scope["method"], scope["path"],
-                               client[0] if client else None, time.monotonic())
+                               client[0] if client else None, time.monotonic(), server=self.server)
+        written = self.log is not None and not is_probe(scope, self.skip_probe_sha256)
         scope.setdefault("state", {})["record"] = record
         status = 500
 
@@ -107,7 +115,7 @@ class AuditTrail:
         try:
             await self.app(scope, receive, tracked_send)
         finally:
-            if self.log is not None:
+            if written:
                 self.log.write(record.line(status))
 
 
