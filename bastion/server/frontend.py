@@ -37,6 +37,8 @@ class PromptBody(Protocol):
 class GenerationBody(PromptBody, Protocol):
     """A generation route's parsed body: a prompt, a completion budget, sampling and stops."""
 
+    sampling_path: str  # where the sampling fields sit in the body ("sampling_params." in SGLang's)
+
     def budget(self) -> Budget: ...
 
     def sampling(self, max_tokens: int) -> SamplingParams: ...
@@ -68,6 +70,7 @@ class Frontend:
             self.check_ids(prompt_ids, prompt.field)
         max_tokens = self.max_tokens(len(prompt_ids), body.budget(), prompt.field)
         params = body.sampling(max_tokens)
+        self.check_ids(list(params.logit_bias or ()), body.sampling_path + "logit_bias")
         return await self.start(prompt_ids, params, body.stop_strings, caller)
 
     def tokenize(self, body: PromptBody, caller: Caller) -> list[int]:

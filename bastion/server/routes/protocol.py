@@ -6,13 +6,14 @@ engine's parameters from any body's fields; bounds that `SamplingParams` checks 
 left to it (its 400 names the client's field), so only this server's own limits sit here.
 
 Top-level fields we do not know are ignored (clients send vendor extensions), but fields that
-would change the answer and that bastion does not implement (tools, response formats, logit
-bias, ...) are refused with a 400 rather than silently dropped. Nested objects with a fixed
+would change the answer and that bastion does not implement (tools, response formats, ...) are
+refused with a 400 rather than silently dropped. Nested objects with a fixed
 shape (`stream_options`, messages, SGLang's `sampling_params`) refuse unknown keys.
 """
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal, Mapping
+import re
+from typing import Annotated, Any, ClassVar, Literal, Mapping
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -50,7 +51,8 @@ _UNSUPPORTED = ("tools", "tool_choice", "functions", "function_call", "suffix", 
 # The SamplingParams a request body carries in fields of the same name unless it renames them.
 SAMPLING_FIELDS = ("n", "temperature", "top_p", "top_k", "min_p", "seed", "presence_penalty",
                    "frequency_penalty", "repetition_penalty", "min_tokens", "stop_token_ids",
-                   "ignore_eos", "skip_special_tokens")
+                   "ignore_eos", "skip_special_tokens", "logit_bias")
+TOKEN_ID = re.compile(r"[0-9]{1,12}")
 
 
 def build_sampling_params(fields: BaseModel, max_tokens: int, logprobs: int | None = None,
@@ -63,6 +65,8 @@ def build_sampling_params(fields: BaseModel, max_tokens: int, logprobs: int | No
     names = {name: (renamed or {}).get(name, name) for name in SAMPLING_FIELDS}
     values = {name: getattr(fields, field) for name, field in names.items()}
     values = {name: value for name, value in values.items() if value is not None}
+    if "logit_bias" in values:
+        values["logit_bias"] = token_biases(values["logit_bias"], path + names["logit_bias"])
     values.update(max_tokens=max_tokens, logprobs=logprobs)
     try:
         return SamplingParams(**values)
@@ -72,6 +76,15 @@ def build_sampling_params(fields: BaseModel, max_tokens: int, logprobs: int | No
         raise APIError(400, str(exc), param) from None
     except TypeError as exc:
         raise APIError(400, f"invalid sampling parameters: {exc}") from None
+
+
+def token_biases(bias: Mapping[str, float], field: str) -> dict[int, float]:
+    """A JSON `logit_bias` object (keys are token ids written as strings) with integer keys;
+    a 400 naming `field` for a key that is not one. Bounds are SamplingParams' to check."""
+    bad = next((key for key in bias if not TOKEN_ID.fullmatch(key)), None)
+    if bad is not None:
+        raise APIError(400, f"logit_bias keys must be token ids (strings of integers), got {bad!r}", field)
+    return {int(key): value for key, value in bias.items()}
 
 
 def stop_strings(stop: str | list[str] | None, field: str) -> list[str]:
@@ -85,6 +98,7 @@ def stop_strings(stop: str | list[str] | None, field: str) -> list[str]:
 
 
 class _Sampling(_Body):
+    sampling_path: ClassVar[str] = ""
     model: str
     n: Annotated[int, Field(le=MAX_N)] = 1
     temperature: Annotated[float, Field(le=2)] | None = None
@@ -117,8 +131,6 @@ class _Sampling(_Body):
                 raise APIError(400, f"'{name}' is not supported by this server", name)
         if self.best_of is not None and self.best_of != self.n:
             raise APIError(400, "'best_of' is not supported (use 'n')", "best_of")
-        if self.logit_bias:
-            raise APIError(400, "'logit_bias' is not supported by this server", "logit_bias")
         if self.response_format and self.response_format.get("type") not in (None, "text"):
             raise APIError(400, "only response_format {\"type\": \"text\"} is supported", "response_format")
         if self.echo:

@@ -6,7 +6,7 @@ text so far (SGLang's convention), then `data: [DONE]`.
 from __future__ import annotations
 
 import time
-from typing import Annotated, AsyncIterator
+from typing import Annotated, AsyncIterator, ClassVar
 
 from fastapi import APIRouter, Request
 from pydantic import Field
@@ -47,9 +47,11 @@ class SGLangSamplingParams(_Fixed):
     skip_special_tokens: bool = True
     n: Annotated[int, Field(le=MAX_N)] = 1
     sampling_seed: int | None = None
+    logit_bias: dict[str, float] | None = None
 
 
 class GenerateRequest(_Body):
+    sampling_path: ClassVar[str] = "sampling_params."
     text: str | None = None
     input_ids: Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=1)] | None = None
     sampling_params: SGLangSamplingParams = Field(default_factory=SGLangSamplingParams)
@@ -74,7 +76,7 @@ class GenerateRequest(_Body):
 
     def sampling(self, max_tokens: int) -> SamplingParams:
         return build_sampling_params(self.sampling_params, max_tokens, renamed=_RENAMED,
-                                     path="sampling_params.")
+                                     path=self.sampling_path)
 
     @property
     def stop_strings(self) -> list[str]:
