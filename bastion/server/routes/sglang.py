@@ -16,7 +16,8 @@ from bastion.security.auth import requires
 from bastion.server.generation import Generation, SequenceState
 from bastion.server.http.errors import APIError
 from bastion.server.http.middleware import caller_of
-from bastion.server.http.streaming import collect_unless_disconnected, sse, sse_response
+from bastion.server.http.streaming import (collect_unless_disconnected, sse, sse_response,
+                                            unless_disconnected)
 from bastion.server.prompt import Budget, TextPrompt, TokenPrompt
 from bastion.server.routes import frontend_of
 from bastion.server.routes.protocol import (MAX_N, PositiveInt, StopField, _Body, _Fixed,
@@ -86,7 +87,7 @@ class GenerateRequest(_Body):
 @router.post("/generate")
 @requires("inference")
 async def generate(body: GenerateRequest, request: Request):
-    generation = await frontend_of(request).generate(body, caller_of(request))
+    generation = await unless_disconnected(request, frontend_of(request).generate(body, caller_of(request)))
     if body.stream:
         return sse_response(_events(generation), generation)
     seqs = await collect_unless_disconnected(request, generation)
