@@ -17,7 +17,7 @@ from typing import Annotated, Any, ClassVar, Literal, Mapping
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from bastion.sampling_params import SamplingParams
+from bastion.sampling_params import MAX_BIAS, MAX_LOGIT_BIAS, SamplingParams
 from bastion.server.http.errors import APIError
 from bastion.server.prompt import Budget, ChatPrompt, TextPrompt, TokenPrompt
 
@@ -53,6 +53,11 @@ SAMPLING_FIELDS = ("n", "temperature", "top_p", "top_k", "min_p", "seed", "prese
                    "frequency_penalty", "repetition_penalty", "min_tokens", "stop_token_ids",
                    "ignore_eos", "skip_special_tokens", "logit_bias")
 TOKEN_ID = re.compile(r"[0-9]{1,12}")
+# NOTE: checked by token_biases and SamplingParams (their 400s name the field and the key); the
+# schema only says so, for clients and the API description.
+LogitBias = Annotated[dict[str, float], Field(json_schema_extra={
+    "propertyNames": {"pattern": f"^{TOKEN_ID.pattern}$"}, "maxProperties": MAX_LOGIT_BIAS,
+    "additionalProperties": {"type": "number", "minimum": -MAX_BIAS, "maximum": MAX_BIAS}})]
 
 
 def build_sampling_params(fields: BaseModel, max_tokens: int, logprobs: int | None = None,
@@ -119,7 +124,7 @@ class _Sampling(_Body):
     stream_options: StreamOptions | None = None
     user: str | None = None
     best_of: int | None = None
-    logit_bias: dict[str, float] | None = None
+    logit_bias: LogitBias | None = None
     response_format: dict[str, Any] | None = None
     echo: bool = False
 

@@ -20,8 +20,8 @@ from bastion.server.http.streaming import (collect_unless_disconnected, sse, sse
                                             unless_disconnected)
 from bastion.server.prompt import Budget, TextPrompt, TokenPrompt
 from bastion.server.routes import frontend_of
-from bastion.server.routes.protocol import (MAX_N, PositiveInt, StopField, _Body, _Fixed,
-                                            build_sampling_params, stop_strings)
+from bastion.server.routes.protocol import (MAX_N, LogitBias, PositiveInt, StopField, _Body,
+                                            _Fixed, build_sampling_params, stop_strings)
 
 router = APIRouter()
 
@@ -48,7 +48,7 @@ class SGLangSamplingParams(_Fixed):
     skip_special_tokens: bool = True
     n: Annotated[int, Field(le=MAX_N)] = 1
     sampling_seed: int | None = None
-    logit_bias: dict[str, float] | None = None
+    logit_bias: LogitBias | None = None
 
 
 class GenerateRequest(_Body):
