@@ -1,7 +1,12 @@
 """Per-request sampling parameters, validated on construction."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
+
+# NOTE: OpenAI's current bound ("at most 1024 properties"; 300 until 2023).
+MAX_LOGIT_BIAS = 1024
+MAX_BIAS = 100.0
 
 
 @dataclass
@@ -9,7 +14,10 @@ class SamplingParams:
     """How to pick tokens for one request (the shape of vLLM's `SamplingParams`).
 
     `temperature=0` means greedy. `max_tokens=None` generates until the model's context is full.
-    `logprobs=k` returns the chosen token's log-probability plus the top k alternatives.
+    `logprobs=k` returns the chosen token's log-probability plus the top k alternatives, taken
+    from the model's own distribution (before penalties, `logit_bias` and temperature).
+    `logit_bias` maps token ids to a bias in [-100, 100] added to their logits before sampling
+    (OpenAI's meaning: -100 bans a token, +100 all but forces it); at most 1024 entries.
     """
 
     n: int = 1
@@ -27,9 +35,11 @@ class SamplingParams:
     ignore_eos: bool = False
     logprobs: int | None = None
     skip_special_tokens: bool = True
+    logit_bias: dict[int, float] | None = None
 
     def __post_init__(self) -> None:
         self.stop_token_ids = list(self.stop_token_ids or [])
+        self.logit_bias = self._checked_logit_bias() or None
         self._validate()
 
     def _validate(self) -> None:
@@ -59,6 +69,26 @@ class SamplingParams:
         for ok, message in checks:
             if not ok:
                 raise ValueError(message)
+
+    def _checked_logit_bias(self) -> dict[int, float]:
+        bias = self.logit_bias or {}
+        if not isinstance(bias, dict):
+            raise ValueError("logit_bias must map token ids to biases")
+        if len(bias) > MAX_LOGIT_BIAS:
+            raise ValueError(f"logit_bias has {len(bias)} entries; at most {MAX_LOGIT_BIAS} are allowed")
+        for token, value in bias.items():
+            if not isinstance(token, int) or isinstance(token, bool) or token < 0:
+                raise ValueError(f"logit_bias keys must be token ids (non-negative integers), got {token!r}")
+            if (not isinstance(value, (int, float)) or isinstance(value, bool)
+                    or not math.isfinite(value) or abs(value) > MAX_BIAS):
+                raise ValueError(f"logit_bias values must be in [-100, 100], got {value!r} for token {token}")
+        return {token: float(value) for token, value in bias.items()}
+
+    def check_vocabulary(self, vocab_size: int) -> None:
+        """Raise ValueError when a `logit_bias` key is not a token of a `vocab_size` vocabulary."""
+        bad = next((t for t in self.logit_bias or () if t >= vocab_size), None)
+        if bad is not None:
+            raise ValueError(f"logit_bias key {bad} is outside the vocabulary (size {vocab_size})")
 
     @property
     def greedy(self) -> bool:

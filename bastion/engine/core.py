@@ -57,6 +57,7 @@ class EngineCore:
         vocab = self.limits.vocab_size
         if any(not isinstance(t, int) or t < 0 or t >= vocab for t in prompt_token_ids):
             raise ValueError(f"prompt token ids must be integers in [0, {vocab})")
+        params.check_vocabulary(vocab)
         if n >= self.limits.max_model_len:
             raise ValueError(f"prompt has {n} tokens but the model's context is "
                              f"{self.limits.max_model_len} tokens (room is needed for at least one "

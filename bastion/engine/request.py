@@ -48,6 +48,15 @@ class Request:
         self.generator: torch.Generator | None = None
         if params.seed is not None:
             self.generator = torch.Generator().manual_seed(params.seed)
+        self._bias: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def logit_bias(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """`params.logit_bias` as (token ids, biases) tensors on `device`, made once."""
+        if self._bias is None or self._bias[0].device != device:
+            bias = self.params.logit_bias or {}
+            self._bias = (torch.tensor(list(bias), dtype=torch.long, device=device),
+                          torch.tensor(list(bias.values()), dtype=torch.float32, device=device))
+        return self._bias
 
     @property
     def num_tokens(self) -> int:

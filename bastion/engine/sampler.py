@@ -1,8 +1,11 @@
-"""Turns logits into tokens: penalties, min_tokens, temperature, top-k/p, min-p, seeds, logprobs.
+"""Turns logits into tokens: logit bias, penalties, min_tokens, temperature, top-k/p, min-p,
+seeds, logprobs.
 
 Every step is vectorised over the batch and skipped when no request in the batch needs it.
 Seeded requests draw their noise from their own generator, so a seed gives the same tokens
-whatever else shares the batch.
+whatever else shares the batch. Logprobs are the model's own (the logits before any bias,
+penalty or temperature), as vLLM's default `raw_logprobs` and OpenAI's since logit bias stopped
+showing in them.
 """
 from __future__ import annotations
 
@@ -21,8 +24,10 @@ class Sampler:
         """Pick one token per row of float32 `logits` [N, V] for the matching requests."""
         params = [r.params for r in reqs]
         raw = logits
+        if any(p.logit_bias for p in params):
+            logits = apply_logit_bias(logits.clone(), reqs)
         if any(p.has_penalties for p in params):
-            logits = apply_penalties(logits.clone(), reqs)
+            logits = apply_penalties(logits if logits is not raw else logits.clone(), reqs)
         if any(r.num_output_tokens < r.params.min_tokens for r in reqs):
             logits = _block_stops(logits if logits is not raw else logits.clone(), reqs)
         if all(p.greedy for p in params):
@@ -56,6 +61,20 @@ class Sampler:
             if req.generator is not None:
                 noise[row].exponential_(generator=req.generator)
         return noise.to(probs.device)
+
+
+def apply_logit_bias(logits: torch.Tensor, reqs: list[Request]) -> torch.Tensor:
+    """Add each request's `logit_bias` to its own row, in place: one scatter-add for the batch."""
+    rows, ids, biases = [], [], []
+    for row, req in enumerate(reqs):
+        if req.params.logit_bias:
+            token_ids, values = req.logit_bias(logits.device)
+            rows.append(torch.full_like(token_ids, row))
+            ids.append(token_ids)
+            biases.append(values)
+    logits.index_put_((torch.cat(rows), torch.cat(ids)), torch.cat(biases).to(logits.dtype),
+                      accumulate=True)
+    return logits
 
 
 def apply_penalties(logits: torch.Tensor, reqs: list[Request]) -> torch.Tensor:

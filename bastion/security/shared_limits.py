@@ -167,8 +167,9 @@ class LimitsClient:
         ticket = next(self._ids)
         future = asyncio.get_running_loop().create_future()
         self._pending[ticket] = future
-        await self.sock.send(_encoder.encode(Acquire(ticket, key, limits, tokens, group, seqs)))
         try:
+            # NOTE: a Release for a ticket the service never saw is a no-op; one socket keeps order.
+            await self.sock.send(_encoder.encode(Acquire(ticket, key, limits, tokens, group, seqs)))
             reply = await future
         except asyncio.CancelledError:
             self.release(ticket, 0)

@@ -38,6 +38,8 @@ class PromptBody(Protocol):
 class GenerationBody(PromptBody, Protocol):
     """A generation route's parsed body: a prompt, a completion budget, sampling and stops."""
 
+    sampling_path: str  # where the sampling fields sit in the body ("sampling_params." in SGLang's)
+
     def budget(self) -> Budget: ...
 
     def sampling(self, max_tokens: int) -> SamplingParams: ...
@@ -108,7 +110,9 @@ class Frontend:
         if not isinstance(prompt, ChatPrompt):
             self.check_ids(prompt_ids, prompt.field)
         max_tokens = self.max_tokens(len(prompt_ids), body.budget(), prompt.field)
-        return prompt_ids, body.sampling(max_tokens)
+        params = body.sampling(max_tokens)
+        self.check_ids(list(params.logit_bias or ()), body.sampling_path + "logit_bias")
+        return prompt_ids, params
 
     def _prepare_nth(self, body: GenerationBody, prompt: Prompt, index: int) -> tuple[list[int], SamplingParams]:
         try:

@@ -9,8 +9,11 @@ own per turn, whatever its length; a key's own waiting requests are capped (429 
 from __future__ import annotations
 
 import asyncio
+import json
 import resource
+import socket
 import threading
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
@@ -171,4 +174,59 @@ def test_a_client_that_leaves_while_waiting_gives_its_place_back():
         assert httpx.post(f"{server.url}/v1/completions", timeout=60, json={
             **body, "max_tokens": 4}).status_code == 200
     finally:
+        server.kill()
+
+
+def _raw_request(url: str, path: str, body: dict) -> socket.socket:
+    """A POST written on a raw socket, its answer never read: the client closes it to leave."""
+    parts = urlsplit(url)
+    data = json.dumps(body).encode()
+    sock = socket.create_connection((parts.hostname, parts.port), timeout=30)
+    sock.sendall(b"POST %s HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                 b"Content-Length: %d\r\n\r\n%s" % (path.encode(), len(data), data))
+    return sock
+
+
+PATHS = {"completions": "/v1/completions", "chat": "/v1/chat/completions", "generate": "/generate"}
+WAITERS = {
+    "completions": {"model": "bastion-demo", "prompt": "wait", "max_tokens": 50},
+    "chat": {"model": "bastion-demo", "messages": [{"role": "user", "content": "wait"}], "max_tokens": 50},
+    "generate": {"text": "wait", "sampling_params": {"max_new_tokens": 50}},
+}
+
+
+@pytest.mark.parametrize("route, stream", [("completions", False), ("chat", False), ("generate", False),
+                                           ("completions", True)])
+def test_a_raw_client_that_leaves_while_waiting_is_never_submitted(route, stream):
+    """--max-num-seqs 1: one long request holds the slot; another waits for it, then its client
+    closes the socket. The waiting count drops while the long one still runs, and the left
+    request never reaches a rank (bastion_rank_requests_total counts every submission)."""
+    server = ServerProcess("--max-queued-requests", "4", "--max-num-seqs", "1")
+    # NOTE: n=8 sequences of 2,000 tokens run one after another on the one slot: the holder
+    # outlasts the test by far whatever the machine's speed; it is closed once it is not needed.
+    holder_body = {"model": "bastion-demo", "prompt": "hold", "max_tokens": 2000, "n": 8,
+                   "ignore_eos": True}
+    holder = waiter = None
+    try:
+        submitted = server.metric("bastion_rank_requests_total")
+        holder = _raw_request(server.url, PATHS["completions"], holder_body)
+        assert server.wait_for_metric("bastion_num_requests_running", lambda v: v >= 1, 30) >= 1
+        waiter = _raw_request(server.url, PATHS[route], {**WAITERS[route], "stream": stream})
+        assert server.wait_for_metric("bastion_num_requests_waiting", lambda v: v >= 1, 30,
+                                      rank="queue") == 1
+        waiter.close()
+        assert server.wait_for_metric("bastion_num_requests_waiting", lambda v: v == 0, 30,
+                                      rank="queue") == 0
+        assert server.metric("bastion_rank_requests_total") - submitted == 1  # the holder alone
+        holder.close()
+        assert server.wait_for_metric("bastion_num_requests_running", lambda v: v == 0, 30) == 0
+        after = httpx.post(f"{server.url}/v1/completions", timeout=60, json={
+            "model": "bastion-demo", "prompt": "next", "max_tokens": 4})
+        assert after.status_code == 200
+        # the next request ran after the holder; the one that left never did
+        assert server.metric("bastion_rank_requests_total") - submitted == 2
+    finally:
+        for sock in (holder, waiter):
+            if sock is not None:
+                sock.close()
         server.kill()

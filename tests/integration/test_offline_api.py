@@ -92,3 +92,16 @@ def test_cli_demo_model_writes_a_loadable_folder(tmp_path):
 
 def test_demo_files_stay_small():
     assert sum(p.stat().st_size for p in DEMO_MODEL_DIR.iterdir()) < 10 * 2**20
+
+
+def test_logit_bias_forces_bans_and_is_checked_against_the_vocabulary(llm):
+    prompt = "The function returns"
+    (plain,) = llm.generate(prompt, SamplingParams(temperature=0, max_tokens=6))
+    first = plain.outputs[0].token_ids[0]
+    (banned,) = llm.generate(prompt, SamplingParams(temperature=0, max_tokens=6, logit_bias={first: -100}))
+    assert banned.outputs[0].token_ids[0] != first
+    forced = llm.tokenizer(" list", add_special_tokens=False).input_ids[-1]
+    (out,) = llm.generate(prompt, SamplingParams(temperature=1.0, max_tokens=6, logit_bias={forced: 100}))
+    assert out.outputs[0].token_ids == [forced] * 6
+    with pytest.raises(ValueError, match="logit_bias key 999999 is outside the vocabulary"):
+        llm.generate(prompt, SamplingParams(logit_bias={999999: 1.0}))

@@ -60,7 +60,8 @@ async def collect_unless_disconnected(request: Request, generation):
 
 
 async def unless_disconnected(request: Request, work: Awaitable[T]) -> T:
-    """Await `work`, cancelling it (which aborts its engine request) if the client goes away."""
+    """Await `work`, cancelling it if the client goes away: a request still waiting for an engine
+    slot gives its queue place back and is never submitted; a running one is aborted."""
     task = asyncio.ensure_future(work)
     watcher = asyncio.ensure_future(_wait_for_disconnect(request))
     try:

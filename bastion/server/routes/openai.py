@@ -5,7 +5,8 @@ from fastapi import APIRouter, Request
 
 from bastion.security.auth import requires
 from bastion.server.http.middleware import caller_of
-from bastion.server.http.streaming import collect_unless_disconnected, sse_response
+from bastion.server.http.streaming import (collect_unless_disconnected, sse_response,
+                                            unless_disconnected)
 from bastion.server.routes import frontend_of
 from bastion.server.routes.openai_responses import ResponseBuilder, StreamUsage
 from bastion.server.routes.protocol import ChatCompletionRequest, CompletionRequest
@@ -17,7 +18,7 @@ router = APIRouter()
 @requires("inference")
 async def chat_completions(body: ChatCompletionRequest, request: Request):
     frontend = frontend_of(request)
-    generation = await frontend.generate(body, caller_of(request))
+    generation = await unless_disconnected(request, frontend.generate(body, caller_of(request)))
     responses = ResponseBuilder("chatcmpl", "chat.completion", frontend.model_name, body.logprobs,
                                 frontend.backend)
     if body.stream:
@@ -31,7 +32,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request):
 @requires("inference")
 async def completions(body: CompletionRequest, request: Request):
     frontend = frontend_of(request)
-    generation = await frontend.generate_batch(body, caller_of(request))
+    generation = await unless_disconnected(request, frontend.generate_batch(body, caller_of(request)))
     responses = ResponseBuilder("cmpl", "text_completion", frontend.model_name,
                                 body.logprobs is not None, frontend.backend)
     if body.stream:

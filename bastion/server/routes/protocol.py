@@ -6,17 +6,18 @@ engine's parameters from any body's fields; bounds that `SamplingParams` checks 
 left to it (its 400 names the client's field), so only this server's own limits sit here.
 
 Top-level fields we do not know are ignored (clients send vendor extensions), but fields that
-would change the answer and that bastion does not implement (tools, response formats, logit
-bias, ...; `unsupported.py`) are refused with a 400 rather than silently dropped. Nested objects with a fixed
+would change the answer and that bastion does not implement (tools, response formats,
+...; `unsupported.py`) are refused with a 400 rather than silently dropped. Nested objects with a fixed
 shape (`stream_options`, messages, SGLang's `sampling_params`) refuse unknown keys.
 """
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal, Mapping
+import re
+from typing import Annotated, Any, ClassVar, Literal, Mapping
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from bastion.sampling_params import SamplingParams
+from bastion.sampling_params import MAX_BIAS, MAX_LOGIT_BIAS, SamplingParams
 from bastion.server.http.errors import APIError
 from bastion.server.prompt import Budget, ChatPrompt, TextPrompt, TokenPrompt
 from bastion.server.routes.unsupported import refuse_unsupported
@@ -50,7 +51,13 @@ StopField = str | Annotated[list[str], Field(max_length=MAX_STOP_STRINGS)] | Non
 # The SamplingParams a request body carries in fields of the same name unless it renames them.
 SAMPLING_FIELDS = ("n", "temperature", "top_p", "top_k", "min_p", "seed", "presence_penalty",
                    "frequency_penalty", "repetition_penalty", "min_tokens", "stop_token_ids",
-                   "ignore_eos", "skip_special_tokens")
+                   "ignore_eos", "skip_special_tokens", "logit_bias")
+TOKEN_ID = re.compile(r"[0-9]{1,12}")
+# NOTE: checked by token_biases and SamplingParams (their 400s name the field and the key); the
+# schema only says so, for clients and the API description.
+LogitBias = Annotated[dict[str, float], Field(json_schema_extra={
+    "propertyNames": {"pattern": f"^{TOKEN_ID.pattern}$"}, "maxProperties": MAX_LOGIT_BIAS,
+    "additionalProperties": {"type": "number", "minimum": -MAX_BIAS, "maximum": MAX_BIAS}})]
 
 
 def build_sampling_params(fields: BaseModel, max_tokens: int, logprobs: int | None = None,
@@ -63,6 +70,8 @@ def build_sampling_params(fields: BaseModel, max_tokens: int, logprobs: int | No
     names = {name: (renamed or {}).get(name, name) for name in SAMPLING_FIELDS}
     values = {name: getattr(fields, field) for name, field in names.items()}
     values = {name: value for name, value in values.items() if value is not None}
+    if "logit_bias" in values:
+        values["logit_bias"] = token_biases(values["logit_bias"], path + names["logit_bias"])
     values.update(max_tokens=max_tokens, logprobs=logprobs)
     try:
         return SamplingParams(**values)
@@ -72,6 +81,15 @@ def build_sampling_params(fields: BaseModel, max_tokens: int, logprobs: int | No
         raise APIError(400, str(exc), param) from None
     except TypeError as exc:
         raise APIError(400, f"invalid sampling parameters: {exc}") from None
+
+
+def token_biases(bias: Mapping[str, float], field: str) -> dict[int, float]:
+    """A JSON `logit_bias` object (keys are token ids written as strings) with integer keys;
+    a 400 naming `field` for a key that is not one. Bounds are SamplingParams' to check."""
+    bad = next((key for key in bias if not TOKEN_ID.fullmatch(key)), None)
+    if bad is not None:
+        raise APIError(400, f"logit_bias keys must be token ids (strings of integers), got {bad!r}", field)
+    return {int(key): value for key, value in bias.items()}
 
 
 def stop_strings(stop: str | list[str] | None, field: str) -> list[str]:
@@ -85,6 +103,7 @@ def stop_strings(stop: str | list[str] | None, field: str) -> list[str]:
 
 
 class _Sampling(_Body):
+    sampling_path: ClassVar[str] = ""
     model: str
     n: Annotated[int, Field(le=MAX_N)] = 1
     temperature: Annotated[float, Field(le=2)] | None = None
@@ -105,7 +124,7 @@ class _Sampling(_Body):
     stream_options: StreamOptions | None = None
     user: str | None = None
     best_of: int | None = None
-    logit_bias: dict[str, float] | None = None
+    logit_bias: LogitBias | None = None
     response_format: dict[str, Any] | None = None
     echo: bool = False
 
@@ -114,8 +133,6 @@ class _Sampling(_Body):
         refuse_unsupported(self.model_extra or {})
         if self.best_of is not None and self.best_of != self.n:
             raise APIError(400, "'best_of' is not supported (use 'n')", "best_of")
-        if self.logit_bias:
-            raise APIError(400, "'logit_bias' is not supported by this server", "logit_bias")
         if self.response_format and self.response_format.get("type") not in (None, "text"):
             raise APIError(400, "only response_format {\"type\": \"text\"} is supported", "response_format")
         if self.echo:

@@ -6,7 +6,7 @@ text so far (SGLang's convention), then `data: [DONE]`.
 from __future__ import annotations
 
 import time
-from typing import Annotated, AsyncIterator
+from typing import Annotated, AsyncIterator, ClassVar
 
 from fastapi import APIRouter, Request
 from pydantic import Field
@@ -16,11 +16,12 @@ from bastion.security.auth import requires
 from bastion.server.generation import Generation, SequenceState
 from bastion.server.http.errors import APIError
 from bastion.server.http.middleware import caller_of
-from bastion.server.http.streaming import collect_unless_disconnected, sse, sse_response
+from bastion.server.http.streaming import (collect_unless_disconnected, sse, sse_response,
+                                            unless_disconnected)
 from bastion.server.prompt import Budget, TextPrompt, TokenPrompt
 from bastion.server.routes import frontend_of
-from bastion.server.routes.protocol import (MAX_N, PositiveInt, StopField, _Body, _Fixed,
-                                            build_sampling_params, stop_strings)
+from bastion.server.routes.protocol import (MAX_N, LogitBias, PositiveInt, StopField, _Body,
+                                            _Fixed, build_sampling_params, stop_strings)
 
 router = APIRouter()
 
@@ -47,9 +48,11 @@ class SGLangSamplingParams(_Fixed):
     skip_special_tokens: bool = True
     n: Annotated[int, Field(le=MAX_N)] = 1
     sampling_seed: int | None = None
+    logit_bias: LogitBias | None = None
 
 
 class GenerateRequest(_Body):
+    sampling_path: ClassVar[str] = "sampling_params."
     text: str | None = None
     input_ids: Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=1)] | None = None
     sampling_params: SGLangSamplingParams = Field(default_factory=SGLangSamplingParams)
@@ -74,7 +77,7 @@ class GenerateRequest(_Body):
 
     def sampling(self, max_tokens: int) -> SamplingParams:
         return build_sampling_params(self.sampling_params, max_tokens, renamed=_RENAMED,
-                                     path="sampling_params.")
+                                     path=self.sampling_path)
 
     @property
     def stop_strings(self) -> list[str]:
@@ -84,7 +87,7 @@ class GenerateRequest(_Body):
 @router.post("/generate")
 @requires("inference")
 async def generate(body: GenerateRequest, request: Request):
-    generation = await frontend_of(request).generate(body, caller_of(request))
+    generation = await unless_disconnected(request, frontend_of(request).generate(body, caller_of(request)))
     if body.stream:
         return sse_response(_events(generation), generation)
     seqs = await collect_unless_disconnected(request, generation)

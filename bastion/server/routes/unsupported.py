@@ -12,7 +12,7 @@ from typing import Any, Mapping
 
 from bastion.server.http.errors import APIError
 
-# NOTE: OpenAI's fields first, then vLLM's; `logit_bias`, `response_format`, `echo`, `best_of`
+# NOTE: OpenAI's fields first, then vLLM's; `response_format`, `echo`, `best_of`
 # are declared fields of the bodies and checked there.
 REFUSED: dict[str, tuple[Any, ...]] = {
     "tools": ([],), "tool_choice": ("none", "auto"), "functions": ([],),

@@ -41,6 +41,34 @@ def test_sampling_errors_name_the_clients_field(body, param):
     assert caught.value.status == 400 and caught.value.param == param
 
 
+def test_logit_bias_keys_become_token_ids_on_every_route():
+    bias = {"7": -100, "12": 2.5}
+    for body in (CompletionRequest(model="m", prompt="a", logit_bias=bias),
+                 ChatCompletionRequest(model="m", messages=MSG, logit_bias=bias),
+                 GenerateRequest(text="a", sampling_params={"logit_bias": bias})):
+        assert body.sampling(3).logit_bias == {7: -100.0, 12: 2.5}
+    assert CompletionRequest(model="m", prompt="a").sampling(3).logit_bias is None
+
+
+@pytest.mark.parametrize("bias, text", [
+    ({"abc": 1}, "keys must be token ids"),
+    ({"-3": 1}, "keys must be token ids"),
+    ({"1.5": 1}, "keys must be token ids"),
+    ({" 4": 1}, "keys must be token ids"),
+    ({"4": 100.5}, "values must be in [-100, 100]"),
+    ({"4": -1000}, "values must be in [-100, 100]"),
+    ({str(i): 1 for i in range(1025)}, "at most 1024"),
+])
+def test_logit_bias_errors_name_the_field(bias, text):
+    for body, param in ((lambda: CompletionRequest(model="m", prompt="a", logit_bias=bias), "logit_bias"),
+                        (lambda: GenerateRequest(text="a", sampling_params={"logit_bias": bias}),
+                         "sampling_params.logit_bias")):
+        with pytest.raises(APIError) as caught:
+            body().sampling(3)
+        assert caught.value.status == 400 and caught.value.param == param
+        assert text in caught.value.message
+
+
 def test_stop_strings():
     assert stop_strings(None, "stop") == [] and stop_strings("x", "stop") == ["x"]
     assert GenerateRequest(text="a", sampling_params={"stop": ["x", "y"]}).stop_strings == ["x", "y"]

@@ -18,6 +18,7 @@ def test_messages_round_trip():
     messages = [
         EngineRequest("r1", [1, 2, 3], SamplingParams(temperature=0.5, seed=3, stop_token_ids=[9]),
                       cache_salt="tenant"),
+        EngineRequest("r2", [1], SamplingParams(logit_bias={5: -100.0, 70000: 2.5})),
         AbortRequests(["r1", "r2"]),
         EngineOutputs(1, [TokenDelta("r1", 0, [5, 6], [TokenLogprob(5, -0.5, 1, [(5, -0.5)])], "stop", 16)],
                       EngineLoad(3, 4, 1200, 0.25, 0.5)),
@@ -29,6 +30,12 @@ def test_messages_round_trip():
 def test_invalid_sampling_params_are_dropped_on_decode():
     frame = msgspec.msgpack.encode({"type": "request", "request_id": "x", "prompt_token_ids": [1],
                                     "params": {"top_p": 5}})
+    assert decode(frame) is None
+
+
+def test_a_logit_bias_out_of_bounds_is_dropped_on_decode():
+    frame = msgspec.msgpack.encode({"type": "request", "request_id": "x", "prompt_token_ids": [1],
+                                    "params": {"logit_bias": {5: 500.0}}})
     assert decode(frame) is None
 
 
