@@ -1,0 +1,167 @@
+"""`GET /openapi.json` on real servers, and schemathesis fuzzing every operation it describes.
+
+The document is fetched over HTTP, as a client generator or an API fuzzer would; every operation
+then gets a bounded number of generated requests, valid ones and invalid ones, sent to the live
+server. Checks: no 5xx (nor a server error inside a stream), every status and content type is
+one the document lists, every error body is the OpenAI error object, invalid bodies are refused
+with a 4xx, and valid bodies are accepted unless refused for a documented cross-field rule.
+Once open, once with keys: then the document itself needs a credential.
+"""
+from __future__ import annotations
+
+import json
+import os
+
+import httpx
+import pytest
+import schemathesis
+from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import strategies as st
+from schemathesis import GenerationMode
+from schemathesis.checks import not_a_server_error
+from schemathesis.specs.openapi.checks import (content_type_conformance, negative_data_rejection,
+                                               response_schema_conformance, status_code_conformance)
+
+from server_process import ServerProcess
+
+MODEL = "demo"
+KEY, USER_KEY, OPS_KEY = "fuzz-key-ffffffffffffffffff", "user-key-uuuuuuuuuuuuuuuuuu", "ops-key-oooooooooooooooooo"
+# A small context keeps every generated completion short; the first server (the one most runs
+# reach) is the cheaper one.
+SERVE = ("--served-model-name", MODEL, "--max-model-len", "48", "--dtype", "float32")
+# Per operation and mode; the same examples every run unless BASTION_FUZZ_RANDOM is set.
+EXAMPLES = int(os.environ.get("BASTION_FUZZ_EXAMPLES", "8"))
+DERANDOMIZE = not os.environ.get("BASTION_FUZZ_RANDOM")
+# Refusals of valid-looking bodies for rules the document states in words (description).
+CROSS_FIELD = ("context_length_exceeded", "min_tokens", "outside the vocabulary", "not supported",
+               "only allowed when 'stream' is true", "needs 'logprobs'", "give exactly one of",
+               "the prompt is empty", "must not be empty", "chat template", "best_of",
+               "response_format", "continue_final_message")
+
+
+@schemathesis.check
+def positive_data_accepted(ctx, response, case) -> None:
+    """Valid data gets a 2xx, or a 400 for a rule the document states in words (or 404/403/429)."""
+    meta = case.meta
+    if meta is None or not meta.generation.mode.is_positive or response.status_code < 400:
+        return None
+    if response.status_code == 400:
+        error = response.json()["error"]
+        if _integral_float(case.body, error["param"]):
+            return None
+        assert any(rule in error["message"] or rule == error["code"] for rule in CROSS_FIELD), \
+            f"valid body refused: {error}"
+        return None
+    assert response.status_code in (403, 404, 429), f"valid body got {response.status_code}"
+    return None
+
+
+def _integral_float(body, param: str | None) -> bool:
+    """Whether the body's `param` (a dotted path) is a float like 2.0: JSON Schema calls it an
+    integer, the server wants it written as one (the document says so)."""
+    value = body
+    for part in (param or "").split("."):
+        if isinstance(value, dict) and part in value:
+            value = value[part]
+        elif isinstance(value, list) and part.isdigit() and int(part) < len(value):
+            value = value[int(part)]
+        else:
+            return False
+    return isinstance(value, float) and value.is_integer()
+
+
+@schemathesis.check
+def no_error_event(ctx, response, case) -> None:
+    """A stream that began with 200 must not end with a server error event."""
+    if "text/event-stream" in response.headers.get("content-type", [""])[0]:
+        for line in response.text.splitlines():
+            if line.startswith("data: {\"error\""):
+                error = json.loads(line[6:])["error"]
+                assert not str(error.get("code", "")).startswith("5") and \
+                    error.get("type") != "server_error", f"server error mid-stream: {line}"
+
+
+# The failures show the bodies as sent (the keys are the test's own).
+CONFIG = schemathesis.Config.from_dict({"output": {"sanitization": {"enabled": False}}})
+CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance,
+          response_schema_conformance, negative_data_rejection, positive_data_accepted,
+          no_error_event]
+
+
+def fuzz(url: str, headers: dict[str, str]) -> list[str]:
+    """Fuzz every operation of the server's own document; the failures, one line each."""
+    schema = schemathesis.openapi.from_url(f"{url}/openapi.json", headers=headers, timeout=30,
+                                           config=CONFIG)
+    failures = []
+    for result in schema.get_all_operations():
+        operation = result.ok()
+        modes = [GenerationMode.POSITIVE, *([GenerationMode.NEGATIVE] if operation.body else [])]
+        for mode in modes:
+            @given(case=operation.as_strategy(generation_mode=mode), served=st.booleans())
+            @settings(max_examples=EXAMPLES, deadline=None, database=None, derandomize=DERANDOMIZE,
+                      phases=[Phase.explicit, Phase.generate],
+                      suppress_health_check=list(HealthCheck))
+            def run(case, served):
+                body = case.body
+                # NOTE: a string model is never the invalid part; most requests name the served
+                # one so that they reach the engine.
+                if served and isinstance(body, dict) and isinstance(body.get("model"), str):
+                    body["model"] = MODEL
+                case.call_and_validate(base_url=url, headers=headers, checks=CHECKS, timeout=60)
+
+            try:
+                run()
+            except (Exception, BaseExceptionGroup) as exc:  # noqa: BLE001 - report every operation
+                failures.append(f"{operation.label} [{mode.value}]: {exc}"[:3000])
+    return failures
+
+
+@pytest.fixture(scope="module")
+def open_server():
+    proc = ServerProcess(*SERVE)
+    yield proc
+    proc.kill()
+
+
+@pytest.fixture(scope="module")
+def keyed_server(tmp_path_factory):
+    keys = tmp_path_factory.mktemp("keys") / "keys.toml"
+    keys.write_text(f"[keys.fuzz]\nkey = '{KEY}'\nscopes = ['inference', 'metrics', 'admin']\n"
+                    f"[keys.user]\nkey = '{USER_KEY}'\nscopes = ['inference']\n"
+                    f"[keys.ops]\nkey = '{OPS_KEY}'\nscopes = ['metrics']\n")
+    proc = ServerProcess(*SERVE, "--api-key-file", str(keys), "--max-model-len", "24")
+    yield proc
+    proc.kill()
+
+
+def test_the_open_server_documents_and_survives_every_operation(open_server):
+    spec = httpx.get(f"{open_server.url}/openapi.json", timeout=10)
+    assert spec.status_code == 200 and spec.headers["content-type"] == "application/json"
+    doc = spec.json()
+    assert "securitySchemes" not in doc["components"]  # no credentials: nothing to present
+    chat = doc["components"]["schemas"]["ChatCompletionRequest"]["properties"]
+    assert chat["n"]["maximum"] == 64 and chat["n"]["minimum"] == 1
+    assert chat["stop"]["anyOf"][1]["maxItems"] == 16
+    assert chat["top_logprobs"]["anyOf"][0] == {"type": "integer", "minimum": 0, "maximum": 20}
+    for path in ("/docs", "/redoc"):
+        assert httpx.get(f"{open_server.url}{path}", timeout=10).status_code == 404
+    failures = fuzz(open_server.url, {})
+    assert not failures, "\n\n".join(failures)
+
+
+def test_the_document_needs_a_key_when_keys_are_configured_then_fuzz_with_it(keyed_server):
+    url = f"{keyed_server.url}/openapi.json"
+    refused = httpx.get(url, timeout=10)
+    assert refused.status_code == 401 and refused.json()["error"]["code"] == "invalid_api_key"
+    assert httpx.get(url, headers={"x-api-key": OPS_KEY}, timeout=10).status_code == 403
+    doc = httpx.get(url, headers={"Authorization": f"Bearer {USER_KEY}"}, timeout=10).json()
+    assert set(doc["components"]["securitySchemes"]) == {"bearer", "apiKey"}
+    chat = doc["paths"]["/v1/chat/completions"]["post"]
+    assert chat["security"] == [{"bearer": ["inference"]}, {"apiKey": ["inference"]}]
+    assert {"400", "401", "403", "404", "413", "429", "503"} <= set(chat["responses"])
+    assert doc["paths"]["/health"]["get"]["security"] == []
+    text = json.dumps(doc)
+    for secret in (KEY, USER_KEY, OPS_KEY, "fuzz", "keys.toml", "127.0.0.1", "/tmp"):
+        assert secret not in text, secret
+    failures = fuzz(keyed_server.url, {"Authorization": f"Bearer {KEY}"})
+    assert not failures, "\n\n".join(failures)
