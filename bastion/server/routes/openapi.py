@@ -25,8 +25,9 @@ from bastion.config.security import SecurityConfig
 from bastion.sampling_params import BOUNDS
 from bastion.security.auth import PUBLIC, decision_of, requires
 from bastion.server.http.errors import ERROR_SCHEMA
-from bastion.server.routes.protocol import SAMPLING_FIELDS, ChatCompletionRequest, CompletionRequest
-from bastion.server.routes.sglang import RENAMED, SGLangSamplingParams
+from bastion.server.routes.protocol import (SAMPLING_FIELDS, ChatCompletionRequest,
+                                            CompletionRequest, TokenizeRequest)
+from bastion.server.routes.sglang import RENAMED, GenerateRequest, SGLangSamplingParams
 
 router = APIRouter()
 
@@ -36,6 +37,9 @@ _SAMPLING_BODIES = {
     CompletionRequest.__name__: {**{name: name for name in SAMPLING_FIELDS}, "logprobs": "logprobs"},
     SGLangSamplingParams.__name__: {name: RENAMED.get(name, name) for name in SAMPLING_FIELDS},
 }
+# Bodies that take exactly one of two fields (null counts as absent): their `check()`.
+_EXACTLY_ONE = {TokenizeRequest.__name__: ("prompt", "messages"),
+                GenerateRequest.__name__: ("text", "input_ids")}
 
 DESCRIPTION = (
     "An OpenAI-compatible (and SGLang-compatible) LLM server. Every refusal is an OpenAI error "
@@ -75,6 +79,8 @@ def openapi_document(routes: Iterable, security: SecurityConfig) -> bytes:
         schema.pop("description", None)  # a model's docstring is for developers
     for model, fields in _SAMPLING_BODIES.items():
         _bound(schemas[model]["properties"], fields)
+    for model, fields in _EXACTLY_ONE.items():
+        _exactly_one(schemas[model], fields)
     schemas["Error"] = ERROR_SCHEMA
     secured = security.credentials_configured
     if secured:
@@ -92,13 +98,26 @@ def _bound(properties: dict, fields: Mapping[str, str]) -> None:
         if param not in BOUNDS or field not in properties:
             continue
         prop = properties[field]
-        branches = [b for b in prop.get("anyOf", [prop]) if b.get("type") != "null"]
-        for branch in branches:
+        for branch in prop.get("anyOf", [prop]):
+            if branch.get("type") == "null":
+                continue
             bounds = BOUNDS[param]
             if "items" in bounds:
                 branch.setdefault("items", {}).update(bounds["items"])
             else:
                 branch.update(bounds)
+
+
+def _exactly_one(schema: dict, fields: tuple[str, ...]) -> None:
+    """One of `fields` given (not null), the others absent or null."""
+    properties = schema["properties"]
+    schema["oneOf"] = [{"required": [field], "properties": {field: _not_null(properties[field])}}
+                       for field in fields]
+
+
+def _not_null(prop: dict) -> dict:
+    branches = [b for b in prop.get("anyOf", [prop]) if b.get("type") != "null"]
+    return branches[0] if len(branches) == 1 else {"anyOf": branches}
 
 
 def _describe(operation: dict, decision, secured: bool) -> None:
