@@ -5,7 +5,7 @@ module then makes the document say what the server really does:
 
 * the bounds `SamplingParams` checks (`sampling_params.BOUNDS`) on every body field that
   carries them, and the rules that span fields in words;
-* every refusal as the OpenAI error object, with the status it really has (400 for a bad body,
+* the shape of each answer (`response_schemas.py`), and every refusal as the OpenAI error object, with the status it really has (400 for a bad body,
   never FastAPI's 422);
 * each route's auth decision as a security requirement naming its scopes, when credentials are
   configured (an open server needs none, and says so);
@@ -27,6 +27,7 @@ from bastion.security.auth import PUBLIC, decision_of, requires
 from bastion.server.http.errors import ERROR_SCHEMA
 from bastion.server.routes.protocol import (SAMPLING_FIELDS, ChatCompletionRequest,
                                             CompletionRequest, TokenizeRequest)
+from bastion.server.routes.response_schemas import BY_ROUTE
 from bastion.server.routes.sglang import RENAMED, GenerateRequest, SGLangSamplingParams
 
 router = APIRouter()
@@ -89,6 +90,9 @@ def openapi_document(routes: Iterable, security: SecurityConfig) -> bytes:
     for path, operations in spec["paths"].items():
         for method, operation in operations.items():
             _describe(operation, decisions[path, method], secured)
+            for status, schema in BY_ROUTE.get((path, method), {}).items():
+                operation["responses"][status].setdefault("content", {})["application/json"] = \
+                    {"schema": schema}
     return json.dumps(spec, sort_keys=True).encode()
 
 
