@@ -199,6 +199,10 @@ FOUND = [
     ("/tokenize", {"prompt": "\ud800"}, "prompt", "lone surrogate"),
     ("/generate", {"text": "\udc00"}, "text", "lone surrogate"),
 ]
+# Refusals that quote the client: the answer could not be encoded (a 500); now '?' stands in.
+QUOTED = [("/v1/chat/completions", {"model": "\ud800 x", "messages": [{"role": "user", "content": "hi"}]},
+           "The model '? x'"),
+          ("/detokenize", {"model": "\udfff", "tokens": [1]}, "The model '?'")]
 
 
 def test_what_the_fuzz_found_is_a_400_naming_the_field_and_the_ranks_live_on(open_server):
@@ -210,6 +214,9 @@ def test_what_the_fuzz_found_is_a_400_naming_the_field_and_the_ranks_live_on(ope
             error = reply.json()["error"]
             assert reply.status_code == 400 and error["param"] == param and words in error["message"], \
                 (path, body, reply.text)
+        for path, body, quoted in QUOTED:
+            reply = client.post(path, content=json.dumps(body), headers={"content-type": "application/json"})
+            assert reply.status_code == 404 and quoted in reply.json()["error"]["message"], reply.text
         # the largest seed with n sequences: each sequence's seed wraps, none is refused mid-group
         # (one was, and left its siblings running for a request the rank no longer knew: it died)
         reply = client.post("/v1/completions", json={"model": MODEL, "prompt": "hi", "max_tokens": 2,

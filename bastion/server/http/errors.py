@@ -48,7 +48,14 @@ def refusals(*statuses: int) -> dict:
 
 def error_body(status: int, message: str, param: str | None = None, code: str | None = None) -> dict:
     kind = _TYPES.get(status, "server_error" if status >= 500 else "invalid_request_error")
-    return {"error": {"message": message, "type": kind, "param": param, "code": code or status}}
+    return {"error": {"message": _utf8(message), "type": kind, "param": _utf8(param),
+                      "code": code or status}}
+
+
+def _utf8(text: str | None) -> str | None:
+    """`text` as UTF-8 can carry it: a message that quotes the client (a model name, a field)
+    may hold a lone surrogate, which JSON lets in and no UTF-8 body can send; it becomes '?'."""
+    return text if text is None else text.encode("utf-8", "replace").decode("utf-8")
 
 
 def error_response(error: APIError) -> JSONResponse:
