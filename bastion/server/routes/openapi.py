@@ -5,8 +5,8 @@ module then makes the document say what the server really does:
 
 * the bounds `SamplingParams` checks (`sampling_params.BOUNDS`) on every body field that
   carries them, and the rules that span fields in words;
-* the shape of each answer (`response_schemas.py`), and every refusal as the OpenAI error object, with the status it really has (400 for a bad body,
-  never FastAPI's 422);
+* the shape of each answer (`response_schemas.py`), and every refusal as the OpenAI error
+  object with the status it really has (400 for a bad body, never FastAPI's 422);
 * each route's auth decision as a security requirement naming its scopes, when credentials are
   configured (an open server needs none, and says so);
 * no developer docstrings, no addresses, no paths, no key names: nothing internal leaves.
@@ -50,8 +50,8 @@ DESCRIPTION = (
     "(`max_model_len` in `GET /v1/models`), `min_tokens` must not exceed the completion length, "
     "token ids must be in the model's vocabulary, `model` must be a served model the caller may "
     "use (else 404 or 403), and fields that would change the answer but are not implemented "
-    "(tools, logit_bias, response_format other than text, echo, ...) are refused with a 400 "
-    "naming the field; other unknown top-level fields are ignored. Integers are written as "
+    "(such as tools) are refused with a 400 naming the field; other unknown top-level fields "
+    "are ignored. Integers are written as "
     "integers (`2`, not `2.0`), and no value is converted from another type.")
 
 _ERROR_REF = {"$ref": "#/components/schemas/Error"}
