@@ -20,6 +20,7 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
+from schemathesis.config import GenerationConfig
 from schemathesis.specs.openapi.checks import (content_type_conformance, negative_data_rejection,
                                                response_schema_conformance, status_code_conformance)
 
@@ -30,7 +31,7 @@ KEY, USER_KEY, OPS_KEY = "fuzz-key-ffffffffffffffffff", "user-key-uuuuuuuuuuuuuu
 # A small context keeps every generated completion short (the keyed server's smaller still).
 SERVE = ("--served-model-name", MODEL, "--dtype", "float32")
 # Per operation and mode; the same examples every run unless BASTION_FUZZ_RANDOM is set.
-EXAMPLES = int(os.environ.get("BASTION_FUZZ_EXAMPLES", "25"))
+EXAMPLES = int(os.environ.get("BASTION_FUZZ_EXAMPLES", "15"))
 DERANDOMIZE = not os.environ.get("BASTION_FUZZ_RANDOM")
 # Refusals of valid-looking bodies for rules the document states in words (description).
 CROSS_FIELD = ("context_length_exceeded", "min_tokens", "outside the vocabulary", "not supported",
@@ -86,13 +87,35 @@ CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance,
 
 def fuzz(url: str, headers: dict[str, str], statuses: Counter) -> list[str]:
     """Fuzz every operation of the server's own document; the failures, one line each.
-    `statuses` counts (operation, mode, status) of every answer."""
+    `statuses` counts (operation, mode, status) of every answer.
+
+    Two phases per operation: schemathesis' coverage phase (each bound at its edge, and each
+    bound, type and required field broken one at a time), then hypothesis' generated bodies,
+    valid and invalid."""
     schema = schemathesis.openapi.from_url(f"{url}/openapi.json", headers=headers, timeout=30,
                                            config=CONFIG)
     failures = []
+
+    def send(case, mode: GenerationMode, served: bool = True) -> None:
+        body = case.body
+        # NOTE: a string model is never the invalid part; most requests name the served one so
+        # that they reach the engine.
+        if served and isinstance(body, dict) and isinstance(body.get("model"), str):
+            body["model"] = MODEL
+        if mode.is_positive and isinstance(body, dict):
+            case.body = _integers(body)
+        response = case.call_and_validate(base_url=url, headers=headers, checks=CHECKS, timeout=60)
+        statuses[case.operation.label, mode.value, response.status_code] += 1
+
     for result in schema.get_all_operations():
         operation = result.ok()
         modes = [GenerationMode.POSITIVE, *([GenerationMode.NEGATIVE] if operation.body else [])]
+        try:
+            for case in schema.iter_coverage_cases(operation, generation_modes=modes,
+                                                   generation_config=GenerationConfig()):
+                send(case, case.meta.generation.mode)
+        except (Exception, BaseExceptionGroup) as exc:  # noqa: BLE001 - report every operation
+            failures.append(f"{operation.label} [coverage]: {exc}"[:3000])
         for mode in modes:
             @given(case=operation.as_strategy(generation_mode=mode),
                    served=st.sampled_from([True, True, True, False]))
@@ -100,16 +123,7 @@ def fuzz(url: str, headers: dict[str, str], statuses: Counter) -> list[str]:
                       phases=[Phase.explicit, Phase.generate],
                       suppress_health_check=list(HealthCheck))
             def run(case, served):
-                body = case.body
-                # NOTE: a string model is never the invalid part; most requests name the served
-                # one so that they reach the engine.
-                if served and isinstance(body, dict) and isinstance(body.get("model"), str):
-                    body["model"] = MODEL
-                if mode.is_positive and isinstance(body, dict):
-                    case.body = _integers(body)
-                response = case.call_and_validate(base_url=url, headers=headers, checks=CHECKS,
-                                                  timeout=60)
-                statuses[operation.label, mode.value, response.status_code] += 1
+                send(case, mode, served)
 
             try:
                 run()
