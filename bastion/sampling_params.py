@@ -8,6 +8,28 @@ from dataclasses import dataclass, field
 MAX_LOGIT_BIAS = 1024
 MAX_BIAS = 100.0
 
+# Integers that travel to an engine fit its 64-bit tensors and the wire.
+INT64_MIN, INT64_MAX = -2**63, 2**63 - 1
+
+# The values `_validate` accepts, field by field, as JSON Schema: the HTTP API's OpenAPI document
+# shows them on every body field that carries the parameter (tests hold the two together).
+# `max_tokens` is bounded by the context, `min_tokens <= max_tokens` across fields: said in words.
+BOUNDS: dict[str, dict] = {
+    "n": {"minimum": 1},
+    "temperature": {"minimum": 0},
+    "top_p": {"exclusiveMinimum": 0, "maximum": 1},
+    "top_k": {"anyOf": [{"const": -1}, {"minimum": 1, "maximum": INT64_MAX}]},
+    "min_p": {"minimum": 0, "maximum": 1},
+    "presence_penalty": {"minimum": -2, "maximum": 2},
+    "frequency_penalty": {"minimum": -2, "maximum": 2},
+    "repetition_penalty": {"exclusiveMinimum": 0},
+    "max_tokens": {"minimum": 1},
+    "min_tokens": {"minimum": 0},
+    "logprobs": {"minimum": 0, "maximum": 20},
+    "seed": {"minimum": INT64_MIN, "maximum": INT64_MAX},
+    "stop_token_ids": {"items": {"minimum": 0, "maximum": INT64_MAX}},
+}
+
 
 @dataclass
 class SamplingParams:
@@ -49,6 +71,9 @@ class SamplingParams:
             (0 < self.top_p <= 1, f"top_p must be in (0, 1], got {self.top_p}"),
             (self.top_k == -1 or self.top_k >= 1,
              f"top_k must be -1 (disabled) or at least 1, got {self.top_k}"),
+            (self.top_k <= INT64_MAX, f"top_k must be at most 2**63 - 1, got {self.top_k}"),
+            (self.seed is None or INT64_MIN <= self.seed <= INT64_MAX,
+             f"seed must be a 64-bit integer (-2**63 to 2**63 - 1), got {self.seed}"),
             (0 <= self.min_p <= 1, f"min_p must be in [0, 1], got {self.min_p}"),
             (-2 <= self.presence_penalty <= 2,
              f"presence_penalty must be in [-2, 2], got {self.presence_penalty}"),
@@ -63,8 +88,8 @@ class SamplingParams:
              f"min_tokens ({self.min_tokens}) cannot exceed max_tokens ({self.max_tokens})"),
             (self.logprobs is None or 0 <= self.logprobs <= 20,
              f"logprobs must be between 0 and 20, got {self.logprobs}"),
-            (all(isinstance(t, int) and t >= 0 for t in self.stop_token_ids),
-             "stop_token_ids must be non-negative integers"),
+            (all(isinstance(t, int) and 0 <= t <= INT64_MAX for t in self.stop_token_ids),
+             "stop_token_ids must be integers in [0, 2**63 - 1]"),
         ]
         for ok, message in checks:
             if not ok:

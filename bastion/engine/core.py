@@ -79,12 +79,15 @@ class EngineCore:
         group = RequestGroup([], client)
         for i in range(params.n):
             child_params = params if params.n == 1 or params.seed is None else replace(
-                params, seed=params.seed + i)
+                params, seed=_wrap_int64(params.seed + i))
             req = Request(request_id, prompt_token_ids, child_params, self.eos_token_ids,
                           max_total, cache_salt, index=i)
             if i and self.blocks.enable_prefix_caching:
                 req.wait_for = group.sequences[0]
             group.sequences.append(req)
+        # NOTE: scheduled only once every sequence is made: a sequence that fails to be made must
+        # not leave its siblings running for a group nobody knows.
+        for req in group.sequences:
             self.scheduler.add(req)
         self._groups[request_id] = group
 
@@ -139,3 +142,8 @@ class EngineCore:
     def _end_if_finished(self, request_id: str, group: RequestGroup) -> None:
         if group.finished:
             self._ended[request_id] = self._groups.pop(request_id)
+
+
+def _wrap_int64(value: int) -> int:
+    """`value` wrapped into a signed 64-bit integer (the seeds of a request's n sequences)."""
+    return (value + 2**63) % 2**64 - 2**63

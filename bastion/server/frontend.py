@@ -148,8 +148,11 @@ class Frontend:
 
     def prompt_ids(self, prompt: Prompt) -> list[int]:
         if isinstance(prompt, ChatPrompt):
+            for message in prompt.conversation:
+                _check_text(message["content"], prompt.field)
             return self._chat_ids(prompt)
         if isinstance(prompt, TextPrompt):
+            _check_text(prompt.text, prompt.field)
             return list(self.tokenizer(prompt.text, add_special_tokens=prompt.add_special_tokens).input_ids)
         return list(prompt.ids)
 
@@ -166,7 +169,7 @@ class Frontend:
         return list(ids)
 
     def check_ids(self, ids: list[int], field: str) -> None:
-        bad = next((t for t in ids if t >= self.vocab_size), None)
+        bad = next((t for t in ids if not 0 <= t < self.vocab_size), None)
         if bad is not None:
             raise APIError(400, f"token id {bad} in '{field}' is outside the vocabulary "
                                 f"(size {self.vocab_size})", field)
@@ -236,6 +239,15 @@ class Frontend:
 def _reserved(prompt_ids: list[int], params: SamplingParams) -> int:
     """The tokens a generation reserves against its caller's token rate: prompt and budget."""
     return len(prompt_ids) + params.max_tokens * params.n
+
+
+def _check_text(text: str, field: str) -> None:
+    """400 for text that is not Unicode a tokenizer can read (JSON lets a lone surrogate through)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise APIError(400, f"'{field}' is not valid Unicode: a lone surrogate at position "
+                            f"{exc.start}", field) from None
 
 
 class Admission:

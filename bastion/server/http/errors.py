@@ -29,9 +29,33 @@ class APIError(Exception):
         return error_body(self.status, self.message, self.param, self.code)
 
 
+# The OpenAPI schema of `error_body` (the document at /openapi.json refers to it for every refusal).
+ERROR_SCHEMA = {
+    "title": "Error", "type": "object", "required": ["error"],
+    "properties": {"error": {
+        "type": "object", "required": ["message", "type", "param", "code"],
+        "properties": {"message": {"type": "string"}, "type": {"type": "string"},
+                       "param": {"type": ["string", "null"]},
+                       "code": {"type": ["string", "integer"]}}}},
+}
+
+
+def refusals(*statuses: int) -> dict:
+    """A route's `responses=` for the OpenAPI document: the refusals it makes beyond those every
+    route has (auth, a bad or too large body), each an `error_body`."""
+    return {status: {"description": HTTPStatus(status).phrase} for status in statuses}
+
+
 def error_body(status: int, message: str, param: str | None = None, code: str | None = None) -> dict:
     kind = _TYPES.get(status, "server_error" if status >= 500 else "invalid_request_error")
-    return {"error": {"message": message, "type": kind, "param": param, "code": code or status}}
+    return {"error": {"message": _utf8(message), "type": kind, "param": _utf8(param),
+                      "code": code or status}}
+
+
+def _utf8(text: str | None) -> str | None:
+    """`text` as UTF-8 can carry it: a message that quotes the client (a model name, a field)
+    may hold a lone surrogate, which JSON lets in and no UTF-8 body can send; it becomes '?'."""
+    return text if text is None else text.encode("utf-8", "replace").decode("utf-8")
 
 
 def error_response(error: APIError) -> JSONResponse:

@@ -16,6 +16,12 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
 DONE = "data: [DONE]\n\n"
+# A route's `responses=` for the OpenAPI document: a JSON object, or a stream with "stream": true.
+SSE_OR_JSON = {200: {"description": "A JSON object; with \"stream\": true, Server-Sent Events "
+                                    "ending with 'data: [DONE]'",
+                     "content": {"text/event-stream": {"schema": {
+                         "type": "object", "required": ["data"],
+                         "properties": {"data": {"type": "string"}, "event": {"type": "string"}}}}}}}
 
 
 def sse(payload: dict) -> str:

@@ -8,13 +8,13 @@ from fastapi import APIRouter, Request
 
 from bastion import __version__
 from bastion.security.auth import requires
-from bastion.server.http.errors import APIError
+from bastion.server.http.errors import APIError, refusals
 from bastion.server.routes import frontend_of
 
 router = APIRouter()
 
 
-@router.post("/admin/reload-credentials")
+@router.post("/admin/reload-credentials", responses=refusals(400))
 @requires("admin")
 async def reload_credentials(request: Request) -> dict:
     """Re-read the key file and JWT key here, then have the launcher do it in every API server."""

@@ -4,12 +4,13 @@ from __future__ import annotations
 import time
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from bastion import __version__
 from bastion.security.auth import public, requires
 from bastion.server import metrics
+from bastion.server.http.errors import refusals
 from bastion.server.http.middleware import caller_of
 from bastion.server.routes import frontend_of
 from bastion.server.routes.protocol import DetokenizeRequest, TokenizeRequest
@@ -28,7 +29,7 @@ async def models(request: Request) -> dict:
     return {"object": "list", "data": data}
 
 
-@router.post("/tokenize")
+@router.post("/tokenize", responses=refusals(404))
 @requires("inference")
 async def tokenize(body: TokenizeRequest, request: Request) -> dict:
     frontend = frontend_of(request)
@@ -36,13 +37,13 @@ async def tokenize(body: TokenizeRequest, request: Request) -> dict:
     return {"count": len(tokens), "max_model_len": frontend.max_model_len, "tokens": tokens}
 
 
-@router.post("/detokenize")
+@router.post("/detokenize", responses=refusals(404))
 @requires("inference")
 async def detokenize(body: DetokenizeRequest, request: Request) -> dict:
     return {"prompt": frontend_of(request).detokenize(body.model, body.tokens, caller_of(request))}
 
 
-@router.get("/health")
+@router.get("/health", responses=refusals(503))
 @public
 async def health(request: Request) -> JSONResponse:
     ranks = [{"rank": r.index, "state": r.state, "restarts": r.restarts,
@@ -58,7 +59,7 @@ async def version() -> dict:
     return {"version": __version__}
 
 
-@router.get("/metrics")
+@router.get("/metrics", response_class=PlainTextResponse)
 @requires("metrics")
 async def prometheus_metrics() -> Response:
     return Response(metrics.exposition(), media_type=CONTENT_TYPE_LATEST)

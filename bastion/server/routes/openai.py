@@ -5,7 +5,8 @@ from fastapi import APIRouter, Request
 
 from bastion.security.auth import requires
 from bastion.server.http.middleware import caller_of
-from bastion.server.http.streaming import (collect_unless_disconnected, sse_response,
+from bastion.server.http.errors import refusals
+from bastion.server.http.streaming import (SSE_OR_JSON, collect_unless_disconnected, sse_response,
                                             unless_disconnected)
 from bastion.server.routes import frontend_of
 from bastion.server.routes.openai_responses import ResponseBuilder, StreamUsage
@@ -14,7 +15,7 @@ from bastion.server.routes.protocol import ChatCompletionRequest, CompletionRequ
 router = APIRouter()
 
 
-@router.post("/v1/chat/completions")
+@router.post("/v1/chat/completions", responses={**SSE_OR_JSON, **refusals(404, 429, 503)})
 @requires("inference")
 async def chat_completions(body: ChatCompletionRequest, request: Request):
     frontend = frontend_of(request)
@@ -28,7 +29,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request):
     return responses.envelope([responses.chat_choice(s) for s in seqs], generation.usage())
 
 
-@router.post("/v1/completions")
+@router.post("/v1/completions", responses={**SSE_OR_JSON, **refusals(404, 429, 503)})
 @requires("inference")
 async def completions(body: CompletionRequest, request: Request):
     frontend = frontend_of(request)

@@ -14,9 +14,9 @@ from pydantic import Field
 from bastion.sampling_params import SamplingParams
 from bastion.security.auth import requires
 from bastion.server.generation import Generation, SequenceState
-from bastion.server.http.errors import APIError
+from bastion.server.http.errors import APIError, refusals
 from bastion.server.http.middleware import caller_of
-from bastion.server.http.streaming import (collect_unless_disconnected, sse, sse_response,
+from bastion.server.http.streaming import (SSE_OR_JSON, collect_unless_disconnected, sse, sse_response,
                                             unless_disconnected)
 from bastion.server.prompt import Budget, TextPrompt, TokenPrompt
 from bastion.server.routes import frontend_of
@@ -27,7 +27,7 @@ router = APIRouter()
 
 DEFAULT_MAX_NEW_TOKENS = 128
 # SamplingParams names that SGLang spells otherwise.
-_RENAMED = {"seed": "sampling_seed", "min_tokens": "min_new_tokens"}
+RENAMED = {"seed": "sampling_seed", "min_tokens": "min_new_tokens"}
 
 
 class SGLangSamplingParams(_Fixed):
@@ -76,7 +76,7 @@ class GenerateRequest(_Body):
         return Budget(self.max_tokens, DEFAULT_MAX_NEW_TOKENS)
 
     def sampling(self, max_tokens: int) -> SamplingParams:
-        return build_sampling_params(self.sampling_params, max_tokens, renamed=_RENAMED,
+        return build_sampling_params(self.sampling_params, max_tokens, renamed=RENAMED,
                                      path=self.sampling_path)
 
     @property
@@ -84,7 +84,7 @@ class GenerateRequest(_Body):
         return stop_strings(self.sampling_params.stop, "sampling_params.stop")
 
 
-@router.post("/generate")
+@router.post("/generate", responses={**SSE_OR_JSON, **refusals(404, 429, 503)})
 @requires("inference")
 async def generate(body: GenerateRequest, request: Request):
     generation = await unless_disconnected(request, frontend_of(request).generate(body, caller_of(request)))

@@ -45,3 +45,26 @@ def test_a_request_id_is_in_use_until_every_sequence_has_ended(engine):
     assert engine.client_of("c") == 4
     while engine.has_unfinished:
         engine.step()
+
+
+def test_the_seeds_of_n_sequences_wrap_at_64_bits_and_a_failed_group_leaves_nothing(engine, monkeypatch):
+    top = 2**63 - 1
+    engine.add_request("w", PROMPT, SamplingParams(n=3, seed=top, max_tokens=2))
+    assert [r.params.seed for r in engine._groups["w"].sequences] == [top, -2**63, -2**63 + 1]
+    while engine.has_unfinished:
+        engine.step()
+    # a sequence that cannot be made (here: the second) leaves no sibling scheduled
+    import bastion.engine.core as core
+    made = []
+
+    def failing(*args, index=0, **kwargs):
+        if index == 1:
+            raise ValueError("cannot make this sequence")
+        made.append(index)
+        return real(*args, index=index, **kwargs)
+    real = core.Request
+    monkeypatch.setattr(core, "Request", failing)
+    with pytest.raises(ValueError, match="cannot make"):
+        engine.add_request("f", PROMPT, SamplingParams(n=2, max_tokens=2))
+    assert made == [0] and not engine.has_unfinished
+    assert engine.step() == []

@@ -36,7 +36,8 @@ def test_every_route_has_an_auth_decision():
     assert public == PUBLIC_PATHS
     paths = {r.path for r in routes}
     assert {"/v1/chat/completions", "/v1/completions", "/generate", "/metrics", "/server_info",
-            "/admin/reload-credentials", "/v1/models", "/tokenize", "/detokenize"} <= paths
+            "/admin/reload-credentials", "/v1/models", "/tokenize", "/detokenize",
+            "/openapi.json"} <= paths
 
 
 def test_a_route_without_a_decision_is_refused_even_to_an_admin(tmp_path):

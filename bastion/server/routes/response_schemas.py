@@ -1,0 +1,62 @@
+"""The JSON shapes of successful (200) answers, as JSON Schema, for the OpenAPI document.
+
+The routes build their answers as plain dicts (`openai_responses.py`, `sglang.py`, `info.py`);
+these schemas describe them for clients. They name the fields a client can rely on and leave
+objects open to more; the fuzz test (tests/integration/test_openapi.py) checks every answer
+it gets against them, so a change of shape that breaks a client fails there.
+"""
+from __future__ import annotations
+
+_INT, _STR, _NUM = {"type": "integer"}, {"type": "string"}, {"type": "number"}
+_FINISH = {"type": ["string", "null"], "enum": ["stop", "length", "abort", None]}
+_OBJECT = {"type": "object"}
+
+
+def _obj(required: dict, **optional: dict) -> dict:
+    return {"type": "object", "required": list(required), "properties": {**required, **optional}}
+
+
+USAGE = _obj({"prompt_tokens": _INT, "completion_tokens": _INT, "total_tokens": _INT},
+             prompt_tokens_details=_obj({"cached_tokens": _INT}))
+_CHAT_LOGPROBS = {"anyOf": [{"type": "null"}, _obj({"content": {"type": "array", "items": _OBJECT}})]}
+_COMPLETION_LOGPROBS = {"anyOf": [{"type": "null"}, _obj({
+    "tokens": {"type": "array", "items": _STR}, "token_logprobs": {"type": "array", "items": _NUM},
+    "top_logprobs": {"type": "array", "items": _OBJECT},
+    "text_offset": {"type": "array", "items": _INT}})]}
+
+
+def _envelope(kind: str, choice: dict) -> dict:
+    return _obj({"id": _STR, "object": {"const": kind}, "created": _INT, "model": _STR,
+                 "choices": {"type": "array", "items": choice}, "usage": USAGE})
+
+
+CHAT_COMPLETION = _envelope("chat.completion", _obj({
+    "index": _INT, "finish_reason": _FINISH, "logprobs": _CHAT_LOGPROBS,
+    "message": _obj({"role": {"const": "assistant"}, "content": _STR})}))
+COMPLETION = _envelope("text_completion", _obj({
+    "index": _INT, "text": _STR, "finish_reason": _FINISH, "logprobs": _COMPLETION_LOGPROBS}))
+_GENERATED = _obj({"index": _INT, "text": _STR, "output_ids": {"type": "array", "items": _INT},
+                   "meta_info": _obj({"id": _STR, "prompt_tokens": _INT, "completion_tokens": _INT,
+                                      "finish_reason": {"anyOf": [{"type": "null"}, _OBJECT]}})})
+GENERATE = {"anyOf": [_GENERATED, {"type": "array", "items": _GENERATED}]}
+MODELS = _obj({"object": {"const": "list"}, "data": {"type": "array", "items": _obj({
+    "id": _STR, "object": {"const": "model"}, "created": _INT, "owned_by": _STR,
+    "max_model_len": _INT})}})
+TOKENIZE = _obj({"count": _INT, "max_model_len": _INT, "tokens": {"type": "array", "items": _INT}})
+DETOKENIZE = _obj({"prompt": _STR})
+HEALTH = _obj({"status": {"enum": ["ok", "unavailable"]},
+               "ranks": {"type": "array", "items": _obj({"rank": _INT, "state": _STR, "restarts": _INT})}})
+VERSION = _obj({"version": _STR})
+
+# (path, method) -> {status: the schema of that JSON answer}; other statuses are errors.
+BY_ROUTE = {
+    ("/v1/chat/completions", "post"): {"200": CHAT_COMPLETION},
+    ("/v1/completions", "post"): {"200": COMPLETION},
+    ("/generate", "post"): {"200": GENERATE},
+    ("/v1/models", "get"): {"200": MODELS},
+    ("/tokenize", "post"): {"200": TOKENIZE},
+    ("/detokenize", "post"): {"200": DETOKENIZE},
+    ("/health", "get"): {"200": HEALTH, "503": HEALTH},  # a rank down is not an error object
+    ("/version", "get"): {"200": VERSION},
+    ("/openapi.json", "get"): {"200": _obj({"openapi": _STR, "paths": _OBJECT})},
+}
