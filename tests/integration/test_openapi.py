@@ -201,7 +201,8 @@ def test_the_document_needs_a_key_when_keys_are_configured_then_fuzz_with_it(key
 
 # The bodies the fuzz found answered with a 5xx (or a dead rank) before their fixes.
 FOUND = [
-    ("/v1/completions", {"prompt": [[-756, -11188862645, -443]]}, "prompt", "outside the vocabulary"),
+    ("/v1/completions", {"prompt": [[-756, -11188862645, -443]]}, "prompt.0.0",
+     "greater than or equal to 0"),
     ("/v1/completions", {"prompt": "hi", "seed": 10**29}, "seed", "64-bit"),
     ("/v1/completions", {"prompt": "hi", "top_k": 10**29}, "top_k", "2**63 - 1"),
     ("/v1/completions", {"prompt": "hi", "stop_token_ids": [10**29]}, "stop_token_ids", "2**63 - 1"),

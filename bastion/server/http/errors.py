@@ -67,6 +67,13 @@ def _field(loc: tuple) -> str:
     return ".".join(parts) or "body"
 
 
+_TYPE_TAGS = {"str", "int", "float", "bool", "dict", "list", "none"}
+
+
+def _is_union_tag(part) -> bool:
+    return isinstance(part, str) and (part in _TYPE_TAGS or "[" in part or part.startswith("function-"))
+
+
 def validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
     """The first validation problem as (message naming the field, field)."""
     errors = exc.errors()
@@ -75,9 +82,12 @@ def validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
     first = errors[0]
     if first.get("type") == "json_invalid":
         return "request body is not valid JSON", None
-    loc = tuple(first.get("loc", ()))
-    # NOTE: pydantic reports one error per union member; the field path is what users need.
-    loc = tuple(p for p in loc if not (isinstance(p, str) and ("[" in p or p.startswith("function-"))))
+    # NOTE: pydantic reports one error per union member, each under its member's tag ('str',
+    # 'list[int]', ...); the member that got deepest into the value says what is wrong with it.
+    field = tuple(first.get("loc", ()))[:2]
+    first = max((e for e in errors if tuple(e.get("loc", ()))[:2] == field),
+                key=lambda e: len(e.get("loc", ())))
+    loc = tuple(p for p in first.get("loc", ()) if not _is_union_tag(p))
     name = _field(loc)
     msg = first.get("msg", "invalid value")
     if first.get("type") == "missing":
