@@ -42,6 +42,12 @@ class Release(msgspec.Struct, tag="release"):
     used_tokens: int
 
 
+class QueueQuery(msgspec.Struct, tag="queue_query"):
+    """How many requests wait now (for /metrics: a pushed length may arrive out of order)."""
+
+    ticket: int
+
+
 class Admitted(msgspec.Struct, tag="admitted"):
     ticket: int
     queued: int = 0
@@ -68,9 +74,16 @@ class QueueLength(msgspec.Struct, tag="queue_length"):
     queued: int
 
 
+class QueueReport(msgspec.Struct, tag="queue_report"):
+    """The answer to a `QueueQuery`."""
+
+    ticket: int
+    queued: int
+
+
 _encoder = msgspec.msgpack.Encoder()
-_request_decoder = msgspec.msgpack.Decoder(Acquire | Release)
-_reply_decoder = msgspec.msgpack.Decoder(Admitted | Queued | Refused | QueueLength)
+_request_decoder = msgspec.msgpack.Decoder(Acquire | Release | QueueQuery)
+_reply_decoder = msgspec.msgpack.Decoder(Admitted | Queued | Refused | QueueLength | QueueReport)
 
 
 def endpoint(ipc_dir: str) -> str:
@@ -113,8 +126,11 @@ class LimitsService:
                 continue
             self._handle(identity, message)
 
-    def _handle(self, identity: bytes, message: Acquire | Release) -> None:
+    def _handle(self, identity: bytes, message: Acquire | Release | QueueQuery) -> None:
         lim = self.limiter
+        if isinstance(message, QueueQuery):
+            self._reply(identity, QueueReport(message.ticket, lim.queued))
+            return
         if isinstance(message, Acquire):
             result = lim.acquire((identity, message.ticket), message.key, message.limits,
                                  message.tokens, message.group or None, max(1, message.seqs))
@@ -182,6 +198,22 @@ class LimitsClient:
 
     def release(self, ticket: int, used_tokens: int) -> None:
         self.sock.send(_encoder.encode(Release(ticket, used_tokens)), flags=zmq.NOBLOCK)
+
+    async def queue_length(self, timeout: float = 1.0) -> int | None:
+        """The server-wide queue length now (also handed to `on_queue_length`); None if the
+        service does not answer within `timeout` seconds."""
+        if self._reader is None:
+            self._reader = asyncio.create_task(self._read())
+        ticket = next(self._ids)
+        future = asyncio.get_running_loop().create_future()
+        self._pending[ticket] = future
+        try:
+            await self.sock.send(_encoder.encode(QueueQuery(ticket)))
+            return (await asyncio.wait_for(future, timeout)).queued
+        except asyncio.TimeoutError:
+            return None
+        finally:
+            self._pending.pop(ticket, None)
 
     async def _read(self) -> None:
         while True:

@@ -61,5 +61,10 @@ async def version() -> dict:
 
 @router.get("/metrics", response_class=PlainTextResponse)
 @requires("metrics")
-async def prometheus_metrics() -> Response:
+async def prometheus_metrics(request: Request) -> Response:
+    limits = frontend_of(request).limits
+    if limits is not None:
+        # NOTE: asked at scrape time: the lengths pushed to several API servers may be set out
+        # of order, and the gauge shows the one set last.
+        await limits.queue_length()
     return Response(metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
