@@ -178,11 +178,7 @@ class LimitsClient:
                       seqs: int = 1) -> int:
         """A ticket once admitted; LimitExceeded if refused. Cancelling gives the place back.
         `group` is the round-robin group (the tenant); `seqs` the sequences the request runs."""
-        if self._reader is None:
-            self._reader = asyncio.create_task(self._read())
-        ticket = next(self._ids)
-        future = asyncio.get_running_loop().create_future()
-        self._pending[ticket] = future
+        ticket, future = self._expect_reply()
         try:
             # NOTE: a Release for a ticket the service never saw is a no-op; one socket keeps order.
             await self.sock.send(_encoder.encode(Acquire(ticket, key, limits, tokens, group, seqs)))
@@ -202,11 +198,7 @@ class LimitsClient:
     async def queue_length(self, timeout: float = 1.0) -> int | None:
         """The server-wide queue length now (also handed to `on_queue_length`); None if the
         service does not answer within `timeout` seconds."""
-        if self._reader is None:
-            self._reader = asyncio.create_task(self._read())
-        ticket = next(self._ids)
-        future = asyncio.get_running_loop().create_future()
-        self._pending[ticket] = future
+        ticket, future = self._expect_reply()
         try:
             await self.sock.send(_encoder.encode(QueueQuery(ticket)))
             return (await asyncio.wait_for(future, timeout)).queued
@@ -214,6 +206,15 @@ class LimitsClient:
             return None
         finally:
             self._pending.pop(ticket, None)
+
+    def _expect_reply(self) -> tuple[int, asyncio.Future]:
+        """A new ticket and the future its reply will fill (the reader starts with the first)."""
+        if self._reader is None:
+            self._reader = asyncio.create_task(self._read())
+        ticket = next(self._ids)
+        future = asyncio.get_running_loop().create_future()
+        self._pending[ticket] = future
+        return ticket, future
 
     async def _read(self) -> None:
         while True:
