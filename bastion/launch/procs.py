@@ -62,12 +62,18 @@ class Child:
         """Its last log lines, indented; `wait` gives an exited child's stderr up to 2 s to drain."""
         if wait:
             self._stderr.join(timeout=2)
-        return "\n".join(f"    {line}" for line in self.tail) or "    (no output)"
+        return "\n".join(f"    {line}" for line in self._tail_now()) or "    (no output)"
 
     def last_line(self) -> str:
         """Its last non-empty log line (waits up to 2 s for its stderr to close)."""
         self._stderr.join(timeout=2)
-        return next((line.strip() for line in reversed(self.tail) if line.strip()), "(no output)")
+        return next((line.strip() for line in reversed(self._tail_now()) if line.strip()), "(no output)")
+
+    def _tail_now(self) -> list[str]:
+        """A copy of the tail. NOTE: taken in one C call, which no thread switch splits: the
+        stderr reader appends meanwhile, and iterating the deque itself can raise "deque mutated
+        during iteration" (in the supervisor's tick loop, whose start-up timeout then never fired)."""
+        return list(self.tail)
 
     def await_handshake(self, deadline: float) -> Handshake:
         """Wait for the child's handshake frame; raise ChildStartError if it fails or dies."""

@@ -109,6 +109,8 @@ class Supervisor:
             self._spawn(slot)
         tasks = [asyncio.create_task(self._probe_loop(slot)) for slot in self.slots]
         tasks.append(asyncio.create_task(self._tick_loop()))
+        for task in tasks:
+            task.add_done_callback(self._loop_ended)
         failure = await self.outcome
         for task in tasks:
             task.cancel()
@@ -120,6 +122,12 @@ class Supervisor:
         await serving
         self.security.close()
         return 128 + self.forced if self.forced else (1 if failure else 0)
+
+    def _loop_ended(self, task: asyncio.Task) -> None:
+        """A probe or tick loop that fails stops the supervisor with the error (not a silent hang)."""
+        if not task.cancelled() and task.exception() is not None:
+            logger.error("a supervisor loop failed", exc_info=task.exception())
+            self._finish(f"internal error in the supervisor: {task.exception()!r}")
 
     def _finish(self, failure: str | None) -> None:
         if not self.outcome.done():
