@@ -26,6 +26,7 @@ import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
+from bastion.security.keys import digest
 from bastion.security.principal import Principal
 
 logger = logging.getLogger(__name__)
@@ -67,7 +68,7 @@ class ProbeToken:
     its ranks get `sha256` and check what a request presents (`is_probe`) in constant time."""
 
     def __init__(self, token: str) -> None:
-        self.token, self.sha256 = token, hashlib.sha256(token.encode()).hexdigest()
+        self.token, self.sha256 = token, digest(token)
 
     @classmethod
     def new(cls) -> "ProbeToken":

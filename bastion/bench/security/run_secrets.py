@@ -5,11 +5,12 @@ reaches the server only as a digest in the file, the client in memory, never arg
 from __future__ import annotations
 
 import datetime
-import hashlib
 import ipaddress
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
+
+from bastion.security.keys import digest
 
 NEVER_BINDS = 1_000_000_000  # a per-key limit no benchmark run comes near
 
@@ -37,7 +38,7 @@ def make_run_secrets(folder: Path, concurrency: int) -> RunSecrets:
     keys_file.touch(mode=0o600)
     keys_file.write_text(
         "[keys.bench]\n"
-        f'sha256 = "{hashlib.sha256(api_key.encode()).hexdigest()}"\n'
+        f'sha256 = "{digest(api_key)}"\n'
         'scopes = ["inference"]\n'
         f"requests_per_minute = {NEVER_BINDS}\n"
         f"tokens_per_minute = {NEVER_BINDS}\n"
