@@ -4,6 +4,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+from bastion.structured.spec import StructuredOutputs
+
 # NOTE: OpenAI's current bound ("at most 1024 properties"; 300 until 2023).
 MAX_LOGIT_BIAS = 1024
 MAX_BIAS = 100.0
@@ -40,6 +42,9 @@ class SamplingParams:
     from the model's own distribution (before penalties, `logit_bias` and temperature).
     `logit_bias` maps token ids to a bias in [-100, 100] added to their logits before sampling
     (OpenAI's meaning: -100 bans a token, +100 all but forces it); at most 1024 entries.
+    `structured_outputs` constrains the output to a JSON schema, regex, choice or grammar; the
+    grammar's end finishes the sequence ("stop"), and its logprobs come from the constrained
+    distribution (the tokens the grammar forbids have probability 0).
     """
 
     n: int = 1
@@ -58,6 +63,7 @@ class SamplingParams:
     logprobs: int | None = None
     skip_special_tokens: bool = True
     logit_bias: dict[int, float] | None = None
+    structured_outputs: StructuredOutputs | None = None
 
     def __post_init__(self) -> None:
         self.stop_token_ids = list(self.stop_token_ids or [])

@@ -40,11 +40,21 @@ def add_engine_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--seed", "--random-seed", type=int, default=0, help="seed of the engine's random state")
     g.add_argument("--num-threads", type=int, default=None,
                    help="CPU threads for torch (default: every core this process may use)")
+    s = parser.add_argument_group("structured outputs (JSON schema, regex, choice, grammar, tool calls)")
+    s.add_argument("--structured-output-compile-timeout", type=float, default=10.0, metavar="SECONDS",
+                   help="time one grammar may take to compile; a request whose grammar takes longer "
+                        "gets a 400 (checked in the API server, in a process that is killed at the bound)")
+    s.add_argument("--structured-output-max-bytes", type=parse_bytes, default=256 * 2**10, metavar="SIZE",
+                   help="largest schema, regex, grammar or list of choices a request may give "
+                        "(default 256KiB); larger ones get a 400")
+    s.add_argument("--structured-output-cache-size", type=int, default=256, metavar="N",
+                   help="compiled grammars each engine keeps, by grammar text (0: none)")
 
 
 ENGINE_FLAGS = ("dtype", "device", "max_model_len", "block_size", "kv_cache_memory", "num_kv_blocks",
                 "enable_prefix_caching", "max_num_batched_tokens", "max_num_seqs", "seed",
-                "num_threads")
+                "num_threads", "structured_output_compile_timeout", "structured_output_max_bytes",
+                "structured_output_cache_size")
 
 
 def engine_kwargs(args: argparse.Namespace) -> dict:

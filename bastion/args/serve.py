@@ -114,7 +114,8 @@ def serve_config(args: argparse.Namespace) -> ServeConfig:
                           max_queued_requests=args.max_queued_requests,
                           max_batched_prompts=engine.scheduler.max_num_seqs if args.max_batched_prompts is None
                           else args.max_batched_prompts,
-                          shutdown_timeout=args.shutdown_timeout, log_level=args.log_level)
+                          shutdown_timeout=args.shutdown_timeout, log_level=args.log_level,
+                          structured=engine.structured)
     if args.engine_startup_timeout <= 0:
         raise ValueError(f"--engine-startup-timeout must be positive, got {args.engine_startup_timeout}")
     security = security_config(args)

@@ -90,6 +90,27 @@ class SchedulerConfig:
 
 
 @dataclass(frozen=True)
+class StructuredOutputConfig:
+    """Bounds on structured-output grammars: the API server checks them before admitting a
+    request, the engine compiles under the same time bound and keeps compiled grammars."""
+
+    structured_output_compile_timeout: float = 10.0  # seconds one grammar may take to compile
+    structured_output_max_bytes: int = 256 * 2**10  # size of a schema, regex, grammar or choices
+    structured_output_cache_size: int = 256  # compiled grammars kept (by grammar text)
+
+    def __post_init__(self) -> None:
+        if not self.structured_output_compile_timeout > 0:
+            raise ValueError("--structured-output-compile-timeout must be positive, got "
+                             f"{self.structured_output_compile_timeout}")
+        if self.structured_output_max_bytes < 1:
+            raise ValueError("--structured-output-max-bytes must be at least 1, got "
+                             f"{self.structured_output_max_bytes}")
+        if self.structured_output_cache_size < 0:
+            raise ValueError("--structured-output-cache-size must be non-negative, got "
+                             f"{self.structured_output_cache_size}")
+
+
+@dataclass(frozen=True)
 class EngineConfig:
     """Everything one engine (one data-parallel rank) needs."""
 
@@ -97,6 +118,7 @@ class EngineConfig:
     cache: CacheConfig = field(default_factory=CacheConfig)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     num_threads: int | None = None
+    structured: StructuredOutputConfig = field(default_factory=StructuredOutputConfig)
 
     def __post_init__(self) -> None:
         if self.num_threads is not None and self.num_threads < 1:
@@ -110,12 +132,12 @@ class EngineConfig:
     @classmethod
     def from_kwargs(cls, model: str, **kwargs) -> "EngineConfig":
         """Build a config from flat keyword arguments (the `LLM(...)` and CLI shape)."""
-        groups = {ModelConfig: {}, CacheConfig: {}, SchedulerConfig: {}}
+        groups = {ModelConfig: {}, CacheConfig: {}, SchedulerConfig: {}, StructuredOutputConfig: {}}
         top = {}
         for key, value in kwargs.items():
             if value is None:
                 continue
-            if key == "kv_cache_memory":
+            if key in ("kv_cache_memory", "structured_output_max_bytes"):
                 value = parse_bytes(value)
             owner = next((g for g in groups if key in g.__dataclass_fields__), None)
             if owner is not None:
@@ -126,4 +148,5 @@ class EngineConfig:
                 raise TypeError(f"unknown engine argument {key!r}")
         return cls(model=ModelConfig(model=model, **groups[ModelConfig]),
                    cache=CacheConfig(**groups[CacheConfig]),
-                   scheduler=SchedulerConfig(**groups[SchedulerConfig]), **top)
+                   scheduler=SchedulerConfig(**groups[SchedulerConfig]),
+                   structured=StructuredOutputConfig(**groups[StructuredOutputConfig]), **top)

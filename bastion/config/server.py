@@ -1,7 +1,9 @@
 """The HTTP front end's config: where it listens, what it calls the model, and its guards."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+from bastion.config.engine import StructuredOutputConfig
 
 
 @dataclass(frozen=True)
@@ -20,6 +22,7 @@ class ServerConfig:
     max_request_header_bytes: int = 32 * 2**10
     max_connections: int = 4096
     max_batched_prompts: int = 128
+    structured: StructuredOutputConfig = field(default_factory=StructuredOutputConfig)  # the engines' too
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
