@@ -63,6 +63,12 @@ def _bench_serve(args: argparse.Namespace) -> int:
     return run_serve_bench(args)
 
 
+def _bench_structured(args: argparse.Namespace) -> int:
+    from bastion.bench.structured.run import run_structured_bench
+
+    return run_structured_bench(args)
+
+
 def _bench_failover(args: argparse.Namespace) -> int:
     from bastion.bench.failover import run_failover_bench
 
@@ -122,6 +128,13 @@ def build_parser() -> argparse.ArgumentParser:
                               "recovery and errors on the healthy ranks")
     add_failover_bench_args(fo)
     fo.set_defaults(func=_bench_failover)
+    from bastion.bench.structured.run import add_structured_bench_args
+    st = bench_sub.add_parser("structured", help="structured outputs: grammar compile time over a corpus "
+                              "of real-world JSON schemas; output tokens/s with and without a schema",
+                              formatter_class=AliasHelpFormatter)
+    add_structured_bench_args(st)
+    add_engine_args(st)
+    st.set_defaults(func=_bench_structured)
     return parser
 
 

@@ -16,18 +16,12 @@ from bastion.bench.harness import bench_server
 from bastion.bench.internal import compare_internal
 from bastion.bench.ray_compare import compare_ray
 from bastion.bench.security.compare import compare_security
-from bastion.bench.serve_load import measure_serving
+from bastion.bench.serve_load import add_client_args, measure_serving
 from bastion.bench.workloads import PROMPT_VOCAB, BenchRequest, bench_model, workload
 
 
 def add_serve_bench_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--url", default=None, help="base URL of a running server, e.g. http://127.0.0.1:8000")
-    parser.add_argument("--api-key", default=None,
-                        help="bearer key (visible in the process list; prefer BASTION_API_KEY)")
-    parser.add_argument("--ssl-ca-certs", default=None, help="CA that signs an https server's certificate")
-    parser.add_argument("--ssl-client-certfile", default=None, help="client certificate for mutual TLS")
-    parser.add_argument("--ssl-client-keyfile", default=None, help="its key (with --ssl-client-certfile)")
-    parser.add_argument("--served-model", default=None, help="model name to request (default: the server's first)")
+    add_client_args(parser)
     parser.add_argument("--concurrency", type=int, default=64, help="requests in flight at once")
     parser.add_argument("--request-rate", type=float, default=None,
                         help="Poisson arrivals per second instead of a closed loop (still capped by --concurrency)")

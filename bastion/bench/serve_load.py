@@ -1,5 +1,6 @@
 """An async load generator for an OpenAI-compatible server: streamed completions of token-id
-prompts, closed-loop (fixed concurrency) or open-loop (Poisson arrivals), with latency stats.
+prompts (or any streamed body a `BodyOf` makes, completions or chat), closed-loop (fixed
+concurrency) or open-loop (Poisson arrivals), with latency stats.
 
 It uses raw httpx and parses only what it measures, so the client costs the server's CPU as
 little as possible on a small machine. `measure_serving` runs the bench's flags against a URL:
@@ -14,7 +15,9 @@ import os
 import random
 import resource
 import time
+from collections import Counter
 from dataclasses import dataclass, field, replace
+from typing import Any, Callable
 
 import httpx
 
@@ -29,6 +32,11 @@ class RequestResult:
     itls: list[float] = field(default_factory=list)
     e2e: float = 0.0
     error: str = ""
+    finish_reason: str = ""
+    head: str = ""  # the output's first characters (what a constraint shapes first)
+
+
+HEAD_CHARS = 32
 
 
 @dataclass(frozen=True)
@@ -53,15 +61,29 @@ class LoadSettings:
         return context
 
 
-async def _one(http: httpx.AsyncClient, s: LoadSettings, req: BenchRequest) -> RequestResult:
-    body = {"model": s.model, "prompt": req.prompt_token_ids, "max_tokens": req.output_len,
-            "temperature": 0, "ignore_eos": True, "stream": True,
-            "stream_options": {"include_usage": True}}
+# A request's route and streamed body, from the load's settings and one request of the workload.
+BodyOf = Callable[[LoadSettings, Any], tuple[str, dict]]
+
+
+def completion_body(s: LoadSettings, req: BenchRequest) -> tuple[str, dict]:
+    """A streamed `/v1/completions` of a token-id prompt, greedy, exactly `output_len` tokens."""
+    return "/v1/completions", {"model": s.model, "prompt": req.prompt_token_ids, "max_tokens": req.output_len,
+                               "temperature": 0, "ignore_eos": True, "stream": True,
+                               "stream_options": {"include_usage": True}}
+
+
+def _text_of(choice: dict) -> str:
+    """A streamed choice's new text: completions' `text` or chat's `delta.content`."""
+    return choice.get("text") or (choice.get("delta") or {}).get("content") or ""
+
+
+async def _one(http: httpx.AsyncClient, s: LoadSettings, req: Any, body_of: BodyOf) -> RequestResult:
+    path, body = body_of(s, req)
     started = time.perf_counter()
     result = RequestResult(ok=False)
     last = None
     try:
-        async with http.stream("POST", f"{s.url}/v1/completions", json=body) as r:
+        async with http.stream("POST", f"{s.url}{path}", json=body) as r:
             if r.status_code != 200:
                 result.error = f"HTTP {r.status_code}: {(await r.aread())[:200]!r}"
                 return result
@@ -73,7 +95,12 @@ async def _one(http: httpx.AsyncClient, s: LoadSettings, req: BenchRequest) -> R
                     result.error = event["error"].get("message", "error event")
                     return result
                 now = time.perf_counter()
-                if any(c.get("text") for c in event.get("choices", ())):
+                texts = [_text_of(c) for c in event.get("choices", ())]
+                for choice in event.get("choices", ()):
+                    result.finish_reason = choice.get("finish_reason") or result.finish_reason
+                if any(texts):
+                    if len(result.head) < HEAD_CHARS:
+                        result.head = (result.head + "".join(texts))[:HEAD_CHARS]
                     if last is None:
                         result.ttft = now - started
                     else:
@@ -89,8 +116,10 @@ async def _one(http: httpx.AsyncClient, s: LoadSettings, req: BenchRequest) -> R
     return result
 
 
-async def run_load(s: LoadSettings, reqs: list[BenchRequest]) -> tuple[list[RequestResult], float]:
-    """Send every request; return the results and the wall time of the whole run."""
+async def run_load(s: LoadSettings, reqs: list, body_of: BodyOf = completion_body
+                   ) -> tuple[list[RequestResult], float]:
+    """Send every request (each made into a body by `body_of`); return the results and the wall
+    time of the whole run."""
     headers = {"Authorization": f"Bearer {s.api_key}"} if s.api_key else {}
     limits = httpx.Limits(max_connections=s.concurrency + 8, max_keepalive_connections=s.concurrency + 8)
     async with httpx.AsyncClient(timeout=s.timeout, limits=limits, headers=headers, verify=s.verify()) as http:
@@ -99,7 +128,7 @@ async def run_load(s: LoadSettings, reqs: list[BenchRequest]) -> tuple[list[Requ
 
         async def gated(req: BenchRequest) -> RequestResult:
             async with gate:
-                return await _one(http, s, req)
+                return await _one(http, s, req, body_of)
         started = time.perf_counter()
         tasks = []
         for req in reqs:
@@ -132,7 +161,21 @@ def summarize(results: list[RequestResult], seconds: float) -> dict:
             "ttft_ms": percentiles([r.ttft for r in ok if r.ttft is not None]),
             "itl_ms": percentiles([x for r in ok for x in r.itls]),
             "e2e_ms": percentiles([r.e2e for r in ok]),
+            "mean_output_tokens": round(tokens / len(ok), 1) if ok else 0.0,
+            "finish_reasons": dict(Counter(r.finish_reason or "none" for r in ok)),
+            "output_heads": [r.head for r in ok[:3]],
             "first_errors": sorted({r.error for r in results if not r.ok})[:3]}
+
+
+def add_client_args(parser: argparse.ArgumentParser) -> None:
+    """The flags `measure_serving` reads to reach a running server: --url, credentials, TLS, model."""
+    parser.add_argument("--url", default=None, help="base URL of a running server, e.g. http://127.0.0.1:8000")
+    parser.add_argument("--api-key", default=None,
+                        help="bearer key (visible in the process list; prefer BASTION_API_KEY)")
+    parser.add_argument("--ssl-ca-certs", default=None, help="CA that signs an https server's certificate")
+    parser.add_argument("--ssl-client-certfile", default=None, help="client certificate for mutual TLS")
+    parser.add_argument("--ssl-client-keyfile", default=None, help="its key (with --ssl-client-certfile)")
+    parser.add_argument("--served-model", default=None, help="model name to request (default: the server's first)")
 
 
 def _served_model(settings: LoadSettings) -> str:
@@ -144,10 +187,11 @@ def _served_model(settings: LoadSettings) -> str:
     return reply.json()["data"][0]["id"]
 
 
-def measure_serving(url: str, args: argparse.Namespace, reqs: list[BenchRequest],
-                    warmup: list[BenchRequest] | None = None) -> dict:
-    """Run `reqs` against `url` after an untimed warm-up (`warmup`, default 4 short requests)
-    and print the summary."""
+def measure_serving(url: str, args: argparse.Namespace, reqs: list, warmup: list | None = None,
+                    body_of: BodyOf = completion_body) -> dict:
+    """Run `reqs` against `url` after an untimed warm-up (`warmup`, default 4 short requests;
+    `[]` for none) and print the summary. `body_of` makes each request's body (default: a
+    token-id completion)."""
     api_key = args.api_key or os.environ.get("BASTION_API_KEY")
     client_cert = None
     if args.ssl_client_certfile or args.ssl_client_keyfile:
@@ -159,10 +203,12 @@ def measure_serving(url: str, args: argparse.Namespace, reqs: list[BenchRequest]
     if not settings.model:
         settings = replace(settings, model=_served_model(settings))
     if warmup is None:
-        warmup = mixed_workload(4, PROMPT_VOCAB, seed=99, prompt_range=(16, 64), output_range=(4, 8))
-    asyncio.run(run_load(settings, warmup))
+        asyncio.run(run_load(settings, mixed_workload(4, PROMPT_VOCAB, seed=99, prompt_range=(16, 64),
+                                                      output_range=(4, 8))))
+    elif warmup:
+        asyncio.run(run_load(settings, warmup, body_of))
     cpu_before = _cpu_seconds()
-    results, seconds = asyncio.run(run_load(settings, reqs))
+    results, seconds = asyncio.run(run_load(settings, reqs, body_of))
     summary = summarize(results, seconds)
     summary["client_cpu_seconds"] = round(_cpu_seconds() - cpu_before, 2)
     print(f"serving: {summary['requests_per_s']:.2f} req/s, {summary['output_tokens_per_s']:.1f} output tok/s, "
