@@ -7,8 +7,8 @@ objects with a fixed, large item count (`corpus.SERVING_SCHEMAS`), so a constrai
 cannot reach the grammar's end before `max_tokens` and both sides generate the same number of
 tokens. Tokens are counted from each stream's usage all the same, and each side's mean output
 length and finish reasons are reported. Before the first round each side serves one untimed
-batch (for the constrained side this compiles its grammars once: the rounds measure enforcing
-a compiled grammar; `compile_time.py` measures compiling).
+batch, both before either is timed (for the constrained side this compiles its grammars once:
+the rounds measure enforcing a compiled grammar; `compile_time.py` measures compiling).
 """
 from __future__ import annotations
 
@@ -64,13 +64,15 @@ def compare_serving(url: str, args: argparse.Namespace, schemas: list[CorpusSche
     dict of the serving half."""
     reqs = make_requests(schemas, args.num_requests, args.max_tokens)
     warmup = make_requests(schemas, args.concurrency, args.max_tokens)
+    for side in SIDES:
+        print(f"--- {side}, warm-up (not counted)")
+        measure_serving(url, args, warmup, [], body_maker(side, args.constraint_field))
     runs: dict[str, list[dict]] = {side: [] for side in SIDES}
     for r in range(args.rounds):
         order = SIDES if r % 2 == 0 else SIDES[::-1]
         for side in order:
             print(f"--- {side}, round {r + 1} of {args.rounds}")
-            runs[side].append(measure_serving(url, args, reqs, warmup if r == 0 else [],
-                                              body_maker(side, args.constraint_field)))
+            runs[side].append(measure_serving(url, args, reqs, [], body_maker(side, args.constraint_field)))
     return summarize_sides(runs, args, schemas)
 
 
