@@ -25,8 +25,8 @@ def add_structured_bench_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--concurrency", type=int, default=16, help="requests in flight at once (default 16)")
     parser.add_argument("--num-requests", type=int, default=32,
                         help="requests per side in each round (default 32)")
-    parser.add_argument("--rounds", type=int, default=2,
-                        help="rounds; each runs both sides, in alternating order (default 2)")
+    parser.add_argument("--rounds", type=int, default=4,
+                        help="rounds; each runs both sides, in alternating order (default 4)")
     parser.add_argument("--max-tokens", type=int, default=256,
                         help="every request's max_tokens, with ignore_eos (default 256)")
     parser.add_argument("--constraint-field", choices=CONSTRAINT_FIELDS, default="structured-outputs",

@@ -95,5 +95,6 @@ def test_sides_are_summed_over_rounds_and_compared():
     assert result["free"]["output_tokens_per_s"] == 16.0 and result["constrained"]["output_tokens_per_s"] == 14.0
     assert result["constrained_over_free"] == 0.875 and not result["meets_target"]
     assert result["constrained_over_free_per_round"] == [0.5, 1.125]
+    assert result["constrained_over_free_median"] == 0.812
     assert result["constrained"]["mean_output_tokens"] == 8.0 and result["errors"] == 1
     assert result["constrained"]["finish_reasons"] == {"length": 7}
