@@ -2,23 +2,25 @@
 
 A route hands the front end its parsed body and the `Caller`; the front end checks the model
 (served, and allowed to this caller), turns the body's prompt into token ids, fits the
-completion into the context, admits the request (engines up, queue bound, the caller's limits)
-and starts its generation. The request's spend is settled in one place, `Admission.settle`,
+completion into the context, checks its output constraint (`grammar_check.py`: size, our own
+checks, a real compile in a worker process under a time bound), admits the request (engines up,
+queue bound, the caller's limits) and starts its generation. The request's spend is settled in one place, `Admission.settle`,
 when the generation ends.
 """
 from __future__ import annotations
 
-from typing import Callable, Protocol
+from typing import Protocol
 
 from bastion.config.server import ServerConfig
 from bastion.sampling_params import SamplingParams
-from bastion.security.audit import RequestRecord
 from bastion.security.shared_limits import LimitExceeded, LimitsClient
 from bastion.server import metrics
+from bastion.server.admission import Admission
 from bastion.server.caller import Caller
 from bastion.server.batch import GenerationBatch
 from bastion.server.engine_client import EngineClient
 from bastion.server.generation import Generation
+from bastion.server.grammar_check import Constraint, GrammarChecker
 from bastion.server.http.errors import APIError
 from bastion.server.prompt import Budget, ChatPrompt, Prompt, TextPrompt
 
@@ -39,6 +41,7 @@ class GenerationBody(PromptBody, Protocol):
     """A generation route's parsed body: a prompt, a completion budget, sampling and stops."""
 
     sampling_path: str  # where the sampling fields sit in the body ("sampling_params." in SGLang's)
+    constraint: Constraint | None  # the output constraint and its field, if the body gives one
 
     def budget(self) -> Budget: ...
 
@@ -58,9 +61,12 @@ class Frontend:
     """Shared by the routes of one API-server process: config, tokenizer, engine client, limits."""
 
     def __init__(self, config: ServerConfig, client: EngineClient, tokenizer, max_model_len: int,
-                 vocab_size: int, limits: LimitsClient | None = None) -> None:
+                 vocab_size: int, limits: LimitsClient | None = None,
+                 grammar: GrammarChecker | None = None) -> None:
         self.config, self.client, self.tokenizer = config, client, tokenizer
         self.limits = limits
+        # NOTE: without a checker given, only the size bound is checked (no vocabulary to compile against).
+        self.grammar = grammar or GrammarChecker(config.structured, None, vocab_size, [])
         if limits is not None:
             limits.on_queue_length = metrics.record_queue_length
         self.backend = tokenizer.backend_tokenizer
@@ -72,6 +78,7 @@ class Frontend:
         self.check_model(body.model, caller)
         body.check()
         prompt_ids, params = self.prepare(body, body.to_prompt())
+        await self.check_constraint(body)
         return await self.start(prompt_ids, params, body.stop_strings, caller)
 
     async def generate_batch(self, body: BatchBody, caller: Caller) -> Generation | GenerationBatch:
@@ -83,11 +90,13 @@ class Frontend:
         prompts = body.to_prompts()
         if len(prompts) == 1:
             prompt_ids, params = self.prepare(body, prompts[0])
+            await self.check_constraint(body)
             return await self.start(prompt_ids, params, body.stop_strings, caller)
         if len(prompts) > self.config.max_batched_prompts:
             raise APIError(400, f"{len(prompts)} prompts in one request: this server takes at most "
                                 f"{self.config.max_batched_prompts} (--max-batched-prompts)", "prompt")
         prepared = [self._prepare_nth(body, prompt, i) for i, prompt in enumerate(prompts)]
+        await self.check_constraint(body)
         # NOTE: one admission for the whole batch: prompts admitted one by one could each hold
         # slots while waiting for more (two batches, or more sequences than slots: a deadlock).
         admission = await self.admit(caller, sum(_reserved(ids, params) for ids, params in prepared),
@@ -113,6 +122,12 @@ class Frontend:
         params = body.sampling(max_tokens)
         self.check_ids(list(params.logit_bias or ()), body.sampling_path + "logit_bias")
         return prompt_ids, params
+
+    async def check_constraint(self, body: GenerationBody) -> None:
+        """A 400 naming the field when the body's output constraint is over a bound or does not
+        compile (one check for all of a batch's prompts: they share it)."""
+        if body.constraint is not None:
+            await self.grammar.check(*body.constraint)
 
     def _prepare_nth(self, body: GenerationBody, prompt: Prompt, index: int) -> tuple[list[int], SamplingParams]:
         try:
@@ -248,49 +263,3 @@ def _check_text(text: str, field: str) -> None:
     except UnicodeEncodeError as exc:
         raise APIError(400, f"'{field}' is not valid Unicode: a lone surrogate at position "
                             f"{exc.start}", field) from None
-
-
-class Admission:
-    """What admitting one request took from its caller: a limits ticket (None without shared
-    limits) and its audit record. The request has `parts` generations (a batch's prompts); each
-    settles its part once, when it ends, and the ticket goes back with the last."""
-
-    def __init__(self, limits: LimitsClient | None, ticket: int | None,
-                 record: RequestRecord | None, parts: int = 1) -> None:
-        self.limits, self.ticket, self.record = limits, ticket, record
-        self.pending, self.used_tokens = parts, 0
-
-    def part(self) -> Callable[[int, int], None]:
-        """The settle call of one generation: only its first call counts."""
-        settled = False
-
-        def settle(prompt_tokens: int, completion_tokens: int) -> None:
-            nonlocal settled
-            if not settled:
-                settled = True
-                self.settle(prompt_tokens, completion_tokens)
-        return settle
-
-    def settle(self, prompt_tokens: int, completion_tokens: int) -> None:
-        """One part ended: add its counts to the audit record; the last part gives back the
-        limits with the tokens all parts used."""
-        if self.pending <= 0:
-            return
-        self.pending -= 1
-        self.used_tokens += prompt_tokens + completion_tokens
-        if self.record is not None:
-            self.record.prompt_tokens = (self.record.prompt_tokens or 0) + prompt_tokens
-            self.record.completion_tokens = (self.record.completion_tokens or 0) + completion_tokens
-        if self.pending == 0:
-            self._release()
-
-    def abandon(self) -> None:
-        """The parts never started (a batch cut short) will not settle: give the ticket back now."""
-        if self.pending > 0:
-            self.pending = 0
-            self._release()
-
-    def _release(self) -> None:
-        if self.ticket is not None:
-            ticket, self.ticket = self.ticket, None
-            self.limits.release(ticket, self.used_tokens)
