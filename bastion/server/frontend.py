@@ -9,52 +9,19 @@ when the generation ends.
 """
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Callable
 
 from bastion.config.server import ServerConfig
 from bastion.sampling_params import SamplingParams
+from bastion.security.audit import RequestRecord
 from bastion.security.shared_limits import LimitExceeded, LimitsClient
 from bastion.server import metrics
-from bastion.server.admission import Admission
 from bastion.server.caller import Caller
-from bastion.server.batch import GenerationBatch
 from bastion.server.engine_client import EngineClient
-from bastion.server.generation import Generation
-from bastion.server.grammar_check import Constraint, GrammarChecker
+from bastion.server.generation import Generation, GenerationBatch
+from bastion.server.grammar_check import GrammarChecker
 from bastion.server.http.errors import APIError
-from bastion.server.prompt import Budget, ChatPrompt, Prompt, TextPrompt
-
-
-class PromptBody(Protocol):
-    """A parsed request body that names a model and holds a prompt."""
-
-    @property
-    def model(self) -> str | None: ...
-
-    def check(self) -> None:
-        """A 400 for what the body asks that the server does not do."""
-
-    def to_prompt(self) -> Prompt: ...
-
-
-class GenerationBody(PromptBody, Protocol):
-    """A generation route's parsed body: a prompt, a completion budget, sampling and stops."""
-
-    sampling_path: str  # where the sampling fields sit in the body ("sampling_params." in SGLang's)
-    constraint: Constraint | None  # the output constraint and its field, if the body gives one
-
-    def budget(self) -> Budget: ...
-
-    def sampling(self, max_tokens: int) -> SamplingParams: ...
-
-    @property
-    def stop_strings(self) -> list[str]: ...
-
-
-class BatchBody(GenerationBody, Protocol):
-    """A body that may hold several prompts (`/v1/completions`), each its own generation."""
-
-    def to_prompts(self) -> list[Prompt]: ...
+from bastion.server.prompt import BatchBody, Budget, ChatPrompt, GenerationBody, Prompt, PromptBody, TextPrompt
 
 
 class Frontend:
@@ -263,3 +230,49 @@ def _check_text(text: str, field: str) -> None:
     except UnicodeEncodeError as exc:
         raise APIError(400, f"'{field}' is not valid Unicode: a lone surrogate at position "
                             f"{exc.start}", field) from None
+
+
+class Admission:
+    """What admitting one request took from its caller: a limits ticket (None without shared
+    limits) and its audit record. The request has `parts` generations (a batch's prompts); each
+    settles its part once, when it ends, and the ticket goes back with the last."""
+
+    def __init__(self, limits: LimitsClient | None, ticket: int | None,
+                 record: RequestRecord | None, parts: int = 1) -> None:
+        self.limits, self.ticket, self.record = limits, ticket, record
+        self.pending, self.used_tokens = parts, 0
+
+    def part(self) -> Callable[[int, int], None]:
+        """The settle call of one generation: only its first call counts."""
+        settled = False
+
+        def settle(prompt_tokens: int, completion_tokens: int) -> None:
+            nonlocal settled
+            if not settled:
+                settled = True
+                self.settle(prompt_tokens, completion_tokens)
+        return settle
+
+    def settle(self, prompt_tokens: int, completion_tokens: int) -> None:
+        """One part ended: add its counts to the audit record; the last part gives back the
+        limits with the tokens all parts used."""
+        if self.pending <= 0:
+            return
+        self.pending -= 1
+        self.used_tokens += prompt_tokens + completion_tokens
+        if self.record is not None:
+            self.record.prompt_tokens = (self.record.prompt_tokens or 0) + prompt_tokens
+            self.record.completion_tokens = (self.record.completion_tokens or 0) + completion_tokens
+        if self.pending == 0:
+            self._release()
+
+    def abandon(self) -> None:
+        """The parts never started (a batch cut short) will not settle: give the ticket back now."""
+        if self.pending > 0:
+            self.pending = 0
+            self._release()
+
+    def _release(self) -> None:
+        if self.ticket is not None:
+            ticket, self.ticket = self.ticket, None
+            self.limits.release(ticket, self.used_tokens)
