@@ -113,6 +113,15 @@ def test_two_constraints_name_the_second(server):
         assert answer.status_code == 400 and answer.json()["error"]["param"] == "sampling_params.ebnf"
 
 
+def test_a_batch_of_prompts_is_checked_once_and_refused_as_one(server):
+    with httpx.Client(base_url=server.url, timeout=60) as http:
+        body = {"model": MODEL, "prompt": ["a", "b", "c"], "max_tokens": 2, "guided_regex": "(x"}
+        answer = http.post("/v1/completions", json=body)
+        assert answer.status_code == 400 and answer.json()["error"]["param"] == "guided_regex"
+        answer = http.post("/v1/completions", json={**body, "guided_regex": "x+", "n": 2})
+        assert answer.status_code == 200 and len(answer.json()["choices"]) == 6
+
+
 def test_slow_checks_do_not_hold_up_free_requests(server):
     """Eight distinct slow schemas keep both check workers busy for rounds; free requests sent
     meanwhile finish before the last of them (order of completion, not time): checks neither
@@ -158,6 +167,8 @@ def strict_server():
 
 def test_a_compile_past_the_time_bound_is_a_400_and_its_worker_is_replaced(strict_server):
     with httpx.Client(base_url=strict_server.url, timeout=60) as http:
+        assert http.post("/v1/completions", json=body_for("/v1/completions", {}, False)).status_code == 200
+        assert check_workers(strict_server) == []  # started by the first constrained request only
         for stream in (False, True):
             for i, (route, fields, param) in enumerate(schema_bodies(slow_schema(f"t{stream}"))):
                 answer = http.post(route, json=body_for(route, fields, stream))
