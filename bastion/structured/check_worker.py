@@ -81,6 +81,8 @@ def verdict(spec: StructuredOutputs, tokenizer, limits) -> str:
         check_spec(spec)
     except ValueError as exc:  # GrammarError, and llguidance's own (a number it cannot carry)
         return str(exc) or type(exc).__name__
+    except RecursionError:
+        return "the constraint is nested too deeply to read"
     return LLMatcher.validate_grammar(grammar, tokenizer, limits=limits)
 
 

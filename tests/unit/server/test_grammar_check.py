@@ -62,6 +62,7 @@ async def refusal(check: GrammarChecker, spec: StructuredOutputs, field: str = "
     (StructuredOutputs(json='{"type": "object"'), "not valid JSON"),
     (StructuredOutputs(json='[1]'), "must be a JSON object"),
     (StructuredOutputs(json='{"type": "integer", "minimum": -100000000000000000000}'), "JSON"),
+    (StructuredOutputs(json='{"type": "array", "items": ' * 5000 + "{}" + "}" * 5000), "nested too deeply"),
     (StructuredOutputs(regex="[a-"), "unclosed character class"),
     (StructuredOutputs(grammar="start: foo"), "unknown name"),
     (StructuredOutputs(grammar="root ::= ("), "GBNF grammar does not parse"),
