@@ -93,7 +93,14 @@ class LLM:
         logprobs: dict[tuple[str, int], list[TokenLogprob]] = {}
         reasons: dict[tuple[str, int], str] = {}
         while self.engine.has_unfinished:
-            for out in self.engine.step():
+            self.engine.wait_for_grammars()
+            outputs = self.engine.step()
+            failed = self.engine.take_errors()
+            if failed:  # a grammar that did not compile: end the whole call, as validate() would
+                for rid in results:
+                    self.engine.abort_request(rid)
+                raise ValueError(failed[0][1])
+            for out in outputs:
                 key = (out.request_id, out.index)
                 tokens.setdefault(key, []).extend(out.new_token_ids)
                 logprobs.setdefault(key, []).extend(out.new_logprobs)
