@@ -97,7 +97,7 @@ class GrammarCompiler:
         try:
             tokenizer = self.tokenizer()
         except Exception as exc:
-            raise GrammarError(f"structured outputs are unavailable for this model: {exc}") from None
+            raise GrammarError(f"unavailable for this model: {exc}") from None
         matcher = LLMatcher(tokenizer, text, log_level=0, limits=self.limits)
         if matcher.is_error():
             raise GrammarError(matcher.get_error())
