@@ -185,6 +185,11 @@ class EngineCore:
         return self.scheduler.has_unfinished or bool(self._compiling)
 
     @property
+    def num_compiling(self) -> int:
+        """Sequences waiting for their grammar (not yet in the scheduler)."""
+        return sum(not r.is_finished for rid in self._compiling for r in self._groups[rid].sequences)
+
+    @property
     def has_work(self) -> bool:
         """True when `step()` has something to do (not merely compiles still running)."""
         return self.scheduler.has_unfinished or any(f.done() for f in self._compiling.values())

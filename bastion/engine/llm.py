@@ -55,7 +55,10 @@ class LLM:
     def generate(self, prompts: Prompt | Sequence[Prompt],
                  sampling_params: SamplingParams | Sequence[SamplingParams] | None = None
                  ) -> list[RequestOutput]:
-        """Complete each prompt (text or token ids); outputs come back in prompt order."""
+        """Complete each prompt (text or token ids); outputs come back in prompt order.
+
+        ValueError for an invalid request, a structured-output constraint that does not compile
+        included (the engine's message; nothing of the call is left running)."""
         if isinstance(prompts, str) or (prompts and isinstance(prompts[0], int)):
             prompts = [prompts]
         params = sampling_params or SamplingParams()

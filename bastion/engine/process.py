@@ -144,4 +144,5 @@ class EngineLoop:
         outstanding = sum(r.num_tokens - r.num_computed_tokens for r in sched.running)
         outstanding += sum(r.num_tokens for r in sched.waiting)
         rate = blocks.hit_tokens / blocks.query_tokens if blocks.query_tokens else 0.0
-        return EngineLoad(len(sched.running), len(sched.waiting), outstanding, blocks.usage, rate)
+        waiting = len(sched.waiting) + self.engine.num_compiling  # a compiling request waits too
+        return EngineLoad(len(sched.running), waiting, outstanding, blocks.usage, rate)

@@ -191,3 +191,15 @@ def test_preemption_keeps_each_matcher_in_step(tok):
     for rid in ("r0", "r2"):
         check_schema(pressed[rid, 0][0])
     assert all(re.fullmatch(EMAIL, pressed[rid, 0][0]) for rid in ("r1", "r3"))
+
+
+def test_the_offline_llm_raises_for_a_grammar_that_does_not_compile_and_keeps_working():
+    from bastion.engine.llm import LLM
+    llm = LLM(dtype="float32", num_kv_blocks=64, block_size=4, num_threads=1)
+    bad = SamplingParams(structured_outputs=S(json='{"type": "frob"}'))
+    with pytest.raises(ValueError, match="^structured outputs: Invalid type: frob$"):
+        llm.generate(["a", "b"], [SamplingParams(max_tokens=50), bad])
+    assert not llm.engine.has_unfinished
+    assert llm.engine.blocks.num_free_blocks == llm.engine.blocks.num_blocks
+    (out,) = llm.generate("Is it?", SamplingParams(temperature=0, max_tokens=5, structured_outputs=S(choice=CHOICES)))
+    assert out.outputs[0].text in CHOICES and out.outputs[0].finish_reason == "stop"
