@@ -1,9 +1,12 @@
 """GrammarCompiler: compiles constraints into pristine llguidance matchers off the step loop.
 
-Two worker threads compile `StructuredOutputs.grammar_text()` into an `LLMatcher` (llguidance
-drops the GIL while it compiles, so the engine keeps stepping). Results, errors included, are kept
-in an LRU cache keyed by the grammar text; an identical grammar still compiling is shared, not
-compiled twice. The caller gets a `concurrent.futures.Future` whose result is the *pristine*
+Two worker threads turn a `StructuredOutputs` into its grammar text and compile that into an
+`LLMatcher` (llguidance drops the GIL while it compiles, so the engine keeps stepping). Results,
+errors included, are kept in an LRU cache keyed by the constraint as written (its kind and value);
+an identical constraint still compiling is shared, not compiled twice.
+NOTE: the key is not `grammar_text()`, because making that text is itself work for the worker:
+converting a GBNF grammar runs a Python parser (a 236 KB GBNF took 89 s), which must neither run
+on the step loop nor escape the time bound. The caller gets a `concurrent.futures.Future` whose result is the *pristine*
 matcher (never advance it: `deep_copy()` one per sequence) and whose exception is a GrammarError
 with the reason (a bad grammar, the size bound, the time bound).
 """
@@ -44,7 +47,7 @@ class GrammarCompiler:
         self.timeout, self.max_bytes, self.cache_size = timeout, max_bytes, cache_size
         self.limits = LLParserLimits(verbose_errors=False)
         self.hits = self.misses = 0
-        self._cache: OrderedDict[str, Future] = OrderedDict()
+        self._cache: OrderedDict[tuple, Future] = OrderedDict()
         self._lock = threading.Lock()
         self._jobs: queue.Queue = queue.Queue()
         self._tokenizer: Future = Future()
@@ -66,21 +69,18 @@ class GrammarCompiler:
                 f"the constraint is {spec.size} bytes, over the limit of {self.max_bytes} "
                 "(--structured-output-max-bytes)"))
             return outer
-        try:
-            text = spec.grammar_text()
-        except GrammarError as exc:
-            outer.set_exception(exc)
-            return outer
+        value = getattr(spec, spec.kind)
+        key = (spec.kind, tuple(value) if isinstance(value, list) else value)
         with self._lock:
-            inner = self._cache.get(text)
+            inner = self._cache.get(key)
             if inner is not None:
                 self.hits += 1
-                self._cache.move_to_end(text)
+                self._cache.move_to_end(key)
             else:
                 self.misses += 1
                 inner = Future()
-                self._cache[text] = inner
-                self._jobs.put((inner, lambda: self._compile(spec, text)))
+                self._cache[key] = inner
+                self._jobs.put((inner, lambda: self._compile(spec)))
                 while len(self._cache) > self.cache_size:
                     self._cache.popitem(last=False)
         if inner.done():
@@ -92,7 +92,8 @@ class GrammarCompiler:
         timer.start()
         return outer
 
-    def _compile(self, spec: StructuredOutputs, text: str) -> LLMatcher:
+    def _compile(self, spec: StructuredOutputs) -> LLMatcher:
+        text = spec.grammar_text()
         check_spec(spec)
         try:
             tokenizer = self.tokenizer()

@@ -98,6 +98,8 @@ def test_a_compile_over_the_time_bound_fails_and_the_pool_keeps_working(tokenize
     huge = S(regex="(" + "|".join(f"w{i}x{i * 7919 % 100003}" for i in range(20000)) + ")")
     c = compiler(tokenizer, timeout=0.001)
     assert "--structured-output-compile-timeout" in error_of(c.submit(huge))
+    slow_gbnf = "root ::= r0\n" + "\n".join(f'r{i} ::= "w{i}" r{i + 1} | "x"' for i in range(400)) + '\nr400 ::= "end"'
+    assert "--structured-output-compile-timeout" in error_of(c.submit(S(grammar=slow_gbnf)))
     gate = threading.Event()
     stuck = GrammarCompiler(lambda: (gate.wait(60), tokenizer)[1], timeout=0.05, max_bytes=2**20,
                             cache_size=4)
