@@ -15,7 +15,8 @@ from bastion.structured.mask import GrammarMask, apply_bitmask_
 from bastion.structured.spec import StructuredOutputs
 from bastion.structured.tokenizer import grammar_tokenizer
 
-DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(),
+                                                              reason="no CUDA device"))]
 
 
 def reference(logits: list[list[float]], bitmask: list[list[int]], rows: list[int]) -> list[list[float]]:
