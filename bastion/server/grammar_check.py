@@ -63,6 +63,7 @@ class GrammarChecker:
         self.config = config
         self._setup = None if tokenizer_json is None else WorkerSetup(
             tokenizer_json, vocab_size, list(eos_token_ids), MEMORY_HEADROOM)
+        self.unavailable: str | None = None  # why this model's vocabulary cannot take grammars
         self._slots = asyncio.Semaphore(pool_size)
         self._idle: list[_Worker] = []
         self._all: set[_Worker] = set()
@@ -78,7 +79,13 @@ class GrammarChecker:
                                 "bytes (--structured-output-max-bytes)", field, CODE)
         if self._setup is None:
             return  # no vocabulary to compile against (a front end built without one, in tests)
-        error = await self._verdict(spec)
+        try:
+            if self.unavailable is not None:
+                raise VocabularyError(self.unavailable)
+            error = await self._verdict(spec)
+        except VocabularyError as exc:
+            raise APIError(400, f"structured outputs are unavailable for this model: {exc}", field,
+                           CODE) from None
         if error == _TIMED_OUT:
             raise APIError(400, f"the grammar of '{field}' took longer than "
                                 f"{self.config.structured_output_compile_timeout:g} s to compile "
@@ -132,6 +139,10 @@ class GrammarChecker:
     async def _start(self) -> "_Worker":
         try:
             worker = await asyncio.wait_for(_Worker.start(self._setup, self._all), STARTUP_TIMEOUT)
+        except VocabularyError as exc:  # the same vocabulary every time: do not start another
+            logger.error("structured outputs are unavailable for this model: %s", exc)
+            self.unavailable = str(exc)
+            raise
         except (asyncio.TimeoutError, OSError, EOFError, ValueError, msgspec.DecodeError) as exc:
             logger.error("the grammar check worker did not start: %s", exc)
             raise APIError(503, "the grammar checker is unavailable; try again") from None
@@ -151,6 +162,10 @@ class GrammarChecker:
 
     def worker_pids(self) -> list[int]:
         return [w.proc.pid for w in self._all]
+
+
+class VocabularyError(Exception):
+    """A worker could not build llguidance's tokenizer from this model's vocabulary."""
 
 
 class _Worker:
@@ -176,7 +191,9 @@ class _Worker:
         if not isinstance(ready, WorkerReady) or ready.error:
             registry.discard(worker)
             await worker.kill()
-            raise ValueError(getattr(ready, "error", "") or "unexpected handshake")
+            if isinstance(ready, WorkerReady):
+                raise VocabularyError(ready.error)
+            raise ValueError("unexpected handshake")
         return worker
 
     async def round_trip(self, message: msgspec.Struct) -> msgspec.Struct:

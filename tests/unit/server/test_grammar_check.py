@@ -194,3 +194,14 @@ def test_the_workers_vocabulary_is_the_engines(tokenizer):
     for spec in (StructuredOutputs(json=json.dumps(TREE)), StructuredOutputs(regex="[a-")):
         grammar = spec.grammar_text()
         assert LLMatcher.validate_grammar(grammar, worker) == LLMatcher.validate_grammar(grammar, engine)
+
+
+def test_a_vocabulary_llguidance_cannot_read_refuses_constraints_without_restarting_workers():
+    async def run():
+        check = GrammarChecker(StructuredOutputConfig(), '{"model": {"type": "Unknown"}}', 100, [0])
+        for _ in range(2):
+            error = await refusal(check, StructuredOutputs(regex="a"), "guided_regex")
+            assert "unavailable for this model" in error.message
+        assert check.unavailable and check.worker_pids() == [] and check.compiles == 0
+        await check.close()
+    asyncio.run(run())
