@@ -22,17 +22,8 @@ class Verdict(BaseModel):
     score: int = Field(ge=0, le=9)
 
 
-@pytest.fixture(scope="module")
-def server(shared_server):
-    return shared_server
-
-
-@pytest.fixture(scope="module")
-def client(server):
-    return openai.OpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0)
-
-
-def test_the_sdk_parses_a_pydantic_response_format(client):
+def test_the_sdk_parses_a_pydantic_response_format(shared_server):
+    client = openai.OpenAI(base_url=f"{shared_server.url}/v1", api_key="unused", max_retries=0)
     answer = client.beta.chat.completions.parse(
         model=MODEL, messages=[{"role": "user", "content": "Is a list mutable?"}],
         response_format=Verdict, max_tokens=48, temperature=0)
@@ -57,8 +48,8 @@ CASES = [
 
 
 @pytest.mark.parametrize("fields, sglang, matches", CASES)
-def test_every_route_holds_its_constraint_streamed_and_not(server, fields, sglang, matches):
-    with httpx.Client(base_url=server.url, timeout=120) as http:
+def test_every_route_holds_its_constraint_streamed_and_not(shared_server, fields, sglang, matches):
+    with httpx.Client(base_url=shared_server.url, timeout=120) as http:
         for stream in (False, True):
             texts = []
             chat = {"model": MODEL, "messages": [{"role": "user", "content": "Answer."}], "max_tokens": 48,
