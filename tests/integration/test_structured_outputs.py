@@ -1,0 +1,136 @@
+"""Structured outputs on a real server (the demo model, the suite's shared -dp 2 server) through
+real clients: the openai SDK (`response_format`, `.parse` with a pydantic model, vLLM's
+`structured_outputs` and `guided_*` in `extra_body`) and httpx on SGLang's `/generate`.
+
+Every output is checked against its constraint (a JSON schema validator, `re.fullmatch`, the list
+of choices) and must end with "stop": the constraints are bounded, so a grammar that is obeyed
+ends before `MAX_TOKENS`. Tests of fields the server does not document yet skip, naming them.
+"""
+from __future__ import annotations
+
+import json
+
+import httpx
+import openai
+import pytest
+
+from openapi_fields import OpenAPIFields
+from structured_cases import (CHAT, CHOICES, COMPLETIONS, DATE_REGEX, GENERATE, LARK_GRAMMAR, LARK_PATTERN,
+                              MAX_TOKENS, PERSON_SCHEMA, SGLANG_CASES, VLLM_CASES, Person, check_choice,
+                              check_fullmatch, check_json_object, check_json_schema)
+
+MODEL = "demo"
+# JSON lines: the demo model (trained on Python's docs) closes a JSON object after these
+PROMPT = '{"a": 1}\n{"b": 2}\n{"c": 3}\n'
+MESSAGES = [{"role": "user", "content": PROMPT}]
+
+
+@pytest.fixture(scope="module")
+def server(shared_server):
+    return shared_server
+
+
+@pytest.fixture(scope="module")
+def api(server) -> OpenAPIFields:
+    return OpenAPIFields(server.url)
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    return openai.OpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0, timeout=120)
+
+
+def chat(client, stream: bool = False, **kwargs):
+    """Greedy chat; (text, finish_reason), the stream's deltas joined when streamed."""
+    kwargs = {"model": MODEL, "messages": MESSAGES, "temperature": 0, "max_tokens": MAX_TOKENS, **kwargs}
+    if not stream:
+        choice = client.chat.completions.create(**kwargs).choices[0]
+        return choice.message.content, choice.finish_reason
+    text, reason = [], None
+    for chunk in client.chat.completions.create(stream=True, **kwargs):
+        for choice in chunk.choices:
+            text.append(choice.delta.content or "")
+            reason = choice.finish_reason or reason
+    return "".join(text), reason
+
+
+def complete(client, stream: bool = False, **kwargs):
+    kwargs = {"model": MODEL, "prompt": PROMPT, "temperature": 0, "max_tokens": MAX_TOKENS, **kwargs}
+    if not stream:
+        choice = client.completions.create(**kwargs).choices[0]
+        return choice.text, choice.finish_reason
+    text, reason = [], None
+    for chunk in client.completions.create(stream=True, **kwargs):
+        for choice in chunk.choices:
+            text.append(choice.text)
+            reason = choice.finish_reason or reason
+    return "".join(text), reason
+
+
+def test_parse_with_a_pydantic_model_returns_a_parsed_object(api, client):
+    api.require(CHAT, "response_format", mentions="json_schema")
+    completion = client.beta.chat.completions.parse(model=MODEL, messages=MESSAGES, response_format=Person,
+                                                    temperature=0, max_tokens=MAX_TOKENS)
+    message = completion.choices[0].message
+    assert completion.choices[0].finish_reason == "stop", message.content
+    assert isinstance(message.parsed, Person), message.content
+    assert message.parsed == Person.model_validate_json(message.content)
+
+
+@pytest.mark.parametrize("route", ["chat", "completions"])
+def test_response_format_json_schema_and_json_object(api, client, route):
+    api.require(CHAT if route == "chat" else COMPLETIONS, "response_format", mentions="json_schema")
+    ask = chat if route == "chat" else complete
+    schema_format = {"type": "json_schema", "json_schema": {"name": "person", "schema": PERSON_SCHEMA,
+                                                            "strict": True}}
+    text, reason = ask(client, response_format=schema_format)
+    assert reason == "stop", text
+    check_json_schema(text, PERSON_SCHEMA)
+    text, reason = ask(client, response_format={"type": "json_object"})
+    assert reason == "stop", text
+    check_json_object(text)
+
+
+@pytest.mark.parametrize("case", sorted(VLLM_CASES))
+@pytest.mark.parametrize("route", ["chat", "completions"])
+def test_vllm_structured_outputs_match_streamed_or_not(api, client, route, case):
+    api.require(CHAT if route == "chat" else COMPLETIONS, "structured_outputs")
+    body, check = VLLM_CASES[case]
+    ask = chat if route == "chat" else complete
+    text, reason = ask(client, extra_body={"structured_outputs": body})
+    assert reason == "stop", text
+    check(text)
+    assert ask(client, stream=True, extra_body={"structured_outputs": body}) == (text, reason)
+
+
+@pytest.mark.parametrize("field, value, check", [
+    ("guided_json", PERSON_SCHEMA, lambda t: check_json_schema(t, PERSON_SCHEMA)),
+    ("guided_regex", DATE_REGEX, lambda t: check_fullmatch(t, DATE_REGEX)),
+    ("guided_choice", CHOICES, check_choice),
+    ("guided_grammar", LARK_GRAMMAR, lambda t: check_fullmatch(t, LARK_PATTERN)),
+], ids=["json", "regex", "choice", "grammar"])
+def test_vllm_guided_fields(api, client, field, value, check):
+    api.require(COMPLETIONS, field)
+    text, reason = complete(client, extra_body={field: value})
+    assert reason == "stop", text
+    check(text)
+
+
+@pytest.mark.parametrize("case", sorted(SGLANG_CASES))
+def test_sglang_generate_constraints_streamed_or_not(api, server, case):
+    field, value, check = SGLANG_CASES[case]
+    api.require(GENERATE, f"sampling_params.{field}")
+    params = {"temperature": 0, "max_new_tokens": MAX_TOKENS, field: value}
+    r = httpx.post(f"{server.url}/generate", json={"text": PROMPT, "sampling_params": params}, timeout=120)
+    assert r.status_code == 200, r.text
+    out = r.json()
+    assert out["meta_info"]["finish_reason"]["type"] == "stop", out
+    check(out["text"])
+    last = None
+    with httpx.stream("POST", f"{server.url}/generate", timeout=120,
+                      json={"text": PROMPT, "sampling_params": params, "stream": True}) as r:
+        for line in r.iter_lines():
+            if line.startswith("data: ") and line != "data: [DONE]":
+                last = json.loads(line[6:])  # SGLang streams the text so far
+    assert last is not None and last["text"] == out["text"]
+

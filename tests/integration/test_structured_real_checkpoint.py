@@ -1,0 +1,126 @@
+"""Structured outputs on a real checkpoint: SmolLM2-135M-Instruct (49,152-token BPE vocabulary,
+ChatML template), built by `tests/support/real_checkpoint.py`, served once for this module.
+
+A real tokenizer is where constrained decoding goes wrong in practice (multi-character tokens
+that cross a grammar's boundaries, special tokens, a vocabulary narrower than the logits), so the
+same constraints as on the demo model are checked here: the openai SDK's `.parse`,
+`response_format`, vLLM's `structured_outputs` on chat and completions, streamed and not, and
+SGLang's `/generate`. Each output must end with "stop" and obey its constraint.
+"""
+from __future__ import annotations
+
+import httpx
+import openai
+import pytest
+
+from openapi_fields import OpenAPIFields
+from server_process import ServerProcess
+from structured_cases import (CHAT, COMPLETIONS, DATE_REGEX, GENERATE, MAX_TOKENS, PERSON_SCHEMA,
+                              SGLANG_CASES, VLLM_CASES, Person, check_fullmatch, check_json_object,
+                              check_json_schema)
+
+MODEL = "smollm2"
+MESSAGES = [{"role": "user", "content": "Describe a programmer as a JSON object with name, age, "
+                                        "language and tags."}]
+PROMPT = "Describe the value as requested:"
+
+
+@pytest.fixture(scope="module")
+def server(smollm2_checkpoint):
+    proc = ServerProcess(str(smollm2_checkpoint), "--served-model-name", MODEL, "--dtype", "bfloat16",
+                         "--max-model-len", "1024")
+    yield proc
+    proc.kill()
+
+
+@pytest.fixture(scope="module")
+def api(server) -> OpenAPIFields:
+    return OpenAPIFields(server.url)
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    return openai.OpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0, timeout=300)
+
+
+def chat(client, stream: bool = False, **kwargs) -> tuple[str, str]:
+    kwargs = {"model": MODEL, "messages": MESSAGES, "temperature": 0, "max_tokens": MAX_TOKENS, **kwargs}
+    if not stream:
+        choice = client.chat.completions.create(**kwargs).choices[0]
+        return choice.message.content, choice.finish_reason
+    text, reason = [], None
+    for chunk in client.chat.completions.create(stream=True, **kwargs):
+        for choice in chunk.choices:
+            text.append(choice.delta.content or "")
+            reason = choice.finish_reason or reason
+    return "".join(text), reason
+
+
+def test_the_checkpoint_is_a_real_instruct_model(client):
+    """Guards the fixture: unconstrained, the model answers in English through its template."""
+    text, _ = chat(client, max_tokens=24)
+    assert sum(w.strip(".,:").lower() in {"the", "a", "is", "and", "name", "age", "of", "to"}
+               for w in text.split()) >= 2, text
+
+
+def test_parse_with_a_pydantic_model_returns_a_parsed_object(api, client):
+    api.require(CHAT, "response_format", mentions="json_schema")
+    completion = client.beta.chat.completions.parse(model=MODEL, messages=MESSAGES, response_format=Person,
+                                                    temperature=0, max_tokens=MAX_TOKENS)
+    message = completion.choices[0].message
+    assert completion.choices[0].finish_reason == "stop", message.content
+    assert isinstance(message.parsed, Person), message.content
+
+
+def test_response_format_json_schema_and_json_object(api, client):
+    api.require(CHAT, "response_format", mentions="json_schema")
+    text, reason = chat(client, response_format={"type": "json_schema", "json_schema": {
+        "name": "person", "schema": PERSON_SCHEMA, "strict": True}})
+    assert reason == "stop", text
+    check_json_schema(text, PERSON_SCHEMA)
+    text, reason = chat(client, response_format={"type": "json_object"})
+    assert reason == "stop", text
+    check_json_object(text)
+
+
+@pytest.mark.parametrize("case", sorted(VLLM_CASES))
+def test_vllm_structured_outputs_on_chat(api, client, case):
+    api.require(CHAT, "structured_outputs")
+    body, check = VLLM_CASES[case]
+    text, reason = chat(client, extra_body={"structured_outputs": body})
+    assert reason == "stop", text
+    check(text)
+    if case in ("json", "regex"):  # multi-character tokens across the grammar's edges, streamed
+        assert chat(client, stream=True, extra_body={"structured_outputs": body}) == (text, reason)
+
+
+def test_vllm_structured_outputs_on_completions(api, client):
+    api.require(COMPLETIONS, "structured_outputs")
+    for body, check in (VLLM_CASES["json"], VLLM_CASES["regex"]):
+        choice = client.completions.create(model=MODEL, prompt=PROMPT, temperature=0, max_tokens=MAX_TOKENS,
+                                           extra_body={"structured_outputs": body}).choices[0]
+        assert choice.finish_reason == "stop", choice.text
+        check(choice.text)
+
+
+@pytest.mark.parametrize("case", sorted(SGLANG_CASES))
+def test_sglang_generate_constraints(api, server, case):
+    field, value, check = SGLANG_CASES[case]
+    api.require(GENERATE, f"sampling_params.{field}")
+    r = httpx.post(f"{server.url}/generate", timeout=300, json={
+        "text": PROMPT, "sampling_params": {"temperature": 0, "max_new_tokens": MAX_TOKENS, field: value}})
+    assert r.status_code == 200, r.text
+    out = r.json()
+    assert out["meta_info"]["finish_reason"]["type"] == "stop", out
+    check(out["text"])
+
+
+def test_sampled_constrained_outputs_are_valid_too(api, client):
+    """Not greedy: temperature 1 with n=3 reaches tokens greedy never tries."""
+    api.require(CHAT, "structured_outputs")
+    r = client.chat.completions.create(model=MODEL, messages=MESSAGES, temperature=1.0, seed=7, n=3,
+                                       max_tokens=MAX_TOKENS, extra_body={"structured_outputs": {"regex": DATE_REGEX}})
+    assert len(r.choices) == 3
+    for choice in r.choices:
+        assert choice.finish_reason == "stop", choice.message.content
+        check_fullmatch(choice.message.content, DATE_REGEX)
