@@ -11,13 +11,12 @@ from __future__ import annotations
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
-import openai
 import pytest
 
 from openapi_fields import OpenAPIFields
 from server_process import ServerProcess
 from structured_cases import (CHOICES, COMPLETIONS, DATE_REGEX, MAX_TOKENS, PERSON_SCHEMA, check_choice,
-                              check_fullmatch, check_json_schema)
+                              check_fullmatch, check_json_schema, openai_client)
 
 MODEL = "demo"
 KV_USAGE, RANK_REQUESTS = "bastion_kv_cache_usage_ratio", "bastion_rank_requests_total"
@@ -61,10 +60,6 @@ def burst(client, jobs: list[tuple[int, str | None, int, float]]) -> list:
         return list(pool.map(lambda job: ask(client, *job), jobs))
 
 
-def client_of(server):
-    return openai.OpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0, timeout=300)
-
-
 def kv_released(server, ranks: int) -> list[float]:
     """Each rank's KV usage once it settles at 0 (or what it shows after 15 s)."""
     return [server.wait_for_metric(KV_USAGE, lambda v: v == 0, rank=str(r)) for r in range(ranks)]
@@ -77,7 +72,7 @@ def shared(shared_server):
 
 
 def test_constrained_free_and_n_in_one_batch_on_two_ranks_leave_no_blocks(shared):
-    client = client_of(shared)
+    client = openai_client(shared)
     greedy = [(i, kind, 1, 0.0) for i, kind in enumerate([None, "json", "regex", None, "choice", "letters"])]
     alone = [ask(client, *job) for job in greedy]
     for (_, kind, _, _), got in zip(greedy, alone):
@@ -109,7 +104,7 @@ def test_preempted_constrained_requests_recompute_the_same_valid_output(small_po
     hold their blocks, so the newest are preempted and recomputed, matcher included; each output
     must still obey its constraint and equal the same request run alone."""
     OpenAPIFields(small_pool.url).require(COMPLETIONS, "structured_outputs")
-    client = client_of(small_pool)
+    client = openai_client(small_pool)
     jobs = [(i, "letters" if i % 3 else "json", 1, 0.0) for i in range(12)] + [(12, None, 1, 0.0), (13, None, 1, 0.0)]
     alone = [ask(client, *job) for job in jobs]
     peak, done = [0.0], threading.Event()

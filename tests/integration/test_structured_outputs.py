@@ -11,9 +11,9 @@ from __future__ import annotations
 import json
 
 import httpx
-import openai
 import pytest
 
+import structured_cases
 from openapi_fields import OpenAPIFields
 from structured_cases import (CHAT, CHOICES, COMPLETIONS, DATE_REGEX, GENERATE, LARK_GRAMMAR, LARK_PATTERN,
                               MAX_TOKENS, PERSON_SCHEMA, SGLANG_CASES, VLLM_CASES, Person, check_choice,
@@ -37,34 +37,15 @@ def api(server) -> OpenAPIFields:
 
 @pytest.fixture(scope="module")
 def client(server):
-    return openai.OpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0, timeout=120)
+    return structured_cases.openai_client(server)
 
 
 def chat(client, stream: bool = False, **kwargs):
-    """Greedy chat; (text, finish_reason), the stream's deltas joined when streamed."""
-    kwargs = {"model": MODEL, "messages": MESSAGES, "temperature": 0, "max_tokens": MAX_TOKENS, **kwargs}
-    if not stream:
-        choice = client.chat.completions.create(**kwargs).choices[0]
-        return choice.message.content, choice.finish_reason
-    text, reason = [], None
-    for chunk in client.chat.completions.create(stream=True, **kwargs):
-        for choice in chunk.choices:
-            text.append(choice.delta.content or "")
-            reason = choice.finish_reason or reason
-    return "".join(text), reason
+    return structured_cases.chat(client, MODEL, MESSAGES, stream, **kwargs)
 
 
 def complete(client, stream: bool = False, **kwargs):
-    kwargs = {"model": MODEL, "prompt": PROMPT, "temperature": 0, "max_tokens": MAX_TOKENS, **kwargs}
-    if not stream:
-        choice = client.completions.create(**kwargs).choices[0]
-        return choice.text, choice.finish_reason
-    text, reason = [], None
-    for chunk in client.completions.create(stream=True, **kwargs):
-        for choice in chunk.choices:
-            text.append(choice.text)
-            reason = choice.finish_reason or reason
-    return "".join(text), reason
+    return structured_cases.complete(client, MODEL, PROMPT, stream, **kwargs)
 
 
 def test_parse_with_a_pydantic_model_returns_a_parsed_object(api, client):
@@ -80,15 +61,16 @@ def test_parse_with_a_pydantic_model_returns_a_parsed_object(api, client):
 @pytest.mark.parametrize("route", ["chat", "completions"])
 def test_response_format_json_schema_and_json_object(api, client, route):
     api.require(CHAT if route == "chat" else COMPLETIONS, "response_format", mentions="json_schema")
-    ask = chat if route == "chat" else complete
     schema_format = {"type": "json_schema", "json_schema": {"name": "person", "schema": PERSON_SCHEMA,
                                                             "strict": True}}
-    text, reason = ask(client, response_format=schema_format)
-    assert reason == "stop", text
-    check_json_schema(text, PERSON_SCHEMA)
-    text, reason = ask(client, response_format={"type": "json_object"})
-    assert reason == "stop", text
-    check_json_object(text)
+    for response_format, check in ((schema_format, lambda t: check_json_schema(t, PERSON_SCHEMA)),
+                                   ({"type": "json_object"}, check_json_object)):
+        if route == "chat":
+            text, reason = chat(client, response_format=response_format)
+        else:  # vLLM's completions take it too; the SDK's signature does not
+            text, reason = complete(client, extra_body={"response_format": response_format})
+        assert reason == "stop", text
+        check(text)
 
 
 @pytest.mark.parametrize("case", sorted(VLLM_CASES))

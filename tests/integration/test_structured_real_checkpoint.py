@@ -10,9 +10,9 @@ SGLang's `/generate`. Each output must end with "stop" and obey its constraint.
 from __future__ import annotations
 
 import httpx
-import openai
 import pytest
 
+import structured_cases
 from openapi_fields import OpenAPIFields
 from server_process import ServerProcess
 from structured_cases import (CHAT, COMPLETIONS, DATE_REGEX, GENERATE, MAX_TOKENS, PERSON_SCHEMA,
@@ -40,20 +40,11 @@ def api(server) -> OpenAPIFields:
 
 @pytest.fixture(scope="module")
 def client(server):
-    return openai.OpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0, timeout=300)
+    return structured_cases.openai_client(server)
 
 
 def chat(client, stream: bool = False, **kwargs) -> tuple[str, str]:
-    kwargs = {"model": MODEL, "messages": MESSAGES, "temperature": 0, "max_tokens": MAX_TOKENS, **kwargs}
-    if not stream:
-        choice = client.chat.completions.create(**kwargs).choices[0]
-        return choice.message.content, choice.finish_reason
-    text, reason = [], None
-    for chunk in client.chat.completions.create(stream=True, **kwargs):
-        for choice in chunk.choices:
-            text.append(choice.delta.content or "")
-            reason = choice.finish_reason or reason
-    return "".join(text), reason
+    return structured_cases.chat(client, MODEL, MESSAGES, stream, **kwargs)
 
 
 def test_the_checkpoint_is_a_real_instruct_model(client):

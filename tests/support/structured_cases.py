@@ -4,6 +4,7 @@ Every constraint is bounded (string lengths, enums, repetition counts), so a seq
 follows it reaches the grammar's end well within `MAX_TOKENS` and finishes with "stop": a test
 can then demand both the finish reason and the output's validity, whatever the model prefers.
 The regular grammars (regex, Lark, GBNF) have a Python `re` twin that the output must fullmatch.
+`chat` and `complete` ask through the openai SDK, streamed or not, for (text, finish_reason).
 """
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import re
 from typing import Literal
 
 import jsonschema
+import openai
 from pydantic import BaseModel, Field
 
 MAX_TOKENS = 160
@@ -97,3 +99,36 @@ SGLANG_CASES = {
     "regex": ("regex", DATE_REGEX, lambda t: check_fullmatch(t, DATE_REGEX)),
     "ebnf": ("ebnf", GBNF_GRAMMAR, lambda t: check_fullmatch(t, GBNF_PATTERN)),
 }
+
+
+def openai_client(server) -> openai.OpenAI:
+    """The openai SDK on a ServerProcess: no retries (a failure shows), room for slow CPUs."""
+    return openai.OpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0, timeout=300)
+
+
+def chat(client, model: str, messages: list[dict], stream: bool = False, **kwargs) -> tuple[str, str]:
+    """Greedy chat: (text, finish_reason) of the first choice, the deltas joined when streamed."""
+    kwargs = {"model": model, "messages": messages, "temperature": 0, "max_tokens": MAX_TOKENS, **kwargs}
+    if not stream:
+        choice = client.chat.completions.create(**kwargs).choices[0]
+        return choice.message.content, choice.finish_reason
+    text, reason = [], None
+    for chunk in client.chat.completions.create(stream=True, **kwargs):
+        for choice in chunk.choices:
+            text.append(choice.delta.content or "")
+            reason = choice.finish_reason or reason
+    return "".join(text), reason
+
+
+def complete(client, model: str, prompt: str, stream: bool = False, **kwargs) -> tuple[str, str]:
+    """Greedy /v1/completions, as `chat`."""
+    kwargs = {"model": model, "prompt": prompt, "temperature": 0, "max_tokens": MAX_TOKENS, **kwargs}
+    if not stream:
+        choice = client.completions.create(**kwargs).choices[0]
+        return choice.text, choice.finish_reason
+    text, reason = [], None
+    for chunk in client.completions.create(stream=True, **kwargs):
+        for choice in chunk.choices:
+            text.append(choice.text)
+            reason = choice.finish_reason or reason
+    return "".join(text), reason
