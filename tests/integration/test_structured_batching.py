@@ -110,7 +110,7 @@ def test_preempted_constrained_requests_recompute_the_same_valid_output(small_po
     peak, done = [0.0], threading.Event()
 
     def watch() -> None:
-        while not done.wait(0.05):
+        while not done.wait(0.01):
             peak[0] = max(peak[0], small_pool.metric(KV_USAGE, rank="0"))
 
     watcher = threading.Thread(target=watch, daemon=True)
