@@ -13,9 +13,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from openapi_fields import OpenAPIFields
 from server_process import ServerProcess
-from structured_cases import (CHOICES, COMPLETIONS, DATE_REGEX, MAX_TOKENS, PERSON_SCHEMA, check_choice,
+from structured_cases import (CHOICES, DATE_REGEX, MAX_TOKENS, PERSON_SCHEMA, check_choice,
                               check_fullmatch, check_json_schema, openai_client)
 
 MODEL = "demo"
@@ -65,13 +64,8 @@ def kv_released(server, ranks: int) -> list[float]:
     return [server.wait_for_metric(KV_USAGE, lambda v: v == 0, rank=str(r)) for r in range(ranks)]
 
 
-@pytest.fixture(scope="module")
-def shared(shared_server):
-    OpenAPIFields(shared_server.url).require(COMPLETIONS, "structured_outputs")
-    return shared_server
-
-
-def test_constrained_free_and_n_in_one_batch_on_two_ranks_leave_no_blocks(shared):
+def test_constrained_free_and_n_in_one_batch_on_two_ranks_leave_no_blocks(shared_server):
+    shared = shared_server
     client = openai_client(shared)
     greedy = [(i, kind, 1, 0.0) for i, kind in enumerate([None, "json", "regex", None, "choice", "letters"])]
     alone = [ask(client, *job) for job in greedy]
@@ -103,7 +97,6 @@ def test_preempted_constrained_requests_recompute_the_same_valid_output(small_po
     """12 long constrained requests (and 2 free ones) at once in a 12-block pool: they cannot all
     hold their blocks, so the newest are preempted and recomputed, matcher included; each output
     must still obey its constraint and equal the same request run alone."""
-    OpenAPIFields(small_pool.url).require(COMPLETIONS, "structured_outputs")
     client = openai_client(small_pool)
     jobs = [(i, "letters" if i % 3 else "json", 1, 0.0) for i in range(12)] + [(12, None, 1, 0.0), (13, None, 1, 0.0)]
     alone = [ask(client, *job) for job in jobs]

@@ -4,7 +4,7 @@ real clients: the openai SDK (`response_format`, `.parse` with a pydantic model,
 
 Every output is checked against its constraint (a JSON schema validator, `re.fullmatch`, the list
 of choices) and must end with "stop": the constraints are bounded, so a grammar that is obeyed
-ends before `MAX_TOKENS`. Tests of fields the server does not document yet skip, naming them.
+ends before `MAX_TOKENS`.
 """
 from __future__ import annotations
 
@@ -14,10 +14,9 @@ import httpx
 import pytest
 
 import structured_cases
-from openapi_fields import OpenAPIFields
-from structured_cases import (CHAT, CHOICES, COMPLETIONS, DATE_REGEX, GENERATE, LARK_GRAMMAR, LARK_PATTERN,
-                              MAX_TOKENS, PERSON_SCHEMA, SGLANG_CASES, VLLM_CASES, Person, check_choice,
-                              check_fullmatch, check_json_object, check_json_schema)
+from structured_cases import (CHOICES, DATE_REGEX, LARK_GRAMMAR, LARK_PATTERN, MAX_TOKENS, PERSON_SCHEMA,
+                              SGLANG_CASES, VLLM_CASES, check_choice, check_fullmatch,
+                              check_json_object, check_json_schema)
 
 MODEL = "demo"
 # JSON lines: the demo model (trained on Python's docs) closes a JSON object after these
@@ -28,11 +27,6 @@ MESSAGES = [{"role": "user", "content": PROMPT}]
 @pytest.fixture(scope="module")
 def server(shared_server):
     return shared_server
-
-
-@pytest.fixture(scope="module")
-def api(server) -> OpenAPIFields:
-    return OpenAPIFields(server.url)
 
 
 @pytest.fixture(scope="module")
@@ -48,19 +42,12 @@ def complete(client, stream: bool = False, **kwargs):
     return structured_cases.complete(client, MODEL, PROMPT, stream, **kwargs)
 
 
-def test_parse_with_a_pydantic_model_returns_a_parsed_object(api, client):
-    api.require(CHAT, "response_format", mentions="json_schema")
-    completion = client.beta.chat.completions.parse(model=MODEL, messages=MESSAGES, response_format=Person,
-                                                    temperature=0, max_tokens=MAX_TOKENS)
-    message = completion.choices[0].message
-    assert completion.choices[0].finish_reason == "stop", message.content
-    assert isinstance(message.parsed, Person), message.content
-    assert message.parsed == Person.model_validate_json(message.content)
+def test_parse_with_a_pydantic_model_returns_a_parsed_object(client):
+    structured_cases.parsed_person(client, MODEL, MESSAGES)
 
 
 @pytest.mark.parametrize("route", ["chat", "completions"])
-def test_response_format_json_schema_and_json_object(api, client, route):
-    api.require(CHAT if route == "chat" else COMPLETIONS, "response_format", mentions="json_schema")
+def test_response_format_json_schema_and_json_object(client, route):
     schema_format = {"type": "json_schema", "json_schema": {"name": "person", "schema": PERSON_SCHEMA,
                                                             "strict": True}}
     for response_format, check in ((schema_format, lambda t: check_json_schema(t, PERSON_SCHEMA)),
@@ -75,8 +62,7 @@ def test_response_format_json_schema_and_json_object(api, client, route):
 
 @pytest.mark.parametrize("case", sorted(VLLM_CASES))
 @pytest.mark.parametrize("route", ["chat", "completions"])
-def test_vllm_structured_outputs_match_streamed_or_not(api, client, route, case):
-    api.require(CHAT if route == "chat" else COMPLETIONS, "structured_outputs")
+def test_vllm_structured_outputs_match_streamed_or_not(client, route, case):
     body, check = VLLM_CASES[case]
     ask = chat if route == "chat" else complete
     text, reason = ask(client, extra_body={"structured_outputs": body})
@@ -91,17 +77,15 @@ def test_vllm_structured_outputs_match_streamed_or_not(api, client, route, case)
     ("guided_choice", CHOICES, check_choice),
     ("guided_grammar", LARK_GRAMMAR, lambda t: check_fullmatch(t, LARK_PATTERN)),
 ], ids=["json", "regex", "choice", "grammar"])
-def test_vllm_guided_fields(api, client, field, value, check):
-    api.require(COMPLETIONS, field)
+def test_vllm_guided_fields(client, field, value, check):
     text, reason = complete(client, extra_body={field: value})
     assert reason == "stop", text
     check(text)
 
 
 @pytest.mark.parametrize("case", sorted(SGLANG_CASES))
-def test_sglang_generate_constraints_streamed_or_not(api, server, case):
+def test_sglang_generate_constraints_streamed_or_not(server, case):
     field, value, check = SGLANG_CASES[case]
-    api.require(GENERATE, f"sampling_params.{field}")
     params = {"temperature": 0, "max_new_tokens": MAX_TOKENS, field: value}
     r = httpx.post(f"{server.url}/generate", json={"text": PROMPT, "sampling_params": params}, timeout=120)
     assert r.status_code == 200, r.text

@@ -13,11 +13,9 @@ import httpx
 import pytest
 
 import structured_cases
-from openapi_fields import OpenAPIFields
 from server_process import ServerProcess
-from structured_cases import (CHAT, COMPLETIONS, DATE_REGEX, GENERATE, MAX_TOKENS, PERSON_SCHEMA,
-                              SGLANG_CASES, VLLM_CASES, Person, check_fullmatch, check_json_object,
-                              check_json_schema)
+from structured_cases import (DATE_REGEX, MAX_TOKENS, PERSON_SCHEMA, SGLANG_CASES, VLLM_CASES,
+                              check_fullmatch, check_json_object, check_json_schema)
 
 MODEL = "smollm2"
 MESSAGES = [{"role": "user", "content": "Describe a programmer as a JSON object with name, age, "
@@ -31,11 +29,6 @@ def server(smollm2_checkpoint):
                          "--max-model-len", "1024")
     yield proc
     proc.kill()
-
-
-@pytest.fixture(scope="module")
-def api(server) -> OpenAPIFields:
-    return OpenAPIFields(server.url)
 
 
 @pytest.fixture(scope="module")
@@ -54,17 +47,11 @@ def test_the_checkpoint_is_a_real_instruct_model(client):
                for w in text.split()) >= 2, text
 
 
-def test_parse_with_a_pydantic_model_returns_a_parsed_object(api, client):
-    api.require(CHAT, "response_format", mentions="json_schema")
-    completion = client.beta.chat.completions.parse(model=MODEL, messages=MESSAGES, response_format=Person,
-                                                    temperature=0, max_tokens=MAX_TOKENS)
-    message = completion.choices[0].message
-    assert completion.choices[0].finish_reason == "stop", message.content
-    assert isinstance(message.parsed, Person), message.content
+def test_parse_with_a_pydantic_model_returns_a_parsed_object(client):
+    structured_cases.parsed_person(client, MODEL, MESSAGES)
 
 
-def test_response_format_json_schema_and_json_object(api, client):
-    api.require(CHAT, "response_format", mentions="json_schema")
+def test_response_format_json_schema_and_json_object(client):
     text, reason = chat(client, response_format={"type": "json_schema", "json_schema": {
         "name": "person", "schema": PERSON_SCHEMA, "strict": True}})
     assert reason == "stop", text
@@ -75,8 +62,7 @@ def test_response_format_json_schema_and_json_object(api, client):
 
 
 @pytest.mark.parametrize("case", sorted(VLLM_CASES))
-def test_vllm_structured_outputs_on_chat(api, client, case):
-    api.require(CHAT, "structured_outputs")
+def test_vllm_structured_outputs_on_chat(client, case):
     body, check = VLLM_CASES[case]
     text, reason = chat(client, extra_body={"structured_outputs": body})
     assert reason == "stop", text
@@ -85,8 +71,7 @@ def test_vllm_structured_outputs_on_chat(api, client, case):
         assert chat(client, stream=True, extra_body={"structured_outputs": body}) == (text, reason)
 
 
-def test_vllm_structured_outputs_on_completions(api, client):
-    api.require(COMPLETIONS, "structured_outputs")
+def test_vllm_structured_outputs_on_completions(client):
     for body, check in (VLLM_CASES["json"], VLLM_CASES["regex"]):
         choice = client.completions.create(model=MODEL, prompt=PROMPT, temperature=0, max_tokens=MAX_TOKENS,
                                            extra_body={"structured_outputs": body}).choices[0]
@@ -95,9 +80,8 @@ def test_vllm_structured_outputs_on_completions(api, client):
 
 
 @pytest.mark.parametrize("case", sorted(SGLANG_CASES))
-def test_sglang_generate_constraints(api, server, case):
+def test_sglang_generate_constraints(server, case):
     field, value, check = SGLANG_CASES[case]
-    api.require(GENERATE, f"sampling_params.{field}")
     r = httpx.post(f"{server.url}/generate", timeout=300, json={
         "text": PROMPT, "sampling_params": {"temperature": 0, "max_new_tokens": MAX_TOKENS, field: value}})
     assert r.status_code == 200, r.text
@@ -106,9 +90,8 @@ def test_sglang_generate_constraints(api, server, case):
     check(out["text"])
 
 
-def test_sampled_constrained_outputs_are_valid_too(api, client):
+def test_sampled_constrained_outputs_are_valid_too(client):
     """Not greedy: temperature 1 with n=3 reaches tokens greedy never tries."""
-    api.require(CHAT, "structured_outputs")
     r = client.chat.completions.create(model=MODEL, messages=MESSAGES, temperature=1.0, seed=7, n=3,
                                        max_tokens=MAX_TOKENS, extra_body={"structured_outputs": {"regex": DATE_REGEX}})
     assert len(r.choices) == 3

@@ -17,7 +17,6 @@ import openai
 from pydantic import BaseModel, Field
 
 MAX_TOKENS = 160
-CHAT, COMPLETIONS, GENERATE = "/v1/chat/completions", "/v1/completions", "/generate"
 
 
 class Person(BaseModel):
@@ -104,6 +103,17 @@ SGLANG_CASES = {
 def openai_client(server) -> openai.OpenAI:
     """The openai SDK on a ServerProcess: no retries (a failure shows), room for slow CPUs."""
     return openai.OpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0, timeout=300)
+
+
+def parsed_person(client, model: str, messages: list[dict]) -> Person:
+    """The openai SDK's `.parse(response_format=Person)`: a finished answer parsed into a Person."""
+    completion = client.beta.chat.completions.parse(model=model, messages=messages, response_format=Person,
+                                                    temperature=0, max_tokens=MAX_TOKENS)
+    message = completion.choices[0].message
+    assert completion.choices[0].finish_reason == "stop", message.content
+    assert isinstance(message.parsed, Person), message.content
+    assert message.parsed == Person.model_validate_json(message.content)
+    return message.parsed
 
 
 def chat(client, model: str, messages: list[dict], stream: bool = False, **kwargs) -> tuple[str, str]:
