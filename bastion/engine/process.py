@@ -145,4 +145,4 @@ class EngineLoop:
         outstanding += sum(r.num_tokens for r in sched.waiting)
         rate = blocks.hit_tokens / blocks.query_tokens if blocks.query_tokens else 0.0
         waiting = len(sched.waiting) + self.engine.num_compiling  # a compiling request waits too
-        return EngineLoad(len(sched.running), waiting, outstanding, blocks.usage, rate)
+        return EngineLoad(len(sched.running), waiting, outstanding, blocks.usage, rate, sched.num_preemptions)
