@@ -51,7 +51,11 @@ DESCRIPTION = (
     "token ids must be in the model's vocabulary, `model` must be a served model the caller may "
     "use (else 404 or 403), and fields that would change the answer but are not implemented "
     "(such as tools) are refused with a 400 naming the field; other unknown top-level fields "
-    "are ignored. Integers are written as "
+    "are ignored. An output constraint (`response_format`, `structured_outputs`, `guided_json`, "
+    "`guided_regex`, `guided_choice`, `guided_grammar`; in `/generate`, `sampling_params.json_schema`, "
+    "`regex`, `ebnf`) is compiled before the request is admitted: one per request, within the "
+    "server's size and compile-time bounds, else a 400 with the code `invalid_structured_output` "
+    "naming the field. Integers are written as "
     "integers (`2`, not `2.0`), and no value is converted from another type.")
 
 _ERROR_REF = {"$ref": "#/components/schemas/Error"}
