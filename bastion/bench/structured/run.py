@@ -52,7 +52,7 @@ def run_structured_bench(args: argparse.Namespace) -> int:
     result: dict = {"model": model, "machine": machine_summary()}
     if not args.serving_only:
         label = Path(model).name if args.model else "bastion-demo"
-        result["compile"] = measure_compile(model, label, select(corpus, args.corpus_limit))
+        result["compile"] = measure_compile(model, label, select(corpus, args.corpus_limit), args)
         print_compile(result["compile"])
     if not args.compile_only:
         if not args.url:

@@ -46,24 +46,32 @@ def test_select_narrows_by_category_then_limit():
     assert select(corpus, 3) == corpus[:3]
 
 
+BOUNDS = argparse.Namespace(structured_output_compile_timeout=10.0, structured_output_max_bytes=2**18)
+
+
 def test_a_cold_compile_times_a_good_schema_and_reports_a_bad_ones_error():
-    from bastion.bench.structured.compile_time import make_grammar_tokenizer
+    from bastion.bench.structured.compile_time import make_compiler, make_grammar_tokenizer
 
     tok, vocab, _ = make_grammar_tokenizer(str(DEMO_MODEL_DIR))
-    good = compile_one(tok, CorpusSchema("ok", "t", "d", {"type": "object", "properties": {"a": {"type": "integer"}}}))
+    compiler = make_compiler(tok, BOUNDS)
+    good = compile_one(compiler, CorpusSchema("ok", "t", "d", {"type": "object", "properties": {"a": {"type": "integer"}}}))
     assert good["ok"] and good["compile_ms"] > 0 and "first_mask_ms" in good
-    bad = compile_one(tok, CorpusSchema("bad", "t", "d", {"type": "frob"}))
+    bad = compile_one(compiler, CorpusSchema("bad", "t", "d", {"type": "frob"}))
     assert not bad["ok"] and "frob" in bad["error"]
 
 
-def test_measure_compile_counts_failures_and_ranks_the_compiled():
+def test_measure_compile_goes_through_the_engines_compiler_and_counts_failures():
     schemas = [CorpusSchema("a", "t", "d", {"type": "string", "format": "email"}),
                CorpusSchema("b", "t", "d", {"type": "array", "items": {"type": "string"}, "uniqueItems": True}),
-               CorpusSchema("c", "t", "d", {"$ref": "#/$defs/nope"})]
-    result = measure_compile(str(DEMO_MODEL_DIR), "demo", schemas)
-    assert (result["schemas"], result["compiled"], result["failed"]) == (3, 1, 2)
-    assert [f["name"] for f in result["failures"]] == ["b", "c"]
+               CorpusSchema("c", "t", "d", {"$ref": "#/$defs/nope"}),
+               CorpusSchema("d", "t", "d", {"$ref": "#"}),  # llguidance takes it; the engine's own check does not
+               CorpusSchema("e", "t", "d", {"type": "string", "maxLength": 10, "description": "x" * 300})]
+    bounds = argparse.Namespace(structured_output_compile_timeout=10.0, structured_output_max_bytes=300)
+    result = measure_compile(str(DEMO_MODEL_DIR), "demo", schemas, bounds)
+    assert (result["schemas"], result["compiled"], result["failed"]) == (5, 1, 4)
+    assert [f["name"] for f in result["failures"]] == ["b", "c", "d", "e"]
     assert "uniqueItems" in result["failures"][0]["error"]
+    assert "--structured-output-max-bytes" in result["failures"][3]["error"]
     assert result["compile_ms"]["p50"] == result["compile_ms"]["max"] > 0
 
 
