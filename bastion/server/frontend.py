@@ -21,6 +21,7 @@ from bastion.server.engine_client import EngineClient
 from bastion.server.generation import Generation
 from bastion.server.http.errors import APIError
 from bastion.server.prompt import Budget, ChatPrompt, Prompt, TextPrompt
+from bastion.server.tools.choose import parser_for_template
 
 
 class PromptBody(Protocol):
@@ -66,6 +67,8 @@ class Frontend:
         self.backend = tokenizer.backend_tokenizer
         self.max_model_len, self.vocab_size = max_model_len, vocab_size
         self.model_name = config.served_model_names[0]
+        # the parser of tool_choice "auto" answers: --tool-call-parser's, else the template's
+        self.tool_parser = config.tool_call_parser or parser_for_template(tokenizer.chat_template)
 
     async def generate(self, body: GenerationBody, caller: Caller) -> Generation:
         """Check, tokenize, fit and admit one generation request, then submit it to a rank."""
@@ -162,7 +165,7 @@ class Frontend:
                            "continue_final_message")
         try:
             ids = self.tokenizer.apply_chat_template(
-                prompt.conversation, add_generation_prompt=prompt.add_generation_prompt,
+                prompt.conversation, tools=prompt.tools, add_generation_prompt=prompt.add_generation_prompt,
                 continue_final_message=prompt.continue_final_message, tokenize=True, return_dict=False)
         except Exception as exc:  # a template may raise anything (jinja's raise_exception)
             raise APIError(400, f"the chat template rejected these messages: {exc}", prompt.field) from None

@@ -6,8 +6,8 @@ engine's parameters from any body's fields; bounds that `SamplingParams` checks 
 left to it (its 400 names the client's field), so only this server's own limits sit here.
 
 Top-level fields we do not know are ignored (clients send vendor extensions), but fields that
-would change the answer and that bastion does not implement (tools, response formats,
-...; `unsupported.py`) are refused with a 400 rather than silently dropped. Nested objects with a fixed
+would change the answer and that bastion does not implement (response formats, legacy
+`functions`, ...; `unsupported.py`) are refused with a 400 rather than silently dropped. Nested objects with a fixed
 shape (`stream_options`, messages, SGLang's `sampling_params`) refuse unknown keys.
 """
 from __future__ import annotations
@@ -21,6 +21,10 @@ from bastion.sampling_params import MAX_BIAS, MAX_LOGIT_BIAS, SamplingParams
 from bastion.server.http.errors import APIError
 from bastion.server.prompt import Budget, ChatPrompt, TextPrompt, TokenPrompt
 from bastion.server.routes.unsupported import refuse_unsupported
+from bastion.server.tools.constraint import tool_constraint
+from bastion.server.tools.messages import AssistantToolCall, template_message
+from bastion.server.tools.request import ToolChoice, ToolPlan, Tools, plan_tools
+from bastion.structured.spec import StructuredOutputs
 
 MAX_N = 64
 MAX_STOP_STRINGS = 16
@@ -61,18 +65,19 @@ LogitBias = Annotated[dict[str, float], Field(json_schema_extra={
 
 
 def build_sampling_params(fields: BaseModel, max_tokens: int, logprobs: int | None = None,
-                          renamed: Mapping[str, str] | None = None, path: str = "") -> SamplingParams:
+                          renamed: Mapping[str, str] | None = None, path: str = "",
+                          structured: StructuredOutputs | None = None) -> SamplingParams:
     """The engine's parameters from a body's fields (a None field: SamplingParams' default).
 
     `renamed` maps a SamplingParams name to the field that carries it, `path` is where those
     fields sit in the body; a ValueError from SamplingParams' own checks becomes a 400 whose
-    `param` names the client's field."""
+    `param` names the client's field. `structured`: the output's constraint (a forced tool call)."""
     names = {name: (renamed or {}).get(name, name) for name in SAMPLING_FIELDS}
     values = {name: getattr(fields, field) for name, field in names.items()}
     values = {name: value for name, value in values.items() if value is not None}
     if "logit_bias" in values:
         values["logit_bias"] = token_biases(values["logit_bias"], path + names["logit_bias"])
-    values.update(max_tokens=max_tokens, logprobs=logprobs)
+    values.update(max_tokens=max_tokens, logprobs=logprobs, structured_outputs=structured)
     try:
         return SamplingParams(**values)
     except ValueError as exc:
@@ -155,6 +160,8 @@ class ChatMessage(BaseModel):
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[TextPart] | None = None
     name: str | None = None
+    tool_calls: list[AssistantToolCall] | None = None
+    tool_call_id: str | None = None
 
     def text(self) -> str:
         if self.content is None:
@@ -163,9 +170,14 @@ class ChatMessage(BaseModel):
             return self.content
         return "".join(part.text for part in self.content)
 
-    def for_template(self) -> dict:
-        """The message as a chat template reads it."""
-        return {"role": self.role, "content": self.text(), **({"name": self.name} if self.name else {})}
+    def for_template(self, field: str) -> dict:
+        """The message as a chat template reads it (`field`: where it sits in the body)."""
+        message = {"role": self.role, "content": self.text(), **({"name": self.name} if self.name else {})}
+        return template_message(message, self.tool_calls, self.tool_call_id, field)
+
+
+def template_messages(messages: list[ChatMessage]) -> list[dict]:
+    return [m.for_template(f"messages.{i}") for i, m in enumerate(messages)]
 
 
 class ChatCompletionRequest(_Sampling):
@@ -177,10 +189,20 @@ class ChatCompletionRequest(_Sampling):
     top_logprobs: Annotated[int, Field(ge=0, le=20)] | None = None
     add_generation_prompt: bool = True
     continue_final_message: bool = False
+    tools: Tools | None = None
+    tool_choice: ToolChoice | None = None
+    parallel_tool_calls: bool | None = None
+    # where a forced tool call's constraint comes from (the checker's 400 names it)
+    structured_field: ClassVar[str] = "tools"
+
+    def tool_plan(self) -> ToolPlan | None:
+        """What the tool fields ask for (None: no tools); a 400 for a contradiction."""
+        return plan_tools(self.tools, self.tool_choice, self.parallel_tool_calls)
 
     def to_prompt(self) -> ChatPrompt:
-        return ChatPrompt([m.for_template() for m in self.messages], self.add_generation_prompt,
-                          self.continue_final_message)
+        plan = self.tool_plan()
+        return ChatPrompt(template_messages(self.messages), self.add_generation_prompt,
+                          self.continue_final_message, tools=plan and plan.template_tools())
 
     def budget(self) -> Budget:
         if self.max_completion_tokens is not None:
@@ -188,7 +210,8 @@ class ChatCompletionRequest(_Sampling):
         return Budget(self.max_tokens, None)
 
     def sampling(self, max_tokens: int) -> SamplingParams:
-        return build_sampling_params(self, max_tokens, self.requested_logprobs())
+        return build_sampling_params(self, max_tokens, self.requested_logprobs(),
+                                     structured=tool_constraint(self.tool_plan()))
 
     def requested_logprobs(self) -> int | None:
         if self.top_logprobs is not None and not self.logprobs:
@@ -233,6 +256,7 @@ class TokenizeRequest(_Body):
     messages: list[ChatMessage] | None = None
     add_special_tokens: bool = True
     add_generation_prompt: bool = True
+    tools: Tools | None = None  # shown to the chat template, as in a chat request
 
     def check(self) -> None:
         if (self.prompt is None) == (self.messages is None):
@@ -240,7 +264,8 @@ class TokenizeRequest(_Body):
 
     def to_prompt(self) -> ChatPrompt | TextPrompt:
         if self.messages is not None:
-            return ChatPrompt([m.for_template() for m in self.messages], self.add_generation_prompt)
+            tools = [tool.model_dump(exclude_none=True) for tool in self.tools] if self.tools else None
+            return ChatPrompt(template_messages(self.messages), self.add_generation_prompt, tools=tools)
         return TextPrompt(self.prompt, "prompt", self.add_special_tokens)
 
 

@@ -13,7 +13,8 @@ from typing import Any, Mapping
 from bastion.server.http.errors import APIError
 
 # NOTE: OpenAI's fields first, then vLLM's; `response_format`, `echo`, `best_of`
-# are declared fields of the bodies and checked there.
+# are declared fields of the bodies and checked there. The chat body declares `tools` and
+# `tool_choice` (server/tools/), so they are refused only where no tools are read.
 REFUSED: dict[str, tuple[Any, ...]] = {
     "tools": ([],), "tool_choice": ("none", "auto"), "functions": ([],),
     "function_call": ("none", "auto"), "suffix": ("",), "audio": (), "prediction": (),
