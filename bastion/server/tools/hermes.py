@@ -38,27 +38,18 @@ class HermesParser:
             out += Parsed(self.gate.text(release))
         return out
 
-    def _block(self, body: str) -> Parsed:
+    def _block(self, body: str, end: str = END) -> Parsed:
+        """A block's text: a call, or content (markers included) when it is not one."""
         try:
             call = call_of(json.loads(body))
         except ValueError:
             call = None
         if call is None:
-            return Parsed(self.gate.text(START + body + END))
+            return Parsed(self.gate.text(START + body + end))
         return Parsed(calls=[self.numbers.start(*call)])
 
     def finish(self) -> Parsed:
         pending, self.pending = self.pending, ""
-        out = Parsed()
-        if self.in_call:  # the block never closed: a call if its JSON is whole, else content
-            try:
-                call = call_of(json.loads(pending))
-            except ValueError:
-                call = None
-            if call is not None:
-                out += Parsed(calls=[self.numbers.start(*call)])
-            else:
-                out += Parsed(self.gate.text(START + pending))
-        else:
-            out += Parsed(self.gate.text(pending))
+        # NOTE: a block that never closed is a call if its JSON is whole
+        out = self._block(pending, "") if self.in_call else Parsed(self.gate.text(pending))
         return out + Parsed(self.gate.flush(self.numbers.count > 0))

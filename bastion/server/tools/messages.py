@@ -9,21 +9,16 @@ from __future__ import annotations
 import json
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict
-
 from bastion.server.http.errors import APIError
+from bastion.server.tools.request import Fixed
 
 
-class _Fixed(BaseModel):
-    model_config = ConfigDict(strict=True, extra="forbid")
-
-
-class CalledFunction(_Fixed):
+class CalledFunction(Fixed):
     name: str
     arguments: str
 
 
-class AssistantToolCall(_Fixed):
+class AssistantToolCall(Fixed):
     id: str
     type: Literal["function"] = "function"
     function: CalledFunction

@@ -17,11 +17,13 @@ from bastion.server.http.errors import APIError
 MAX_TOOLS = 128  # OpenAI's bound
 
 
-class _Fixed(BaseModel):
+class Fixed(BaseModel):
+    """A nested object of a fixed shape: strict types, unknown keys refused."""
+
     model_config = ConfigDict(strict=True, extra="forbid")
 
 
-class FunctionDefinition(_Fixed):
+class FunctionDefinition(Fixed):
     # NOTE: OpenAI's rule for names (letters, digits, underscores, dashes; at most 64), dots too.
     name: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.\-]{1,64}$")]
     description: str | None = None
@@ -29,16 +31,16 @@ class FunctionDefinition(_Fixed):
     strict: bool | None = None  # accepted; named and required calls always match the schema
 
 
-class ToolDefinition(_Fixed):
+class ToolDefinition(Fixed):
     type: Literal["function"]
     function: FunctionDefinition
 
 
-class FunctionName(_Fixed):
+class FunctionName(Fixed):
     name: str
 
 
-class NamedToolChoice(_Fixed):
+class NamedToolChoice(Fixed):
     type: Literal["function"]
     function: FunctionName
 
