@@ -4,7 +4,8 @@ A sequence that made a call and ended normally finishes with "tool_calls"; its `
 text outside the calls, or null when there is none. Streamed, each chunk's delta carries the
 content and call pieces its text gave (`delta.tool_calls`: the first piece of a call has
 index, id, type and name, later ones only argument fragments), so the deltas joined give the
-same message as the whole answer.
+same message as the whole answer. With `parallel_tool_calls: false` an `auto` answer keeps its
+first call only (a forced one never makes more).
 """
 from __future__ import annotations
 
@@ -30,6 +31,7 @@ class ToolAnswer:
         if parser is None:
             return {"role": "assistant", "content": text}, finish_reason
         content, calls = parse_all(parser, text)
+        calls = calls if self.plan.parallel else calls[:1]
         if not calls:
             return {"role": "assistant", "content": content}, finish_reason
         return ({"role": "assistant", "content": content or None,
@@ -48,9 +50,10 @@ class ToolAnswer:
         if finish_reason is not None:
             parsed += parser.finish()
         delta: dict = {"content": parsed.content} if parsed.content else {}
-        if parsed.calls:
+        pieces = [p for p in parsed.calls if self.plan.parallel or p.index == 0]
+        if pieces:
             self._called.add(index)
-            delta["tool_calls"] = [piece.delta() for piece in parsed.calls]
+            delta["tool_calls"] = [piece.delta() for piece in pieces]
         return delta, _finish(finish_reason, index in self._called)
 
 

@@ -196,6 +196,16 @@ def test_answers_with_calls_are_shaped_as_openai():
     assert none.message(text, "stop") == ({"role": "assistant", "content": text}, "stop")
 
 
+def test_auto_keeps_the_first_call_only_without_parallel_tool_calls():
+    text = '<tool_call>{"name": "weather", "arguments": {}}</tool_call><tool_call>{"name": "time", "arguments": {}}</tool_call>'
+    for parallel, names in ((True, ["weather", "time"]), (False, ["weather"])):
+        answer = ToolAnswer(chat(tools=[WEATHER, TIME], parallel_tool_calls=parallel).tool_plan(), "hermes")
+        message, finish = answer.message(text, "stop")
+        assert [c["function"]["name"] for c in message["tool_calls"]] == names and finish == "tool_calls"
+        delta, _ = ToolAnswer(answer.plan, "hermes").delta(0, text, "stop")
+        assert [c["function"]["name"] for c in delta["tool_calls"]] == names
+
+
 def test_stream_deltas_carry_content_then_call_pieces():
     auto = ToolAnswer(chat(tools=[WEATHER]).tool_plan(), "hermes")
     chunks = ["Checking.", " <tool_", 'call>{"name": "weather", "arguments": {"city": "Oslo"}}</tool_call>', ""]
