@@ -10,6 +10,7 @@ import json
 import httpx
 import openai
 import pytest
+from pydantic import BaseModel, Field
 from transformers import AutoTokenizer
 
 from server_process import ServerProcess
@@ -115,6 +116,27 @@ def test_required_gives_valid_calls_streamed_alike(client, fields):
     assert content == "" and finish == "tool_calls"
 
 
+class GetWeather(BaseModel):
+    city: str = Field(max_length=12)
+    days: int = Field(ge=1, le=7)
+
+
+def test_the_sdk_parses_strict_pydantic_tools(client):
+    """openai's own helpers: `parse` reads the arguments into the pydantic model, `stream`
+    accumulates the deltas into the same call."""
+    tool = openai.pydantic_function_tool(GetWeather)
+    named = {"type": "function", "function": {"name": "GetWeather"}}
+    fields = dict(model=MODEL, messages=ASK, tools=[tool], tool_choice=named, temperature=0, max_tokens=100)
+    parsed = client.chat.completions.parse(**fields).choices[0].message.tool_calls[0]
+    assert isinstance(parsed.function.parsed_arguments, GetWeather)
+    assert parsed.function.parsed_arguments == GetWeather.model_validate_json(parsed.function.arguments)
+    with client.chat.completions.stream(**fields) as stream:
+        final = stream.get_final_completion()
+    [call] = final.choices[0].message.tool_calls
+    assert (call.function.name, call.function.arguments) == ("GetWeather", parsed.function.arguments)
+    assert call.function.parsed_arguments == parsed.function.parsed_arguments
+
+
 # NOTE: the demo model shown tools rambles to the length limit greedily; a frequency penalty
 # lets it end its answer itself.
 ENDS = {"frequency_penalty": 1.0}
@@ -178,4 +200,15 @@ def test_bad_tool_fields_are_400s_naming_the_field(server, client, fields, param
     r = httpx.post(f"{server.url}/v1/chat/completions", json=body, timeout=30)
     assert r.status_code == 400, r.text
     assert r.json()["error"]["param"] == param
+    assert create(client, max_tokens=2).choices[0].finish_reason == "length"  # still serving
+
+
+# NOTE: streamed, the engine's compile error comes after the 200 (an error event) until the API
+# server checks constraints before admission (so-api's checker; then `param` is "tools" too).
+@pytest.mark.parametrize("choice", [NAMED, "required"])
+def test_a_forced_call_whose_schema_does_not_compile_is_a_400(server, client, choice):
+    bad = {"type": "function", "function": {"name": "get_weather", "parameters": {"type": "frob"}}}
+    body = {"model": MODEL, "messages": ASK, "max_tokens": 20, "tools": [bad], "tool_choice": choice}
+    r = httpx.post(f"{server.url}/v1/chat/completions", json=body, timeout=60)
+    assert r.status_code == 400 and "frob" in r.json()["error"]["message"]
     assert create(client, max_tokens=2).choices[0].finish_reason == "length"  # still serving
