@@ -21,7 +21,7 @@ from bastion.server.engine_client import EngineClient
 from bastion.server.generation import Generation
 from bastion.server.http.errors import APIError
 from bastion.server.prompt import Budget, ChatPrompt, Prompt, TextPrompt
-from bastion.server.tools.choose import parser_for_template
+from bastion.server.tools.choose import AutoParsing
 
 
 class PromptBody(Protocol):
@@ -67,8 +67,8 @@ class Frontend:
         self.backend = tokenizer.backend_tokenizer
         self.max_model_len, self.vocab_size = max_model_len, vocab_size
         self.model_name = config.served_model_names[0]
-        # the parser of tool_choice "auto" answers: --tool-call-parser's, else the template's
-        self.tool_parser = config.tool_call_parser or parser_for_template(tokenizer.chat_template)
+        # how tool_choice "auto" answers are read: --tool-call-parser's parser, else the template's
+        self.tool_parsing = AutoParsing.of(config.tool_call_parser, tokenizer)
 
     async def generate(self, body: GenerationBody, caller: Caller) -> Generation:
         """Check, tokenize, fit and admit one generation request, then submit it to a rank."""

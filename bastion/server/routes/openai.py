@@ -23,7 +23,8 @@ async def chat_completions(body: ChatCompletionRequest, request: Request):
     generation = await unless_disconnected(request, frontend.generate(body, caller_of(request)))
     plan = body.tool_plan()
     responses = ResponseBuilder("chatcmpl", "chat.completion", frontend.model_name, body.logprobs,
-                                frontend.backend, plan and ToolAnswer(plan, frontend.tool_parser))
+                                frontend.backend,
+                                plan and ToolAnswer(plan, frontend.tool_parsing, body.skip_special_tokens))
     if body.stream:
         return sse_response(responses.chat_events(generation, StreamUsage.of(body.stream_options)),
                             generation)

@@ -104,6 +104,7 @@ class ContentGate:
 
     def __init__(self) -> None:
         self.held, self.released, self.after_call = "", False, False
+        self._before = ("", False)
 
     def text(self, text: str) -> str:
         """Content to release now for `text`."""
@@ -116,8 +117,13 @@ class ContentGate:
         return body
 
     def drop(self) -> None:
-        """A call comes here: the whitespace held before it is not content."""
+        """A call may come here: the whitespace held before it is not content."""
+        self._before = (self.held, self.after_call)
         self.held, self.after_call = "", True
+
+    def undo_drop(self) -> None:
+        """It was no call after all: as before `drop`."""
+        self.held, self.after_call = self._before
 
     def flush(self, had_calls: bool) -> str:
         held, self.held = self.held, ""

@@ -12,13 +12,18 @@ says: the first of these markers found in its text picks the parser.
 A template with none of them (one that ignores tools) gets `hermes`: its call is wrapped in
 markers no ordinary answer contains, so plain text is never misread as a call (the JSON
 parsers would read an answer that happens to be a JSON object as one).
+
+Some tokenizers make `<tool_call>` a special token, which `skip_special_tokens` (the default)
+drops from the text: there `hermes` also reads a message that is bare call objects.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from bastion.server.tools.calls import ToolParser
 from bastion.server.tools.constrained import CallArray, NamedCall
-from bastion.server.tools.hermes import HermesParser
-from bastion.server.tools.llama3_json import Llama3JsonParser
+from bastion.server.tools.hermes import START, HermesParser
+from bastion.server.tools.llama3_json import Llama3JsonParser, WholeMessageCalls
 from bastion.server.tools.mistral import MistralParser
 from bastion.server.tools.request import ToolPlan
 
@@ -35,7 +40,22 @@ def parser_for_template(template: str | dict | None) -> str:
     return next((name for marker, name in _MARKERS if marker in text), FALLBACK)
 
 
-def parser_of(plan: ToolPlan | None, auto_parser: str) -> ToolParser | None:
+@dataclass(frozen=True)
+class AutoParsing:
+    """How this server reads `auto` answers: the parser's name, and whether the tokenizer makes
+    the hermes marker a special token (dropped from text that skips special tokens)."""
+
+    name: str
+    marker_special: bool = False
+
+    @classmethod
+    def of(cls, flag: str | None, tokenizer) -> "AutoParsing":
+        """From --tool-call-parser (None: the template's) and the tokenizer."""
+        special = {t.content for t in getattr(tokenizer, "added_tokens_decoder", {}).values() if t.special}
+        return cls(flag or parser_for_template(tokenizer.chat_template), START in special)
+
+
+def parser_of(plan: ToolPlan | None, auto: AutoParsing, skip_special_tokens: bool = True) -> ToolParser | None:
     """A fresh parser for one sequence of a request with this plan (None: plain text)."""
     if plan is None or plan.mode == "none":
         return None
@@ -43,4 +63,6 @@ def parser_of(plan: ToolPlan | None, auto_parser: str) -> ToolParser | None:
         return NamedCall(plan.name)
     if plan.mode == "required":
         return CallArray("parameters")
-    return PARSERS[auto_parser]()
+    if auto.name == "hermes" and auto.marker_special and skip_special_tokens:
+        return WholeMessageCalls(otherwise=HermesParser())
+    return PARSERS[auto.name]()

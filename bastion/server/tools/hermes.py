@@ -45,6 +45,7 @@ class HermesParser:
         except ValueError:
             call = None
         if call is None:
+            self.gate.undo_drop()
             return Parsed(self.gate.text(START + body + end))
         return Parsed(calls=[self.numbers.start(*call)])
 

@@ -10,20 +10,20 @@ first call only (a forced one never makes more).
 from __future__ import annotations
 
 from bastion.server.tools.calls import ToolParser, parse_all
-from bastion.server.tools.choose import parser_of
+from bastion.server.tools.choose import AutoParsing, parser_of
 from bastion.server.tools.request import ToolPlan
 
 
 class ToolAnswer:
     """Reads and shapes the tool calls of one chat request's sequences."""
 
-    def __init__(self, plan: ToolPlan, auto_parser: str) -> None:
-        self.plan, self.auto_parser = plan, auto_parser
+    def __init__(self, plan: ToolPlan, auto: AutoParsing, skip_special_tokens: bool = True) -> None:
+        self.plan, self.auto, self.skip_special_tokens = plan, auto, skip_special_tokens
         self._streams: dict[int, ToolParser] = {}
         self._called: set[int] = set()
 
     def _parser(self) -> ToolParser | None:
-        return parser_of(self.plan, self.auto_parser)
+        return parser_of(self.plan, self.auto, self.skip_special_tokens)
 
     def message(self, text: str, finish_reason: str | None) -> tuple[dict, str | None]:
         """A whole answer's message and finish reason."""

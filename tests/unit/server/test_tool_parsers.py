@@ -10,7 +10,7 @@ import pytest
 from bastion.server.tools.calls import assemble, parse_all
 from bastion.server.tools.constrained import CallArray, NamedCall
 from bastion.server.tools.hermes import HermesParser
-from bastion.server.tools.llama3_json import Llama3JsonParser
+from bastion.server.tools.llama3_json import Llama3JsonParser, WholeMessageCalls
 from bastion.server.tools.mistral import MistralParser
 
 W = {"city": "Paris", "unit": "c"}
@@ -39,6 +39,12 @@ CASES = [
     (Llama3JsonParser, '{"answer": 42}', '{"answer": 42}', []),
     (Llama3JsonParser, "  <|python", "  <|python", []),
     (Llama3JsonParser, "<|python_tag|>brave_search.call(query=\"x\")", "<|python_tag|>brave_search.call(query=\"x\")", []),
+    # Hermes whose markers the tokenizer dropped (special tokens): bare objects, else Hermes
+    (lambda: WholeMessageCalls(otherwise=HermesParser()), f'\n{{"name": "weather", "arguments": {WJ}}}\n',
+     "", [("weather", W)]),
+    (lambda: WholeMessageCalls(otherwise=HermesParser()), 'Hi <tool_call>{"name": "t", "arguments": {}}</tool_call>',
+     "Hi", [("t", {})]),
+    (lambda: WholeMessageCalls(otherwise=HermesParser()), '{"answer": 1} <tool_call>x', '{"answer": 1} <tool_call>x', []),
     # Mistral
     (MistralParser, f'[TOOL_CALLS] [{{"name": "weather", "arguments": {WJ}}}]', "", [("weather", W)]),
     (MistralParser, f'Sure. [TOOL_CALLS][{{"name": "a", "arguments": {{}}}}, {{"name": "b", "arguments": {WJ}}}]',

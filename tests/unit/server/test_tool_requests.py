@@ -17,7 +17,7 @@ from bastion.model.tokenizer import load_tokenizer
 from bastion.server.frontend import Frontend
 from bastion.server.http.errors import APIError
 from bastion.server.routes.protocol import ChatCompletionRequest, TokenizeRequest
-from bastion.server.tools.choose import PARSERS, parser_for_template
+from bastion.server.tools.choose import PARSERS, AutoParsing, parser_for_template
 from bastion.server.tools.constraint import tool_constraint
 from bastion.server.tools.shaping import ToolAnswer
 from bastion.structured.tokenizer import grammar_tokenizer
@@ -29,6 +29,7 @@ WEATHER = {"type": "function", "function": {
                    "required": ["city", "days"], "additionalProperties": False}}}
 TIME = {"type": "function", "function": {"name": "time"}}
 MSG = [{"role": "user", "content": "hi"}]
+HERMES = AutoParsing("hermes")
 
 
 def chat(**fields) -> ChatCompletionRequest:
@@ -175,23 +176,23 @@ def test_the_demo_template_falls_back_to_hermes_and_the_flag_wins(tokenizer):
     config = serve_config(build_parser().parse_args(["serve", "--tool-call-parser", "mistral",
                                                      "--enable-auto-tool-choice"]))
     assert config.server.tool_call_parser == "mistral"
-    assert Frontend(config.server, None, tokenizer, 64, len(tokenizer)).tool_parser == "mistral"
+    assert Frontend(config.server, None, tokenizer, 64, len(tokenizer)).tool_parsing == AutoParsing("mistral")
     with pytest.raises(SystemExit):
         build_parser().parse_args(["serve", "--tool-call-parser", "pythonic"])
 
 
 def test_answers_with_calls_are_shaped_as_openai():
     named = ToolAnswer(chat(tools=[WEATHER], tool_choice={"type": "function", "function": {"name": "weather"}})
-                       .tool_plan(), "hermes")
+                       .tool_plan(), HERMES)
     message, finish = named.message('{"city":"Oslo","days":2}', "stop")
     assert finish == "tool_calls" and message["content"] is None
     [call] = message["tool_calls"]
     assert call["type"] == "function" and call["id"].startswith("call_")
     assert call["function"] == {"name": "weather", "arguments": '{"city":"Oslo","days":2}'}
     assert named.message('{"city":"Os', "length")[1] == "length"  # cut short: not a finished call
-    auto = ToolAnswer(chat(tools=[WEATHER]).tool_plan(), "hermes")
+    auto = ToolAnswer(chat(tools=[WEATHER]).tool_plan(), HERMES)
     assert auto.message("No call here.", "stop") == ({"role": "assistant", "content": "No call here."}, "stop")
-    none = ToolAnswer(chat(tools=[WEATHER], tool_choice="none").tool_plan(), "hermes")
+    none = ToolAnswer(chat(tools=[WEATHER], tool_choice="none").tool_plan(), HERMES)
     text = '<tool_call>{"name": "weather", "arguments": {}}</tool_call>'
     assert none.message(text, "stop") == ({"role": "assistant", "content": text}, "stop")
 
@@ -199,15 +200,15 @@ def test_answers_with_calls_are_shaped_as_openai():
 def test_auto_keeps_the_first_call_only_without_parallel_tool_calls():
     text = '<tool_call>{"name": "weather", "arguments": {}}</tool_call><tool_call>{"name": "time", "arguments": {}}</tool_call>'
     for parallel, names in ((True, ["weather", "time"]), (False, ["weather"])):
-        answer = ToolAnswer(chat(tools=[WEATHER, TIME], parallel_tool_calls=parallel).tool_plan(), "hermes")
+        answer = ToolAnswer(chat(tools=[WEATHER, TIME], parallel_tool_calls=parallel).tool_plan(), HERMES)
         message, finish = answer.message(text, "stop")
         assert [c["function"]["name"] for c in message["tool_calls"]] == names and finish == "tool_calls"
-        delta, _ = ToolAnswer(answer.plan, "hermes").delta(0, text, "stop")
+        delta, _ = ToolAnswer(answer.plan, HERMES).delta(0, text, "stop")
         assert [c["function"]["name"] for c in delta["tool_calls"]] == names
 
 
 def test_stream_deltas_carry_content_then_call_pieces():
-    auto = ToolAnswer(chat(tools=[WEATHER]).tool_plan(), "hermes")
+    auto = ToolAnswer(chat(tools=[WEATHER]).tool_plan(), HERMES)
     chunks = ["Checking.", " <tool_", 'call>{"name": "weather", "arguments": {"city": "Oslo"}}</tool_call>', ""]
     deltas = [auto.delta(0, c, "stop" if i == len(chunks) - 1 else None) for i, c in enumerate(chunks)]
     assert deltas[0] == ({"content": "Checking."}, None)
@@ -216,3 +217,20 @@ def test_stream_deltas_carry_content_then_call_pieces():
     assert piece["index"] == 0 and piece["type"] == "function" and piece["id"].startswith("call_")
     assert piece["function"] == {"name": "weather", "arguments": '{"city": "Oslo"}'}
     assert deltas[3] == ({}, "tool_calls")
+
+
+def test_hermes_reads_bare_calls_when_its_markers_are_special_tokens():
+    tokenizer = load_tokenizer(default_model_path())
+    assert AutoParsing.of(None, tokenizer) == HERMES
+    tokenizer.add_special_tokens({"additional_special_tokens": ["<tool_call>", "</tool_call>"]})
+    parsing = AutoParsing.of(None, tokenizer)
+    assert parsing == AutoParsing("hermes", marker_special=True)
+    ids = tokenizer('<tool_call>{"name": "time", "arguments": {}}</tool_call>', add_special_tokens=False).input_ids
+    text = tokenizer.decode(ids, skip_special_tokens=True)  # what the answer's text holds
+    assert text == '{"name": "time", "arguments": {}}'
+    plan = chat(tools=[WEATHER, TIME]).tool_plan()
+    message, finish = ToolAnswer(plan, parsing).message(text, "stop")
+    assert message["tool_calls"][0]["function"]["name"] == "time" and finish == "tool_calls"
+    assert ToolAnswer(plan, HERMES).message(text, "stop")[0] == {"role": "assistant", "content": text}
+    kept = tokenizer.decode(ids, skip_special_tokens=False)  # the client kept them: tags are read
+    assert ToolAnswer(plan, parsing, skip_special_tokens=False).message(kept, "stop")[1] == "tool_calls"
