@@ -23,7 +23,7 @@ from bastion.server.prompt import Budget, ChatPrompt, TextPrompt, TokenPrompt
 from bastion.server.routes.unsupported import refuse_unsupported
 from bastion.server.tools.constraint import tool_constraint
 from bastion.server.tools.messages import AssistantToolCall, template_message
-from bastion.server.tools.request import ToolChoice, ToolPlan, Tools, plan_tools
+from bastion.server.tools.request import ToolChoice, ToolPlan, Tools, plan_tools, template_tools
 from bastion.structured.spec import StructuredOutputs
 
 MAX_N = 64
@@ -264,8 +264,8 @@ class TokenizeRequest(_Body):
 
     def to_prompt(self) -> ChatPrompt | TextPrompt:
         if self.messages is not None:
-            tools = [tool.model_dump(exclude_none=True) for tool in self.tools] if self.tools else None
-            return ChatPrompt(template_messages(self.messages), self.add_generation_prompt, tools=tools)
+            return ChatPrompt(template_messages(self.messages), self.add_generation_prompt,
+                              tools=template_tools(self.tools))
         return TextPrompt(self.prompt, "prompt", self.add_special_tokens)
 
 

@@ -61,11 +61,15 @@ class ToolPlan:
     parallel: bool = True
 
     def template_tools(self) -> list[dict]:
-        """The tools as chat templates read them (OpenAI's objects, as vLLM passes them)."""
-        return [tool.model_dump(exclude_none=True) for tool in self.tools]
+        return template_tools(self.tools)
 
     def function(self, name: str) -> FunctionDefinition:
         return next(tool.function for tool in self.tools if tool.function.name == name)
+
+
+def template_tools(tools) -> list[dict] | None:
+    """The tools as chat templates read them (OpenAI's objects, as vLLM passes them)."""
+    return [tool.model_dump(exclude_none=True) for tool in tools] if tools else None
 
 
 def plan_tools(tools: list[ToolDefinition] | None, choice: str | NamedToolChoice | None,
