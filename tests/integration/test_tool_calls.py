@@ -96,6 +96,22 @@ def test_a_named_function_gives_one_valid_call_streamed_alike(client):
     assert len(pieces) > 2  # the arguments stream as they come, not in one piece
 
 
+def test_each_of_n_sequences_makes_its_own_call(client):
+    fields = dict(tool_choice=NAMED, n=3, temperature=1.0, seed=7)
+    answer = create(client, **fields)
+    assert sorted(c.index for c in answer.choices) == [0, 1, 2]
+    for choice in answer.choices:
+        assert choice.finish_reason == "tool_calls"
+        [call] = choice.message.tool_calls
+        check_call(call)
+    arguments = {}
+    for chunk in create(client, stream=True, **fields):
+        for choice in chunk.choices:
+            for piece in choice.delta.tool_calls or []:
+                arguments[choice.index] = arguments.get(choice.index, "") + piece.function.arguments
+    assert arguments == {c.index: c.message.tool_calls[0].function.arguments for c in answer.choices}
+
+
 # NOTE: greedy, the demo model repeats one call until the length limit; penalties make it
 # call both tools once and close the array.
 PARALLEL = {"parallel_tool_calls": True, "presence_penalty": 1.0, "frequency_penalty": 0.5}
