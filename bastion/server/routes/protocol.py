@@ -192,8 +192,6 @@ class ChatCompletionRequest(_Sampling):
     tools: Tools | None = None
     tool_choice: ToolChoice | None = None
     parallel_tool_calls: bool | None = None
-    # where a forced tool call's constraint comes from (the checker's 400 names it)
-    structured_field: ClassVar[str] = "tools"
 
     def tool_plan(self) -> ToolPlan | None:
         """What the tool fields ask for (None: no tools); a 400 for a contradiction."""
@@ -210,8 +208,9 @@ class ChatCompletionRequest(_Sampling):
         return Budget(self.max_tokens, None)
 
     def sampling(self, max_tokens: int) -> SamplingParams:
+        forced = tool_constraint(self.tool_plan())  # (constraint, the field it comes from)
         return build_sampling_params(self, max_tokens, self.requested_logprobs(),
-                                     structured=tool_constraint(self.tool_plan()))
+                                     structured=forced and forced[0])
 
     def requested_logprobs(self) -> int | None:
         if self.top_logprobs is not None and not self.logprobs:

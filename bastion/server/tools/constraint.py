@@ -6,7 +6,9 @@
   schema>}` objects (an anyOf, one branch per tool), at least one, exactly one unless
   `parallel_tool_calls` (vLLM's shape).
 
-`auto` and `none` constrain nothing.
+`auto` and `none` constrain nothing. Each constraint comes with the body field it is made
+from, for the 400 of a schema that does not compile: the named function's
+`tools.<i>.function.parameters`, or `tools` for the array of them all.
 """
 from __future__ import annotations
 
@@ -36,12 +38,13 @@ def call_array_schema(plan: ToolPlan) -> dict:
     return schema
 
 
-def tool_constraint(plan: ToolPlan | None) -> StructuredOutputs | None:
-    """The constraint of a plan: a JSON schema for named and required calls, else None."""
+def tool_constraint(plan: ToolPlan | None) -> tuple[StructuredOutputs, str] | None:
+    """The constraint of a plan and the field it comes from: a JSON schema for named and
+    required calls, else None."""
     if plan is None or plan.mode in ("none", "auto"):
         return None
-    if plan.mode == "named":
-        schema = parameters_schema(plan.function(plan.name))
-    else:
-        schema = call_array_schema(plan)
-    return StructuredOutputs(json=json.dumps(schema))
+    if plan.mode == "required":
+        return StructuredOutputs(json=json.dumps(call_array_schema(plan))), "tools"
+    index = next(i for i, tool in enumerate(plan.tools) if tool.function.name == plan.name)
+    schema = parameters_schema(plan.tools[index].function)
+    return StructuredOutputs(json=json.dumps(schema)), f"tools.{index}.function.parameters"

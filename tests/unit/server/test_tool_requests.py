@@ -96,13 +96,14 @@ def _accepts(tokenizer, spec, text: str) -> bool:
 
 
 def test_named_call_is_constrained_to_its_parameters(tokenizer):
-    spec = tool_constraint(chat(tools=[WEATHER, TIME], tool_choice={
+    spec, field = tool_constraint(chat(tools=[TIME, WEATHER], tool_choice={
         "type": "function", "function": {"name": "weather"}}).tool_plan())
     assert json.loads(spec.json) == WEATHER["function"]["parameters"]
+    assert field == "tools.1.function.parameters"
     assert _accepts(tokenizer, spec, '{"city":"Paris","days":3}')
     assert not _accepts(tokenizer, spec, '{"city":"Paris"}')
-    no_params = tool_constraint(chat(tools=[TIME], tool_choice={"type": "function", "function": {"name": "time"}})
-                                .tool_plan())
+    no_params, _ = tool_constraint(chat(tools=[TIME], tool_choice={"type": "function", "function": {"name": "time"}})
+                                   .tool_plan())
     assert _accepts(tokenizer, no_params, "{}") and not _accepts(tokenizer, no_params, '{"a":1}')
     assert tool_constraint(chat(tools=[WEATHER]).tool_plan()) is None
     assert tool_constraint(chat(tools=[WEATHER], tool_choice="none").tool_plan()) is None
@@ -111,7 +112,7 @@ def test_named_call_is_constrained_to_its_parameters(tokenizer):
 def test_required_is_an_array_of_calls_to_known_tools(tokenizer):
     body = chat(tools=[WEATHER, TIME], tool_choice="required", max_tokens=5)
     spec = body.sampling(5).structured_outputs
-    assert body.structured_field == "tools"
+    assert tool_constraint(body.tool_plan()) == (spec, "tools")
     one, two = '{"name":"weather","parameters":{"city":"Oslo","days":1}}', '{"name":"time","parameters":{}}'
     assert _accepts(tokenizer, spec, f"[{one}]") and _accepts(tokenizer, spec, f"[{one},{two}]")
     assert not _accepts(tokenizer, spec, "[]")
