@@ -43,12 +43,14 @@ def add_engine_args(parser: argparse.ArgumentParser) -> None:
     s = parser.add_argument_group("structured outputs (JSON schema, regex, choice, grammar, tool calls)")
     s.add_argument("--structured-output-compile-timeout", type=float, default=10.0, metavar="SECONDS",
                    help="time one grammar may take to compile; a request whose grammar takes longer "
-                        "gets a 400 (checked in the API server, in a process that is killed at the bound)")
+                        "gets a 400 (checked in the API server before admission, in a check worker "
+                        "process that is killed at the bound)")
     s.add_argument("--structured-output-max-bytes", type=parse_bytes, default=256 * 2**10, metavar="SIZE",
                    help="largest schema, regex, grammar or list of choices a request may give "
                         "(default 256KiB); larger ones get a 400")
     s.add_argument("--structured-output-cache-size", type=int, default=256, metavar="N",
-                   help="compiled grammars each engine keeps, by grammar text (0: none)")
+                   help="compiled grammars each engine keeps, and grammar check verdicts each API "
+                        "server keeps, by constraint text (0: none)")
 
 
 ENGINE_FLAGS = ("dtype", "device", "max_model_len", "block_size", "kv_cache_memory", "num_kv_blocks",

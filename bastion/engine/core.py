@@ -2,16 +2,21 @@
 from __future__ import annotations
 
 import logging
+from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass, replace
+from typing import Callable
 
 from bastion.config.engine import EngineConfig
 from bastion.engine.kv_cache import BlockManager
 from bastion.engine.outputs import FinishReason, TokenDelta, TokenLogprob
-from bastion.engine.request import Request
+from bastion.engine.request import Request, RequestStatus
 from bastion.engine.runner import EngineLimits, ModelRunner
 from bastion.engine.sampler import Sampler
 from bastion.engine.scheduler import Scheduler
+from bastion.model.tokenizer import load_tokenizer
 from bastion.sampling_params import SamplingParams
+from bastion.structured.compiler import GrammarCompiler
+from bastion.structured.tokenizer import grammar_tokenizer
 
 logger = logging.getLogger(__name__)
 
@@ -35,6 +40,13 @@ class EngineCore:
     the unfinished ones; a group whose last sequence finishes moves to `_ended`.
     NOTE: `_ended` is emptied only at the start of `step()`, so `client_of` still answers for the
     deltas that ended a request (those of the last step and of any abort since).
+
+    Structured outputs: a request with `params.structured_outputs` waits in `_compiling` (not in
+    the scheduler) while `grammars` compiles its grammar off the step loop; the next `step()`
+    gives each sequence its own matcher (`Request.matcher`) and schedules it, or, when the compile
+    failed, ends the request and queues `(request_id, message)` for `take_errors()`.
+    `on_grammar_done` (if set) is called from a compiler thread whenever a compile finishes, so a
+    loop blocked on its inbox can wake up.
     """
 
     def __init__(self, config: EngineConfig) -> None:
@@ -48,6 +60,19 @@ class EngineCore:
         self.eos_token_ids = frozenset(self.runner.arch.eos_token_ids)
         self._groups: dict[str, RequestGroup] = {}
         self._ended: dict[str, RequestGroup] = {}
+        sc = config.structured
+        self.grammars = GrammarCompiler(self._grammar_tokenizer,
+                                        timeout=sc.structured_output_compile_timeout,
+                                        max_bytes=sc.structured_output_max_bytes,
+                                        cache_size=sc.structured_output_cache_size)
+        self._compiling: dict[str, Future] = {}
+        self._failed: list[tuple[str, str]] = []
+        self.on_grammar_done: Callable[[], None] | None = None
+
+    def _grammar_tokenizer(self):
+        """llguidance's view of the checkpoint's tokenizer: the logits' width, the model's EOS ids."""
+        return grammar_tokenizer(load_tokenizer(self.config.model.model), self.limits.vocab_size,
+                                 list(self.runner.arch.eos_token_ids))
 
     def validate(self, prompt_token_ids: list[int], params: SamplingParams) -> None:
         """Raise ValueError for a request the engine could never serve."""
@@ -87,9 +112,47 @@ class EngineCore:
             group.sequences.append(req)
         # NOTE: scheduled only once every sequence is made: a sequence that fails to be made must
         # not leave its siblings running for a group nobody knows.
-        for req in group.sequences:
-            self.scheduler.add(req)
         self._groups[request_id] = group
+        if params.structured_outputs is None:
+            for req in group.sequences:
+                self.scheduler.add(req)
+            return
+        future = self.grammars.submit(params.structured_outputs)
+        self._compiling[request_id] = future
+        future.add_done_callback(self._grammar_done)
+
+    def _grammar_done(self, _future: Future) -> None:
+        if self.on_grammar_done is not None:
+            self.on_grammar_done()
+
+    def _admit_compiled(self) -> None:
+        """Schedule the requests whose grammar is ready; end those whose compile failed."""
+        for request_id, future in list(self._compiling.items()):
+            if not future.done():
+                continue
+            del self._compiling[request_id]
+            group = self._groups[request_id]
+            live = [r for r in group.sequences if not r.is_finished]
+            if future.exception() is not None:
+                for req in live:
+                    req.status, req.finish_reason = RequestStatus.FINISHED, FinishReason.ABORT
+                self._failed.append((request_id, f"structured outputs: {future.exception()}"))
+                self._end_if_finished(request_id, group)
+                continue
+            for req in live:
+                req.matcher = future.result().deep_copy()
+                self.scheduler.add(req)
+
+    def take_errors(self) -> list[tuple[str, str]]:
+        """`(request_id, message)` of each request the last steps ended with an error (a grammar
+        that failed to compile); the request is over, `client_of` answers until the next step."""
+        failed, self._failed = self._failed, []
+        return failed
+
+    def wait_for_grammars(self, timeout: float | None = None) -> None:
+        """Block until a compile finishes, when compiles are all the engine waits on."""
+        if self._compiling and not self.has_work:
+            wait(list(self._compiling.values()), timeout, FIRST_COMPLETED)
 
     def client_of(self, request_id: str) -> int:
         """The `client` tag of a live request, or of one that ended since the last step."""
@@ -102,20 +165,39 @@ class EngineCore:
         if group is None:
             return []
         outputs = []
+        compiling = request_id in self._compiling
         for req in group.sequences:
             if not req.is_finished and (index is None or req.index == index):
-                self.scheduler.finish(req, FinishReason.ABORT)
+                if compiling:  # not in the scheduler yet
+                    req.status, req.finish_reason = RequestStatus.FINISHED, FinishReason.ABORT
+                else:
+                    self.scheduler.finish(req, FinishReason.ABORT)
+                req.matcher = None
                 outputs.append(TokenDelta(request_id, req.index, [], [], FinishReason.ABORT))
+        if group.finished:
+            self._compiling.pop(request_id, None)
         self._end_if_finished(request_id, group)
         return outputs
 
     @property
     def has_unfinished(self) -> bool:
-        return self.scheduler.has_unfinished
+        """True while any request is live, waiting compiles included."""
+        return self.scheduler.has_unfinished or bool(self._compiling)
+
+    @property
+    def num_compiling(self) -> int:
+        """Sequences waiting for their grammar (not yet in the scheduler)."""
+        return sum(not r.is_finished for rid in self._compiling for r in self._groups[rid].sequences)
+
+    @property
+    def has_work(self) -> bool:
+        """True when `step()` has something to do (not merely compiles still running)."""
+        return self.scheduler.has_unfinished or any(f.done() for f in self._compiling.values())
 
     def step(self) -> list[TokenDelta]:
         """Schedule, run the model, sample, and report what changed."""
         self._ended.clear()
+        self._admit_compiled()
         out = self.scheduler.schedule()
         if out.is_empty:
             return []
@@ -133,8 +215,11 @@ class EngineCore:
         reason = req.append_token(token)
         if logprob is not None:
             req.logprobs.append(logprob)
+        if req.matcher is not None:
+            reason = _advance_grammar(req, token, reason)
         if reason is not None:
             self.scheduler.finish(req, reason)
+            req.matcher = None
             self._end_if_finished(req.request_id, self._groups[req.request_id])
         return TokenDelta(req.request_id, req.index, [token],
                           [logprob] if logprob is not None else [], reason, req.num_cached_tokens)
@@ -142,6 +227,22 @@ class EngineCore:
     def _end_if_finished(self, request_id: str, group: RequestGroup) -> None:
         if group.finished:
             self._ended[request_id] = self._groups.pop(request_id)
+
+
+def _advance_grammar(req: Request, token: int, reason: FinishReason | None) -> FinishReason | None:
+    """Feed the accepted token to the sequence's matcher; the grammar's end stops the sequence.
+
+    A token the matcher refuses (it should never pass the mask) ends the sequence (abort) with a
+    warning instead of failing the step: one broken grammar never takes the engine down.
+    NOTE: preemption recomputes KV but keeps the output tokens, so the matcher stays in step.
+    """
+    if not req.matcher.consume_token(token):
+        logger.warning("request %s seq %d: token %d broke its grammar (%s); the sequence ends",
+                       req.request_id, req.index, token, req.matcher.get_error())
+        return reason or FinishReason.ABORT
+    if reason is None and req.matcher.is_stopped():
+        return FinishReason.STOP
+    return reason
 
 
 def _wrap_int64(value: int) -> int:

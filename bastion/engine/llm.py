@@ -55,7 +55,10 @@ class LLM:
     def generate(self, prompts: Prompt | Sequence[Prompt],
                  sampling_params: SamplingParams | Sequence[SamplingParams] | None = None
                  ) -> list[RequestOutput]:
-        """Complete each prompt (text or token ids); outputs come back in prompt order."""
+        """Complete each prompt (text or token ids); outputs come back in prompt order.
+
+        ValueError for an invalid request, a structured-output constraint that does not compile
+        included (the engine's message; nothing of the call is left running)."""
         if isinstance(prompts, str) or (prompts and isinstance(prompts[0], int)):
             prompts = [prompts]
         params = sampling_params or SamplingParams()
@@ -93,7 +96,14 @@ class LLM:
         logprobs: dict[tuple[str, int], list[TokenLogprob]] = {}
         reasons: dict[tuple[str, int], str] = {}
         while self.engine.has_unfinished:
-            for out in self.engine.step():
+            self.engine.wait_for_grammars()
+            outputs = self.engine.step()
+            failed = self.engine.take_errors()
+            if failed:  # a grammar that did not compile: end the whole call, as validate() would
+                for rid in results:
+                    self.engine.abort_request(rid)
+                raise ValueError(failed[0][1])
+            for out in outputs:
                 key = (out.request_id, out.index)
                 tokens.setdefault(key, []).extend(out.new_token_ids)
                 logprobs.setdefault(key, []).extend(out.new_logprobs)

@@ -8,7 +8,9 @@ socket there, so every front end receives the token deltas of its own requests (
 engine made them), plus the engine's load after every step.
 
 Threads: an input thread decodes frames into a queue; the main thread adds and aborts requests
-and steps the engine; an output thread owns the PUSH sockets, encodes and sends.
+and steps the engine; an output thread owns the PUSH sockets, encodes and sends. The grammar
+compiler's threads put a wake-up into the same queue when a compile finishes, so the main thread
+blocks (no spinning) while compiles are all it waits on, and wakes the moment one is done.
 """
 from __future__ import annotations
 
@@ -30,6 +32,8 @@ from bastion.transport.messages import (AbortRequests, ClientHello, EngineLoad, 
                                         decode, encode)
 
 logger = logging.getLogger(__name__)
+
+_WAKE = object()  # put into the inbox when a grammar compile finishes
 
 
 def run_engine(config: EngineConfig, index: int, ipc_dir: str, report: Callable[[EngineReady], None],
@@ -56,6 +60,7 @@ class EngineLoop:
         self.inbox: queue.Queue = queue.Queue()
         self.outbox: queue.Queue = queue.Queue()
         self.clients: set[int] = set()
+        engine.on_grammar_done = lambda: self.inbox.put(_WAKE)
         threading.Thread(target=self._receive, args=(pull,), daemon=True).start()
         threading.Thread(target=self._send, args=(zctx,), daemon=True).start()
 
@@ -81,17 +86,23 @@ class EngineLoop:
 
     def run(self) -> None:
         while True:
-            block = not self.engine.has_unfinished
+            block = not self.engine.has_work
             try:
                 while True:
                     self._handle(self.inbox.get(block=block))
                     block = False
             except queue.Empty:
                 pass
-            if self.engine.has_unfinished:
-                self._publish(self.engine.step())
+            if self.engine.has_work:
+                outputs = self.engine.step()
+                for request_id, message in self.engine.take_errors():
+                    client = self.engine.client_of(request_id)
+                    self.outbox.put((client, RequestError(request_id, message)))
+                self._publish(outputs)
 
     def _handle(self, message: Message) -> None:
+        if message is _WAKE:
+            return
         if isinstance(message, EngineRequest):
             self._add(message)
         elif isinstance(message, AbortRequests):
@@ -133,4 +144,5 @@ class EngineLoop:
         outstanding = sum(r.num_tokens - r.num_computed_tokens for r in sched.running)
         outstanding += sum(r.num_tokens for r in sched.waiting)
         rate = blocks.hit_tokens / blocks.query_tokens if blocks.query_tokens else 0.0
-        return EngineLoad(len(sched.running), len(sched.waiting), outstanding, blocks.usage, rate)
+        waiting = len(sched.waiting) + self.engine.num_compiling  # a compiling request waits too
+        return EngineLoad(len(sched.running), waiting, outstanding, blocks.usage, rate, sched.num_preemptions)

@@ -49,6 +49,9 @@ class Request:
         if params.seed is not None:
             self.generator = torch.Generator().manual_seed(params.seed)
         self._bias: tuple[torch.Tensor, torch.Tensor] | None = None
+        # this sequence's own llguidance matcher (a deep copy of the compiled grammar), advanced
+        # by every accepted token; None without structured outputs and once the sequence ends
+        self.matcher = None
 
     def logit_bias(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         """`params.logit_bias` as (token ids, biases) tensors on `device`, made once."""

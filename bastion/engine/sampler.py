@@ -1,11 +1,17 @@
-"""Turns logits into tokens: logit bias, penalties, min_tokens, temperature, top-k/p, min-p,
-seeds, logprobs.
+"""Turns logits into tokens: grammar mask, logit bias, penalties, min_tokens, temperature,
+top-k/p, min-p, seeds, logprobs.
 
 Every step is vectorised over the batch and skipped when no request in the batch needs it.
 Seeded requests draw their noise from their own generator, so a seed gives the same tokens
 whatever else shares the batch. Logprobs are the model's own (the logits before any bias,
 penalty or temperature), as vLLM's default `raw_logprobs` and OpenAI's since logit bias stopped
 showing in them.
+
+Structured outputs: the grammar mask is applied FIRST, in place, to the rows of requests with a
+matcher (structured/mask.py), so the logprobs of a constrained row come from the constrained
+distribution (forbidden tokens have probability 0 and never show among the top alternatives).
+min_tokens does not ban stop tokens on a constrained row: there the grammar decides when the
+output may end (banning them could leave a row with every token forbidden).
 """
 from __future__ import annotations
 
@@ -13,22 +19,28 @@ import torch
 
 from bastion.engine.outputs import TokenLogprob
 from bastion.engine.request import Request
+from bastion.structured.mask import GrammarMask
 
 
 class Sampler:
     def __init__(self, seed: int = 0) -> None:
         self.generator = torch.Generator().manual_seed(seed)
+        self.grammar_mask: GrammarMask | None = None  # made on the first constrained batch
 
     def __call__(self, logits: torch.Tensor, reqs: list[Request]
                  ) -> tuple[list[int], list[TokenLogprob | None]]:
         """Pick one token per row of float32 `logits` [N, V] for the matching requests."""
         params = [r.params for r in reqs]
+        if any(r.matcher is not None for r in reqs):
+            if self.grammar_mask is None:
+                self.grammar_mask = GrammarMask()
+            self.grammar_mask.apply(logits, [r.matcher for r in reqs])
         raw = logits
         if any(p.logit_bias for p in params):
             logits = apply_logit_bias(logits.clone(), reqs)
         if any(p.has_penalties for p in params):
             logits = apply_penalties(logits if logits is not raw else logits.clone(), reqs)
-        if any(r.num_output_tokens < r.params.min_tokens for r in reqs):
+        if any(r.num_output_tokens < r.params.min_tokens and r.matcher is None for r in reqs):
             logits = _block_stops(logits if logits is not raw else logits.clone(), reqs)
         if all(p.greedy for p in params):
             tokens = logits.argmax(dim=-1)
@@ -99,7 +111,7 @@ def apply_penalties(logits: torch.Tensor, reqs: list[Request]) -> torch.Tensor:
 def _block_stops(logits: torch.Tensor, reqs: list[Request]) -> torch.Tensor:
     """Until min_tokens are out, stop tokens (and EOS unless ignored) cannot be chosen."""
     for row, req in enumerate(reqs):
-        if req.num_output_tokens < req.params.min_tokens and req.stop_ids:
+        if req.num_output_tokens < req.params.min_tokens and req.stop_ids and req.matcher is None:
             ids = [t for t in req.stop_ids if t < logits.shape[-1]]
             logits[row, ids] = float("-inf")
     return logits
@@ -134,6 +146,7 @@ def _logprobs(logits: torch.Tensor, reqs: list[Request], tokens: torch.Tensor
     top_vals, top_ids = logp.topk(k, dim=-1) if k else (logp[:, :0], chosen[:, None][:, :0])
     for j, i in enumerate(rows):
         n = reqs[i].params.logprobs
-        top = list(zip(top_ids[j, :n].tolist(), top_vals[j, :n].tolist()))
+        top = [(t, v) for t, v in zip(top_ids[j, :n].tolist(), top_vals[j, :n].tolist())
+               if v != float("-inf")]  # a grammar may allow fewer than n tokens
         result[i] = TokenLogprob(int(chosen[j]), float(chosen_lp[j]), int(ranks[j]), top)
     return result

@@ -2,13 +2,14 @@
 
 A route hands the front end its parsed body and the `Caller`; the front end checks the model
 (served, and allowed to this caller), turns the body's prompt into token ids, fits the
-completion into the context, admits the request (engines up, queue bound, the caller's limits)
-and starts its generation. The request's spend is settled in one place, `Admission.settle`,
+completion into the context, checks its output constraint (`grammar_check.py`: size, our own
+checks, a real compile in a worker process under a time bound), admits the request (engines up,
+queue bound, the caller's limits) and starts its generation. The request's spend is settled in one place, `Admission.settle`,
 when the generation ends.
 """
 from __future__ import annotations
 
-from typing import Callable, Protocol
+from typing import Callable
 
 from bastion.config.server import ServerConfig
 from bastion.sampling_params import SamplingParams
@@ -16,52 +17,24 @@ from bastion.security.audit import RequestRecord
 from bastion.security.shared_limits import LimitExceeded, LimitsClient
 from bastion.server import metrics
 from bastion.server.caller import Caller
-from bastion.server.batch import GenerationBatch
 from bastion.server.engine_client import EngineClient
-from bastion.server.generation import Generation
+from bastion.server.generation import Generation, GenerationBatch
+from bastion.server.grammar_check import GrammarChecker
 from bastion.server.http.errors import APIError
-from bastion.server.prompt import Budget, ChatPrompt, Prompt, TextPrompt
+from bastion.server.prompt import BatchBody, Budget, ChatPrompt, GenerationBody, Prompt, PromptBody, TextPrompt
 from bastion.server.tools.choose import AutoParsing
-
-
-class PromptBody(Protocol):
-    """A parsed request body that names a model and holds a prompt."""
-
-    @property
-    def model(self) -> str | None: ...
-
-    def check(self) -> None:
-        """A 400 for what the body asks that the server does not do."""
-
-    def to_prompt(self) -> Prompt: ...
-
-
-class GenerationBody(PromptBody, Protocol):
-    """A generation route's parsed body: a prompt, a completion budget, sampling and stops."""
-
-    sampling_path: str  # where the sampling fields sit in the body ("sampling_params." in SGLang's)
-
-    def budget(self) -> Budget: ...
-
-    def sampling(self, max_tokens: int) -> SamplingParams: ...
-
-    @property
-    def stop_strings(self) -> list[str]: ...
-
-
-class BatchBody(GenerationBody, Protocol):
-    """A body that may hold several prompts (`/v1/completions`), each its own generation."""
-
-    def to_prompts(self) -> list[Prompt]: ...
 
 
 class Frontend:
     """Shared by the routes of one API-server process: config, tokenizer, engine client, limits."""
 
     def __init__(self, config: ServerConfig, client: EngineClient, tokenizer, max_model_len: int,
-                 vocab_size: int, limits: LimitsClient | None = None) -> None:
+                 vocab_size: int, limits: LimitsClient | None = None,
+                 grammar: GrammarChecker | None = None) -> None:
         self.config, self.client, self.tokenizer = config, client, tokenizer
         self.limits = limits
+        # NOTE: without a checker given, only the size bound is checked (no vocabulary to compile against).
+        self.grammar = grammar or GrammarChecker(config.structured, None, vocab_size, [])
         if limits is not None:
             limits.on_queue_length = metrics.record_queue_length
         self.backend = tokenizer.backend_tokenizer
@@ -75,6 +48,7 @@ class Frontend:
         self.check_model(body.model, caller)
         body.check()
         prompt_ids, params = self.prepare(body, body.to_prompt())
+        await self.check_constraint(body)
         return await self.start(prompt_ids, params, body.stop_strings, caller)
 
     async def generate_batch(self, body: BatchBody, caller: Caller) -> Generation | GenerationBatch:
@@ -86,11 +60,13 @@ class Frontend:
         prompts = body.to_prompts()
         if len(prompts) == 1:
             prompt_ids, params = self.prepare(body, prompts[0])
+            await self.check_constraint(body)
             return await self.start(prompt_ids, params, body.stop_strings, caller)
         if len(prompts) > self.config.max_batched_prompts:
             raise APIError(400, f"{len(prompts)} prompts in one request: this server takes at most "
                                 f"{self.config.max_batched_prompts} (--max-batched-prompts)", "prompt")
         prepared = [self._prepare_nth(body, prompt, i) for i, prompt in enumerate(prompts)]
+        await self.check_constraint(body)
         # NOTE: one admission for the whole batch: prompts admitted one by one could each hold
         # slots while waiting for more (two batches, or more sequences than slots: a deadlock).
         admission = await self.admit(caller, sum(_reserved(ids, params) for ids, params in prepared),
@@ -116,6 +92,12 @@ class Frontend:
         params = body.sampling(max_tokens)
         self.check_ids(list(params.logit_bias or ()), body.sampling_path + "logit_bias")
         return prompt_ids, params
+
+    async def check_constraint(self, body: GenerationBody) -> None:
+        """A 400 naming the field when the body's output constraint is over a bound or does not
+        compile (one check for all of a batch's prompts: they share it)."""
+        if body.constraint is not None:
+            await self.grammar.check(*body.constraint)
 
     def _prepare_nth(self, body: GenerationBody, prompt: Prompt, index: int) -> tuple[list[int], SamplingParams]:
         try:

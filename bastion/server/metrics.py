@@ -38,6 +38,8 @@ KV_USAGE = Gauge("bastion_kv_cache_usage_ratio", "Fraction of an engine rank's K
 PREFIX_HIT_RATE = Gauge("bastion_prefix_cache_hit_rate",
                         "Prompt tokens found in an engine rank's prefix cache / tokens looked up",
                         ["rank"], multiprocess_mode="mostrecent")
+PREEMPTIONS = Gauge("bastion_num_preemptions", "Sequences an engine rank preempted (KV pool full; "
+                    "recomputed later) since it started", ["rank"], multiprocess_mode="mostrecent")
 
 
 def record_load(rank: int, load: EngineLoad) -> None:
@@ -46,6 +48,7 @@ def record_load(rank: int, load: EngineLoad) -> None:
     WAITING.labels(label).set(load.num_waiting)
     KV_USAGE.labels(label).set(load.kv_cache_usage)
     PREFIX_HIT_RATE.labels(label).set(load.prefix_cache_hit_rate)
+    PREEMPTIONS.labels(label).set(load.num_preemptions)
 
 
 def record_queue_length(queued: int) -> None:

@@ -37,7 +37,9 @@ async def _serve(spec: ApiServerSpec, engines: EngineSet, tokenizer, sock: socke
     from bastion.server.app import build_app
     from bastion.server.engine_client import EngineClient
     from bastion.server.frontend import Frontend
+    from bastion.server.grammar_check import GrammarChecker
     from bastion.server.http.server import HttpServer
+    from bastion.structured.tokenizer import tokenizer_json
 
     security = SecurityRuntime(spec.security, spec.limits_dir)
     client = EngineClient(spec.index, engines.engines, spec.ipc_dir, spec.server.prefix_affinity_tokens,
@@ -59,12 +61,24 @@ async def _serve(spec: ApiServerSpec, engines: EngineSet, tokenizer, sock: socke
     control.set_handler(lambda m: loop.call_soon_threadsafe(on_control, m))
 
     loop.add_signal_handler(signal.SIGHUP, security.hangup)
+    grammar = GrammarChecker(spec.server.structured, tokenizer_json(tokenizer), engines.vocab_size,
+                             _eos_ids(spec.model_path, tokenizer))
     frontend = Frontend(spec.server, client, tokenizer, engines.max_model_len, engines.vocab_size,
-                        security.limits)
+                        security.limits, grammar)
     app = build_app(frontend, security.authenticator, spec.security, security.audit, spec.index, spec.name)
     server = HttpServer(app, spec.server, security.ssl_context, spec.server.shutdown_timeout)
     serving = await server.start(sock)
     report(ApiServerReady(spec.index))
     await serving
+    await grammar.close()
     client.close()
     security.close()
+
+
+def _eos_ids(model_path: str, tokenizer) -> list[int]:
+    """The model's EOS ids, as its engines read them (config.json), else the tokenizer's."""
+    from bastion.model.arch import ModelLoadError, read_arch_config
+    try:
+        return list(read_arch_config(model_path).eos_token_ids)
+    except (ModelLoadError, OSError, ValueError):
+        return [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []

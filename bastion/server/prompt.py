@@ -1,8 +1,14 @@
 """What a route hands the front end, in the front end's terms: the prompt and the completion
-budget. Each names the request field it came from, so errors point the client at it."""
+budget, each naming the request field it came from, so errors point the client at it; and the
+parsed bodies that hold them (`PromptBody`, `GenerationBody`, `BatchBody`)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from bastion.sampling_params import SamplingParams
+    from bastion.server.grammar_check import Constraint
 
 
 @dataclass(frozen=True)
@@ -41,3 +47,35 @@ class Budget:
     requested: int | None
     default: int | None
     field: str = "max_tokens"
+
+
+class PromptBody(Protocol):
+    """A parsed request body that names a model and holds a prompt."""
+
+    @property
+    def model(self) -> str | None: ...
+
+    def check(self) -> None:
+        """A 400 for what the body asks that the server does not do."""
+
+    def to_prompt(self) -> Prompt: ...
+
+
+class GenerationBody(PromptBody, Protocol):
+    """A generation route's parsed body: a prompt, a completion budget, sampling and stops."""
+
+    sampling_path: str  # where the sampling fields sit in the body ("sampling_params." in SGLang's)
+    constraint: Constraint | None  # the output constraint and its field, if the body gives one
+
+    def budget(self) -> Budget: ...
+
+    def sampling(self, max_tokens: int) -> SamplingParams: ...
+
+    @property
+    def stop_strings(self) -> list[str]: ...
+
+
+class BatchBody(GenerationBody, Protocol):
+    """A body that may hold several prompts (`/v1/completions`), each its own generation."""
+
+    def to_prompts(self) -> list[Prompt]: ...

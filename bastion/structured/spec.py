@@ -81,7 +81,11 @@ class StructuredOutputs:
             return LLMatcher.grammar_from_lark("start: " + " | ".join(_json.dumps(c) for c in self.choice))
         if kind == "grammar":
             return LLMatcher.grammar_from_lark(_lark_of(self.grammar))
-        return LLMatcher.grammar_from_json_schema(_schema_of(self), defaults=JSON_DEFAULTS)
+        schema = _schema_of(self)
+        try:
+            return LLMatcher.grammar_from_json_schema(schema, defaults=JSON_DEFAULTS)
+        except (ValueError, TypeError, OverflowError) as exc:  # e.g. "Value is not JSON serializable"
+            raise GrammarError(f"the JSON schema cannot be compiled: {exc}") from None
 
 
 def _schema_of(spec: StructuredOutputs) -> dict | bool:

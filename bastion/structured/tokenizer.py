@@ -1,6 +1,8 @@
 """The vocabulary a grammar is compiled against: llguidance's view of the checkpoint's tokenizer."""
 from __future__ import annotations
 
+from copy import copy
+
 from llguidance import LLTokenizer
 from llguidance.hf import from_tokenizer
 
@@ -12,3 +14,14 @@ def grammar_tokenizer(hf_tokenizer, vocab_size: int, eos_token_ids: list[int] | 
     the tokenizer's EOS)."""
     eos = [t for t in eos_token_ids or [] if 0 <= t < vocab_size] or None
     return from_tokenizer(hf_tokenizer, n_vocab=vocab_size, eos_token=eos)
+
+
+def tokenizer_json(hf_tokenizer) -> str:
+    """The fast tokenizer as the JSON text llguidance's `LLTokenizer` reads: what
+    `grammar_tokenizer` hands it (added tokens included; no padding, no truncation). A process
+    without transformers (the API server's grammar check worker) builds the same vocabulary from
+    it: `LLTokenizer(text, n_vocab=vocab_size, eos_token=eos_ids)`."""
+    backend = copy(hf_tokenizer.backend_tokenizer)
+    backend.no_padding()
+    backend.no_truncation()
+    return backend.to_str()

@@ -62,6 +62,7 @@ class EngineLoad(msgspec.Struct, frozen=True):
     outstanding_tokens: int
     kv_cache_usage: float
     prefix_cache_hit_rate: float
+    num_preemptions: int = 0  # since the rank started
 
 
 class EngineOutputs(msgspec.Struct, tag="outputs", frozen=True):

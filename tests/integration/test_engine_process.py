@@ -1,6 +1,7 @@
 """The engine core in its own process, driven over ZMQ with typed messages."""
 from __future__ import annotations
 
+import re
 import shutil
 
 import pytest
@@ -10,7 +11,10 @@ from bastion.config.deployment import InternalConfig
 from bastion.config.engine import EngineConfig
 from bastion.engine.core import EngineCore
 from bastion.launch.procs import Child, ChildStartError, await_all
+from bastion.model.demo import DEMO_MODEL_DIR
+from bastion.model.tokenizer import load_tokenizer
 from bastion.sampling_params import SamplingParams
+from bastion.structured.spec import StructuredOutputs
 from bastion.transport import channel
 from bastion.transport.child_pipe import EngineSpec
 from bastion.transport.messages import (AbortRequests, ClientHello, EngineOutputs, EngineRequest,
@@ -21,7 +25,16 @@ PROMPTS = {"a": [5, 6, 7, 8, 9], "b": [40, 41, 42], "c": list(range(100, 130))}
 
 @pytest.fixture(scope="module")
 def engine_proc(tiny_qwen3):
-    config = EngineConfig.from_kwargs(str(tiny_qwen3), dtype="float32", num_kv_blocks=128,
+    yield from serve_engine(tiny_qwen3)
+
+
+@pytest.fixture(scope="module")
+def demo_engine_proc():
+    yield from serve_engine(DEMO_MODEL_DIR)
+
+
+def serve_engine(model):
+    config = EngineConfig.from_kwargs(str(model), dtype="float32", num_kv_blocks=128,
                                       block_size=4, max_model_len=256, num_threads=1)
     folder = channel.private_ipc_dir()
     child = Child("engine-0", EngineSpec(0, config, str(folder), InternalConfig()))
@@ -105,3 +118,28 @@ def test_an_engine_stops_when_its_launcher_pipe_closes(tiny_qwen3, tmp_path):
     child.proc.stdin.close()  # what the kernel does when the launcher dies, even by SIGKILL
     assert child.wait(10) == 1
     child.close()
+
+
+def test_constrained_requests_over_zmq_and_a_failed_compile_is_a_request_error(demo_engine_proc):
+    _, _, push, pull = demo_engine_proc
+    email = r"[a-z]{3,8}@[a-z]{2,5}\.com"
+    push.send(encode(EngineRequest("bad", [5, 6], SamplingParams(
+        structured_outputs=StructuredOutputs(json='{"type": "frob"}')))))
+    push.send(encode(EngineRequest("mail", [40, 41, 42], SamplingParams(
+        temperature=0, max_tokens=40, structured_outputs=StructuredOutputs(regex=email)))))
+    push.send(encode(EngineRequest("free", [5, 6, 7], SamplingParams(temperature=0, max_tokens=5))))
+    tokens, reasons, errors = receive_until_finished(pull, {"bad", "mail", "free"})
+    assert [(e.request_id, e.message) for e in errors] == [("bad", "structured outputs: Invalid type: frob")]
+    assert reasons == {"mail": "stop", "free": "length"}
+    assert re.fullmatch(email, load_tokenizer(DEMO_MODEL_DIR).decode(tokens["mail"], skip_special_tokens=True))
+
+
+def test_a_model_whose_tokenizer_llguidance_cannot_use_refuses_constraints_and_keeps_serving(engine_proc):
+    _, _, push, pull = engine_proc
+    push.send(encode(EngineRequest("c", [5, 6], SamplingParams(
+        structured_outputs=StructuredOutputs(choice=["a", "b"])))))
+    push.send(encode(EngineRequest("f", [5, 6], SamplingParams(temperature=0, max_tokens=3))))
+    tokens, reasons, errors = receive_until_finished(pull, {"c", "f"})
+    assert [e.request_id for e in errors] == ["c"]
+    assert errors[0].message.startswith("structured outputs: unavailable for this model: ")
+    assert reasons == {"f": "length"}

@@ -219,12 +219,22 @@ def test_bad_tool_fields_are_400s_naming_the_field(server, client, fields, param
     assert create(client, max_tokens=2).choices[0].finish_reason == "length"  # still serving
 
 
-# NOTE: streamed, the engine's compile error comes after the 200 (an error event) until the API
-# server checks constraints before admission (so-api's checker; then `param` is "tools" too).
-@pytest.mark.parametrize("choice", [NAMED, "required"])
-def test_a_forced_call_whose_schema_does_not_compile_is_a_400(server, client, choice):
+@pytest.mark.parametrize("stream", [False, True])
+@pytest.mark.parametrize("choice, param", [(NAMED, "tools.1.function.parameters"), ("required", "tools")])
+def test_a_forced_call_whose_schema_does_not_compile_is_a_400(server, client, choice, param, stream):
     bad = {"type": "function", "function": {"name": "get_weather", "parameters": {"type": "frob"}}}
-    body = {"model": MODEL, "messages": ASK, "max_tokens": 20, "tools": [bad], "tool_choice": choice}
+    body = {"model": MODEL, "messages": ASK, "max_tokens": 20, "tools": [TIME, bad], "tool_choice": choice,
+            "stream": stream}
     r = httpx.post(f"{server.url}/v1/chat/completions", json=body, timeout=60)
-    assert r.status_code == 400 and "frob" in r.json()["error"]["message"]
+    assert r.status_code == 400, r.text
+    error = r.json()["error"]
+    assert "frob" in error["message"] and error["param"] == param
+    assert error["code"] == "invalid_structured_output"
     assert create(client, max_tokens=2).choices[0].finish_reason == "length"  # still serving
+
+
+def test_a_forced_call_and_response_format_are_a_400(server):
+    body = {"model": MODEL, "messages": ASK, "tools": TOOLS, "tool_choice": "required",
+            "response_format": {"type": "json_object"}}
+    r = httpx.post(f"{server.url}/v1/chat/completions", json=body, timeout=60)
+    assert r.status_code == 400 and r.json()["error"]["param"] == "tool_choice"

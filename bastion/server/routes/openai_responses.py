@@ -6,8 +6,7 @@ import uuid
 from dataclasses import dataclass
 from typing import AsyncIterator
 
-from bastion.server.batch import GenerationBatch
-from bastion.server.generation import Generation, SequenceDelta, SequenceState
+from bastion.server.generation import Generation, GenerationBatch, SequenceDelta, SequenceState
 from bastion.server.http.streaming import sse
 from bastion.server.tools.shaping import ToolAnswer
 from bastion.transport.messages import TokenLogprob

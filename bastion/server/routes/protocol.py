@@ -6,25 +6,32 @@ engine's parameters from any body's fields; bounds that `SamplingParams` checks 
 left to it (its 400 names the client's field), so only this server's own limits sit here.
 
 Top-level fields we do not know are ignored (clients send vendor extensions), but fields that
-would change the answer and that bastion does not implement (response formats, legacy
-`functions`, ...; `unsupported.py`) are refused with a 400 rather than silently dropped. Nested objects with a fixed
-shape (`stream_options`, messages, SGLang's `sampling_params`) refuse unknown keys.
+would change the answer and that bastion does not implement (legacy `functions`, ...;
+`unsupported.py`) are refused with a 400 rather than silently dropped. Nested objects with a fixed
+shape (`stream_options`, messages, SGLang's `sampling_params`, `response_format`, tools) refuse
+unknown keys. Output constraints (`response_format`, `structured_outputs`, `guided_*`;
+`structured_fields.py`; a forced tool call, `server/tools/`) become the `Constraint` a body's
+`constraint` holds, and `SamplingParams.structured_outputs`.
 """
 from __future__ import annotations
 
 import re
-from typing import Annotated, Any, ClassVar, Literal, Mapping
+from functools import cached_property
+from typing import Annotated, ClassVar, Literal, Mapping
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from bastion.sampling_params import MAX_BIAS, MAX_LOGIT_BIAS, SamplingParams
+from bastion.server.grammar_check import CODE
 from bastion.server.http.errors import APIError
 from bastion.server.prompt import Budget, ChatPrompt, TextPrompt, TokenPrompt
+from bastion.server.routes.structured_fields import (GUIDED, Constraint, JsonSchema, ResponseFormat,
+                                                     StructuredOutputsField, one_constraint,
+                                                     openai_constraint)
 from bastion.server.routes.unsupported import refuse_unsupported
 from bastion.server.tools.constraint import tool_constraint
 from bastion.server.tools.messages import AssistantToolCall, template_message
 from bastion.server.tools.request import ToolChoice, ToolPlan, Tools, plan_tools, template_tools
-from bastion.structured.spec import StructuredOutputs
 
 MAX_N = 64
 MAX_STOP_STRINGS = 16
@@ -66,18 +73,20 @@ LogitBias = Annotated[dict[str, float], Field(json_schema_extra={
 
 def build_sampling_params(fields: BaseModel, max_tokens: int, logprobs: int | None = None,
                           renamed: Mapping[str, str] | None = None, path: str = "",
-                          structured: StructuredOutputs | None = None) -> SamplingParams:
+                          constraint: Constraint | None = None) -> SamplingParams:
     """The engine's parameters from a body's fields (a None field: SamplingParams' default).
 
     `renamed` maps a SamplingParams name to the field that carries it, `path` is where those
     fields sit in the body; a ValueError from SamplingParams' own checks becomes a 400 whose
-    `param` names the client's field. `structured`: the output's constraint (a forced tool call)."""
+    `param` names the client's field. `constraint` (the body's output constraint, if any)
+    becomes `structured_outputs`."""
     names = {name: (renamed or {}).get(name, name) for name in SAMPLING_FIELDS}
     values = {name: getattr(fields, field) for name, field in names.items()}
     values = {name: value for name, value in values.items() if value is not None}
     if "logit_bias" in values:
         values["logit_bias"] = token_biases(values["logit_bias"], path + names["logit_bias"])
-    values.update(max_tokens=max_tokens, logprobs=logprobs, structured_outputs=structured)
+    values.update(max_tokens=max_tokens, logprobs=logprobs,
+                  structured_outputs=constraint.spec if constraint is not None else None)
     try:
         return SamplingParams(**values)
     except ValueError as exc:
@@ -130,7 +139,12 @@ class _Sampling(_Body):
     user: str | None = None
     best_of: int | None = None
     logit_bias: LogitBias | None = None
-    response_format: dict[str, Any] | None = None
+    response_format: ResponseFormat | None = None
+    structured_outputs: StructuredOutputsField | None = None
+    guided_json: JsonSchema | str | None = None
+    guided_regex: str | None = None
+    guided_choice: list[str] | None = None
+    guided_grammar: str | None = None
     echo: bool = False
 
     def check(self) -> None:
@@ -138,8 +152,6 @@ class _Sampling(_Body):
         refuse_unsupported(self.model_extra or {})
         if self.best_of is not None and self.best_of != self.n:
             raise APIError(400, "'best_of' is not supported (use 'n')", "best_of")
-        if self.response_format and self.response_format.get("type") not in (None, "text"):
-            raise APIError(400, "only response_format {\"type\": \"text\"} is supported", "response_format")
         if self.echo:
             raise APIError(400, "'echo' is not supported by this server", "echo")
         if self.stream_options is not None and not self.stream:
@@ -148,6 +160,12 @@ class _Sampling(_Body):
     @property
     def stop_strings(self) -> list[str]:
         return stop_strings(self.stop, "stop")
+
+    @cached_property
+    def constraint(self) -> Constraint | None:
+        """The output constraint, with the field it came from; a 400 for two, or a bad one."""
+        return openai_constraint(self.response_format, self.structured_outputs,
+                                 {name: getattr(self, name) for name in GUIDED})
 
 
 class TextPart(_Fixed):
@@ -197,6 +215,15 @@ class ChatCompletionRequest(_Sampling):
         """What the tool fields ask for (None: no tools); a 400 for a contradiction."""
         return plan_tools(self.tools, self.tool_choice, self.parallel_tool_calls)
 
+    @cached_property
+    def constraint(self) -> Constraint | None:
+        """The output constraint: a forced tool call's, or the constraint fields' (not both)."""
+        forced, fields = tool_constraint(self.tool_plan()), _Sampling.constraint.func(self)
+        if forced is not None and fields is not None:
+            raise APIError(400, f"'tool_choice' forces a tool call and '{fields.field}' constrains "
+                                "the output: give only one", "tool_choice", CODE)
+        return one_constraint([forced]) if forced is not None else fields
+
     def to_prompt(self) -> ChatPrompt:
         plan = self.tool_plan()
         return ChatPrompt(template_messages(self.messages), self.add_generation_prompt,
@@ -208,9 +235,7 @@ class ChatCompletionRequest(_Sampling):
         return Budget(self.max_tokens, None)
 
     def sampling(self, max_tokens: int) -> SamplingParams:
-        forced = tool_constraint(self.tool_plan())  # (constraint, the field it comes from)
-        return build_sampling_params(self, max_tokens, self.requested_logprobs(),
-                                     structured=forced and forced[0])
+        return build_sampling_params(self, max_tokens, self.requested_logprobs(), constraint=self.constraint)
 
     def requested_logprobs(self) -> int | None:
         if self.top_logprobs is not None and not self.logprobs:
@@ -246,7 +271,7 @@ class CompletionRequest(_Sampling):
         return Budget(self.max_tokens, COMPLETIONS_DEFAULT_MAX_TOKENS)
 
     def sampling(self, max_tokens: int) -> SamplingParams:
-        return build_sampling_params(self, max_tokens, self.logprobs)
+        return build_sampling_params(self, max_tokens, self.logprobs, constraint=self.constraint)
 
 
 class TokenizeRequest(_Body):

@@ -1,11 +1,13 @@
 """`POST /generate` in SGLang's shape: `text` or `input_ids`, `sampling_params`, `stream`.
 
-A top-level `max_tokens` is accepted for the common curl one-liner. Streamed events carry the
+A top-level `max_tokens` is accepted for the common curl one-liner. `sampling_params` may
+constrain the output with SGLang's `json_schema` (JSON text), `regex` or `ebnf`. Streamed events carry the
 text so far (SGLang's convention), then `data: [DONE]`.
 """
 from __future__ import annotations
 
 import time
+from functools import cached_property
 from typing import Annotated, AsyncIterator, ClassVar
 
 from fastapi import APIRouter, Request
@@ -22,6 +24,7 @@ from bastion.server.prompt import Budget, TextPrompt, TokenPrompt
 from bastion.server.routes import frontend_of
 from bastion.server.routes.protocol import (MAX_N, LogitBias, PositiveInt, StopField, _Body,
                                             _Fixed, build_sampling_params, stop_strings)
+from bastion.server.routes.structured_fields import Constraint, sglang_constraint
 
 router = APIRouter()
 
@@ -49,6 +52,9 @@ class SGLangSamplingParams(_Fixed):
     n: Annotated[int, Field(le=MAX_N)] = 1
     sampling_seed: int | None = None
     logit_bias: LogitBias | None = None
+    json_schema: str | None = None  # a JSON schema as JSON text
+    regex: str | None = None
+    ebnf: str | None = None  # a GBNF grammar (or Lark)
 
 
 class GenerateRequest(_Body):
@@ -77,7 +83,13 @@ class GenerateRequest(_Body):
 
     def sampling(self, max_tokens: int) -> SamplingParams:
         return build_sampling_params(self.sampling_params, max_tokens, renamed=RENAMED,
-                                     path=self.sampling_path)
+                                     path=self.sampling_path, constraint=self.constraint)
+
+    @cached_property
+    def constraint(self) -> Constraint | None:
+        """The output constraint (`json_schema`, `regex` or `ebnf`), with its field."""
+        p = self.sampling_params
+        return sglang_constraint(p.json_schema, p.regex, p.ebnf, self.sampling_path)
 
     @property
     def stop_strings(self) -> list[str]:

@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 
 from bastion.server.tools.request import FunctionDefinition, ToolPlan
-from bastion.structured.spec import StructuredOutputs
 
 # A function without `parameters` takes none: its arguments are `{}`.
 NO_PARAMETERS = {"type": "object", "properties": {}, "additionalProperties": False}
@@ -38,13 +37,13 @@ def call_array_schema(plan: ToolPlan) -> dict:
     return schema
 
 
-def tool_constraint(plan: ToolPlan | None) -> tuple[StructuredOutputs, str] | None:
-    """The constraint of a plan and the field it comes from: a JSON schema for named and
-    required calls, else None."""
+def tool_constraint(plan: ToolPlan | None) -> tuple[str, dict] | None:
+    """The constraint of a plan as (the field it comes from, `StructuredOutputs` arguments): a
+    JSON schema for named and required calls, else None."""
     if plan is None or plan.mode in ("none", "auto"):
         return None
     if plan.mode == "required":
-        return StructuredOutputs(json=json.dumps(call_array_schema(plan))), "tools"
+        return "tools", {"json": json.dumps(call_array_schema(plan))}
     index = next(i for i, tool in enumerate(plan.tools) if tool.function.name == plan.name)
     schema = parameters_schema(plan.tools[index].function)
-    return StructuredOutputs(json=json.dumps(schema)), f"tools.{index}.function.parameters"
+    return f"tools.{index}.function.parameters", {"json": json.dumps(schema)}

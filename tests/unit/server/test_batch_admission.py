@@ -11,10 +11,9 @@ from bastion.config.server import ServerConfig
 from bastion.model.demo import default_model_path
 from bastion.model.tokenizer import load_tokenizer
 from bastion.security.principal import Principal
-from bastion.server.batch import GenerationBatch
 from bastion.server.caller import Caller
 from bastion.server.frontend import Frontend
-from bastion.server.generation import SequenceDelta, SequenceState
+from bastion.server.generation import GenerationBatch, SequenceDelta, SequenceState
 from bastion.server.http.errors import APIError
 from bastion.server.prompt import TextPrompt, TokenPrompt
 from bastion.server.routes.protocol import CompletionRequest

@@ -20,6 +20,7 @@ from bastion.server.routes.protocol import ChatCompletionRequest, TokenizeReques
 from bastion.server.tools.choose import PARSERS, AutoParsing, parser_for_template
 from bastion.server.tools.constraint import tool_constraint
 from bastion.server.tools.shaping import ToolAnswer
+from bastion.structured.spec import StructuredOutputs
 from bastion.structured.tokenizer import grammar_tokenizer
 from tool_templates import HERMES_STYLE_TEMPLATE
 
@@ -96,14 +97,15 @@ def _accepts(tokenizer, spec, text: str) -> bool:
 
 
 def test_named_call_is_constrained_to_its_parameters(tokenizer):
-    spec, field = tool_constraint(chat(tools=[TIME, WEATHER], tool_choice={
+    field, kwargs = tool_constraint(chat(tools=[TIME, WEATHER], tool_choice={
         "type": "function", "function": {"name": "weather"}}).tool_plan())
+    spec = StructuredOutputs(**kwargs)
     assert json.loads(spec.json) == WEATHER["function"]["parameters"]
     assert field == "tools.1.function.parameters"
     assert _accepts(tokenizer, spec, '{"city":"Paris","days":3}')
     assert not _accepts(tokenizer, spec, '{"city":"Paris"}')
-    no_params, _ = tool_constraint(chat(tools=[TIME], tool_choice={"type": "function", "function": {"name": "time"}})
-                                   .tool_plan())
+    no_params = chat(tools=[TIME], tool_choice={"type": "function", "function": {"name": "time"}}).sampling(5) \
+        .structured_outputs
     assert _accepts(tokenizer, no_params, "{}") and not _accepts(tokenizer, no_params, '{"a":1}')
     assert tool_constraint(chat(tools=[WEATHER]).tool_plan()) is None
     assert tool_constraint(chat(tools=[WEATHER], tool_choice="none").tool_plan()) is None
@@ -112,7 +114,7 @@ def test_named_call_is_constrained_to_its_parameters(tokenizer):
 def test_required_is_an_array_of_calls_to_known_tools(tokenizer):
     body = chat(tools=[WEATHER, TIME], tool_choice="required", max_tokens=5)
     spec = body.sampling(5).structured_outputs
-    assert tool_constraint(body.tool_plan()) == (spec, "tools")
+    assert body.constraint == (spec, "tools")
     one, two = '{"name":"weather","parameters":{"city":"Oslo","days":1}}', '{"name":"time","parameters":{}}'
     assert _accepts(tokenizer, spec, f"[{one}]") and _accepts(tokenizer, spec, f"[{one},{two}]")
     assert not _accepts(tokenizer, spec, "[]")
@@ -235,3 +237,13 @@ def test_hermes_reads_bare_calls_when_its_markers_are_special_tokens():
     assert ToolAnswer(plan, HERMES).message(text, "stop")[0] == {"role": "assistant", "content": text}
     kept = tokenizer.decode(ids, skip_special_tokens=False)  # the client kept them: tags are read
     assert ToolAnswer(plan, parsing, skip_special_tokens=False).message(kept, "stop")[1] == "tool_calls"
+
+
+def test_a_forced_call_and_another_constraint_are_a_400_naming_tool_choice():
+    for choice in ("required", {"type": "function", "function": {"name": "time"}}):
+        body = chat(tools=[TIME], tool_choice=choice, response_format={"type": "json_object"})
+        with pytest.raises(APIError) as caught:
+            body.sampling(5)
+        assert caught.value.param == "tool_choice" and "'response_format' constrains" in caught.value.message
+    auto = chat(tools=[TIME], response_format={"type": "json_object"}).sampling(5)  # auto forces nothing
+    assert auto.structured_outputs.json_object
