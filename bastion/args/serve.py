@@ -12,7 +12,7 @@ from bastion.args.supervisor import add_supervisor_args, supervisor_config
 from bastion.config.deployment import InternalConfig, ParallelConfig
 from bastion.config.engine import parse_bytes
 from bastion.config.serve import ServeConfig
-from bastion.config.server import ServerConfig
+from bastion.config.server import TOOL_CALL_PARSERS, ServerConfig
 from bastion.launch.net import HOST_IP_ENV, node_address
 
 
@@ -49,6 +49,13 @@ def add_serve_args(parser: argparse.ArgumentParser) -> None:
                         "token-id lists); more get 400. Each prompt is admitted as its own request, "
                         "so the default is --max-num-seqs: one batch at most fills one rank's "
                         "running sequences and cannot crowd the queue past what one rank runs")
+    g.add_argument("--tool-call-parser", choices=TOOL_CALL_PARSERS, default=None,
+                   help="how tool calls are read from answers to tool_choice \"auto\": hermes "
+                        "(<tool_call>{json}</tool_call>, Hermes and Qwen), llama3_json (the message "
+                        "is {\"name\", \"parameters\"}), mistral ([TOOL_CALLS] [...]); default: "
+                        "picked by the markers in the model's chat template, hermes when it has none")
+    g.add_argument("--enable-auto-tool-choice", action="store_true",
+                   help="accepted for vLLM's command lines: tool_choice \"auto\" is always on")
     g.add_argument("--shutdown-timeout", type=float, default=30.0,
                    help="seconds in-flight requests may take to finish after SIGTERM/SIGINT")
     g.add_argument("--engine-startup-timeout", type=float, default=600.0,
@@ -115,7 +122,7 @@ def serve_config(args: argparse.Namespace) -> ServeConfig:
                           max_batched_prompts=engine.scheduler.max_num_seqs if args.max_batched_prompts is None
                           else args.max_batched_prompts,
                           shutdown_timeout=args.shutdown_timeout, log_level=args.log_level,
-                          structured=engine.structured)
+                          structured=engine.structured, tool_call_parser=args.tool_call_parser)
     if args.engine_startup_timeout <= 0:
         raise ValueError(f"--engine-startup-timeout must be positive, got {args.engine_startup_timeout}")
     security = security_config(args)

@@ -5,6 +5,9 @@ from dataclasses import dataclass, field
 
 from bastion.config.engine import StructuredOutputConfig
 
+# The parsers of `tool_choice: "auto"` answers (server/tools/choose.py), vLLM's names.
+TOOL_CALL_PARSERS = ("hermes", "llama3_json", "mistral")
+
 
 @dataclass(frozen=True)
 class ServerConfig:
@@ -23,6 +26,7 @@ class ServerConfig:
     max_connections: int = 4096
     max_batched_prompts: int = 128
     structured: StructuredOutputConfig = field(default_factory=StructuredOutputConfig)  # the engines' too
+    tool_call_parser: str | None = None  # None: chosen from the chat template
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
@@ -41,5 +45,8 @@ class ServerConfig:
             raise ValueError(f"--max-connections must be at least 1, got {self.max_connections}")
         if self.max_batched_prompts < 1:
             raise ValueError(f"--max-batched-prompts must be at least 1, got {self.max_batched_prompts}")
+        if self.tool_call_parser is not None and self.tool_call_parser not in TOOL_CALL_PARSERS:
+            raise ValueError(f"--tool-call-parser must be one of {', '.join(TOOL_CALL_PARSERS)}, "
+                             f"got {self.tool_call_parser!r}")
         if self.shutdown_timeout < 0:
             raise ValueError(f"--shutdown-timeout must be non-negative, got {self.shutdown_timeout}")

@@ -22,6 +22,7 @@ from bastion.server.generation import Generation, GenerationBatch
 from bastion.server.grammar_check import GrammarChecker
 from bastion.server.http.errors import APIError
 from bastion.server.prompt import BatchBody, Budget, ChatPrompt, GenerationBody, Prompt, PromptBody, TextPrompt
+from bastion.server.tools.choose import AutoParsing
 
 
 class Frontend:
@@ -39,6 +40,8 @@ class Frontend:
         self.backend = tokenizer.backend_tokenizer
         self.max_model_len, self.vocab_size = max_model_len, vocab_size
         self.model_name = config.served_model_names[0]
+        # how tool_choice "auto" answers are read: --tool-call-parser's parser, else the template's
+        self.tool_parsing = AutoParsing.of(config.tool_call_parser, tokenizer)
 
     async def generate(self, body: GenerationBody, caller: Caller) -> Generation:
         """Check, tokenize, fit and admit one generation request, then submit it to a rank."""
@@ -144,7 +147,7 @@ class Frontend:
                            "continue_final_message")
         try:
             ids = self.tokenizer.apply_chat_template(
-                prompt.conversation, add_generation_prompt=prompt.add_generation_prompt,
+                prompt.conversation, tools=prompt.tools, add_generation_prompt=prompt.add_generation_prompt,
                 continue_final_message=prompt.continue_final_message, tokenize=True, return_dict=False)
         except Exception as exc:  # a template may raise anything (jinja's raise_exception)
             raise APIError(400, f"the chat template rejected these messages: {exc}", prompt.field) from None

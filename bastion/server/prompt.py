@@ -13,12 +13,14 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class ChatPrompt:
-    """Messages for the chat template (`{"role", "content", "name"?}` each)."""
+    """Messages for the chat template (`{"role", "content", "name"?, "tool_calls"?,
+    "tool_call_id"?}` each) and the tools it shows (OpenAI's tool objects; None: none)."""
 
     conversation: list[dict]
     add_generation_prompt: bool = True
     continue_final_message: bool = False
     field: str = "messages"
+    tools: list[dict] | None = None
 
 
 @dataclass(frozen=True)

@@ -37,7 +37,9 @@ DERANDOMIZE = not os.environ.get("BASTION_FUZZ_RANDOM")
 CROSS_FIELD = ("context_length_exceeded", "min_tokens", "outside the vocabulary", "not supported",
                "only allowed when 'stream' is true", "needs 'logprobs'", "give exactly one of",
                "the prompt is empty", "must not be empty", "chat template", "best_of",
-               "response_format", "continue_final_message", "invalid_structured_output")
+               "response_format", "continue_final_message", "invalid_structured_output",
+               "must be unique", "not in 'tools'", "'tools' gives none", "only assistant messages carry",
+               "must be a JSON object")
 
 
 @schemathesis.check

@@ -11,6 +11,7 @@ from bastion.server.http.streaming import (SSE_OR_JSON, collect_unless_disconnec
 from bastion.server.routes import frontend_of
 from bastion.server.routes.openai_responses import ResponseBuilder, StreamUsage
 from bastion.server.routes.protocol import ChatCompletionRequest, CompletionRequest
+from bastion.server.tools.shaping import ToolAnswer
 
 router = APIRouter()
 
@@ -20,8 +21,10 @@ router = APIRouter()
 async def chat_completions(body: ChatCompletionRequest, request: Request):
     frontend = frontend_of(request)
     generation = await unless_disconnected(request, frontend.generate(body, caller_of(request)))
+    plan = body.tool_plan()
     responses = ResponseBuilder("chatcmpl", "chat.completion", frontend.model_name, body.logprobs,
-                                frontend.backend)
+                                frontend.backend,
+                                plan and ToolAnswer(plan, frontend.tool_parsing, body.skip_special_tokens))
     if body.stream:
         return sse_response(responses.chat_events(generation, StreamUsage.of(body.stream_options)),
                             generation)

@@ -8,6 +8,7 @@ from typing import AsyncIterator
 
 from bastion.server.generation import Generation, GenerationBatch, SequenceDelta, SequenceState
 from bastion.server.http.streaming import sse
+from bastion.server.tools.shaping import ToolAnswer
 from bastion.transport.messages import TokenLogprob
 
 
@@ -47,11 +48,13 @@ class StreamUsage:
 class ResponseBuilder:
     """Builds the response objects of one request, streamed or whole."""
 
-    def __init__(self, prefix: str, kind: str, model: str, logprobs: bool, backend) -> None:
+    def __init__(self, prefix: str, kind: str, model: str, logprobs: bool, backend,
+                 tools: ToolAnswer | None = None) -> None:
         self.id = f"{prefix}-{uuid.uuid4().hex}"
         self.kind, self.model, self.logprobs = kind, model, logprobs
         self.created = int(time.time())
         self.backend = backend  # the tokenizer's, for the text of logprob tokens
+        self.tools = tools  # reads tool calls from a chat answer's text (None: no tools)
 
     def envelope(self, choices: list[dict], usage: dict) -> dict:
         """A whole (non-streamed) response."""
@@ -92,8 +95,21 @@ class ResponseBuilder:
                 "text_offset": offsets}
 
     def chat_choice(self, seq: SequenceState) -> dict:
-        return {"index": seq.index, "message": {"role": "assistant", "content": seq.text.text},
-                "logprobs": self.chat_logprobs(seq.logprobs), "finish_reason": seq.finish_reason}
+        message, finish = {"role": "assistant", "content": seq.text.text}, seq.finish_reason
+        if self.tools is not None:
+            message, finish = self.tools.message(seq.text.text, seq.finish_reason)
+        return {"index": seq.index, "message": message,
+                "logprobs": self.chat_logprobs(seq.logprobs), "finish_reason": finish}
+
+    def _chat_delta(self, d: SequenceDelta) -> dict | None:
+        """One sequence's part of a chat chunk (None: nothing to send)."""
+        delta, finish = ({"content": d.text} if d.text else {}), d.finish_reason
+        if self.tools is not None:
+            delta, finish = self.tools.delta(d.index, d.text, d.finish_reason)
+        if not (delta or finish or (self.logprobs and d.logprobs)):
+            return None
+        return {"index": d.index, "delta": delta, "logprobs": self.chat_logprobs(d.logprobs),
+                "finish_reason": finish}
 
     def completion_choice(self, seq: SequenceState) -> dict:
         return {"index": seq.index, "text": seq.text.text,
@@ -104,9 +120,7 @@ class ResponseBuilder:
                   "finish_reason": None} for i in range(len(generation.seqs))]
         yield self.chunk(first, usage.running(generation))
         async for deltas in generation.deltas():
-            choices = [{"index": d.index, "delta": {"content": d.text} if d.text else {},
-                        "logprobs": self.chat_logprobs(d.logprobs), "finish_reason": d.finish_reason}
-                       for d in deltas if d.text or d.finish_reason or (self.logprobs and d.logprobs)]
+            choices = [c for c in map(self._chat_delta, deltas) if c is not None]
             if choices:
                 yield self.chunk(choices, usage.running(generation))
         if usage.include:

@@ -50,12 +50,15 @@ DESCRIPTION = (
     "(`max_model_len` in `GET /v1/models`), `min_tokens` must not exceed the completion length, "
     "token ids must be in the model's vocabulary, `model` must be a served model the caller may "
     "use (else 404 or 403), and fields that would change the answer but are not implemented "
-    "(such as tools) are refused with a 400 naming the field; other unknown top-level fields "
-    "are ignored. An output constraint (`response_format`, `structured_outputs`, `guided_json`, "
-    "`guided_regex`, `guided_choice`, `guided_grammar`; in `/generate`, `sampling_params.json_schema`, "
-    "`regex`, `ebnf`) is compiled before the request is admitted: one per request, within the "
+    "(such as beam search, or tools outside chat) are refused with a 400 naming the field; "
+    "other unknown top-level fields are ignored. An output constraint (`response_format`, "
+    "`structured_outputs`, `guided_json`, `guided_regex`, `guided_choice`, `guided_grammar`; in "
+    "`/generate`, `sampling_params.json_schema`, `regex`, `ebnf`; a named or `required` "
+    "`tool_choice`) is compiled before the request is admitted: one per request, within the "
     "server's size and compile-time bounds, else a 400 with the code `invalid_structured_output` "
-    "naming the field. Integers are written as "
+    "naming the field. Tools: their names must be unique, a named `tool_choice` must name one of "
+    "`tools`, `required` or a named choice needs `tools`; only assistant messages carry "
+    "`tool_calls`, whose `arguments` must be a JSON object written as a string. Integers are written as "
     "integers (`2`, not `2.0`), and no value is converted from another type.")
 
 _ERROR_REF = {"$ref": "#/components/schemas/Error"}

@@ -6,11 +6,12 @@ engine's parameters from any body's fields; bounds that `SamplingParams` checks 
 left to it (its 400 names the client's field), so only this server's own limits sit here.
 
 Top-level fields we do not know are ignored (clients send vendor extensions), but fields that
-would change the answer and that bastion does not implement (tools, ...; `unsupported.py`) are
-refused with a 400 rather than silently dropped. Nested objects with a fixed shape
-(`stream_options`, messages, SGLang's `sampling_params`, `response_format`) refuse unknown keys.
-Output constraints (`response_format`, `structured_outputs`, `guided_*`; `structured_fields.py`)
-become the `Constraint` a body's `constraint` holds, and `SamplingParams.structured_outputs`.
+would change the answer and that bastion does not implement (legacy `functions`, ...;
+`unsupported.py`) are refused with a 400 rather than silently dropped. Nested objects with a fixed
+shape (`stream_options`, messages, SGLang's `sampling_params`, `response_format`, tools) refuse
+unknown keys. Output constraints (`response_format`, `structured_outputs`, `guided_*`;
+`structured_fields.py`; a forced tool call, `server/tools/`) become the `Constraint` a body's
+`constraint` holds, and `SamplingParams.structured_outputs`.
 """
 from __future__ import annotations
 
@@ -21,11 +22,16 @@ from typing import Annotated, ClassVar, Literal, Mapping
 from pydantic import BaseModel, ConfigDict, Field
 
 from bastion.sampling_params import MAX_BIAS, MAX_LOGIT_BIAS, SamplingParams
+from bastion.server.grammar_check import CODE
 from bastion.server.http.errors import APIError
 from bastion.server.prompt import Budget, ChatPrompt, TextPrompt, TokenPrompt
 from bastion.server.routes.structured_fields import (GUIDED, Constraint, JsonSchema, ResponseFormat,
-                                                     StructuredOutputsField, openai_constraint)
+                                                     StructuredOutputsField, one_constraint,
+                                                     openai_constraint)
 from bastion.server.routes.unsupported import refuse_unsupported
+from bastion.server.tools.constraint import tool_constraint
+from bastion.server.tools.messages import AssistantToolCall, template_message
+from bastion.server.tools.request import ToolChoice, ToolPlan, Tools, plan_tools, template_tools
 
 MAX_N = 64
 MAX_STOP_STRINGS = 16
@@ -172,6 +178,8 @@ class ChatMessage(BaseModel):
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[TextPart] | None = None
     name: str | None = None
+    tool_calls: list[AssistantToolCall] | None = None
+    tool_call_id: str | None = None
 
     def text(self) -> str:
         if self.content is None:
@@ -180,9 +188,14 @@ class ChatMessage(BaseModel):
             return self.content
         return "".join(part.text for part in self.content)
 
-    def for_template(self) -> dict:
-        """The message as a chat template reads it."""
-        return {"role": self.role, "content": self.text(), **({"name": self.name} if self.name else {})}
+    def for_template(self, field: str) -> dict:
+        """The message as a chat template reads it (`field`: where it sits in the body)."""
+        message = {"role": self.role, "content": self.text(), **({"name": self.name} if self.name else {})}
+        return template_message(message, self.tool_calls, self.tool_call_id, field)
+
+
+def template_messages(messages: list[ChatMessage]) -> list[dict]:
+    return [m.for_template(f"messages.{i}") for i, m in enumerate(messages)]
 
 
 class ChatCompletionRequest(_Sampling):
@@ -194,10 +207,27 @@ class ChatCompletionRequest(_Sampling):
     top_logprobs: Annotated[int, Field(ge=0, le=20)] | None = None
     add_generation_prompt: bool = True
     continue_final_message: bool = False
+    tools: Tools | None = None
+    tool_choice: ToolChoice | None = None
+    parallel_tool_calls: bool | None = None
+
+    def tool_plan(self) -> ToolPlan | None:
+        """What the tool fields ask for (None: no tools); a 400 for a contradiction."""
+        return plan_tools(self.tools, self.tool_choice, self.parallel_tool_calls)
+
+    @cached_property
+    def constraint(self) -> Constraint | None:
+        """The output constraint: a forced tool call's, or the constraint fields' (not both)."""
+        forced, fields = tool_constraint(self.tool_plan()), _Sampling.constraint.func(self)
+        if forced is not None and fields is not None:
+            raise APIError(400, f"'tool_choice' forces a tool call and '{fields.field}' constrains "
+                                "the output: give only one", "tool_choice", CODE)
+        return one_constraint([forced]) if forced is not None else fields
 
     def to_prompt(self) -> ChatPrompt:
-        return ChatPrompt([m.for_template() for m in self.messages], self.add_generation_prompt,
-                          self.continue_final_message)
+        plan = self.tool_plan()
+        return ChatPrompt(template_messages(self.messages), self.add_generation_prompt,
+                          self.continue_final_message, tools=plan and plan.template_tools())
 
     def budget(self) -> Budget:
         if self.max_completion_tokens is not None:
@@ -250,6 +280,7 @@ class TokenizeRequest(_Body):
     messages: list[ChatMessage] | None = None
     add_special_tokens: bool = True
     add_generation_prompt: bool = True
+    tools: Tools | None = None  # shown to the chat template, as in a chat request
 
     def check(self) -> None:
         if (self.prompt is None) == (self.messages is None):
@@ -257,7 +288,8 @@ class TokenizeRequest(_Body):
 
     def to_prompt(self) -> ChatPrompt | TextPrompt:
         if self.messages is not None:
-            return ChatPrompt([m.for_template() for m in self.messages], self.add_generation_prompt)
+            return ChatPrompt(template_messages(self.messages), self.add_generation_prompt,
+                              tools=template_tools(self.tools))
         return TextPrompt(self.prompt, "prompt", self.add_special_tokens)
 
 

@@ -8,7 +8,7 @@ it gets against them, so a change of shape that breaks a client fails there.
 from __future__ import annotations
 
 _INT, _STR, _NUM = {"type": "integer"}, {"type": "string"}, {"type": "number"}
-_FINISH = {"type": ["string", "null"], "enum": ["stop", "length", "abort", None]}
+_FINISH = {"type": ["string", "null"], "enum": ["stop", "length", "abort", "tool_calls", None]}
 _OBJECT = {"type": "object"}
 
 
@@ -30,9 +30,12 @@ def _envelope(kind: str, choice: dict) -> dict:
                  "choices": {"type": "array", "items": choice}, "usage": USAGE})
 
 
+_TOOL_CALL = _obj({"id": _STR, "type": {"const": "function"},
+                   "function": _obj({"name": _STR, "arguments": _STR})})
 CHAT_COMPLETION = _envelope("chat.completion", _obj({
     "index": _INT, "finish_reason": _FINISH, "logprobs": _CHAT_LOGPROBS,
-    "message": _obj({"role": {"const": "assistant"}, "content": _STR})}))
+    "message": _obj({"role": {"const": "assistant"}, "content": {"type": ["string", "null"]}},
+                    tool_calls={"type": "array", "items": _TOOL_CALL})}))
 COMPLETION = _envelope("text_completion", _obj({
     "index": _INT, "text": _STR, "finish_reason": _FINISH, "logprobs": _COMPLETION_LOGPROBS}))
 _GENERATED = _obj({"index": _INT, "text": _STR, "output_ids": {"type": "array", "items": _INT},

@@ -14,7 +14,8 @@ from bastion.server.http.errors import APIError
 
 # NOTE: OpenAI's fields first, then vLLM's; `response_format`, `echo`, `best_of`, vLLM's
 # `structured_outputs` and `guided_json/regex/choice/grammar` are declared fields of the bodies
-# and checked there (`structured_fields.py`).
+# and checked there (`structured_fields.py`). The chat body declares `tools` and `tool_choice`
+# (server/tools/), so they are refused only where no tools are read.
 REFUSED: dict[str, tuple[Any, ...]] = {
     "tools": ([],), "tool_choice": ("none", "auto"), "functions": ([],),
     "function_call": ("none", "auto"), "suffix": ("",), "audio": (), "prediction": (),

@@ -55,6 +55,14 @@ def test_fields_that_do_not_change_the_answer_are_ignored():
 
 @pytest.mark.parametrize("field, value", [
     ("tool_choice", "required"), ("tools", [{"type": "function", "function": {"name": "f"}}]),
+])
+def test_tool_fields_are_refused_where_no_tools_are_read(field, value):
+    with pytest.raises(APIError) as caught:
+        CompletionRequest(model="m", prompt="a", **{field: value}).check()
+    assert caught.value.status == 400 and caught.value.param == field
+
+
+@pytest.mark.parametrize("field, value", [
     ("use_beam_search", True), ("include_stop_str_in_output", True), ("modalities", ["text", "audio"]),
     ("web_search_options", {}), ("reasoning_effort", "high"), ("allowed_token_ids", [1]),
     ("spaces_between_special_tokens", False), ("length_penalty", 2.0), ("prompt_logprobs", 1),
