@@ -202,6 +202,8 @@ class EngineCore:
         if out.is_empty:
             return []
         try:
+            if self.runner.device.type == "cuda":  # NOTE: on CPU the fill would contend with the forward
+                self.sampler.prepare([s.request for s in out.scheduled if s.samples], self.limits.vocab_size)
             sampling, logits = self.runner.execute(out)
             reqs = [s.request for s in sampling]
             tokens, logprobs = self.sampler(logits, reqs) if reqs else ([], [])

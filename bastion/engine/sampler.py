@@ -19,13 +19,22 @@ import torch
 
 from bastion.engine.outputs import TokenLogprob
 from bastion.engine.request import Request
-from bastion.structured.mask import GrammarMask
+from bastion.structured.mask import GrammarMask, PendingMask
 
 
 class Sampler:
     def __init__(self, seed: int = 0) -> None:
         self.generator = torch.Generator().manual_seed(seed)
         self.grammar_mask: GrammarMask | None = None  # made on the first constrained batch
+        self._pending: PendingMask | None = None
+
+    def prepare(self, reqs: list[Request], vocab_size: int) -> None:
+        """Start filling the grammar mask of the requests that will sample this step, so it is
+        made while the model runs (a no-op when none has a grammar)."""
+        if any(r.matcher is not None for r in reqs):
+            if self.grammar_mask is None:
+                self.grammar_mask = GrammarMask()
+            self._pending = self.grammar_mask.start([r.matcher for r in reqs], vocab_size)
 
     def __call__(self, logits: torch.Tensor, reqs: list[Request]
                  ) -> tuple[list[int], list[TokenLogprob | None]]:
@@ -34,7 +43,8 @@ class Sampler:
         if any(r.matcher is not None for r in reqs):
             if self.grammar_mask is None:
                 self.grammar_mask = GrammarMask()
-            self.grammar_mask.apply(logits, [r.matcher for r in reqs])
+            self.grammar_mask.apply(logits, [r.matcher for r in reqs], self._pending)
+        self._pending = None
         raw = logits
         if any(p.logit_bias for p in params):
             logits = apply_logit_bias(logits.clone(), reqs)

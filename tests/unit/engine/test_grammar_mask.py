@@ -58,11 +58,14 @@ def matcher(tokenizer, spec: StructuredOutputs) -> LLMatcher:
     return m
 
 
-def test_a_batch_fill_equals_each_matchers_own_mask(tokenizer):
+@pytest.mark.parametrize("threads", [1, 4], ids=["row-by-row", "one-parallel-call"])
+def test_a_batch_fill_equals_each_matchers_own_mask(tokenizer, threads):
     specs = [StructuredOutputs(choice=["yes", "no"]), StructuredOutputs(regex="[0-9]+"),
              StructuredOutputs(json_object=True)]
     matchers = [matcher(tokenizer, s) for s in specs]
-    filled = GrammarMask().fill(matchers, 4096)
+    grammar_mask = GrammarMask(threads)
+    assert (grammar_mask.executor is None) == (threads < 4)
+    filled = grammar_mask.fill(matchers, 4096)
     for row, m in enumerate(matchers):
         own = torch.frombuffer(bytearray(m.compute_bitmask()), dtype=torch.int32)
         assert filled[row].tolist() == own[:filled.shape[1]].tolist()  # its own has a spare word
@@ -78,6 +81,20 @@ def test_only_the_constrained_row_changes_and_allows_exactly_the_grammars_tokens
     allowed = torch.isfinite(logits[1]).nonzero().flatten().tolist()
     texts = {tokenizer.decode_str([t]) for t in allowed}
     assert texts and all("yes".startswith(t) or "no".startswith(t) for t in texts)
+
+
+def test_a_mask_started_before_the_forward_is_applied_to_the_rows_in_their_logits_order(tokenizer):
+    """The fill may start before the model runs, in the scheduler's order; the logits' rows may
+    come in another order: each row still gets its own matcher's mask."""
+    yes_no = matcher(tokenizer, StructuredOutputs(choice=["yes", "no"]))
+    digits = matcher(tokenizer, StructuredOutputs(regex="[0-9]+"))
+    logits = torch.randn(3, 4096)
+    expected = logits.clone()
+    GrammarMask().apply(expected, [digits, None, yes_no])
+    grammar_mask = GrammarMask()
+    pending = grammar_mask.start([yes_no, None, digits], 4096)
+    grammar_mask.apply(logits, [digits, None, yes_no], pending)
+    assert torch.equal(logits, expected)
 
 
 def test_a_batch_without_grammars_makes_no_mask():
