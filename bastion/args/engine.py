@@ -2,8 +2,14 @@
 from __future__ import annotations
 
 import argparse
+import logging
 
 from bastion.config.engine import SUPPORTED_DTYPES, EngineConfig, parse_bytes
+
+logger = logging.getLogger(__name__)
+
+# vLLM's and SGLang's grammar backends: accepted so their command lines work; llguidance serves all
+GRAMMAR_BACKENDS = ("llguidance", "auto", "guidance", "xgrammar", "outlines", "lm-format-enforcer")
 
 DTYPE_SPELLINGS = {"half": "float16", "float": "float32"}  # vLLM's and SGLang's other names
 
@@ -48,6 +54,10 @@ def add_engine_args(parser: argparse.ArgumentParser) -> None:
     s.add_argument("--structured-output-max-bytes", type=parse_bytes, default=256 * 2**10, metavar="SIZE",
                    help="largest schema, regex, grammar or list of choices a request may give "
                         "(default 256KiB); larger ones get a 400")
+    s.add_argument("--grammar-backend", "--structured-outputs-config.backend", "--guided-decoding-backend",
+                   dest="grammar_backend", choices=GRAMMAR_BACKENDS, default="llguidance",
+                   help="accepted for SGLang's and vLLM's command lines: bastion compiles and enforces "
+                        "every constraint with llguidance, whichever is named (a warning says so)")
     s.add_argument("--structured-output-cache-size", type=int, default=256, metavar="N",
                    help="compiled grammars each engine keeps, and grammar check verdicts each API "
                         "server keeps, by constraint text (0: none)")
@@ -65,4 +75,7 @@ def engine_kwargs(args: argparse.Namespace) -> dict:
 
 
 def engine_config(model: str, args: argparse.Namespace) -> EngineConfig:
+    backend = getattr(args, "grammar_backend", "llguidance")
+    if backend not in ("llguidance", "auto", "guidance"):
+        logger.warning("--grammar-backend %s: bastion enforces structured outputs with llguidance", backend)
     return EngineConfig.from_kwargs(model, **engine_kwargs(args))

@@ -81,3 +81,23 @@ def test_help_shows_each_flag_once_with_its_aliases():
         assert not invocations, f"{alias} has its own help entry"
         assert f"{alias}" in text, f"{alias} is not noted"
     assert "(--disable-radix-cache: alias of --no-enable-prefix-caching)" in " ".join(text.split())
+
+
+@pytest.mark.parametrize("argv", [["--grammar-backend", "xgrammar"],
+                                  ["--structured-outputs-config.backend", "outlines"],
+                                  ["--guided-decoding-backend", "lm-format-enforcer"],
+                                  ["--grammar-backend", "llguidance"]])
+def test_a_peers_grammar_backend_is_accepted_and_llguidance_serves_it(argv, caplog):
+    """SGLang's and vLLM's command lines name their grammar backend; bastion takes the flag, says
+    that llguidance enforces the constraints, and builds the same config as without it."""
+    with caplog.at_level("WARNING", logger="bastion.args.engine"):
+        assert config(*argv) == config()
+    named = argv[1] != "llguidance"
+    assert ("enforces structured outputs with llguidance" in caplog.text) == named
+
+
+def test_an_unknown_grammar_backend_is_refused_naming_the_flag(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        build_parser().parse_args(["serve", "--grammar-backend", "regex-magic"])
+    assert exit_info.value.code == 2
+    assert "--grammar-backend" in capsys.readouterr().err
