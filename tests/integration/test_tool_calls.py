@@ -93,7 +93,10 @@ def test_a_named_function_gives_one_valid_call_streamed_alike(client):
     check_call(call)
     calls, content, pieces, finish = streamed(client, tool_choice=NAMED)
     assert calls == [("get_weather", call.function.arguments)] and content == "" and finish == "tool_calls"
-    assert len(pieces) > 2  # the arguments stream as they come, not in one piece
+    assert pieces[0].id and pieces[0].function.name == "get_weather"
+    # NOTE: how many pieces arrive depends on timing (the API server merges deltas that queued
+    # up while a chunk was being sent), so it is not asserted here; that the arguments stream
+    # fragment by fragment is test_tool_parsers.py's test_named_call_streams_every_character_as_arguments.
 
 
 def test_each_of_n_sequences_makes_its_own_call(client):
