@@ -6,6 +6,11 @@
   schema>}` objects (an anyOf, one branch per tool), at least one, exactly one unless
   `parallel_tool_calls` (vLLM's shape).
 
+Each tool's schema is written against its own root (`$defs`, `#/$defs/X`, a recursive `"#"`):
+inside the array those pointers would name the array's root, so the `$defs` of every tool move
+to the array schema's `$defs` under a per-tool prefix and its `$ref`s are rewritten to match (a
+reference to the tool's own root becomes a reference to a definition holding it).
+
 `auto` and `none` constrain nothing. Each constraint comes with the body field it is made
 from, for the 400 of a schema that does not compile: the named function's
 `tools.<i>.function.parameters`, or `tools` for the array of them all.
@@ -26,15 +31,53 @@ def parameters_schema(function: FunctionDefinition) -> dict:
 
 def call_array_schema(plan: ToolPlan) -> dict:
     """The schema of `required`'s output: an array of calls, each naming one of the tools."""
+    defs: dict = {}
     calls = [{"type": "object",
               "properties": {"name": {"const": tool.function.name},
-                             "parameters": parameters_schema(tool.function)},
+                             "parameters": _hoisted(parameters_schema(tool.function), f"tool{i}_", defs)},
               "required": ["name", "parameters"], "additionalProperties": False}
-             for tool in plan.tools]
+             for i, tool in enumerate(plan.tools)]
     schema = {"type": "array", "minItems": 1, "items": calls[0] if len(calls) == 1 else {"anyOf": calls}}
     if not plan.parallel:
         schema["maxItems"] = 1
+    if defs:
+        schema["$defs"] = defs
     return schema
+
+
+_DEF_POINTERS = ("#/$defs/", "#/definitions/")
+
+
+def _hoisted(schema: dict, prefix: str, defs: dict) -> dict:
+    """`schema` for use below another root: its `$defs`/`definitions` go into `defs` as
+    `prefix + name`, its `$ref`s are rewritten to them, and a reference to its own root points to
+    `defs[prefix + "root"]`, which then holds it."""
+    body = {key: value for key, value in schema.items() if key not in ("$defs", "definitions")}
+    uses_root = [False]
+
+    def pointer(ref: str) -> str:
+        for start in _DEF_POINTERS:
+            if ref.startswith(start):
+                return "#/$defs/" + prefix + ref[len(start):]
+        if ref == "#" or ref.startswith("#/"):
+            uses_root[0] = True
+            return "#/$defs/" + prefix + "root" + ref[1:]
+        return ref  # NOTE: not a local pointer; the compiler reports it
+
+    def rewrite(node):
+        if isinstance(node, dict):
+            return {key: pointer(value) if key == "$ref" and isinstance(value, str) else rewrite(value)
+                    for key, value in node.items()}
+        return [rewrite(item) for item in node] if isinstance(node, list) else node
+
+    for key in ("$defs", "definitions"):
+        for name, sub in (schema.get(key) or {}).items():
+            defs[prefix + name] = rewrite(sub)
+    body = rewrite(body)
+    if not uses_root[0]:
+        return body
+    defs[prefix + "root"] = body
+    return {"$ref": "#/$defs/" + prefix + "root"}
 
 
 def tool_constraint(plan: ToolPlan | None) -> tuple[str, dict] | None:

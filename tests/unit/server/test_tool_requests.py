@@ -247,3 +247,29 @@ def test_a_forced_call_and_another_constraint_are_a_400_naming_tool_choice():
         assert caught.value.param == "tool_choice" and "'response_format' constrains" in caught.value.message
     auto = chat(tools=[TIME], response_format={"type": "json_object"}).sampling(5)  # auto forces nothing
     assert auto.structured_outputs.json_object
+
+
+# What the openai SDK's pydantic_function_tool writes for nested models: $defs at the parameters'
+# root; and a recursive tool whose parameters refer to their own root.
+ORDER = {"type": "function", "function": {"name": "order", "parameters": {
+    "$defs": {"Item": {"type": "object", "properties": {"sku": {"type": "string"}, "qty": {"type": "integer"}},
+                       "required": ["sku", "qty"], "additionalProperties": False}},
+    "type": "object", "properties": {"items": {"type": "array", "items": {"$ref": "#/$defs/Item"}}},
+    "required": ["items"], "additionalProperties": False}}}
+TREE = {"type": "function", "function": {"name": "tree", "parameters": {
+    "type": "object", "properties": {"name": {"type": "string"},
+                                     "children": {"type": "array", "items": {"$ref": "#"}}},
+    "required": ["name", "children"], "additionalProperties": False}}}
+
+
+def test_required_keeps_each_tools_own_defs_and_root_references(tokenizer):
+    """Inside the array of calls, a tool's `#/$defs/X` and `#` still mean its own definitions and
+    root (llguidance would otherwise say the pointer does not exist, and the request a 400)."""
+    spec = chat(tools=[ORDER, TREE, WEATHER], tool_choice="required").sampling(5).structured_outputs
+    order = '{"name":"order","parameters":{"items":[{"sku":"a1","qty":2}]}}'
+    tree = '{"name":"tree","parameters":{"name":"r","children":[{"name":"c","children":[]}]}}'
+    assert _accepts(tokenizer, spec, f"[{order},{tree}]")
+    assert not _accepts(tokenizer, spec, '[{"name":"order","parameters":{"items":[{"sku":"a1"}]}}]')
+    assert not _accepts(tokenizer, spec, '[{"name":"tree","parameters":{"name":"r","children":[{"name":"c"}]}}]')
+    named = chat(tools=[ORDER], tool_choice={"type": "function", "function": {"name": "order"}}).sampling(5)
+    assert _accepts(tokenizer, named.structured_outputs, '{"items":[{"sku":"b","qty":1}]}')
