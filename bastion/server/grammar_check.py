@@ -19,7 +19,6 @@ pathological one is refused at once. Identical constraints checked at once share
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
 import sys
@@ -98,8 +97,7 @@ class GrammarChecker:
             raise APIError(400, f"invalid '{field}': {error}", field, CODE)
 
     async def _verdict(self, spec: StructuredOutputs) -> str:
-        key = spec.kind + "\0" + (json.dumps(spec.choice) if spec.choice is not None
-                                  else getattr(spec, spec.kind) if spec.kind != "json_object" else "")
+        key = spec.key
         if key in self._cache:
             self._cache.move_to_end(key)
             return self._cache[key]

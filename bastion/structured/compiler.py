@@ -47,7 +47,7 @@ class GrammarCompiler:
         self.timeout, self.max_bytes, self.cache_size = timeout, max_bytes, cache_size
         self.limits = LLParserLimits(verbose_errors=False)
         self.hits = self.misses = 0
-        self._cache: OrderedDict[tuple, Future] = OrderedDict()
+        self._cache: OrderedDict[str, Future] = OrderedDict()
         self._lock = threading.Lock()
         self._jobs: queue.Queue = queue.Queue()
         self._tokenizer: Future = Future()
@@ -69,8 +69,7 @@ class GrammarCompiler:
                 f"the constraint is {spec.size} bytes, over the limit of {self.max_bytes} "
                 "(--structured-output-max-bytes)"))
             return outer
-        value = getattr(spec, spec.kind)
-        key = (spec.kind, tuple(value) if isinstance(value, list) else value)
+        key = spec.key
         with self._lock:
             inner = self._cache.get(key)
             if inner is not None:

@@ -63,6 +63,14 @@ class StructuredOutputs:
         return "json_object"
 
     @property
+    def key(self) -> str:
+        """The constraint as written, as one string: what the compile caches of the engine and
+        the API server are keyed by (its grammar text is a function of it)."""
+        value = getattr(self, self.kind)
+        text = _json.dumps(value) if isinstance(value, list) else value if isinstance(value, str) else ""
+        return f"{self.kind}\0{text}"
+
+    @property
     def size(self) -> int:
         """Bytes of the constraint as the client wrote it (what the size bound limits)."""
         value = getattr(self, self.kind)
