@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import logging
 
-from bastion.config.engine import SUPPORTED_DTYPES, EngineConfig, parse_bytes
+from bastion.config.engine import QUANTIZATIONS, SUPPORTED_DTYPES, EngineConfig, parse_bytes
 
 logger = logging.getLogger(__name__)
 
@@ -25,6 +25,12 @@ def add_engine_args(parser: argparse.ArgumentParser) -> None:
                    help="weights and activations dtype; auto = the checkpoint's (bfloat16 for "
                         "float16 checkpoints on CPU); half and float, as vLLM and SGLang spell "
                         "them, mean float16 and float32")
+    g.add_argument("--quantization", "-q", default=None, choices=QUANTIZATIONS,
+                   help="weight-only quantization of the linear layers at load time: int8 (one scale "
+                        "per output channel) or int4 (a scale and minimum per group of 32 inputs); "
+                        "activations stay in --dtype. Default: the checkpoint's own form")
+    g.add_argument("--enforce-eager", action="store_true",
+                   help="run the model eagerly: no torch.compile")
     g.add_argument("--device", default="auto", help="auto (CUDA when present, else CPU), cpu, cuda, cuda:N")
     g.add_argument("--max-model-len", "--context-length", type=int, default=None,
                    help="context length (prompt + output); default: the model's")
@@ -63,7 +69,8 @@ def add_engine_args(parser: argparse.ArgumentParser) -> None:
                         "server keeps, by constraint text (0: none)")
 
 
-ENGINE_FLAGS = ("dtype", "device", "max_model_len", "block_size", "kv_cache_memory", "num_kv_blocks",
+ENGINE_FLAGS = ("dtype", "quantization", "enforce_eager", "device", "max_model_len", "block_size",
+                "kv_cache_memory", "num_kv_blocks",
                 "enable_prefix_caching", "max_num_batched_tokens", "max_num_seqs", "seed",
                 "num_threads", "structured_output_compile_timeout", "structured_output_max_bytes",
                 "structured_output_cache_size")

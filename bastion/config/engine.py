@@ -18,6 +18,7 @@ _UNITS = {
 }
 
 SUPPORTED_DTYPES = ("auto", "float32", "bfloat16", "float16")
+QUANTIZATIONS = ("int8", "int4")  # weight-only: int8 per output channel, int4 in groups of 32..256
 
 
 def parse_bytes(text: str | int) -> int:
@@ -42,8 +43,13 @@ class ModelConfig:
     device: str = "auto"
     max_model_len: int | None = None
     seed: int = 0
+    quantization: str | None = None
+    enforce_eager: bool = False
 
     def __post_init__(self) -> None:
+        if self.quantization is not None and self.quantization not in QUANTIZATIONS:
+            raise ValueError(f"--quantization must be one of {', '.join(QUANTIZATIONS)}, "
+                             f"got {self.quantization!r}")
         if self.dtype not in SUPPORTED_DTYPES:
             raise ValueError(f"--dtype must be one of {', '.join(SUPPORTED_DTYPES)}, got {self.dtype!r}")
         if self.max_model_len is not None and self.max_model_len < 2:

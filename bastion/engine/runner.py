@@ -49,7 +49,7 @@ class ModelRunner:
         self.requested_dtype = resolve_dtype(mc.dtype, self.arch.torch_dtype, self.device)
         self.dtype = compute_dtype(self.requested_dtype, self.device)
         model_len = self._model_len_cap()
-        self.model = load_model(mc.model, self.arch, self.dtype, self.device, model_len)
+        self.model = load_model(mc.model, self.arch, self.dtype, self.device, model_len, mc.quantization)
         self.block_size = config.cache.block_size
         num_blocks = self._num_blocks(model_len)
         self.limits = self._limits(model_len, num_blocks)

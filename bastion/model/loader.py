@@ -10,6 +10,7 @@ import torch
 from safetensors import safe_open
 
 from bastion.model.arch import ArchConfig, ModelLoadError
+from bastion.model.linear.prepare import prepare_linears
 from bastion.model.llama import LlamaModel
 
 logger = logging.getLogger(__name__)
@@ -105,13 +106,15 @@ def _shard_rows(cfg: ArchConfig, param_name: str, shard: int) -> tuple[int, int]
 
 
 def load_model(folder: str | Path, cfg: ArchConfig, dtype: torch.dtype, device: torch.device,
-               max_positions: int) -> LlamaModel:
-    """Build the model on the meta device, then fill every parameter from safetensors."""
+               max_positions: int, quantization: str | None = None) -> LlamaModel:
+    """Build the model on the meta device, fill every parameter from safetensors, then give
+    each linear layer its kernel (`quantization`: None, 'int8' or 'int4')."""
     folder = Path(folder)
     files = weight_files(folder)
     with torch.device("meta"):
         model = LlamaModel(cfg, max_positions)
     model = model.to(dtype).to_empty(device=device)
+    model.tie_lm_head()
     for module in model.modules():
         if hasattr(module, "init_buffers"):
             module.init_buffers(device)
@@ -131,6 +134,7 @@ def load_model(folder: str | Path, cfg: ArchConfig, dtype: torch.dtype, device: 
                 _copy(params[pname], f.get_tensor(name), cfg, pname, shard, path, name)
                 loaded.setdefault(pname, set()).add(shard)
     _check_complete(params, loaded, unexpected, folder)
+    prepare_linears(model, quantization)
     return model.eval()
 
 
