@@ -211,16 +211,16 @@ def _served_model(settings: LoadSettings) -> str:
     return reply.json()["data"][0]["id"]
 
 
-def client_settings(url: str, args: argparse.Namespace, model: str | None = None, **load) -> LoadSettings:
+def client_settings(url: str, args: argparse.Namespace, **load) -> LoadSettings:
     """Settings to reach `url` from the client flags (`add_client_args`): its key, TLS, and the
-    model to request (`model`, else --served-model, else the server's first); `load` sets the
-    rest of LoadSettings (concurrency, request_rate, timeout)."""
+    model to request (--served-model, else the server's first); `load` sets the rest of
+    LoadSettings (concurrency, request_rate, timeout)."""
     client_cert = None
     if args.ssl_client_certfile or args.ssl_client_keyfile:
         if not (args.ssl_client_certfile and args.ssl_client_keyfile):
             raise ValueError("--ssl-client-certfile and --ssl-client-keyfile go together")
         client_cert = (args.ssl_client_certfile, args.ssl_client_keyfile)
-    settings = LoadSettings(url.rstrip("/"), model or args.served_model or "",
+    settings = LoadSettings(url.rstrip("/"), args.served_model or "",
                             args.api_key or os.environ.get("BASTION_API_KEY"),
                             ca_certs=args.ssl_ca_certs, client_cert=client_cert, **load)
     return settings if settings.model else replace(settings, model=_served_model(settings))

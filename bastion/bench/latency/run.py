@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 from contextlib import ExitStack
 from pathlib import Path
@@ -39,6 +40,8 @@ def run_latency_bench(args: argparse.Namespace) -> int:
     sides = plan_sides(args, model)
     bandwidth = memory_bandwidth()  # NOTE: before any server starts: nothing else of ours runs
     print(f"memory bandwidth: {bandwidth['gb_s']} GB/s (copy {bandwidth['copy_gb_s']}, read {bandwidth['read_gb_s']})")
+    # NOTE: SIGTERM (a timeout's kill, a background job's only stop) unwinds too, stopping the servers
+    previous = signal.signal(signal.SIGTERM, _exit_on_sigterm)
     try:
         with ExitStack() as stack:
             start_sides(sides, model, args, stack)
@@ -46,6 +49,8 @@ def run_latency_bench(args: argparse.Namespace) -> int:
     except (SideFailed, RuntimeError) as exc:
         print(f"bastion bench latency: error: {exc}", file=sys.stderr)
         return 1
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     result = {"model": model or args.url, "batch_size": 1, "input_len": args.input_len,
               "output_len": args.output_len, "decode_input_len": args.decode_input_len,
               "num_iters": args.num_iters, "num_iters_warmup": args.num_iters_warmup,
@@ -57,6 +62,10 @@ def run_latency_bench(args: argparse.Namespace) -> int:
         Path(args.output_json).write_text(json.dumps(result, indent=2) + "\n")
         print(f"results written to {args.output_json}")
     return 0
+
+
+def _exit_on_sigterm(signum: int, frame) -> None:
+    raise SystemExit(128 + signum)
 
 
 def prompt_vocab(model: str | None) -> int:

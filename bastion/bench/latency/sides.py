@@ -8,6 +8,8 @@ from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import httpx
+
 from bastion.bench.harness import bench_server, engine_flags
 from bastion.bench.latency.args import compare_flag_list
 from bastion.bench.serve_load import LoadSettings, client_settings
@@ -79,7 +81,10 @@ def start_sides(sides: list[Side], model: str | None, args: argparse.Namespace, 
             print(f"{side.name}: started at {side.url}")
     for i, side in enumerate(sides):
         client = args if side.kind == "bastion" or i == 0 else _plain_client(args)
-        side.settings = client_settings(side.url, client, concurrency=1, timeout=args.request_timeout)
+        try:
+            side.settings = client_settings(side.url, client, concurrency=1, timeout=args.request_timeout)
+        except httpx.HTTPError as exc:
+            raise RuntimeError(f"{side.name} ({side.url}): cannot reach it: {type(exc).__name__}: {exc}") from None
 
 
 def _plain_client(args: argparse.Namespace) -> argparse.Namespace:
