@@ -36,7 +36,7 @@ def print_report(result: dict, sides: list[Side]) -> None:
             p = side.results["prefill"][n]
             r = ratio(p["prefill_tokens_per_s"], first["prefill"][n]["prefill_tokens_per_s"])
             print(f"{side.name:<{width}} {n:>6} {p['ttft_ms']['p50']:>7.1f} ms {p['ttft_ms']['p99']:>6.1f} ms "
-                  f"{_num(p['prefill_tokens_per_s']):>9} {_num(r):>6}")
+                  f"{_num(p['prefill_tokens_per_s']):>9} {_num(r, 3):>6}")
     print(f"\n{'decode':<{width}} {'output':>6} {'ITL p50':>10} {'p99':>9} {'tok/s':>9} {'ratio':>6} "
           f"{'GB/s':>6} {'of bw':>6} {'merged':>6}")
     for o in first["decode"]:
@@ -45,15 +45,15 @@ def print_report(result: dict, sides: list[Side]) -> None:
             r = ratio(d["decode_tokens_per_s"], first["decode"][o]["decode_tokens_per_s"])
             share = f"{d['bandwidth_fraction']:.0%}" if d["bandwidth_fraction"] else "-"
             print(f"{side.name:<{width}} {o:>6} {d['itl_ms']['p50']:>7.2f} ms {d['itl_ms']['p99']:>6.2f} ms "
-                  f"{_num(d['decode_tokens_per_s']):>9} {_num(r):>6} {_num(d['weight_gb_s']):>6} {share:>6} "
+                  f"{_num(d['decode_tokens_per_s']):>9} {_num(r, 3):>6} {_num(d['weight_gb_s']):>6} {share:>6} "
                   f"{d['merged_chunks']:>6}")
     print("\nratio: tokens/s over the first side's. GB/s: weight bytes per token / ITL p50 "
           "(weights: " + "; ".join(f"{s.name} {_size(s.weight_bytes)} ({s.weight_source})" for s in sides) + "). "
           "merged: chunks that brought several tokens (their gap is shared among them).")
 
 
-def _num(value: float | None) -> str:
-    return "-" if value is None else f"{value:.3f}" if value < 10 else f"{value:.1f}"
+def _num(value: float | None, digits: int = 1) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
 
 
 def _size(nbytes: int | None) -> str:
