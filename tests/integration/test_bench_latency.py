@@ -1,11 +1,14 @@
 """`bastion bench latency` end to end, small: it starts two bastion servers on the demo model (the
 engine flags, and the same plus --compare-flags), alternates tiny prefill and decode requests
-between them and writes every number for both sides, the ratios and the machine's bandwidth."""
+between them and writes every number for both sides, the ratios and the machine's bandwidth; and
+the same beside a server that is already running (--compare-url)."""
 from __future__ import annotations
 
 import json
 import subprocess
 import sys
+
+from tests.support.server_process import ServerProcess
 
 INPUT_LENS, OUTPUT_LENS = ["8", "24"], ["4", "6"]
 
@@ -50,3 +53,23 @@ def test_bench_latency_refuses_a_batch_size_above_one():
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 2 and "--batch-size 4: only 1 is supported" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_bench_latency_compares_with_a_running_server_by_url(tmp_path):
+    peer = ServerProcess("--dtype", "float32", "--served-model-name", "peer")
+    try:
+        out = tmp_path / "latency.json"
+        result = subprocess.run(
+            [sys.executable, "-m", "bastion.cli", "bench", "latency", "--input-len", "8", "--output-len", "5",
+             "--num-iters", "2", "--num-iters-warmup", "0", "--dtype", "float32", "--compare-url", peer.url,
+             "--output-json", str(out)], capture_output=True, text=True, timeout=600)
+    finally:
+        peer.stop()
+    assert result.returncode == 0, (result.stdout[-3000:], result.stderr[-3000:])
+    data = json.loads(out.read_text())
+    started, running = data["sides"]
+    assert (started["kind"], running["kind"], running["url"]) == ("bastion", "url", peer.url)
+    assert started["weight_bytes"] > 0 and running["weight_bytes"] is None  # a running server's: not guessed
+    assert running["decode"]["5"]["output_tokens"] == [5, 5] and running["decode"]["5"]["bandwidth_fraction"] is None
+    assert running["prefill"]["8"]["prefill_tokens_per_s"] > 0 and running["decode"]["5"]["decode_tokens_per_s"] > 0
+    assert data["ratios"]["compare-url"]["decode_tokens_per_s"]["5"] > 0
