@@ -14,6 +14,7 @@ from pathlib import Path
 
 from bastion.bench.harness import bench_server
 from bastion.bench.internal import compare_internal
+from bastion.bench.peer.serve_compare import compare_url
 from bastion.bench.ray_compare import compare_ray
 from bastion.bench.security.compare import compare_security
 from bastion.bench.serve_load import add_client_args, measure_serving
@@ -45,14 +46,19 @@ def add_serve_bench_args(parser: argparse.ArgumentParser) -> None:
                              "certificate made for the run, an API key from a keys file, per-key limits "
                              "that never bind, an audit log, internal TCP with CurveZMQ); the same "
                              "workload against each, interleaved --repeats times")
+    parser.add_argument("--compare-url", default=None, metavar="URL",
+                        help="start bastion on --model (with the engine flags) and run the same workload "
+                             "against it and against the server already running at URL (e.g. llama.cpp's "
+                             "llama-server on the same checkpoint), alternating --repeats times; prints "
+                             "the ratios bastion / peer")
     parser.add_argument("--repeats", type=int, default=3,
-                        help="with --compare-security: runs per side, interleaved plain/secure (default 3)")
+                        help="with --compare-security or --compare-url: runs per side, interleaved (default 3)")
     parser.add_argument("--ranks", type=int, default=2, help="data-parallel ranks for --compare-ray (default 2)")
     parser.add_argument("--ray-address", default=None,
                         help="the Ray cluster for --compare-ray (default $RAY_ADDRESS, else a local one)")
     parser.add_argument("--model", default=None,
-                        help="model folder for --compare-offline/--compare-internal/--compare-ray/"
-                             "--compare-security (default: the demo model)")
+                        help="model folder (or GGUF file) for --compare-offline/--compare-internal/"
+                             "--compare-ray/--compare-security/--compare-url (default: the demo model)")
     parser.add_argument("--synthetic-110m", action="store_true",
                         help="with --compare-offline or --compare-security: a random ~110M Llama (with a "
                              "word tokenizer)")
@@ -60,10 +66,11 @@ def add_serve_bench_args(parser: argparse.ArgumentParser) -> None:
 
 
 def run_serve_bench(args: argparse.Namespace) -> int:
-    modes = [bool(args.url), args.compare_offline, args.compare_internal, args.compare_ray, args.compare_security]
+    modes = [bool(args.url), args.compare_offline, args.compare_internal, args.compare_ray,
+             args.compare_security, bool(args.compare_url)]
     if modes.count(True) != 1:
         raise ValueError("give one of --url URL (a running server), --compare-offline, --compare-internal, "
-                         "--compare-ray or --compare-security")
+                         "--compare-ray, --compare-security or --compare-url URL")
     if args.concurrency < 1:
         raise ValueError(f"--concurrency must be at least 1, got {args.concurrency}")
     if args.compare_offline:
@@ -75,6 +82,8 @@ def run_serve_bench(args: argparse.Namespace) -> int:
         result = compare_ray(args)
     elif args.compare_security:
         result = compare_security(args)
+    elif args.compare_url:
+        result = compare_url(args)
     else:
         result = measure_serving(args.url, args, workload(args, PROMPT_VOCAB))
     result.update(workload=args.workload, concurrency=args.concurrency, request_rate=args.request_rate)

@@ -60,3 +60,23 @@ def test_bench_serve_compares_local_ranks_with_ray_actors(tmp_path):
     assert data["local_output_tokens_per_s"] > 0 and data["ray_output_tokens_per_s"] > 0
     assert "is ready on Ray node 127.0.0.2 at tcp://127.0.0.2:" in result.stderr  # loopback, never external
     assert data["ray_over_local"] == round(data["ray_output_tokens_per_s"] / data["local_output_tokens_per_s"], 3)
+
+
+def test_bench_serve_compares_with_a_running_peer(shared_server, tmp_path):
+    """--compare-url: bastion started by the bench beside a server already running (here another
+    bastion stands in for llama-server), the same requests alternating, ratios of the medians."""
+    out = tmp_path / "peer.json"
+    result = subprocess.run(
+        [sys.executable, "-m", "bastion.cli", "bench", "serve", "--compare-url", shared_server.url,
+         "--num-requests", "6", "--max-tokens", "4", "--concurrency", "3", "--repeats", "2",
+         "--json", str(out)],
+        capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    data = json.loads(out.read_text())
+    assert data["errors"] == 0 and data["peer_url"] == shared_server.url
+    for side in ("bastion", "peer"):
+        assert len(data[f"{side}_runs"]) == 2
+        assert all(run["output_tokens"] == 24 for run in data[f"{side}_runs"])
+        assert data[side] in data[f"{side}_runs"]
+    for name in ("output_tokens_per_s_ratio", "ttft_p50_ratio", "itl_p50_ratio"):
+        assert data[name] > 0
