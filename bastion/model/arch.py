@@ -1,4 +1,5 @@
-"""Reads a Hugging Face `config.json` into the few numbers a Llama-family model needs."""
+"""Reads a Hugging Face `config.json` (or a GGUF file's metadata) into the few numbers a
+Llama-family model needs."""
 from __future__ import annotations
 
 import json
@@ -58,12 +59,19 @@ def _eos_ids(raw: dict, folder: Path) -> tuple[int, ...]:
 
 
 def read_arch_config(folder: str | Path) -> ArchConfig:
-    """Parse `folder/config.json`; raise ModelLoadError for anything we cannot serve."""
+    """Parse `folder/config.json`, or the metadata of a GGUF file; raise ModelLoadError for
+    anything we cannot serve."""
+    from bastion.model.gguf.reader import is_gguf
+
     folder = Path(folder)
     path = folder / "config.json"
+    if is_gguf(folder):
+        from bastion.model.gguf.arch import read_gguf_arch
+        return read_gguf_arch(folder)
     if not folder.is_dir():
-        raise ModelLoadError(f"model path {str(folder)!r} is not a directory "
-                             "(bastion loads models from local folders only)")
+        kind = "is a file but not a GGUF file" if folder.is_file() else "is not a directory"
+        raise ModelLoadError(f"model path {str(folder)!r} {kind} "
+                             "(bastion loads local model folders and GGUF files only)")
     if not path.is_file():
         raise ModelLoadError(f"{str(folder)!r} is not a model folder: config.json is missing")
     try:
