@@ -32,7 +32,7 @@ def open_gguf(path: str | Path):
     try:
         return GGUFReader(path, "r")
     except ValueError as exc:
-        unknown = re.match(r"(\d+) is not a valid GGMLQuantizationType", str(exc))
+        unknown = re.search(r"(\d+)\)? is not a valid GGMLQuantizationType", str(exc))
         if unknown:
             raise ModelLoadError(f"{path}: a tensor has type id {unknown.group(1)}, which this gguf "
                                  "package does not know (a newer llama.cpp type?); "
