@@ -3,45 +3,12 @@ Llama-family model needs."""
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from pathlib import Path
+
+from bastion.model.arch_config import ArchConfig, ModelLoadError  # noqa: F401 (callers import them from here)
 
 SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM", "MistralForCausalLM",
                            "Qwen2ForCausalLM", "Qwen3ForCausalLM")
-
-
-class ModelLoadError(ValueError):
-    """A model folder that cannot be served, with a message that says why."""
-
-
-@dataclass(frozen=True)
-class ArchConfig:
-    architecture: str
-    vocab_size: int
-    hidden_size: int
-    intermediate_size: int
-    num_layers: int
-    num_heads: int
-    num_kv_heads: int
-    head_dim: int
-    rms_norm_eps: float
-    rope_theta: float
-    rope_scaling: dict | None
-    max_position_embeddings: int
-    tie_word_embeddings: bool
-    qkv_bias: bool
-    qk_norm: bool
-    torch_dtype: str | None
-    eos_token_ids: tuple[int, ...]
-    sliding_window: int | None
-
-    @property
-    def q_size(self) -> int:
-        return self.num_heads * self.head_dim
-
-    @property
-    def kv_size(self) -> int:
-        return self.num_kv_heads * self.head_dim
 
 
 def _eos_ids(raw: dict, folder: Path) -> tuple[int, ...]:

@@ -9,7 +9,7 @@ from typing import Callable
 
 import torch
 
-from bastion.model.arch import ArchConfig, ModelLoadError
+from bastion.model.arch_config import ArchConfig, ModelLoadError
 from bastion.model.llama import LlamaModel
 
 _MERGED_PARTS = {"qkv_proj": {0, 1, 2}, "gate_up_proj": {0, 1}}

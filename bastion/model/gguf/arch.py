@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from bastion.model.arch import ArchConfig, ModelLoadError
+from bastion.model.arch_config import ArchConfig, ModelLoadError
 from bastion.model.gguf.reader import field, open_gguf, require
 
 # llama.cpp's architecture name -> ours; llama.cpp converts Mistral (7B, Nemo) as 'llama'

@@ -5,7 +5,7 @@ import re
 
 import torch
 
-from bastion.model.arch import ArchConfig
+from bastion.model.arch_config import ArchConfig
 
 _GLOBAL = {"token_embd": "embed_tokens", "output_norm": "norm", "output": "lm_head"}
 # blk.N.<name> -> (our module under layers.N, shard of a merged layer or None)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from bastion.model.arch import ModelLoadError
+from bastion.model.arch_config import ModelLoadError
 
 MAGIC = b"GGUF"
 

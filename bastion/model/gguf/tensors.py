@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bastion.model.arch import ModelLoadError
+from bastion.model.arch_config import ModelLoadError
 from bastion.model.linear.quantized import Int4Weight
 
 # read as they are into the int4 kernel (blocks of 32 along the row; see `read_int4`)

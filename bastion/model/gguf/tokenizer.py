@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from bastion.model.arch import ModelLoadError
+from bastion.model.arch_config import ModelLoadError
 
 
 def load_gguf_tokenizer(path: str | Path):

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from bastion.model.arch import ArchConfig, ModelLoadError
+from bastion.model.arch_config import ArchConfig, ModelLoadError
 from bastion.model.fill import ParamFill, shard_rows
 from bastion.model.gguf.names import SKIPPED, gguf_name, row_order, target
 from bastion.model.gguf.reader import open_gguf
