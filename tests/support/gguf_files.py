@@ -87,7 +87,8 @@ def write_gguf(folder: Path, out: Path, qtype: str = "F32", arch: str | None = N
     w.add_key_length(head_dim)
     w.add_value_length(head_dim)
     w.add_rope_dimension_count(head_dim)
-    w.add_rope_freq_base(float(config.get("rope_theta", 10000.0)))
+    rope = config.get("rope_parameters") or config.get("rope_scaling") or {}
+    w.add_rope_freq_base(float(config.get("rope_theta") or rope.get("rope_theta", 10000.0)))
     w.add_layer_norm_rms_eps(float(config["rms_norm_eps"]))
     if (folder / "tokenizer.json").is_file():
         _add_tokenizer(w, folder)

@@ -13,6 +13,7 @@ from bastion.model.linear.quantized import Int4Weight
 INT4_TYPES = ("Q4_0", "Q4_1")
 # dequantized by the gguf package to float32, then cast to the model's dtype
 WIDENED_TYPES = ("F32", "F16", "BF16", "Q8_0", "Q5_0", "Q5_1", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K")
+FLOAT_TYPES = ("F32", "F16", "BF16")
 _GROUP = 32
 
 

@@ -16,7 +16,7 @@ from bastion.model.arch_config import ArchConfig, ModelLoadError
 from bastion.model.fill import ParamFill, shard_rows
 from bastion.model.gguf.names import SKIPPED, gguf_name, row_order, target
 from bastion.model.gguf.reader import open_gguf
-from bastion.model.gguf.tensors import INT4_TYPES, check_type, read_int4, torch_shape, widen
+from bastion.model.gguf.tensors import FLOAT_TYPES, INT4_TYPES, check_type, read_int4, torch_shape, widen
 from bastion.model.linear.layer import Linear
 from bastion.model.linear.quantized import Int4Weight
 
@@ -100,8 +100,12 @@ def _fill_int4(dest: Int4Weight, part: Int4Weight, order, cfg: ArchConfig, pname
 
 
 def describe_counts(counts: dict[str, Counter], dtype: torch.dtype) -> str:
-    """'F32: 61 widened to bfloat16; Q4_1: 210 run quantized (int4), 0 widened to bfloat16' for the log."""
-    dtype_name = str(dtype).removeprefix("torch.")
-    return "; ".join(f"{kind}: {c['int4']} run quantized (int4), {c['widened']} widened to {dtype_name}"
-                     if kind in INT4_TYPES else f"{kind}: {c['widened']} widened to {dtype_name}"
-                     for kind, c in sorted(counts.items()))
+    """'F32: 61 as bfloat16; Q4_1: 210 run quantized (int4), 0 widened to bfloat16; Q8_0: 1
+    widened to bfloat16' for the start-up log."""
+    name = str(dtype).removeprefix("torch.")
+
+    def one(kind: str, c: Counter) -> str:
+        if kind in INT4_TYPES:
+            return f"{kind}: {c['int4']} run quantized (int4), {c['widened']} widened to {name}"
+        return f"{kind}: {c['widened']} {'as' if kind in FLOAT_TYPES else 'widened to'} {name}"
+    return "; ".join(one(kind, c) for kind, c in sorted(counts.items()))

@@ -113,7 +113,7 @@ def test_q4_matrices_load_as_int4_weights(qtype, folders, tmp_path, caplog):
     for name in ("embed_tokens", "layers.1.self_attn.qkv_proj", "layers.0.mlp.down_proj"):
         assert torch.equal(modules[name].weight, ref[name]), name
     assert f"{qtype}: 21 run quantized (int4), 3 widened to float32" in caplog.text
-    assert "F16: 4 widened to float32" in caplog.text and "Q8_0: 1 widened to float32" in caplog.text
+    assert "F16: 4 as float32" in caplog.text and "Q8_0: 1 widened to float32" in caplog.text
 
 
 @pytest.mark.parametrize("qtype", ["Q4_0", "Q4_1"])
@@ -160,3 +160,31 @@ def test_k_quant_tensors_are_widened_with_the_gguf_package(folders, tmp_path):
         want = torch.from_numpy(gguf.quants.dequantize(np.asarray(t.data), t.tensor_type).copy())
         assert torch.isfinite(want).all()
         assert torch.equal(model.get_submodule(module).weight[rows], want), name
+
+
+def test_llama3_rope_scaling_as_rope_freqs(tmp_path):
+    """llama.cpp writes Llama 3's rope scaling as a rope_freqs tensor of per-frequency divisors
+    (computed here as its converter does); greedy tokens must be the folder's (float32)."""
+    import math
+
+    scaling = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+               "original_max_position_embeddings": 64}
+    folder = make_tiny_model(tmp_path / "llama3", "llama", seed=5, rope_scaling=scaling, rope_theta=500000.0)
+    dim, factors = 16, []  # head_dim 64 // 4 heads = 16
+    for freq in 1.0 / (500000.0 ** (np.arange(0, dim, 2) / dim)):
+        wavelen = 2 * math.pi / freq
+        if wavelen < 64 / 4.0:
+            factors.append(1.0)
+        elif wavelen > 64 / 1.0:
+            factors.append(8.0)
+        else:
+            smooth = (64 / wavelen - 1.0) / (4.0 - 1.0)
+            factors.append(1 / ((1 - smooth) / 8.0 + smooth))
+    assert len(set(factors)) == 3  # all three regimes occur
+    path = write_gguf(folder, tmp_path / "l3.gguf", "F32",
+                      edit=lambda t: t.update({"rope_freqs.weight": np.array(factors, np.float32)}))
+    assert read_arch_config(path).rope_scaling["rope_type"] == "freq_factors"
+    prompts = [list(range(3, 90, 2)), [9, 8, 7]]
+    assert greedy(path, prompts, 24) == greedy(folder, prompts, 24)
+    plain = write_gguf(folder, tmp_path / "plain.gguf", "F32")  # the divisors matter
+    assert greedy(plain, prompts, 24) != greedy(folder, prompts, 24)
