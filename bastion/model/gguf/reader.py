@@ -1,6 +1,7 @@
 """Open a GGUF file and read its metadata, turning the parser's many failures into ModelLoadError."""
 from __future__ import annotations
 
+import functools
 import re
 from pathlib import Path
 
@@ -21,16 +22,26 @@ def is_gguf(path: str | Path) -> bool:
 
 
 def open_gguf(path: str | Path):
-    """A `gguf.GGUFReader` over `path` (memory-mapped; no tensor data is read yet)."""
-    from gguf import GGUFReader
+    """A `gguf.GGUFReader` over `path` (memory-mapped; no tensor data is read yet).
 
+    The last file opened is kept for the process (keyed by its size and modification time):
+    parsing the metadata of a 49k-token vocabulary takes seconds, and an engine reads it for
+    its ArchConfig and again for its weights."""
     path = Path(path)
     with open(path, "rb") as f:
         magic = f.read(4)
     if magic != MAGIC:
         raise ModelLoadError(f"{path}: not a GGUF file (it starts with {magic!r}, not {MAGIC!r})")
+    stat = path.stat()
+    return _open(path.resolve(), stat.st_size, stat.st_mtime_ns, path)
+
+
+@functools.lru_cache(maxsize=1)
+def _open(real: Path, size: int, mtime_ns: int, path: Path):
+    from gguf import GGUFReader
+
     try:
-        return GGUFReader(path, "r")
+        return GGUFReader(real, "r")
     except ValueError as exc:
         unknown = re.search(r"(\d+)\)? is not a valid GGMLQuantizationType", str(exc))
         if unknown:

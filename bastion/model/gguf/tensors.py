@@ -46,12 +46,17 @@ def read_int4(tensor) -> Int4Weight:
     Q4_0 means d * (q - 8), so minimum = -8 d; Q4_1 means d * q + m."""
     rows, cols = torch_shape(tensor)
     head = 2 if tensor.tensor_type.name == "Q4_0" else 4
-    blocks = torch.from_numpy(np.array(tensor.data, dtype=np.uint8)).view(rows, cols // _GROUP, head + 16)
-    scale = blocks[..., 0:2].contiguous().view(torch.float16).squeeze(-1).float()
-    if head == 2:
-        minimum = -8.0 * scale
-    else:
-        minimum = blocks[..., 2:4].contiguous().view(torch.float16).squeeze(-1).float()
+    blocks = np.asarray(tensor.data).reshape(rows, cols // _GROUP, head + 16)
     packed = blocks[..., head:]
-    q = torch.cat((packed & 0x0F, packed >> 4), dim=-1).reshape(rows, cols)
-    return Int4Weight(q.contiguous(), scale.contiguous(), minimum.contiguous(), _GROUP)
+    q = np.empty((rows, cols // _GROUP, _GROUP), dtype=np.uint8)  # NOTE: numpy: torch's uint8 ops
+    np.bitwise_and(packed, 0x0F, out=q[..., :16])                  # on these views are ~60x slower
+    np.right_shift(packed, 4, out=q[..., 16:])
+    scale = _halves(blocks, 0)
+    minimum = -8.0 * scale if head == 2 else _halves(blocks, 2)
+    return Int4Weight(torch.from_numpy(q.reshape(rows, cols)), torch.from_numpy(scale),
+                      torch.from_numpy(np.ascontiguousarray(minimum)), _GROUP)
+
+
+def _halves(blocks: np.ndarray, at: int) -> np.ndarray:
+    """The float16 at byte `at` of every block, as float32 [rows, blocks]."""
+    return np.ascontiguousarray(blocks[..., at:at + 2]).view(np.float16)[..., 0].astype(np.float32)

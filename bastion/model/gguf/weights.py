@@ -81,7 +81,7 @@ def load_gguf_weights(model: torch.nn.Module, path: str | Path, cfg: ArchConfig)
                     fill.mark(pname, shard)
                 else:
                     value = widen(tensor)
-                    fill.copy(pname, shard, value if order is None else value[order], tensor.name)
+                    fill.copy(pname, shard, _reordered(value, order), tensor.name)
             except (ValueError, RuntimeError) as exc:  # NOTE: a data region shorter than its table says
                 raise ModelLoadError(f"{path}: cannot read tensor {tensor.name} "
                                      f"({type(exc).__name__}: {exc})") from None
@@ -95,8 +95,15 @@ def _fill_int4(dest: Int4Weight, part: Int4Weight, order, cfg: ArchConfig, pname
     if shard is not None:
         dest = dest.rows(*shard_rows(cfg, pname, shard))
     for name in ("q", "scale", "minimum"):
-        value = getattr(part, name)
-        getattr(dest, name).copy_(value if order is None else value[order])
+        getattr(dest, name).numpy()[...] = _reordered(getattr(part, name), order).numpy()
+
+
+def _reordered(value: torch.Tensor, order: torch.Tensor | None) -> torch.Tensor:
+    """`value`'s rows in `order` (None: as they are). NOTE: numpy, which shares the memory:
+    torch's row gather and uint8 copies measured ~500x slower here (16 ms for 576x576)."""
+    if order is None:
+        return value
+    return torch.from_numpy(value.numpy()[order.numpy()])
 
 
 def describe_counts(counts: dict[str, Counter], dtype: torch.dtype) -> str:
