@@ -69,6 +69,12 @@ def _bench_structured(args: argparse.Namespace) -> int:
     return run_structured_bench(args)
 
 
+def _bench_latency(args: argparse.Namespace) -> int:
+    from bastion.bench.latency.run import run_latency_bench
+
+    return run_latency_bench(args)
+
+
 def _bench_failover(args: argparse.Namespace) -> int:
     from bastion.bench.failover import run_failover_bench
 
@@ -123,6 +129,13 @@ def build_parser() -> argparse.ArgumentParser:
     add_serve_bench_args(sv)
     add_engine_args(sv)
     sv.set_defaults(func=_bench_serve)
+    from bastion.bench.latency.args import add_latency_args
+    lt = bench_sub.add_parser("latency", help="one request at a time: prefill tok/s by prompt length, "
+                              "inter-token latency by output length, side by side with another bastion "
+                              "configuration or server (e.g. llama-server)", formatter_class=AliasHelpFormatter)
+    add_latency_args(lt)
+    add_engine_args(lt)
+    lt.set_defaults(func=_bench_latency)
     from bastion.bench.failover import add_failover_bench_args
     fo = bench_sub.add_parser("failover", help="take a supervised rank down under load: detection, "
                               "recovery and errors on the healthy ranks")

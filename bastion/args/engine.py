@@ -29,8 +29,8 @@ def add_engine_args(parser: argparse.ArgumentParser) -> None:
                    help="weight-only quantization of the linear layers at load time: int8 (one scale "
                         "per output channel) or int4 (a scale and minimum per group of 32 inputs); "
                         "activations stay in --dtype. Default: the checkpoint's own form")
-    g.add_argument("--enforce-eager", action="store_true",
-                   help="run the model eagerly: no torch.compile")
+    g.add_argument("--enforce-eager", action=argparse.BooleanOptionalAction, default=False,
+                   help="run the model eagerly: no torch.compile (--no-enforce-eager: the default)")
     g.add_argument("--device", default="auto", help="auto (CUDA when present, else CPU), cpu, cuda, cuda:N")
     g.add_argument("--max-model-len", "--context-length", type=int, default=None,
                    help="context length (prompt + output); default: the model's")

@@ -34,6 +34,8 @@ class RequestResult:
     error: str = ""
     finish_reason: str = ""
     head: str = ""  # the output's first characters (what a constraint shapes first)
+    # (seconds since the request was sent, new tokens) of each streamed chunk that brought tokens
+    arrivals: list[tuple[float, int]] = field(default_factory=list)
 
 
 HEAD_CHARS = 32
@@ -77,11 +79,30 @@ def _text_of(choice: dict) -> str:
     return choice.get("text") or (choice.get("delta") or {}).get("content") or ""
 
 
+def chunk_tokens(event: dict, counted: int) -> int:
+    """How many new tokens one streamed event brings, `counted` having come before it: from a
+    running count where the server gives one (vLLM's `continuous_usage_stats`, llama.cpp's
+    `timings_per_token`), else the choices' logprobs entries, else one per choice with text.
+    Servers may merge several tokens into one chunk (text held back for an incomplete UTF-8
+    character, a slow reader), so a chunk is not always one token."""
+    running = [(event.get("usage") or {}).get("completion_tokens"), (event.get("timings") or {}).get("predicted_n")]
+    for total in running:
+        if isinstance(total, int):
+            return max(0, total - counted)
+    tokens = 0
+    for choice in event.get("choices", ()):
+        logprobs = choice.get("logprobs") or {}
+        listed = logprobs.get("tokens") if "tokens" in logprobs else logprobs.get("content")
+        tokens += len(listed) if listed else int(bool(_text_of(choice)))
+    return tokens
+
+
 async def _one(http: httpx.AsyncClient, s: LoadSettings, req: Any, body_of: BodyOf) -> RequestResult:
     path, body = body_of(s, req)
     started = time.perf_counter()
     result = RequestResult(ok=False)
     last = None
+    counted = 0
     try:
         async with http.stream("POST", f"{s.url}{path}", json=body) as r:
             if r.status_code != 200:
@@ -95,6 +116,9 @@ async def _one(http: httpx.AsyncClient, s: LoadSettings, req: Any, body_of: Body
                     result.error = event["error"].get("message", "error event")
                     return result
                 now = time.perf_counter()
+                if event.get("choices") and (new := chunk_tokens(event, counted)):
+                    result.arrivals.append((now - started, new))
+                    counted += new
                 texts = [_text_of(c) for c in event.get("choices", ())]
                 for choice in event.get("choices", ()):
                     result.finish_reason = choice.get("finish_reason") or result.finish_reason
@@ -187,21 +211,27 @@ def _served_model(settings: LoadSettings) -> str:
     return reply.json()["data"][0]["id"]
 
 
-def measure_serving(url: str, args: argparse.Namespace, reqs: list, warmup: list | None = None,
-                    body_of: BodyOf = completion_body) -> dict:
-    """Run `reqs` against `url` after an untimed warm-up (`warmup`, default 4 short requests;
-    `[]` for none) and print the summary. `body_of` makes each request's body (default: a
-    token-id completion)."""
-    api_key = args.api_key or os.environ.get("BASTION_API_KEY")
+def client_settings(url: str, args: argparse.Namespace, **load) -> LoadSettings:
+    """Settings to reach `url` from the client flags (`add_client_args`): its key, TLS, and the
+    model to request (--served-model, else the server's first); `load` sets the rest of
+    LoadSettings (concurrency, request_rate, timeout)."""
     client_cert = None
     if args.ssl_client_certfile or args.ssl_client_keyfile:
         if not (args.ssl_client_certfile and args.ssl_client_keyfile):
             raise ValueError("--ssl-client-certfile and --ssl-client-keyfile go together")
         client_cert = (args.ssl_client_certfile, args.ssl_client_keyfile)
-    settings = LoadSettings(url.rstrip("/"), args.served_model or "", api_key, args.concurrency,
-                            args.request_rate, ca_certs=args.ssl_ca_certs, client_cert=client_cert)
-    if not settings.model:
-        settings = replace(settings, model=_served_model(settings))
+    settings = LoadSettings(url.rstrip("/"), args.served_model or "",
+                            args.api_key or os.environ.get("BASTION_API_KEY"),
+                            ca_certs=args.ssl_ca_certs, client_cert=client_cert, **load)
+    return settings if settings.model else replace(settings, model=_served_model(settings))
+
+
+def measure_serving(url: str, args: argparse.Namespace, reqs: list, warmup: list | None = None,
+                    body_of: BodyOf = completion_body) -> dict:
+    """Run `reqs` against `url` after an untimed warm-up (`warmup`, default 4 short requests;
+    `[]` for none) and print the summary. `body_of` makes each request's body (default: a
+    token-id completion)."""
+    settings = client_settings(url, args, concurrency=args.concurrency, request_rate=args.request_rate)
     if warmup is None:
         asyncio.run(run_load(settings, mixed_workload(4, PROMPT_VOCAB, seed=99, prompt_range=(16, 64),
                                                       output_range=(4, 8))))

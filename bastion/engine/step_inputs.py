@@ -103,4 +103,5 @@ def _decode_group(group: list[ScheduledRequest], start: int, block_size: int, de
     padding = span[None, :] > torch.from_numpy(pos).to(device)[:, None]
     mask = torch.zeros(padding.shape, device=device).masked_fill_(padding, float("-inf"))
     return DecodeGroup(start, len(group), torch.from_numpy(tables).to(device),
-                       mask.view(1, len(group), 1, -1), _shared_blocks(tables, pos, block_size))
+                       mask.view(1, len(group), 1, -1), _shared_blocks(tables, pos, block_size),
+                       int(pos[0]) + 1 if len(group) == 1 else 0)

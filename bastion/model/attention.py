@@ -33,6 +33,7 @@ class DecodeGroup:
     block_tables: torch.Tensor   # [count, max_blocks]
     mask: torch.Tensor           # [1, count, 1, max_blocks * block_size]: 0 or -inf (padding)
     shared_blocks: int = 0       # leading blocks that every row's table has in common
+    context_len: int = 0         # with count 1: its context length (attended unpadded, no mask)
 
 
 @dataclass
@@ -84,6 +85,8 @@ class SdpaPagedBackend(AttentionBackend):
         num_kv_heads, head_dim = k.shape[1], k.shape[2]
         k_cache.view(num_kv_heads, -1, head_dim).index_copy_(1, ctx.slot_mapping, k.transpose(0, 1))
         v_cache.view(num_kv_heads, -1, head_dim).index_copy_(1, ctx.slot_mapping, v.transpose(0, 1))
+        if len(ctx.decodes) == 1 and not ctx.prefills:  # NOTE: the decode-only step: no copy
+            return _decode(q, k_cache, v_cache, ctx.decodes[0], scale)
         out = torch.empty_like(q)
         for group in ctx.decodes:
             rows = slice(group.start, group.start + group.count)
@@ -104,6 +107,8 @@ def _decode(q, k_cache, v_cache, group: DecodeGroup, scale: float) -> torch.Tens
     """One query token per request, the group's requests in one SDPA call over (Hkv, B)."""
     if group.shared_blocks:
         return _decode_shared_prefix(q, k_cache, v_cache, group, scale)
+    if group.count == 1 and group.context_len:
+        return _decode_one(q, k_cache, v_cache, group, scale)
     batch, num_heads, head_dim = q.shape
     num_kv_heads = k_cache.shape[0]
     flat = group.block_tables.reshape(-1)
@@ -113,6 +118,18 @@ def _decode(q, k_cache, v_cache, group: DecodeGroup, scale: float) -> torch.Tens
     out = F.scaled_dot_product_attention(qg, keys, values, attn_mask=group.mask.to(q.dtype),
                                          scale=scale)
     return out.transpose(0, 1).reshape(batch, num_heads, head_dim)
+
+
+def _decode_one(q, k_cache, v_cache, group: DecodeGroup, scale: float) -> torch.Tensor:
+    """One request alone: its keys cut to its context length, so SDPA needs no mask."""
+    _, num_heads, head_dim = q.shape
+    num_kv_heads = k_cache.shape[0]
+    table = group.block_tables[0]
+    keys = _gather(k_cache, table)[:, :group.context_len]                      # [Hkv, L, D]
+    values = _gather(v_cache, table)[:, :group.context_len]
+    qg = q.view(1, num_kv_heads, -1, head_dim)                                 # [1, Hkv, G, D]
+    out = F.scaled_dot_product_attention(qg, keys.unsqueeze(0), values.unsqueeze(0), scale=scale)
+    return out.reshape(1, num_heads, head_dim)
 
 
 def _decode_shared_prefix(q, k_cache, v_cache, group: DecodeGroup, scale: float) -> torch.Tensor:

@@ -1,0 +1,1 @@
+"""`bastion bench latency`: one request at a time against one or more servers, side by side."""
