@@ -32,9 +32,9 @@ def read_gguf_arch(path: str | Path, reader=None) -> ArchConfig:
         raise ModelLoadError(f"{path}: partial rotary embeddings ({rope_dims} of {head_dim} dimensions) "
                              "are not supported")
     vocab = int(tensors["token_embd.weight"].shape[1])  # NOTE: ne order: [hidden, vocab]
-    tokens = field(reader, "tokenizer.ggml.tokens")
-    if tokens is not None and len(tokens) > vocab:
-        raise ModelLoadError(f"{path}: {len(tokens)} tokens but an embedding of {vocab} rows")
+    tokens = reader.fields.get("tokenizer.ggml.tokens")  # NOTE: its length only; not 49k strings
+    if tokens is not None and len(tokens.data) > vocab:
+        raise ModelLoadError(f"{path}: {len(tokens.data)} tokens but an embedding of {vocab} rows")
     return ArchConfig(
         architecture=ARCHITECTURES[name],
         vocab_size=vocab,
