@@ -97,7 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen = sub.add_parser("generate", help="complete one prompt offline and print it",
                          formatter_class=AliasHelpFormatter)
     gen.add_argument("prompt", help="the prompt text")
-    gen.add_argument("--model", default=None, help="local model folder (default: the demo model)")
+    gen.add_argument("--model", default=None, help="local model folder or GGUF file (default: the demo model)")
     gen.add_argument("--max-tokens", type=int, default=64, help="most tokens to generate")
     gen.add_argument("--temperature", type=float, default=0.8, help="0 for greedy")
     gen.add_argument("--top-p", type=float, default=0.95)

@@ -10,7 +10,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent / "support"))
 
 from bastion.model.demo import DEMO_MODEL_DIR  # noqa: E402
-from real_checkpoint import smollm2_checkpoint  # noqa: E402,F401 (a session fixture)
+from real_checkpoint import smollm2_checkpoint, smollm2_gguf_file  # noqa: E402,F401 (session fixtures)
 from server_process import ServerProcess  # noqa: E402
 from tiny_models import make_tiny_model  # noqa: E402
 

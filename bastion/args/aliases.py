@@ -57,9 +57,9 @@ class AliasHelpFormatter(argparse.HelpFormatter):
 
 
 def add_model_args(parser: argparse.ArgumentParser) -> None:
-    """The model folder: positional (vLLM), or `--model-path`/`--model` (SGLang)."""
+    """The model folder or GGUF file: positional (vLLM), or `--model-path`/`--model` (SGLang)."""
     parser.add_argument("model", nargs="?", default=None,
-                        help=f"local model folder (default: the bundled demo model) "
+                        help=f"local model folder or GGUF file (default: the bundled demo model) "
                              f"(alias: {', '.join(MODEL_FLAGS)})")
     parser.add_argument(*MODEL_FLAGS, dest="model_path", default=None, help=argparse.SUPPRESS)
 

@@ -25,7 +25,7 @@ def add_serve_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--port", type=int, default=8000, help="port to listen on (0 picks one; the "
                    "ready line shows it)")
     g.add_argument("--served-model-name", nargs="+", default=None,
-                   help="model name(s) clients use (default: the model folder's name)")
+                   help="model name(s) clients use (default: the model folder's or GGUF file's name)")
     g.add_argument("--api-server-count", type=int, default=1,
                    help="API-server processes sharing the listening socket")
     g.add_argument("--max-request-body-bytes", type=parse_bytes, default=4 * 2**20,
@@ -106,6 +106,7 @@ def serve_config(args: argparse.Namespace) -> ServeConfig:
 
     given = model_of(args)
     model = given or str(default_model_path())
+    _check_gguf(model)
     engine = engine_config(model, args)
     parallel = ParallelConfig(args.data_parallel_size, args.api_server_count, args.max_rank_restarts,
                               args.rank_restart_window_s, args.data_parallel_size_local,
@@ -177,6 +178,16 @@ def internal_config(args: argparse.Namespace, parallel: ParallelConfig,
         from bastion.transport.channel import read_internal_secret
         read_internal_secret(internal.secret_file)
     return internal
+
+
+def _check_gguf(model: str) -> None:
+    """A GGUF file is checked here, before anything starts (metadata, tensor names, types and
+    shapes; no weights are read), so a bad one is a ModelLoadError (a ValueError: exit 2)."""
+    from bastion.model.gguf.reader import is_gguf
+
+    if is_gguf(model):
+        from bastion.model.gguf.weights import check_gguf
+        check_gguf(model)
 
 
 def _default_name(model: str, is_demo: bool) -> str:

@@ -1,46 +1,14 @@
-"""Reads a Hugging Face `config.json` into the few numbers a Llama-family model needs."""
+"""Reads a Hugging Face `config.json` (or a GGUF file's metadata) into the few numbers a
+Llama-family model needs."""
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from pathlib import Path
+
+from bastion.model.arch_config import ArchConfig, ModelLoadError  # noqa: F401 (callers import them from here)
 
 SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM", "MistralForCausalLM",
                            "Qwen2ForCausalLM", "Qwen3ForCausalLM")
-
-
-class ModelLoadError(ValueError):
-    """A model folder that cannot be served, with a message that says why."""
-
-
-@dataclass(frozen=True)
-class ArchConfig:
-    architecture: str
-    vocab_size: int
-    hidden_size: int
-    intermediate_size: int
-    num_layers: int
-    num_heads: int
-    num_kv_heads: int
-    head_dim: int
-    rms_norm_eps: float
-    rope_theta: float
-    rope_scaling: dict | None
-    max_position_embeddings: int
-    tie_word_embeddings: bool
-    qkv_bias: bool
-    qk_norm: bool
-    torch_dtype: str | None
-    eos_token_ids: tuple[int, ...]
-    sliding_window: int | None
-
-    @property
-    def q_size(self) -> int:
-        return self.num_heads * self.head_dim
-
-    @property
-    def kv_size(self) -> int:
-        return self.num_kv_heads * self.head_dim
 
 
 def _eos_ids(raw: dict, folder: Path) -> tuple[int, ...]:
@@ -58,12 +26,19 @@ def _eos_ids(raw: dict, folder: Path) -> tuple[int, ...]:
 
 
 def read_arch_config(folder: str | Path) -> ArchConfig:
-    """Parse `folder/config.json`; raise ModelLoadError for anything we cannot serve."""
+    """Parse `folder/config.json`, or the metadata of a GGUF file; raise ModelLoadError for
+    anything we cannot serve."""
+    from bastion.model.gguf.reader import is_gguf
+
     folder = Path(folder)
     path = folder / "config.json"
+    if is_gguf(folder):
+        from bastion.model.gguf.arch import read_gguf_arch
+        return read_gguf_arch(folder)
     if not folder.is_dir():
-        raise ModelLoadError(f"model path {str(folder)!r} is not a directory "
-                             "(bastion loads models from local folders only)")
+        kind = "is a file but not a GGUF file" if folder.is_file() else "is not a directory"
+        raise ModelLoadError(f"model path {str(folder)!r} {kind} "
+                             "(bastion loads local model folders and GGUF files only)")
     if not path.is_file():
         raise ModelLoadError(f"{str(folder)!r} is not a model folder: config.json is missing")
     try:

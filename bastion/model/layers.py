@@ -40,7 +40,8 @@ def _llama3_inv_freq(inv_freq: torch.Tensor, scaling: dict) -> torch.Tensor:
 
 
 class RotaryEmbedding(nn.Module):
-    """Rotary position embedding (rotate-half layout) with `default` or `llama3` scaling."""
+    """Rotary position embedding (rotate-half layout) with `default` or `llama3` scaling (the
+    latter also as GGUF's per-frequency divisors, `freq_factors`)."""
 
     def __init__(self, head_dim: int, max_positions: int, theta: float,
                  scaling: dict | None = None) -> None:
@@ -58,7 +59,9 @@ class RotaryEmbedding(nn.Module):
             return
         dim = self.head_dim
         inv_freq = 1.0 / (self.theta ** (torch.arange(0, dim, 2, dtype=torch.int64).float() / dim))
-        if self.scaling is not None:
+        if self.scaling is not None and self.scaling.get("rope_type") == "freq_factors":
+            inv_freq = inv_freq / torch.tensor(self.scaling["factors"], dtype=torch.float32)  # GGUF's rope_freqs
+        elif self.scaling is not None:
             inv_freq = _llama3_inv_freq(inv_freq, self.scaling)
         positions = torch.arange(self.max_positions, dtype=torch.int64).float()
         emb = torch.cat((torch.outer(positions, inv_freq),) * 2, dim=-1)

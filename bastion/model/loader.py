@@ -1,4 +1,4 @@
-"""Loads safetensors weights (never pickle) into a LlamaModel built on the meta device."""
+"""Loads a checkpoint into a LlamaModel: safetensors folders (never pickle) here, GGUF files in gguf/."""
 from __future__ import annotations
 
 import json
@@ -10,6 +10,7 @@ import torch
 from safetensors import safe_open
 
 from bastion.model.arch import ArchConfig, ModelLoadError
+from bastion.model.fill import ParamFill, empty_model
 from bastion.model.linear.prepare import prepare_linears
 from bastion.model.llama import LlamaModel
 
@@ -97,71 +98,34 @@ def _target(name: str, tied: bool) -> tuple[str, int | None] | None:
     return name, None
 
 
-def _shard_rows(cfg: ArchConfig, param_name: str, shard: int) -> tuple[int, int]:
-    if "qkv_proj" in param_name:
-        sizes = [cfg.q_size, cfg.kv_size, cfg.kv_size]
-    else:
-        sizes = [cfg.intermediate_size, cfg.intermediate_size]
-    return sum(sizes[:shard]), sizes[shard]
-
-
-def load_model(folder: str | Path, cfg: ArchConfig, dtype: torch.dtype, device: torch.device,
+def load_model(path: str | Path, cfg: ArchConfig, dtype: torch.dtype, device: torch.device,
                max_positions: int, quantization: str | None = None) -> LlamaModel:
-    """Build the model on the meta device, fill every parameter from safetensors, then give
-    each linear layer its kernel (`quantization`: None, 'int8' or 'int4')."""
-    folder = Path(folder)
-    files = weight_files(folder)
-    with torch.device("meta"):
-        model = LlamaModel(cfg, max_positions)
-    model = model.to(dtype).to_empty(device=device)
-    model.tie_lm_head()
-    for module in model.modules():
-        if hasattr(module, "init_buffers"):
-            module.init_buffers(device)
-    params = dict(model.named_parameters())
-    loaded: dict[str, set[int | None]] = {}
-    unexpected: list[str] = []
-    for path in files:
-        with safe_open(str(path), framework="pt", device="cpu") as f:
-            for name in f.keys():
-                target = _target(name, cfg.tie_word_embeddings)
-                if target is None:
-                    continue
-                pname, shard = target
-                if pname not in params:
-                    unexpected.append(name)
-                    continue
-                _copy(params[pname], f.get_tensor(name), cfg, pname, shard, path, name)
-                loaded.setdefault(pname, set()).add(shard)
-    _check_complete(params, loaded, unexpected, folder)
+    """Build the model without initialising it, fill every parameter from the checkpoint (a
+    safetensors folder or a GGUF file), then give each linear layer its kernel (`quantization`:
+    None, 'int8' or 'int4'; a GGUF's Q4 layers keep their own form)."""
+    from bastion.model.gguf.reader import is_gguf
+
+    path = Path(path)
+    if is_gguf(path):
+        from bastion.model.gguf.weights import load_gguf_weights
+        model = empty_model(cfg, dtype, device, max_positions)
+        load_gguf_weights(model, path, cfg)
+    else:
+        model = _load_safetensors(path, cfg, dtype, device, max_positions)
     prepare_linears(model, quantization)
     return model.eval()
 
 
-def _copy(param: torch.Tensor, tensor: torch.Tensor, cfg: ArchConfig, pname: str,
-          shard: int | None, path: Path, name: str) -> None:
-    dest = param.data
-    if shard is not None:
-        start, size = _shard_rows(cfg, pname, shard)
-        dest = dest.narrow(0, start, size)
-    if tuple(dest.shape) != tuple(tensor.shape):
-        raise ModelLoadError(f"{path.name}: tensor {name} has shape {tuple(tensor.shape)}, "
-                             f"expected {tuple(dest.shape)} from config.json")
-    with torch.no_grad():
-        dest.copy_(tensor)
-
-
-def _check_complete(params: dict, loaded: dict, unexpected: list[str], folder: Path) -> None:
-    if unexpected:
-        shown = ", ".join(unexpected[:5]) + (" ..." if len(unexpected) > 5 else "")
-        raise ModelLoadError(f"{folder}: unexpected tensors in checkpoint: {shown}")
-    missing = []
-    for pname in params:
-        want = {0, 1, 2} if "qkv_proj" in pname else {0, 1} if "gate_up_proj" in pname else {None}
-        got = loaded.get(pname, set())
-        if got != want:
-            parts = "" if want == {None} else f" (has parts {sorted(got)} of {sorted(want)}: half-merged)"
-            missing.append(pname + parts if got else pname)
-    if missing:
-        shown = ", ".join(missing[:5]) + (" ..." if len(missing) > 5 else "")
-        raise ModelLoadError(f"{folder}: tensors missing from checkpoint: {shown}")
+def _load_safetensors(folder: Path, cfg: ArchConfig, dtype: torch.dtype, device: torch.device,
+                      max_positions: int) -> LlamaModel:
+    files = weight_files(folder)
+    model = empty_model(cfg, dtype, device, max_positions)
+    fill = ParamFill(model, cfg, str(folder), "config.json")
+    for path in files:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            for name in f.keys():
+                target = _target(name, cfg.tie_word_embeddings)
+                if target is not None and fill.accepts(target[0], name):
+                    fill.copy(target[0], target[1], f.get_tensor(name), f"{path.name}: {name}")
+    fill.check_complete()
+    return model

