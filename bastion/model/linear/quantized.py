@@ -1,53 +1,46 @@
 """Weight-only quantized kernels: int8 per output channel, int4 in groups along the input.
 
-PLACEHOLDER (issue 17 foundation): the interface below is fixed; the kernels are being written.
+`quantize_kernel` quantizes a float weight at load (`--quantization`); `prequantized_kernel`
+lays out a weight the checkpoint already holds in 4 bits (GGUF Q4_0/Q4_1). The math is in
+quantize.py, the kernels in int8.py and int4.py. Every layer is quantized, the LM head included
+(measured in docs/quantization.md: the int4 head costs little against what it saves).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+import logging
 
 import torch
 
+from bastion.model.linear.int4 import Int4Kernel
+from bastion.model.linear.int8 import Int8Kernel
 from bastion.model.linear.layer import LinearKernel
+from bastion.model.linear.quantize import (INT4_GROUP_SIZE, Int4Weight, int4_group_size,
+                                           quantize_int4, quantize_int8)
 
+__all__ = ["Int4Weight", "quantize_kernel", "prequantized_kernel"]
 
-@dataclass
-class Int4Weight:
-    """A weight already quantized to 4 bits by whoever wrote the checkpoint (GGUF Q4_0/Q4_1):
-    w[o, i] = q[o, i] * scale[o, i // group_size] + minimum[o, i // group_size].
-
-    q: uint8 [out, in] holding 0..15; scale, minimum: float32 [out, in // group_size]."""
-
-    q: torch.Tensor
-    scale: torch.Tensor
-    minimum: torch.Tensor
-    group_size: int
-
-    @classmethod
-    def empty(cls, out_features: int, in_features: int, group_size: int) -> "Int4Weight":
-        groups = in_features // group_size
-        return cls(torch.empty(out_features, in_features, dtype=torch.uint8),
-                   torch.empty(out_features, groups), torch.empty(out_features, groups), group_size)
-
-    def rows(self, start: int, count: int) -> "Int4Weight":
-        """A view of output rows [start, start + count), to fill one part of a merged layer."""
-        return Int4Weight(self.q.narrow(0, start, count), self.scale.narrow(0, start, count),
-                          self.minimum.narrow(0, start, count), self.group_size)
-
-    def dequantize(self) -> torch.Tensor:
-        """The float32 weight these numbers stand for (the reference the kernels are tested on)."""
-        groups = self.scale.shape[1]
-        q = self.q.float().view(self.q.shape[0], groups, self.group_size)
-        return (q * self.scale[..., None] + self.minimum[..., None]).view(self.q.shape)
+logger = logging.getLogger(__name__)
 
 
 def quantize_kernel(method: str, weight: torch.Tensor, bias: torch.Tensor | None,
-                    layer: str) -> LinearKernel:
-    """Quantize a float weight with `method` ('int8' or 'int4') into its device's kernel."""
-    raise NotImplementedError(method)
+                    layer: str, group_size: int = INT4_GROUP_SIZE) -> LinearKernel:
+    """Quantize a float weight with `method` ('int8' or 'int4') into its device's kernel,
+    computing in the weight's dtype. int4 uses groups of `group_size` inputs, or the largest
+    smaller power of two that divides the layer's inputs; a layer with none of at least 8
+    keeps int8 (logged)."""
+    dtype, device = weight.dtype, weight.device
+    if method == "int4":
+        group = int4_group_size(weight.shape[1], group_size)
+        if group is not None:
+            return Int4Kernel(quantize_int4(weight, group), bias, dtype, device)
+        logger.info("%s: %d inputs take no int4 group of 8 or more; int8 instead", layer, weight.shape[1])
+    elif method != "int8":
+        raise ValueError(f"unknown quantization {method!r}: use int8 or int4")
+    q, scale = quantize_int8(weight)
+    return Int8Kernel(q, scale, bias, dtype)
 
 
 def prequantized_kernel(weight: Int4Weight, bias: torch.Tensor | None,
                         dtype: torch.dtype, device: torch.device) -> LinearKernel:
     """The kernel for a weight the checkpoint holds quantized, computing in `dtype`."""
-    raise NotImplementedError
+    return Int4Kernel(weight, bias, dtype, device)
