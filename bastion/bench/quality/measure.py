@@ -36,7 +36,7 @@ class VariantRun:
 
 def build_engine(model: str, dtype: str, quantization: str | None, context: int,
                  head: str | None):
-    """An engine for one variant; `head` ("float" or "int8") gives the LM head that form
+    """An engine for one variant; `head` ("float", "int8" or "int4") gives the LM head that form
     instead of `quantization`'s (possible when it is tied to the embedding, which stays float)."""
     from bastion.config.engine import EngineConfig
     from bastion.engine.core import EngineCore
@@ -51,7 +51,7 @@ def build_engine(model: str, dtype: str, quantization: str | None, context: int,
             raise ValueError("another form for the LM head needs it tied to the embedding")
         weight = llama.embed_tokens.weight.detach()
         llama.lm_head.kernel = (float_kernel(weight, None) if head == "float"
-                                else quantize_kernel(head, weight, None, layer="lm_head"))
+                                else quantize_kernel(head, weight, None, layer="lm_head", as_asked=True))
     return engine
 
 
