@@ -75,6 +75,12 @@ def _bench_latency(args: argparse.Namespace) -> int:
     return run_latency_bench(args)
 
 
+def _bench_quantization(args: argparse.Namespace) -> int:
+    from bastion.bench.quality.run import run_quantization_bench
+
+    return run_quantization_bench(args)
+
+
 def _bench_failover(args: argparse.Namespace) -> int:
     from bastion.bench.failover import run_failover_bench
 
@@ -148,6 +154,11 @@ def build_parser() -> argparse.ArgumentParser:
     add_structured_bench_args(st)
     add_engine_args(st)
     st.set_defaults(func=_bench_structured)
+    from bastion.bench.quality.run import add_quantization_bench_args
+    qb = bench_sub.add_parser("quantization", help="accuracy cost of int8/int4 weights: perplexity "
+                              "and greedy agreement against bf16 on a fixed public-domain text")
+    add_quantization_bench_args(qb)
+    qb.set_defaults(func=_bench_quantization)
     return parser
 
 

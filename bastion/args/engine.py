@@ -27,8 +27,9 @@ def add_engine_args(parser: argparse.ArgumentParser) -> None:
                         "them, mean float16 and float32")
     g.add_argument("--quantization", "-q", default=None, choices=QUANTIZATIONS,
                    help="weight-only quantization of the linear layers at load time: int8 (one scale "
-                        "per output channel) or int4 (a scale and minimum per group of 32 inputs); "
-                        "activations stay in --dtype. Default: the checkpoint's own form")
+                        "per output channel) or int4 (a scale and minimum per group of 32 inputs; "
+                        "the LM head stays int8); activations stay in --dtype. Default: the "
+                        "checkpoint's own form (docs/quantization.md)")
     g.add_argument("--enforce-eager", action=argparse.BooleanOptionalAction, default=False,
                    help="run the model eagerly: no torch.compile (--no-enforce-eager: the default)")
     g.add_argument("--device", default="auto", help="auto (CUDA when present, else CPU), cpu, cuda, cuda:N")

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections import Counter
 from dataclasses import dataclass
 
@@ -22,10 +23,12 @@ class LinearSummary:
 
     kernels: dict[str, int]
     weight_bytes: int
+    seconds: float = 0.0
 
     def describe(self) -> str:
         kinds = ", ".join(f"{count} {name}" for name, count in sorted(self.kernels.items()))
-        return f"linear layers: {kinds}; {self.weight_bytes / 2**20:.1f} MiB of weights per token"
+        return (f"linear layers: {kinds}; {self.weight_bytes / 2**20:.1f} MiB of weights per token "
+                f"(prepared in {self.seconds:.1f} s)")
 
 
 def prepare_linears(model: nn.Module, quantization: str | None = None) -> LinearSummary:
@@ -35,6 +38,7 @@ def prepare_linears(model: nn.Module, quantization: str | None = None) -> Linear
     `prequantized` weight (a GGUF Q4 tensor) keeps that form whatever is asked."""
     if quantization is not None and quantization not in QUANTIZATIONS:
         raise ValueError(f"--quantization must be one of {', '.join(QUANTIZATIONS)}, got {quantization!r}")
+    started = time.perf_counter()
     shared = _shared_weights(model)
     counts: Counter[str] = Counter()
     total = 0
@@ -47,7 +51,7 @@ def prepare_linears(model: nn.Module, quantization: str | None = None) -> Linear
             module.weight = None  # NOTE: the kernel holds the only copy it needs
         counts[kernel.name] += 1
         total += kernel.nbytes
-    summary = LinearSummary(dict(counts), total)
+    summary = LinearSummary(dict(counts), total, time.perf_counter() - started)
     logger.info("%s", summary.describe())
     return summary
 
