@@ -39,6 +39,11 @@ class Sampler:
     def __call__(self, logits: torch.Tensor, reqs: list[Request]
                  ) -> tuple[list[int], list[TokenLogprob | None]]:
         """Pick one token per row of float32 `logits` [N, V] for the matching requests."""
+        if len(reqs) == 1 and _plain_greedy(reqs[0]):
+            # NOTE: one stream, greedy, nothing to bias or report: only the argmax (the same token
+            # the general path picks), without its per-step checks.
+            self._pending = None
+            return [int(logits[0].argmax())], [None]
         params = [r.params for r in reqs]
         if any(r.matcher is not None for r in reqs):
             if self.grammar_mask is None:
@@ -83,6 +88,13 @@ class Sampler:
             if req.generator is not None:
                 noise[row].exponential_(generator=req.generator)
         return noise.to(probs.device)
+
+
+def _plain_greedy(req: Request) -> bool:
+    """Greedy, with no grammar, bias, penalty, stop ban or logprobs: the token is the argmax."""
+    p = req.params
+    return (p.greedy and req.matcher is None and not p.logit_bias and not p.has_penalties
+            and p.logprobs is None and req.num_output_tokens >= p.min_tokens)
 
 
 def apply_logit_bias(logits: torch.Tensor, reqs: list[Request]) -> torch.Tensor:
