@@ -42,7 +42,17 @@ PREEMPTIONS = Gauge("bastion_num_preemptions", "Sequences an engine rank preempt
                     "recomputed later) since it started", ["rank"], multiprocess_mode="mostrecent")
 
 
+_last_load: dict[int, tuple] = {}
+
+
 def record_load(rank: int, load: EngineLoad) -> None:
+    """Set a rank's gauges from the load it published (after every step it makes); nothing when
+    they would not change (a gauge's set writes the multi-process file)."""
+    shown = (load.num_running, load.num_waiting, load.kv_cache_usage, load.prefix_cache_hit_rate,
+             load.num_preemptions)
+    if _last_load.get(rank) == shown:
+        return
+    _last_load[rank] = shown
     label = str(rank)
     RUNNING.labels(label).set(load.num_running)
     WAITING.labels(label).set(load.num_waiting)
