@@ -152,7 +152,10 @@ async def run_load(s: LoadSettings, reqs: list, body_of: BodyOf = completion_bod
 
         async def gated(req: BenchRequest) -> RequestResult:
             async with gate:
-                return await _one(http, s, req, body_of)
+                result = await _one(http, s, req, body_of)
+                if _stale_connection(result):  # NOTE: sent once more, as HTTP clients do
+                    result = await _one(http, s, req, body_of)
+                return result
         started = time.perf_counter()
         tasks = []
         for req in reqs:
@@ -161,6 +164,12 @@ async def run_load(s: LoadSettings, reqs: list, body_of: BodyOf = completion_bod
                 await asyncio.sleep(rng.expovariate(s.request_rate))
         results = await asyncio.gather(*tasks)
         return list(results), time.perf_counter() - started
+
+
+def _stale_connection(result: RequestResult) -> bool:
+    """The server closed a kept-alive connection just as the request went out on it (llama.cpp's
+    server drops idle ones after 5 s): nothing was answered, so the request can go again."""
+    return not result.ok and not result.arrivals and result.error.startswith("RemoteProtocolError")
 
 
 def percentiles(values: list[float]) -> dict:
