@@ -116,14 +116,19 @@ def test_one_keys_flood_does_not_starve_another_key(tmp_path):
 
     async def run() -> list[httpx.Response]:
         async with httpx.AsyncClient(timeout=120) as client:
-            async def one(key: str, label: str) -> httpx.Response:
+            async def one(key: str, label: str, max_tokens: int = 150) -> httpx.Response:
                 r = await client.post(f"{server.url}/v1/completions", headers={
                     "Authorization": f"Bearer {key}"}, json={
-                    "model": "bastion-demo", "prompt": "flood", "max_tokens": 150, "ignore_eos": True})
+                    "model": "bastion-demo", "prompt": "flood", "max_tokens": max_tokens, "ignore_eos": True})
                 if r.status_code == 200:
                     finished.append(label)
                 return r
-            flood = [asyncio.create_task(one(FLOOD_KEY, f"flood{i}")) for i in range(12)]
+            # NOTE: the first request holds the one slot long enough for the queue to be seen
+            # full (a 150-token one may finish before the poll sees the 8 behind it)
+            flood = [asyncio.create_task(one(FLOOD_KEY, "flood0", max_tokens=1500))]
+            await asyncio.to_thread(server.wait_for_metric, "bastion_num_requests_running",
+                                    lambda v: v >= 1, 30)
+            flood += [asyncio.create_task(one(FLOOD_KEY, f"flood{i}")) for i in range(1, 12)]
             queued = await asyncio.to_thread(server.wait_for_metric, "bastion_num_requests_waiting",
                                              lambda v: v >= 8, 30, rank="queue")
             assert queued == 8  # one runs, 8 wait, the rest are over the key's waiting cap
