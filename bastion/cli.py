@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import sys
+from typing import Callable
 
 from bastion import __version__
 from bastion.args.aliases import AliasHelpFormatter
@@ -51,40 +53,46 @@ def _demo_model(args: argparse.Namespace) -> int:
     return 0
 
 
-def _bench(args: argparse.Namespace) -> int:
-    from bastion.bench.throughput import run_throughput_bench
-
-    return run_throughput_bench(args)
-
-
-def _bench_serve(args: argparse.Namespace) -> int:
-    from bastion.bench.serve import run_serve_bench
-
-    return run_serve_bench(args)
-
-
-def _bench_structured(args: argparse.Namespace) -> int:
-    from bastion.bench.structured.run import run_structured_bench
-
-    return run_structured_bench(args)
-
-
-def _bench_latency(args: argparse.Namespace) -> int:
-    from bastion.bench.latency.run import run_latency_bench
-
-    return run_latency_bench(args)
-
-
-def _bench_quantization(args: argparse.Namespace) -> int:
-    from bastion.bench.quality.run import run_quantization_bench
-
-    return run_quantization_bench(args)
+# `bastion bench NAME`: (module with its flags' adder, the adder, "module:runner" imported only
+# when the bench runs, whether it takes the engine flags, its help)
+BENCHES = {
+    "throughput": ("bastion.bench.throughput", "add_throughput_args",
+                   "bastion.bench.throughput:run_throughput_bench", True,
+                   "offline engine throughput vs transformers"),
+    "serve": ("bastion.bench.serve", "add_serve_bench_args", "bastion.bench.serve:run_serve_bench", True,
+              "load a server over the OpenAI API (optionally vs offline, or beside another server)"),
+    "latency": ("bastion.bench.latency.args", "add_latency_args", "bastion.bench.latency.run:run_latency_bench",
+                True, "one request at a time: prefill tok/s by prompt length, inter-token latency by "
+                "output length, side by side with another bastion configuration or server (e.g. llama-server)"),
+    "failover": ("bastion.bench.failover", "add_failover_bench_args",
+                 "bastion.bench.failover:run_failover_bench", False,
+                 "take a supervised rank down under load: detection, recovery and errors on the healthy ranks"),
+    "structured": ("bastion.bench.structured.run", "add_structured_bench_args",
+                   "bastion.bench.structured.run:run_structured_bench", True,
+                   "structured outputs: grammar compile time over a corpus of real-world JSON schemas; "
+                   "output tokens/s with and without a schema"),
+    "quantization": ("bastion.bench.quality.run", "add_quantization_bench_args",
+                     "bastion.bench.quality.run:run_quantization_bench", False,
+                     "accuracy cost of int8/int4 weights: perplexity and greedy agreement against bf16 "
+                     "on a fixed public-domain text"),
+}
 
 
-def _bench_failover(args: argparse.Namespace) -> int:
-    from bastion.bench.failover import run_failover_bench
+def _run_bench(runner: str) -> Callable[[argparse.Namespace], int]:
+    def run(args: argparse.Namespace) -> int:
+        module, name = runner.split(":")
+        return getattr(importlib.import_module(module), name)(args)
+    return run
 
-    return run_failover_bench(args)
+
+def _add_benches(sub) -> None:
+    bench_sub = sub.add_parser("bench", help="benchmarks").add_subparsers(dest="bench", required=True)
+    for name, (module, adder, runner, engine_flags, text) in BENCHES.items():
+        parser = bench_sub.add_parser(name, help=text, formatter_class=AliasHelpFormatter)
+        getattr(importlib.import_module(module), adder)(parser)
+        if engine_flags:
+            add_engine_args(parser)
+        parser.set_defaults(func=_run_bench(runner))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -121,44 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--force", action="store_true", help="overwrite a model already there")
     demo.set_defaults(func=_demo_model)
 
-    bench = sub.add_parser("bench", help="benchmarks")
-    bench_sub = bench.add_subparsers(dest="bench", required=True)
-    from bastion.bench.throughput import add_throughput_args
-    tp = bench_sub.add_parser("throughput", help="offline engine throughput vs transformers",
-                              formatter_class=AliasHelpFormatter)
-    add_throughput_args(tp)
-    add_engine_args(tp)
-    tp.set_defaults(func=_bench)
-    from bastion.bench.serve import add_serve_bench_args
-    sv = bench_sub.add_parser("serve", help="load a server over the OpenAI API (optionally vs offline)",
-                              formatter_class=AliasHelpFormatter)
-    add_serve_bench_args(sv)
-    add_engine_args(sv)
-    sv.set_defaults(func=_bench_serve)
-    from bastion.bench.latency.args import add_latency_args
-    lt = bench_sub.add_parser("latency", help="one request at a time: prefill tok/s by prompt length, "
-                              "inter-token latency by output length, side by side with another bastion "
-                              "configuration or server (e.g. llama-server)", formatter_class=AliasHelpFormatter)
-    add_latency_args(lt)
-    add_engine_args(lt)
-    lt.set_defaults(func=_bench_latency)
-    from bastion.bench.failover import add_failover_bench_args
-    fo = bench_sub.add_parser("failover", help="take a supervised rank down under load: detection, "
-                              "recovery and errors on the healthy ranks")
-    add_failover_bench_args(fo)
-    fo.set_defaults(func=_bench_failover)
-    from bastion.bench.structured.run import add_structured_bench_args
-    st = bench_sub.add_parser("structured", help="structured outputs: grammar compile time over a corpus "
-                              "of real-world JSON schemas; output tokens/s with and without a schema",
-                              formatter_class=AliasHelpFormatter)
-    add_structured_bench_args(st)
-    add_engine_args(st)
-    st.set_defaults(func=_bench_structured)
-    from bastion.bench.quality.run import add_quantization_bench_args
-    qb = bench_sub.add_parser("quantization", help="accuracy cost of int8/int4 weights: perplexity "
-                              "and greedy agreement against bf16 on a fixed public-domain text")
-    add_quantization_bench_args(qb)
-    qb.set_defaults(func=_bench_quantization)
+    _add_benches(sub)
     return parser
 
 
