@@ -14,8 +14,6 @@ from bastion.model.linear.quantized import prequantized_kernel, quantize_kernel
 
 logger = logging.getLogger(__name__)
 
-QUANTIZATIONS = ("int8", "int4")
-
 
 @dataclass(frozen=True)
 class LinearSummary:
@@ -34,10 +32,9 @@ class LinearSummary:
 def prepare_linears(model: nn.Module, quantization: str | None = None) -> LinearSummary:
     """Install a kernel in every `Linear` of `model` and free float weights nothing else shares.
 
-    `quantization` is None (float kernels) or one of QUANTIZATIONS; a layer the loader gave a
-    `prequantized` weight (a GGUF Q4 tensor) keeps that form whatever is asked."""
-    if quantization is not None and quantization not in QUANTIZATIONS:
-        raise ValueError(f"--quantization must be one of {', '.join(QUANTIZATIONS)}, got {quantization!r}")
+    `quantization` is None (float kernels), 'int8' or 'int4' (the flag is checked by
+    `config/engine.py: ModelConfig`; `quantize_kernel` refuses any other); a layer the loader
+    gave a `prequantized` weight (a GGUF Q4 tensor) keeps that form whatever is asked."""
     started = time.perf_counter()
     shared = _shared_weights(model)
     counts: Counter[str] = Counter()
