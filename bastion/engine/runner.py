@@ -13,6 +13,7 @@ from bastion.engine.scheduler import ScheduledRequest, SchedulerOutput
 from bastion.engine.step_inputs import StepInputs
 from bastion.model.arch import ArchConfig, ModelLoadError, read_arch_config
 from bastion.model.attention import attention_context
+from bastion.model.fused_decode import FusedDecoder
 from bastion.model.loader import compute_dtype, load_model, resolve_device, resolve_dtype
 
 logger = logging.getLogger(__name__)
@@ -54,6 +55,8 @@ class ModelRunner:
         num_blocks = self._num_blocks(model_len)
         self.limits = self._limits(model_len, num_blocks)
         self._allocate_kv(num_blocks)
+        if not mc.enforce_eager:
+            self.model.fused_decoder = FusedDecoder.build(self.model, self.block_size)
         self.forward_seconds = 0.0
         logger.info("model %s (%s, %s on %s): %d KV blocks of %d tokens, max_model_len %d",
                     mc.model, self.arch.architecture, str(self.dtype).removeprefix("torch."),

@@ -59,6 +59,11 @@ def attention_context(ctx: AttentionContext):
         _CONTEXT = None
 
 
+def current_context() -> AttentionContext | None:
+    """The step's context, or None outside `attention_context()`."""
+    return _CONTEXT
+
+
 def get_context() -> AttentionContext:
     assert _CONTEXT is not None, "attention called outside attention_context()"
     return _CONTEXT

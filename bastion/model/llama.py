@@ -5,7 +5,8 @@ import torch
 from torch import nn
 
 from bastion.model.arch import ArchConfig
-from bastion.model.attention import AttentionBackend, SdpaPagedBackend
+from bastion.model.attention import AttentionBackend, SdpaPagedBackend, current_context
+from bastion.model.fused_decode import FusedDecoder
 from bastion.model.layers import GatedMLP, RMSNorm, RotaryEmbedding, apply_rotary
 from bastion.model.linear.layer import Linear
 
@@ -69,6 +70,7 @@ class LlamaModel(nn.Module):
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.lm_head = Linear(cfg.hidden_size, cfg.vocab_size)
         self.tie_lm_head()
+        self.fused_decoder: FusedDecoder | None = None  # set by the runner (fused_decode.py)
 
     def tie_lm_head(self) -> None:
         """With tied embeddings the LM head multiplies by the embedding table itself."""
@@ -76,6 +78,10 @@ class LlamaModel(nn.Module):
             self.lm_head.weight = self.embed_tokens.weight
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        if self.fused_decoder is not None:
+            ctx = current_context()
+            if FusedDecoder.accepts(input_ids, ctx):
+                return self.fused_decoder(input_ids, positions, ctx)
         x = self.embed_tokens(input_ids)
         rope = self.rotary.tables(positions, x.dtype)
         for layer in self.layers:

@@ -11,6 +11,8 @@ from __future__ import annotations
 import torch
 from torch.nn import functional as F
 
+from bastion.model.cpu_kernels.build import kernels_or_none
+from bastion.model.linear.cpu import CpuSmallBatchKernel
 from bastion.model.linear.layer import LinearKernel
 
 
@@ -55,7 +57,12 @@ def packing_available(dtype: torch.dtype, device: torch.device) -> bool:
 
 
 def float_kernel(weight: torch.Tensor, bias: torch.Tensor | None) -> LinearKernel:
-    """The fastest float kernel for this weight's dtype and device."""
+    """The fastest float kernel for this weight's dtype and device: bastion's own on a CPU with
+    AVX512-BF16 (bfloat16), else oneDNN's prepacked GEMM (bfloat16 CPU), else `F.linear`."""
+    if weight.dtype == torch.bfloat16 and weight.device.type == "cpu":
+        kernels = kernels_or_none()
+        if kernels is not None and kernels.uses_dpbf16:
+            return CpuSmallBatchKernel(kernels, weight, bias)
     if packing_available(weight.dtype, weight.device):
         return PackedKernel(weight, bias)
     return DenseKernel(weight, bias)
