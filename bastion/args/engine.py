@@ -31,8 +31,8 @@ def add_engine_args(parser: argparse.ArgumentParser) -> None:
                         "the LM head stays int8); activations stay in --dtype. Default: the "
                         "checkpoint's own form (docs/quantization.md)")
     g.add_argument("--enforce-eager", action=argparse.BooleanOptionalAction, default=False,
-                   help="run the model eagerly, no torch.compile (vLLM's flag; bastion's model runs eagerly "
-                        "either way today, so both spellings are accepted and change nothing)")
+                   help="run every step on the eager model: no fused one-sequence decode step (bastion's "
+                        "C++ decode step on CPU; vLLM's flag, which turns off CUDA graphs and compilation)")
     g.add_argument("--device", default="auto", help="auto (CUDA when present, else CPU), cpu, cuda, cuda:N")
     g.add_argument("--max-model-len", "--context-length", type=int, default=None,
                    help="context length (prompt + output); default: the model's")

@@ -4,7 +4,7 @@ When the engine runs a single sequence (the interactive case), eager PyTorch spe
 dispatching the step's ~1800 small ops than computing them. `FusedDecoder` hands the whole
 step (embedding, every layer, the final norm) to `cpu_kernels`' `Decoder`, which reads the
 same weights and the same paged KV cache as the eager model. It is used on CPU for bfloat16
-and float32 models with unquantized weights, for steps of exactly one decode; `--enforce-eager`
+and float32 models with float or int8 weights, for steps of exactly one decode; `--enforce-eager`
 turns it off (as vLLM's flag turns off CUDA graphs and compilation).
 """
 from __future__ import annotations
@@ -15,6 +15,7 @@ import torch
 
 from bastion.model.attention import AttentionContext
 from bastion.model.cpu_kernels.build import kernels_or_none
+from bastion.model.linear.int8 import Int8Kernel
 from bastion.model.linear.layer import Linear
 
 logger = logging.getLogger(__name__)
@@ -47,20 +48,22 @@ class FusedDecoder:
         def norms(modules):
             return [m.weight.detach().to(dtype).contiguous() for m in modules]
 
-        decoder = kernels.make_decoder(
-            shape, model.embed_tokens.weight.detach().contiguous(),
-            norms(layer.input_layernorm for layer in layers),
-            [_weight(a.qkv_proj) for a in attn],
-            [a.qkv_proj.kernel.bias.float().contiguous() for a in attn] if cfg.qkv_bias else [],
-            norms(a.q_norm for a in attn) if cfg.qk_norm else [],
-            norms(a.k_norm for a in attn) if cfg.qk_norm else [],
-            [_weight(a.o_proj) for a in attn],
-            norms(layer.post_attention_layernorm for layer in layers),
-            [_weight(layer.mlp.gate_up_proj) for layer in layers],
-            [_weight(layer.mlp.down_proj) for layer in layers],
-            [a.k_cache for a in attn], [a.v_cache for a in attn],
-            model.norm.weight.detach().to(dtype).contiguous(),
-            model.rotary.cos.contiguous(), model.rotary.sin.contiguous())
+        w = kernels.DecoderWeights()
+        w.embed = model.embed_tokens.weight.detach().contiguous()
+        w.final_norm = model.norm.weight.detach().to(dtype).contiguous()
+        w.cos, w.sin = model.rotary.cos.contiguous(), model.rotary.sin.contiguous()
+        w.norm1 = norms(layer.input_layernorm for layer in layers)
+        w.norm2 = norms(layer.post_attention_layernorm for layer in layers)
+        if cfg.qk_norm:
+            w.q_norm, w.k_norm = norms(a.q_norm for a in attn), norms(a.k_norm for a in attn)
+        if cfg.qkv_bias:
+            w.qkv_bias = [a.qkv_proj.kernel.bias.float().contiguous() for a in attn]
+        w.qkv, w.qkv_scale = _matrices(a.qkv_proj for a in attn)
+        w.o, w.o_scale = _matrices(a.o_proj for a in attn)
+        w.gate_up, w.gate_up_scale = _matrices(layer.mlp.gate_up_proj for layer in layers)
+        w.down, w.down_scale = _matrices(layer.mlp.down_proj for layer in layers)
+        w.k_cache, w.v_cache = [a.k_cache for a in attn], [a.v_cache for a in attn]
+        decoder = kernels.make_decoder(shape, w)
         logger.info("decode steps of one sequence run fused (bastion's C++ decode step)")
         return cls(decoder)
 
@@ -78,8 +81,17 @@ class FusedDecoder:
                                  group.block_tables[0], group.context_len)
 
 
-def _weight(linear: Linear) -> torch.Tensor:
-    return linear.kernel.weight.detach().contiguous()
+def _matrices(linears) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """The layers' weights, and their float32 row scales when they are int8 (else no scales)."""
+    weights, scales = [], []
+    for linear in linears:
+        kernel = linear.kernel
+        if isinstance(kernel, Int8Kernel):
+            weights.append(kernel.q)
+            scales.append(kernel.scale.float().contiguous())
+        else:
+            weights.append(kernel.weight.detach().contiguous())
+    return weights, scales
 
 
 def _unsupported(model) -> str | None:
@@ -89,9 +101,17 @@ def _unsupported(model) -> str | None:
         return f"the fused decode step is CPU-only (model on {weight.device})"
     if weight.dtype not in (torch.bfloat16, torch.float32):
         return f"the fused decode step takes bfloat16 or float32 (model in {weight.dtype})"
+    kinds = set()
     for name, module in model.named_modules():
-        if isinstance(module, Linear) and name != "lm_head":
-            kernel_weight = getattr(module.kernel, "weight", None)
-            if kernel_weight is None or kernel_weight.dtype != weight.dtype:
-                return f"layer {name} runs the {module.kernel.name} kernel (the fused step reads plain weights)"
+        if not isinstance(module, Linear) or name == "lm_head":
+            continue
+        kernel = module.kernel
+        if isinstance(kernel, Int8Kernel):
+            kinds.add("int8")
+        elif getattr(kernel, "weight", None) is not None and kernel.weight.dtype == weight.dtype:
+            kinds.add("float")
+        else:
+            return f"layer {name} runs the {kernel.name} kernel (the fused step reads float or int8 weights)"
+    if len(kinds) > 1:
+        return "the layers mix int8 and float weights"
     return None

@@ -5,6 +5,7 @@ The sources in csrc/ are compiled with torch's extension builder for the CPU the
 keyed by the sources, the CPU's flags and the torch and Python versions. The first start on a
 machine compiles (about half a minute); later starts import the cached library. Without a C++
 compiler the kernels are unavailable and the model runs on torch's own kernels (logged once).
+A cache folder or library that another user owns or may write is never loaded.
 """
 from __future__ import annotations
 
@@ -15,6 +16,8 @@ import importlib.util
 import logging
 import os
 import platform
+import shutil
+import stat
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -24,7 +27,7 @@ import torch
 logger = logging.getLogger(__name__)
 
 SOURCES = ("bindings.cpp", "linear.cpp", "decode_step.cpp")
-HEADERS = ("dot.h", "decode_step.h")
+HEADERS = ("dot.h", "decode_step.h", "linear.h")
 CACHE_ENV = "BASTION_KERNEL_CACHE"
 
 
@@ -58,10 +61,20 @@ def _build_key(src: Path) -> str:
     return digest.hexdigest()[:16]
 
 
+def _check_trusted(path: Path) -> None:
+    """Refuse to load code from a path another user owns or may write (a planted library)."""
+    info = path.stat()
+    if info.st_uid != os.getuid() or info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        raise KernelsUnavailable(f"{path} belongs to another user or is writable by others: "
+                                 "not loading bastion's CPU kernels from it")
+
+
 def _import_built(name: str, folder: Path) -> ModuleType | None:
     library = folder / f"{name}.so"
     if not library.is_file():
         return None
+    for path in (folder.parent, folder, library):
+        _check_trusted(path)
     spec = importlib.util.spec_from_file_location(name, library)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -74,11 +87,12 @@ def _compile(name: str, src: Path, folder: Path) -> ModuleType:
     stale = folder / "lock"  # torch's own build lock, left behind by a build that was killed
     stale.unlink(missing_ok=True)
     logger.info("building bastion's CPU kernels into %s (once per machine; about half a minute)", folder)
-    try:
-        import ninja  # the PyPI package: a ninja binary for torch's builder even outside a venv's PATH
-        os.environ["PATH"] = f"{ninja.BIN_DIR}{os.pathsep}{os.environ.get('PATH', '')}"
-    except ImportError:
-        pass
+    if shutil.which("ninja") is None:
+        try:
+            import ninja  # the PyPI package: its binary for torch's builder when no ninja is on PATH
+            os.environ["PATH"] = f"{ninja.BIN_DIR}{os.pathsep}{os.environ.get('PATH', '')}"
+        except ImportError:
+            pass
     return cpp_extension.load(
         name, [str(src / s) for s in SOURCES], build_directory=str(folder),
         extra_cflags=["-O3", "-march=native", "-fopenmp"], extra_ldflags=["-fopenmp"], verbose=False)
@@ -111,12 +125,18 @@ def _load() -> ModuleType:
         module = _import_built(name, folder)
         if module is not None:
             return module
-        folder.mkdir(parents=True, exist_ok=True)
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        folder.mkdir(mode=0o700, exist_ok=True)
+        _check_trusted(folder.parent)
+        _check_trusted(folder)
         with open(folder / "build.lock", "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)  # NOTE: released by the kernel if this process dies
             return _import_built(name, folder) or _compile(name, src, folder)
+    except KernelsUnavailable:
+        raise
     except Exception as exc:  # noqa: BLE001 - any build failure means: use torch's kernels
-        raise KernelsUnavailable(f"bastion's CPU kernels could not be built ({exc})") from exc
+        detail = " ".join(str(exc).split())[-600:]  # the end of a compiler's output says why
+        raise KernelsUnavailable(f"bastion's CPU kernels could not be built ({detail})") from exc
 
 
 def kernels_or_none() -> ModuleType | None:

@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <cmath>
 #include <memory>
+#include <type_traits>
 #include <vector>
 
 #include "decode_step.h"
@@ -17,8 +18,6 @@
 namespace bastion {
 
 namespace {
-
-using TensorList = std::vector<torch::Tensor>;
 
 template <typename T>
 const T* ptr(const torch::Tensor& t) { return reinterpret_cast<const T*>(t.data_ptr()); }
@@ -33,73 +32,106 @@ void rms_norm(const float* x, const W* weight, int64_t n, float eps, T* out) {
   for (int64_t i = 0; i < n; ++i) store(out + i, to_float(weight[i]) * (x[i] * inv));
 }
 
+// One linear layer's weight: rows in the model's dtype T, or int8 rows and a scale per row.
+struct Matrix {
+  torch::Tensor w, scale;
+  bool int8() const { return scale.defined(); }
+  int64_t rows() const { return w.size(0); }
+};
+
+std::vector<Matrix> matrices(const TensorList& w, const TensorList& scale) {
+  std::vector<Matrix> out;
+  for (size_t i = 0; i < w.size(); ++i) out.push_back({w[i], scale.empty() ? torch::Tensor() : scale[i]});
+  return out;
+}
+
 template <typename T>
 class DecoderImpl final : public Decoder {
+  static constexpr bool kInt16 = BASTION_VNNI && std::is_same<T, bf16_t>::value;
+
  public:
-  DecoderImpl(const DecoderShape& shape, torch::Tensor embed, TensorList norm1, TensorList qkv_w,
-              TensorList qkv_b, TensorList q_norm, TensorList k_norm, TensorList o_w, TensorList norm2,
-              TensorList gate_up_w, TensorList down_w, TensorList k_cache, TensorList v_cache,
-              torch::Tensor final_norm, torch::Tensor cos, torch::Tensor sin)
-      : s_(shape), embed_(embed), norm1_(norm1), qkv_w_(qkv_w), qkv_b_(qkv_b), q_norm_(q_norm),
-        k_norm_(k_norm), o_w_(o_w), norm2_(norm2), gate_up_w_(gate_up_w), down_w_(down_w),
-        k_cache_(k_cache), v_cache_(v_cache), final_norm_(final_norm), cos_(cos), sin_(sin) {
+  DecoderImpl(const DecoderShape& shape, const DecoderWeights& w)
+      : s_(shape), w_(w), qkv_(matrices(w.qkv, w.qkv_scale)), o_(matrices(w.o, w.o_scale)),
+        gate_up_(matrices(w.gate_up, w.gate_up_scale)), down_(matrices(w.down, w.down_scale)) {
     q_size_ = s_.num_heads * s_.head_dim;
     kv_size_ = s_.num_kv_heads * s_.head_dim;
     const int64_t widest = std::max({s_.hidden, s_.intermediate, q_size_});
     h_.resize(s_.hidden);
     tmp_.resize(s_.hidden);
     act_.resize(widest);
-    qkv_.resize(q_size_ + 2 * kv_size_);
-    gate_up_.resize(2 * s_.intermediate);
+    qkv_out_.resize(q_size_ + 2 * kv_size_);
+    gate_up_out_.resize(2 * s_.intermediate);
   }
 
   torch::Tensor step(int64_t token, int64_t position, int64_t slot, const torch::Tensor& block_table,
                      int64_t context_len) override {
-    TORCH_CHECK(token >= 0 && token < embed_.size(0), "decode step: token id out of range");
-    TORCH_CHECK(position >= 0 && position < cos_.size(0), "decode step: position out of range");
+    TORCH_CHECK(token >= 0 && token < w_.embed.size(0), "decode step: token id out of range");
+    TORCH_CHECK(position >= 0 && position < w_.cos.size(0), "decode step: position out of range");
     TORCH_CHECK(block_table.scalar_type() == torch::kLong && block_table.is_contiguous(),
                 "decode step: block table is contiguous int64");
     TORCH_CHECK(context_len >= 1 && context_len <= block_table.numel() * s_.block_size,
                 "decode step: context longer than its block table");
-    auto out = torch::empty({1, s_.hidden}, embed_.options());
-    const T* e = ptr<T>(embed_) + token * s_.hidden;
+    auto out = torch::empty({1, s_.hidden}, w_.embed.options());
+    const T* e = ptr<T>(w_.embed) + token * s_.hidden;
     for (int64_t i = 0; i < s_.hidden; ++i) h_[i] = to_float(e[i]);
     const int64_t nthreads = omp_get_max_threads();
     scores_.resize(nthreads * s_.num_heads * ((context_len + nthreads - 1) / nthreads));
     partial_.resize(nthreads * s_.num_heads * (s_.head_dim + 2));
+    widened_.resize(nthreads * act_.size());
+    quantized_.resize(nthreads * (act_.size() + kQBlock));
+    block_scales_.resize(nthreads * ((act_.size() + kQBlock) / kQBlock + 1));
     const int64_t* table = block_table.data_ptr<int64_t>();
 #pragma omp parallel
     {
       const int thread = omp_get_thread_num(), nthreads = omp_get_num_threads();
-      for (size_t layer = 0; layer < qkv_w_.size(); ++layer) {
+      for (size_t layer = 0; layer < qkv_.size(); ++layer) {
         attention_half(layer, thread, nthreads, position, slot, table, context_len);
         mlp_half(layer, thread, nthreads);
       }
 #pragma omp single
-      rms_norm(h_.data(), ptr<T>(final_norm_), s_.hidden, s_.eps, reinterpret_cast<T*>(out.data_ptr()));
+      rms_norm(h_.data(), ptr<T>(w_.final_norm), s_.hidden, s_.eps, reinterpret_cast<T*>(out.data_ptr()));
     }
     return out;
   }
 
  private:
-  // y[n0:n1] = W[n0:n1] x for this thread's rows.
-  void product(const torch::Tensor& w, const T* x, float* y, int thread, int nthreads) {
+  // y[n0:n1] = W[n0:n1] x for this thread's rows (int8 rows: x widened to float32 first).
+  void product(const Matrix& m, const T* x, float* y, int thread, int nthreads) {
     int64_t n0, n1;
-    thread_rows(w.size(0), thread, nthreads, &n0, &n1);
-    if (n0 < n1) rows_product<T>(ptr<T>(w), w.size(1), x, 1, n0, n1, y + n0, 0);
+    thread_rows(m.rows(), thread, nthreads, &n0, &n1);
+    if (n0 >= n1) return;
+    const int64_t K = m.w.size(1);
+    if (!m.int8()) {
+      rows_product<T>(ptr<T>(m.w), K, x, 1, n0, n1, y + n0, 0);
+      return;
+    }
+    float* xf = widened_.data() + thread * act_.size();
+    for (int64_t k = 0; k < K; ++k) xf[k] = to_float(x[k]);
+    const int8_t* w = m.w.data_ptr<int8_t>();
+    if (kInt16) {  // bfloat16 activations: as int16 rows on vpdpwssd (dot.h)
+      const int64_t padded = act_.size() + kQBlock;
+      int16_t* xq = quantized_.data() + thread * padded;
+      float* xs = block_scales_.data() + thread * (padded / kQBlock + 1);
+      quantize_row(xf, K, xq, xs);
+      rows_product_int16(w, K, Int16Row{xq, xs}, n0, n1, y + n0);
+    } else {  // float32 activations stay float32 (int16 is finer than bfloat16, not than float32)
+      rows_product<int8_t, float>(w, K, xf, 1, n0, n1, y + n0, 0);
+    }
+    const float* scale = m.scale.data_ptr<float>();
+    for (int64_t n = n0; n < n1; ++n) y[n] *= scale[n];
   }
 
   void attention_half(size_t layer, int thread, int nthreads, int64_t position, int64_t slot,
                       const int64_t* table, int64_t context_len) {
     T* x = reinterpret_cast<T*>(act_.data());
 #pragma omp single
-    rms_norm(h_.data(), ptr<T>(norm1_[layer]), s_.hidden, s_.eps, x);
-    product(qkv_w_[layer], x, qkv_.data(), thread, nthreads);
+    rms_norm(h_.data(), ptr<T>(w_.norm1[layer]), s_.hidden, s_.eps, x);
+    product(qkv_[layer], x, qkv_out_.data(), thread, nthreads);
 #pragma omp barrier
 #pragma omp single
     prepare_qkv(layer, position, slot);
     attend(layer, table, context_len, thread, nthreads);  // ends with the barrier of its `omp for`
-    product(o_w_[layer], reinterpret_cast<const T*>(act_.data()), tmp_.data(), thread, nthreads);
+    product(o_[layer], reinterpret_cast<const T*>(act_.data()), tmp_.data(), thread, nthreads);
     add_own_rows(thread, nthreads);
   }
 
@@ -107,16 +139,16 @@ class DecoderImpl final : public Decoder {
     T* x = reinterpret_cast<T*>(act_.data());
 #pragma omp barrier
 #pragma omp single
-    rms_norm(h_.data(), ptr<T>(norm2_[layer]), s_.hidden, s_.eps, x);
-    product(gate_up_w_[layer], x, gate_up_.data(), thread, nthreads);
+    rms_norm(h_.data(), ptr<T>(w_.norm2[layer]), s_.hidden, s_.eps, x);
+    product(gate_up_[layer], x, gate_up_out_.data(), thread, nthreads);
 #pragma omp barrier
     const int64_t inter = s_.intermediate;
 #pragma omp for simd schedule(static)
     for (int64_t i = 0; i < inter; ++i) {
-      const float g = gate_up_[i];
-      store(x + i, g / (1.f + exp_approx(-g)) * gate_up_[inter + i]);
+      const float g = gate_up_out_[i];
+      store(x + i, g / (1.f + exp_approx(-g)) * gate_up_out_[inter + i]);
     }
-    product(down_w_[layer], x, tmp_.data(), thread, nthreads);
+    product(down_[layer], x, tmp_.data(), thread, nthreads);
     add_own_rows(thread, nthreads);
 #pragma omp barrier
   }
@@ -131,19 +163,19 @@ class DecoderImpl final : public Decoder {
   // Bias, q/k norms and rotary on the new token's q and k; its k and v into the caches.
   void prepare_qkv(size_t layer, int64_t position, int64_t slot) {
     const int64_t D = s_.head_dim, half = D / 2;
-    float* qkv = qkv_.data();
-    if (!qkv_b_.empty()) {
-      const float* b = qkv_b_[layer].data_ptr<float>();
+    float* qkv = qkv_out_.data();
+    if (!w_.qkv_bias.empty()) {
+      const float* b = w_.qkv_bias[layer].data_ptr<float>();
       for (int64_t i = 0; i < q_size_ + 2 * kv_size_; ++i) qkv[i] += b[i];
     }
     const int64_t heads = s_.num_heads + s_.num_kv_heads;
-    const float* cos = cos_.data_ptr<float>() + position * D;
-    const float* sin = sin_.data_ptr<float>() + position * D;
+    const float* cos = w_.cos.data_ptr<float>() + position * D;
+    const float* sin = w_.sin.data_ptr<float>() + position * D;
     std::vector<float> row(D);
     for (int64_t h = 0; h < heads; ++h) {
       float* v = qkv + h * D;
-      if (!q_norm_.empty()) {
-        const torch::Tensor& w = h < s_.num_heads ? q_norm_[layer] : k_norm_[layer];
+      if (!w_.q_norm.empty()) {
+        const torch::Tensor& w = h < s_.num_heads ? w_.q_norm[layer] : w_.k_norm[layer];
         rms_norm(v, ptr<T>(w), D, s_.eps, row.data());
         std::copy(row.begin(), row.end(), v);
       }
@@ -153,9 +185,9 @@ class DecoderImpl final : public Decoder {
         v[i + half] = row[i + half] * cos[i + half] + row[i] * sin[i + half];
       }
     }
-    const int64_t pool = k_cache_[layer].size(1) * s_.block_size;
-    T* kc = reinterpret_cast<T*>(k_cache_[layer].data_ptr());
-    T* vc = reinterpret_cast<T*>(v_cache_[layer].data_ptr());
+    const int64_t pool = w_.k_cache[layer].size(1) * s_.block_size;
+    T* kc = reinterpret_cast<T*>(w_.k_cache[layer].data_ptr());
+    T* vc = reinterpret_cast<T*>(w_.v_cache[layer].data_ptr());
     for (int64_t g = 0; g < s_.num_kv_heads; ++g) {
       const float* k = qkv + q_size_ + g * D;
       const float* v = qkv + q_size_ + kv_size_ + g * D;
@@ -171,11 +203,11 @@ class DecoderImpl final : public Decoder {
   void attend(size_t layer, const int64_t* table, int64_t context_len, int thread, int nthreads) {
     const int64_t D = s_.head_dim, bs = s_.block_size, H = s_.num_heads;
     const int64_t group = H / s_.num_kv_heads;
-    const int64_t pool = k_cache_[layer].size(1) * bs;
+    const int64_t pool = w_.k_cache[layer].size(1) * bs;
     const int64_t per = (context_len + nthreads - 1) / nthreads;
     const int64_t t0 = std::min(context_len, per * thread), t1 = std::min(context_len, t0 + per);
-    const T* kc = ptr<T>(k_cache_[layer]);
-    const T* vc = ptr<T>(v_cache_[layer]);
+    const T* kc = ptr<T>(w_.k_cache[layer]);
+    const T* vc = ptr<T>(w_.v_cache[layer]);
     float* score = scores_.data() + thread * H * per;
     float* part = partial_.data() + thread * H * (D + 2);  // per head: max, sum, D accumulators
     float row[512];
@@ -185,7 +217,7 @@ class DecoderImpl final : public Decoder {
 #pragma omp simd
         for (int64_t i = 0; i < D; ++i) row[i] = to_float(k[i]);
         for (int64_t j = 0; j < group; ++j) {
-          const float* q = qkv_.data() + (g * group + j) * D;
+          const float* q = qkv_out_.data() + (g * group + j) * D;
           float dot = 0.f;
 #pragma omp simd reduction(+ : dot)
           for (int64_t i = 0; i < D; ++i) dot += q[i] * row[i];
@@ -240,11 +272,11 @@ class DecoderImpl final : public Decoder {
   }
 
   DecoderShape s_;
-  torch::Tensor embed_;
-  TensorList norm1_, qkv_w_, qkv_b_, q_norm_, k_norm_, o_w_, norm2_, gate_up_w_, down_w_, k_cache_, v_cache_;
-  torch::Tensor final_norm_, cos_, sin_;
+  DecoderWeights w_;
+  std::vector<Matrix> qkv_, o_, gate_up_, down_;
   int64_t q_size_ = 0, kv_size_ = 0;
-  std::vector<float> h_, tmp_, act_, qkv_, gate_up_, scores_, partial_;
+  std::vector<float> h_, tmp_, act_, qkv_out_, gate_up_out_, scores_, partial_, widened_, block_scales_;
+  std::vector<int16_t> quantized_;
 };
 
 void check_all(const TensorList& list, torch::ScalarType dtype, const char* what) {
@@ -254,34 +286,39 @@ void check_all(const TensorList& list, torch::ScalarType dtype, const char* what
   }
 }
 
+void check_scales(const TensorList& w, const TensorList& scale, torch::ScalarType dtype, const char* what) {
+  if (scale.empty()) return check_all(w, dtype, what);
+  TORCH_CHECK(scale.size() == w.size(), "decoder: ", what, ": one scale per layer");
+  check_all(w, torch::kChar, what);
+  check_all(scale, torch::kFloat, "int8 scales");
+  for (size_t i = 0; i < w.size(); ++i)
+    TORCH_CHECK(scale[i].numel() == w[i].size(0), "decoder: ", what, ": one scale per row");
+}
+
 }  // namespace
 
-std::shared_ptr<Decoder> make_decoder(const DecoderShape& shape, torch::Tensor embed, TensorList norm1,
-                                      TensorList qkv_w, TensorList qkv_b, TensorList q_norm,
-                                      TensorList k_norm, TensorList o_w, TensorList norm2,
-                                      TensorList gate_up_w, TensorList down_w, TensorList k_cache,
-                                      TensorList v_cache, torch::Tensor final_norm, torch::Tensor cos,
-                                      torch::Tensor sin) {
-  const auto dtype = embed.scalar_type();
+std::shared_ptr<Decoder> make_decoder(const DecoderShape& shape, const DecoderWeights& w) {
+  const auto dtype = w.embed.scalar_type();
   TORCH_CHECK(dtype == torch::kBFloat16 || dtype == torch::kFloat, "decoder: bfloat16 or float32 weights");
   TORCH_CHECK(shape.head_dim <= 512 && shape.head_dim % 2 == 0, "decoder: head_dim must be even, at most 512");
   TORCH_CHECK(shape.num_kv_heads > 0 && shape.num_heads % shape.num_kv_heads == 0, "decoder: heads per KV head");
-  const size_t layers = qkv_w.size();
-  for (const TensorList* l : {&norm1, &o_w, &norm2, &gate_up_w, &down_w, &k_cache, &v_cache})
+  const size_t layers = w.qkv.size();
+  for (const TensorList* l : {&w.norm1, &w.o, &w.norm2, &w.gate_up, &w.down, &w.k_cache, &w.v_cache})
     TORCH_CHECK(l->size() == layers, "decoder: one tensor per layer in every list");
-  TORCH_CHECK(qkv_b.empty() || qkv_b.size() == layers, "decoder: qkv biases for every layer or none");
-  TORCH_CHECK(q_norm.size() == k_norm.size() && (q_norm.empty() || q_norm.size() == layers),
+  TORCH_CHECK(w.qkv_bias.empty() || w.qkv_bias.size() == layers, "decoder: qkv biases for every layer or none");
+  TORCH_CHECK(w.q_norm.size() == w.k_norm.size() && (w.q_norm.empty() || w.q_norm.size() == layers),
               "decoder: q/k norms for every layer or none");
-  for (const TensorList* l : {&norm1, &qkv_w, &q_norm, &k_norm, &o_w, &norm2, &gate_up_w, &down_w, &k_cache, &v_cache})
-    check_all(*l, dtype, "weights and caches");
-  check_all({embed, final_norm}, dtype, "embedding and final norm");
-  check_all(qkv_b, torch::kFloat, "qkv biases");
-  check_all({cos, sin}, torch::kFloat, "rotary tables");
-  if (dtype == torch::kBFloat16)
-    return std::make_shared<DecoderImpl<bf16_t>>(shape, embed, norm1, qkv_w, qkv_b, q_norm, k_norm, o_w, norm2,
-                                                 gate_up_w, down_w, k_cache, v_cache, final_norm, cos, sin);
-  return std::make_shared<DecoderImpl<float>>(shape, embed, norm1, qkv_w, qkv_b, q_norm, k_norm, o_w, norm2,
-                                              gate_up_w, down_w, k_cache, v_cache, final_norm, cos, sin);
+  for (const TensorList* l : {&w.norm1, &w.norm2, &w.q_norm, &w.k_norm, &w.k_cache, &w.v_cache})
+    check_all(*l, dtype, "norms and caches");
+  check_scales(w.qkv, w.qkv_scale, dtype, "qkv");
+  check_scales(w.o, w.o_scale, dtype, "o");
+  check_scales(w.gate_up, w.gate_up_scale, dtype, "gate_up");
+  check_scales(w.down, w.down_scale, dtype, "down");
+  check_all({w.embed, w.final_norm}, dtype, "embedding and final norm");
+  check_all(w.qkv_bias, torch::kFloat, "qkv biases");
+  check_all({w.cos, w.sin}, torch::kFloat, "rotary tables");
+  if (dtype == torch::kBFloat16) return std::make_shared<DecoderImpl<bf16_t>>(shape, w);
+  return std::make_shared<DecoderImpl<float>>(shape, w);
 }
 
 }  // namespace bastion

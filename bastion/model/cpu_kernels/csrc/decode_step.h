@@ -22,14 +22,19 @@ class Decoder {
                              int64_t context_len) = 0;
 };
 
-std::shared_ptr<Decoder> make_decoder(const DecoderShape& shape, torch::Tensor embed, std::vector<torch::Tensor> norm1,
-                                      std::vector<torch::Tensor> qkv_w, std::vector<torch::Tensor> qkv_b,
-                                      std::vector<torch::Tensor> q_norm, std::vector<torch::Tensor> k_norm,
-                                      std::vector<torch::Tensor> o_w, std::vector<torch::Tensor> norm2,
-                                      std::vector<torch::Tensor> gate_up_w, std::vector<torch::Tensor> down_w,
-                                      std::vector<torch::Tensor> k_cache, std::vector<torch::Tensor> v_cache,
-                                      torch::Tensor final_norm, torch::Tensor cos, torch::Tensor sin);
+using TensorList = std::vector<torch::Tensor>;
 
-torch::Tensor linear(const torch::Tensor& x, const torch::Tensor& w, const c10::optional<torch::Tensor>& bias);
+// Per-layer weights. A linear layer's weights are in the model's dtype, or int8 with a float32
+// scale per output row (its `*_scale` list then has one tensor per layer; else it is empty).
+struct DecoderWeights {
+  torch::Tensor embed, final_norm, cos, sin;  // rotary tables: float32 [positions, head_dim]
+  TensorList norm1, norm2, q_norm, k_norm, qkv_bias;  // q/k norms, biases: per layer or empty
+  TensorList qkv, o, gate_up, down;
+  TensorList qkv_scale, o_scale, gate_up_scale, down_scale;
+  TensorList k_cache, v_cache;  // [kv heads, blocks, block size, head_dim] in the model's dtype
+};
+
+std::shared_ptr<Decoder> make_decoder(const DecoderShape& shape, const DecoderWeights& weights);
+
 
 }  // namespace bastion

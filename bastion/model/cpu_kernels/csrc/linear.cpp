@@ -2,7 +2,11 @@
 #include <omp.h>
 #include <torch/extension.h>
 
+#include <type_traits>
+#include <vector>
+
 #include "dot.h"
+#include "linear.h"
 
 namespace bastion {
 
@@ -35,7 +39,68 @@ void linear_impl(const torch::Tensor& x, const torch::Tensor& w, const c10::opti
   }
 }
 
+template <typename T>
+void linear_int8_impl(const torch::Tensor& x, const torch::Tensor& q, const torch::Tensor& scale,
+                      const c10::optional<torch::Tensor>& bias, torch::Tensor& y) {
+  const int64_t M = x.size(0), K = x.size(1), N = q.size(0);
+  std::vector<float> xf(M * K);
+  const T* xp = reinterpret_cast<const T*>(x.data_ptr());
+  for (int64_t i = 0; i < M * K; ++i) xf[i] = to_float(xp[i]);
+  const int8_t* qp = q.data_ptr<int8_t>();
+  const float* sp = scale.data_ptr<float>();
+  const float* bp = bias.has_value() ? bias->data_ptr<float>() : nullptr;
+  T* yp = reinterpret_cast<T*>(y.data_ptr());
+  // bfloat16 activations as int16 rows on vpdpwssd (dot.h); float32 activations stay float32
+  // (int16 is finer than bfloat16, not than float32)
+  constexpr bool kInt16 = BASTION_VNNI && std::is_same<T, bf16_t>::value;
+  const int64_t padded = (K + kQBlock - 1) / kQBlock * kQBlock, blocks = padded / kQBlock;
+  std::vector<int16_t> xq(kInt16 ? M * padded : 0);
+  std::vector<float> xs(kInt16 ? M * blocks : 0);
+  std::vector<Int16Row> rows;
+  for (int64_t m = 0; kInt16 && m < M; ++m) {
+    quantize_row(xf.data() + m * K, K, xq.data() + m * padded, xs.data() + m * blocks);
+    rows.push_back({xq.data() + m * padded, xs.data() + m * blocks});
+  }
+#pragma omp parallel
+  {
+    int64_t n0, n1;
+    thread_rows(N, omp_get_thread_num(), omp_get_num_threads(), &n0, &n1);
+    const int64_t chunk = 64;
+    float acc[16 * 64];
+    for (int64_t c0 = n0; c0 < n1; c0 += chunk) {
+      const int64_t c1 = c0 + chunk < n1 ? c0 + chunk : n1;
+      for (int64_t m0 = 0; m0 < M; m0 += 16) {
+        const int64_t count = M - m0 < 16 ? M - m0 : 16;
+        if (kInt16) {
+          for (int64_t m = 0; m < count; ++m) rows_product_int16(qp, K, rows[m0 + m], c0, c1, acc + m * chunk);
+        } else {
+          rows_product<int8_t, float>(qp, K, xf.data() + m0 * K, count, c0, c1, acc, chunk);
+        }
+        for (int64_t m = 0; m < count; ++m)
+          for (int64_t n = c0; n < c1; ++n)
+            store(yp + (m0 + m) * N + n, acc[m * chunk + (n - c0)] * sp[n] + (bp ? bp[n] : 0.f));
+      }
+    }
+  }
+}
+
 }  // namespace
+
+torch::Tensor linear_int8(const torch::Tensor& x, const torch::Tensor& q, const torch::Tensor& scale,
+                          const c10::optional<torch::Tensor>& bias) {
+  TORCH_CHECK(x.dim() == 2 && q.dim() == 2 && x.size(1) == q.size(1), "linear_int8: x [M, K] and q [N, K]");
+  TORCH_CHECK(q.scalar_type() == torch::kChar && q.is_contiguous() && x.is_contiguous(),
+              "linear_int8: contiguous int8 q and contiguous x");
+  TORCH_CHECK(scale.scalar_type() == torch::kFloat && scale.numel() == q.size(0) && scale.is_contiguous(),
+              "linear_int8: scale is float32 [N]");
+  TORCH_CHECK(!bias.has_value() || (bias->scalar_type() == torch::kFloat && bias->numel() == q.size(0)),
+              "linear_int8: bias is float32 [N]");
+  auto y = torch::empty({x.size(0), q.size(0)}, x.options());
+  if (x.scalar_type() == torch::kBFloat16) linear_int8_impl<bf16_t>(x, q, scale, bias, y);
+  else if (x.scalar_type() == torch::kFloat) linear_int8_impl<float>(x, q, scale, bias, y);
+  else TORCH_CHECK(false, "linear_int8: x in bfloat16 or float32");
+  return y;
+}
 
 torch::Tensor linear(const torch::Tensor& x, const torch::Tensor& w, const c10::optional<torch::Tensor>& bias) {
   TORCH_CHECK(x.dim() == 2 && w.dim() == 2 && x.size(1) == w.size(1), "linear: x [M, K] and w [N, K]");
