@@ -15,6 +15,8 @@ import torch
 
 from bastion.model.attention import AttentionContext
 from bastion.model.cpu_kernels.build import kernels_or_none
+from bastion.model.linear.cpu import BlockedKernel
+from bastion.model.linear.dense import DenseKernel
 from bastion.model.linear.int8 import Int8Kernel
 from bastion.model.linear.layer import Linear
 
@@ -89,6 +91,8 @@ def _matrices(linears) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         if isinstance(kernel, Int8Kernel):
             weights.append(kernel.q)
             scales.append(kernel.scale.float().contiguous())
+        elif isinstance(kernel, BlockedKernel):
+            weights.append(kernel.packed)
         else:
             weights.append(kernel.weight.detach().contiguous())
     return weights, scales
@@ -108,10 +112,10 @@ def _unsupported(model) -> str | None:
         kernel = module.kernel
         if isinstance(kernel, Int8Kernel):
             kinds.add("int8")
-        elif getattr(kernel, "weight", None) is not None and kernel.weight.dtype == weight.dtype:
+        elif isinstance(kernel, BlockedKernel) or (isinstance(kernel, DenseKernel) and weight.dtype == torch.float32):
             kinds.add("float")
         else:
-            return f"layer {name} runs the {kernel.name} kernel (the fused step reads float or int8 weights)"
+            return f"layer {name} runs the {kernel.name} kernel (the fused step reads bastion-cpu, float32 or int8 weights)"
     if len(kinds) > 1:
         return "the layers mix int8 and float weights"
     return None

@@ -27,7 +27,7 @@ import torch
 logger = logging.getLogger(__name__)
 
 SOURCES = ("bindings.cpp", "linear.cpp", "decode_step.cpp")
-HEADERS = ("dot.h", "decode_step.h", "linear.h")
+HEADERS = ("dot.h", "blocked.h", "decode_step.h", "linear.h")
 CACHE_ENV = "BASTION_KERNEL_CACHE"
 
 

@@ -1,4 +1,5 @@
-"""Float kernels: plain `F.linear`, and oneDNN's prepacked bfloat16 GEMM on CPU.
+"""Float kernels: plain `F.linear`, and oneDNN's prepacked bfloat16 GEMM on CPU (where
+bastion's own blocked kernel, cpu.py, is not available).
 
 oneDNN's plain bf16 path reorders the weight on every call; prepacked once (the layout
 inductor's freezing pass uses), a one-token decode streams the weights at about 87% of this
@@ -12,7 +13,7 @@ import torch
 from torch.nn import functional as F
 
 from bastion.model.cpu_kernels.build import kernels_or_none
-from bastion.model.linear.cpu import CpuSmallBatchKernel
+from bastion.model.linear.cpu import BlockedKernel, blocked_eligible
 from bastion.model.linear.layer import LinearKernel
 
 
@@ -57,12 +58,12 @@ def packing_available(dtype: torch.dtype, device: torch.device) -> bool:
 
 
 def float_kernel(weight: torch.Tensor, bias: torch.Tensor | None) -> LinearKernel:
-    """The fastest float kernel for this weight's dtype and device: bastion's own on a CPU with
-    AVX512-BF16 (bfloat16), else oneDNN's prepacked GEMM (bfloat16 CPU), else `F.linear`."""
-    if weight.dtype == torch.bfloat16 and weight.device.type == "cpu":
+    """The fastest float kernel for this weight's dtype and device: bastion's blocked bf16 kernel
+    on a CPU with AVX512-BF16, else oneDNN's prepacked GEMM (bfloat16 CPU), else `F.linear`."""
+    if blocked_eligible(weight):
         kernels = kernels_or_none()
         if kernels is not None and kernels.uses_dpbf16:
-            return CpuSmallBatchKernel(kernels, weight, bias)
+            return BlockedKernel(kernels, weight, bias)
     if packing_available(weight.dtype, weight.device):
         return PackedKernel(weight, bias)
     return DenseKernel(weight, bias)

@@ -1,14 +1,15 @@
-"""bastion's C++ CPU kernels against plain torch arithmetic: the small-batch linear layers in
-bfloat16 and float32, the int8 one-row product, across ragged shapes (tails of K, N and M)."""
+"""bastion's C++ CPU kernels against plain torch arithmetic: the blocked bfloat16 linear layers
+and the int8 product, across ragged shapes (tails of K, N and M)."""
 from __future__ import annotations
 
 import pytest
 import torch
 
 from bastion.model.cpu_kernels import load_kernels
+from bastion.model.linear.cpu import BlockedKernel, pack_blocked
 from bastion.model.linear.quantize import dequantize_int8, quantize_int8
 
-SHAPES = [(1, 7, 50), (3, 13, 100), (4, 960, 576), (5, 64, 1536), (17, 33, 40), (64, 96, 200)]
+SHAPES = [(1, 7, 50), (3, 13, 100), (4, 960, 576), (5, 64, 1536), (17, 33, 40), (64, 96, 200), (203, 40, 64)]
 
 
 @pytest.fixture(scope="module")
@@ -22,24 +23,33 @@ def _relative_error(got: torch.Tensor, want: torch.Tensor) -> float:
 
 @pytest.mark.parametrize("rows,out_features,in_features", SHAPES)
 @pytest.mark.parametrize("with_bias", [False, True])
-def test_float32_linear_matches_matmul(kernels, rows, out_features, in_features, with_bias):
-    torch.manual_seed(rows * out_features)
-    x, w = torch.randn(rows, in_features), torch.randn(out_features, in_features)
-    bias = torch.randn(out_features) if with_bias else None
-    want = x @ w.t() + (bias if with_bias else 0)
-    assert _relative_error(kernels.linear(x, w, bias), want) < 1e-5
-
-
-@pytest.mark.parametrize("rows,out_features,in_features", SHAPES)
-def test_bfloat16_linear_matches_float32_product_of_the_same_values(kernels, rows, out_features, in_features):
-    torch.manual_seed(in_features)
+def test_blocked_bfloat16_linear_matches_float32_product_of_the_same_values(
+        kernels, rows, out_features, in_features, with_bias):
+    torch.manual_seed(in_features + rows)
     x = torch.randn(rows, in_features).to(torch.bfloat16)
     w = torch.randn(out_features, in_features).to(torch.bfloat16)
-    bias = torch.randn(out_features)
-    got = kernels.linear(x, w, bias)
+    bias = torch.randn(out_features) if with_bias else None
+    got = kernels.linear_blocked(x, pack_blocked(w), out_features, bias)
     assert got.dtype == torch.bfloat16 and got.shape == (rows, out_features)
     # float32 products of the bf16 values, rounded once to bf16: within bf16's half ulp (0.4%)
-    assert _relative_error(got, x.float() @ w.float().t() + bias) < 8e-3
+    want = x.float() @ w.float().t() + (bias if with_bias else 0)
+    assert _relative_error(got, want) < 8e-3
+
+
+def test_blocked_layout_puts_sixteen_columns_of_input_pairs_side_by_side():
+    w = torch.arange(20 * 6, dtype=torch.float32).view(20, 6).to(torch.bfloat16)
+    packed = pack_blocked(w)
+    assert packed.shape == (2, 3, 16, 2)
+    assert packed[1, 2, 3].tolist() == w[16 + 3, 4:6].tolist()
+    assert packed[1, :, 4:].abs().sum() == 0   # rows 20..31 are padding
+
+
+def test_blocked_kernel_takes_any_leading_shape(kernels):
+    w = torch.randn(48, 64).to(torch.bfloat16)
+    kernel = BlockedKernel(kernels, w, None)
+    x = torch.randn(2, 3, 64).to(torch.bfloat16)
+    assert kernel(x).shape == (2, 3, 48)
+    assert _relative_error(kernel(x), x.float() @ w.float().t()) < 8e-3
 
 
 @pytest.mark.parametrize("rows,out_features,in_features", [(1, 7, 50), (1, 960, 576), (1, 13, 100), (3, 64, 130)])
@@ -57,9 +67,10 @@ def test_int8_linear_matches_dequantized_weight(kernels, rows, out_features, in_
 
 
 def test_bad_arguments_are_refused_with_a_message(kernels):
-    with pytest.raises(RuntimeError, match="x \\[M, K\\] and w \\[N, K\\]"):
-        kernels.linear(torch.randn(2, 8), torch.randn(4, 9))
-    with pytest.raises(RuntimeError, match="one dtype"):
-        kernels.linear(torch.randn(2, 8), torch.randn(4, 8).to(torch.bfloat16))
+    w = pack_blocked(torch.randn(4, 8).to(torch.bfloat16))
+    with pytest.raises(RuntimeError, match="weight is bfloat16 \\[ceil\\(N / 16\\), K / 2, 16, 2\\]"):
+        kernels.linear_blocked(torch.randn(2, 10).to(torch.bfloat16), w, 4)
+    with pytest.raises(RuntimeError, match="x is contiguous bfloat16"):
+        kernels.linear_blocked(torch.randn(2, 8), w, 4)
     with pytest.raises(RuntimeError, match="scale is float32"):
         kernels.linear_int8(torch.randn(1, 8), torch.zeros(4, 8, dtype=torch.int8), torch.ones(3))

@@ -6,11 +6,12 @@
 #include "linear.h"
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.doc() = "bastion CPU kernels: small-batch linear layers and the one-sequence decode step";
+  m.doc() = "bastion CPU kernels: blocked bf16 and int8 linear layers, the one-sequence decode step";
   m.attr("uses_dpbf16") = bool(BASTION_DPBF16);
   m.attr("uses_vnni") = bool(BASTION_VNNI);
-  m.def("linear", &bastion::linear, "y = x W^T (+ float32 bias) for a few rows of x",
-        pybind11::arg("x"), pybind11::arg("weight"), pybind11::arg("bias") = pybind11::none());
+  m.def("linear_blocked", &bastion::linear_blocked, "y = x W^T (+ float32 bias), W bf16 blocked [N/16, K/2, 16, 2]",
+        pybind11::arg("x"), pybind11::arg("packed"), pybind11::arg("out_features"),
+        pybind11::arg("bias") = pybind11::none());
   m.def("linear_int8", &bastion::linear_int8, "y = (x q^T) * scale (+ bias) for a few rows of x, q int8",
         pybind11::arg("x"), pybind11::arg("q"), pybind11::arg("scale"), pybind11::arg("bias") = pybind11::none());
   pybind11::class_<bastion::DecoderShape>(m, "DecoderShape")

@@ -12,6 +12,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "blocked.h"
 #include "decode_step.h"
 #include "dot.h"
 
@@ -32,16 +33,18 @@ void rms_norm(const float* x, const W* weight, int64_t n, float eps, T* out) {
   for (int64_t i = 0; i < n; ++i) store(out + i, to_float(weight[i]) * (x[i] * inv));
 }
 
-// One linear layer's weight: rows in the model's dtype T, or int8 rows and a scale per row.
+// One linear layer's weight of `rows` outputs and `cols` inputs: bfloat16 in the blocked layout
+// (blocked.h), float32 rows, or int8 rows with a float32 scale per row.
 struct Matrix {
   torch::Tensor w, scale;
+  int64_t rows = 0, cols = 0;
   bool int8() const { return scale.defined(); }
-  int64_t rows() const { return w.size(0); }
 };
 
-std::vector<Matrix> matrices(const TensorList& w, const TensorList& scale) {
+std::vector<Matrix> matrices(const TensorList& w, const TensorList& scale, int64_t rows, int64_t cols) {
   std::vector<Matrix> out;
-  for (size_t i = 0; i < w.size(); ++i) out.push_back({w[i], scale.empty() ? torch::Tensor() : scale[i]});
+  for (size_t i = 0; i < w.size(); ++i)
+    out.push_back({w[i], scale.empty() ? torch::Tensor() : scale[i], rows, cols});
   return out;
 }
 
@@ -51,10 +54,14 @@ class DecoderImpl final : public Decoder {
 
  public:
   DecoderImpl(const DecoderShape& shape, const DecoderWeights& w)
-      : s_(shape), w_(w), qkv_(matrices(w.qkv, w.qkv_scale)), o_(matrices(w.o, w.o_scale)),
-        gate_up_(matrices(w.gate_up, w.gate_up_scale)), down_(matrices(w.down, w.down_scale)) {
-    q_size_ = s_.num_heads * s_.head_dim;
-    kv_size_ = s_.num_kv_heads * s_.head_dim;
+      : s_(shape),
+        w_(w),
+        q_size_(shape.num_heads * shape.head_dim),
+        kv_size_(shape.num_kv_heads * shape.head_dim),
+        qkv_(matrices(w.qkv, w.qkv_scale, q_size_ + 2 * kv_size_, shape.hidden)),
+        o_(matrices(w.o, w.o_scale, shape.hidden, q_size_)),
+        gate_up_(matrices(w.gate_up, w.gate_up_scale, 2 * shape.intermediate, shape.hidden)),
+        down_(matrices(w.down, w.down_scale, shape.hidden, shape.intermediate)) {
     const int64_t widest = std::max({s_.hidden, s_.intermediate, q_size_});
     h_.resize(s_.hidden);
     tmp_.resize(s_.hidden);
@@ -96,29 +103,52 @@ class DecoderImpl final : public Decoder {
 
  private:
   // y[n0:n1] = W[n0:n1] x for this thread's rows (int8 rows: x widened to float32 first).
-  void product(const Matrix& m, const T* x, float* y, int thread, int nthreads) {
-    int64_t n0, n1;
-    thread_rows(m.rows(), thread, nthreads, &n0, &n1);
-    if (n0 >= n1) return;
-    const int64_t K = m.w.size(1);
-    if (!m.int8()) {
-      rows_product<T>(ptr<T>(m.w), K, x, 1, n0, n1, y + n0, 0);
-      return;
+  // This thread's share of y = W x (`add`: y += W x). bfloat16 weights are blocked and split by
+  // column blocks, float32 and int8 ones by rows; either way no two threads touch one output.
+  void product(const Matrix& m, const T* x, float* y, bool add, int thread, int nthreads) {
+    if constexpr (std::is_same<T, bf16_t>::value) {
+      if (!m.int8()) {
+        int64_t b0, b1;
+        thread_blocks(m.w.size(0), thread, nthreads, &b0, &b1);
+        blocked_product(ptr<bf16_t>(m.w), m.rows, m.cols, x, 1, b0, b1,
+                        [&](int64_t, int, int64_t col0, int64_t cols, const float* tile, int64_t) {
+                          for (int64_t c = 0; c < cols; ++c) y[col0 + c] = (add ? y[col0 + c] : 0.f) + tile[c];
+                        });
+        return;
+      }
     }
+    int64_t n0, n1;
+    thread_rows(m.rows, thread, nthreads, &n0, &n1);
+    if (n0 >= n1) return;
+    float* out = add ? tmp_.data() : y;
+    if (m.int8()) {
+      int8_rows(m, x, n0, n1, out + n0, thread);
+    } else if constexpr (std::is_same<T, float>::value) {
+      rows_product<float>(ptr<float>(m.w), m.cols, x, 1, n0, n1, out + n0, 0);
+    }
+    if (add)
+      for (int64_t n = n0; n < n1; ++n) y[n] += out[n];
+  }
+
+  // Rows [n0, n1) of int8 W times x, scaled: x widened to float32 (then held as int16 rows for
+  // bfloat16 models: vpdpwssd, dot.h; float32 activations stay float32, int16 is finer than
+  // bfloat16 but not than float32).
+  void int8_rows(const Matrix& m, const T* x, int64_t n0, int64_t n1, float* y, int thread) {
+    const int64_t K = m.cols;
     float* xf = widened_.data() + thread * act_.size();
     for (int64_t k = 0; k < K; ++k) xf[k] = to_float(x[k]);
     const int8_t* w = m.w.data_ptr<int8_t>();
-    if (kInt16) {  // bfloat16 activations: as int16 rows on vpdpwssd (dot.h)
+    if constexpr (kInt16) {
       const int64_t padded = act_.size() + kQBlock;
       int16_t* xq = quantized_.data() + thread * padded;
       float* xs = block_scales_.data() + thread * (padded / kQBlock + 1);
       quantize_row(xf, K, xq, xs);
-      rows_product_int16(w, K, Int16Row{xq, xs}, n0, n1, y + n0);
-    } else {  // float32 activations stay float32 (int16 is finer than bfloat16, not than float32)
-      rows_product<int8_t, float>(w, K, xf, 1, n0, n1, y + n0, 0);
+      rows_product_int16(w, K, Int16Row{xq, xs}, n0, n1, y);
+    } else {
+      rows_product<int8_t, float>(w, K, xf, 1, n0, n1, y, 0);
     }
     const float* scale = m.scale.data_ptr<float>();
-    for (int64_t n = n0; n < n1; ++n) y[n] *= scale[n];
+    for (int64_t n = n0; n < n1; ++n) y[n - n0] *= scale[n];
   }
 
   void attention_half(size_t layer, int thread, int nthreads, int64_t position, int64_t slot,
@@ -126,13 +156,12 @@ class DecoderImpl final : public Decoder {
     T* x = reinterpret_cast<T*>(act_.data());
 #pragma omp single
     rms_norm(h_.data(), ptr<T>(w_.norm1[layer]), s_.hidden, s_.eps, x);
-    product(qkv_[layer], x, qkv_out_.data(), thread, nthreads);
+    product(qkv_[layer], x, qkv_out_.data(), false, thread, nthreads);
 #pragma omp barrier
 #pragma omp single
     prepare_qkv(layer, position, slot);
     attend(layer, table, context_len, thread, nthreads);  // ends with the barrier of its `omp for`
-    product(o_[layer], reinterpret_cast<const T*>(act_.data()), tmp_.data(), thread, nthreads);
-    add_own_rows(thread, nthreads);
+    product(o_[layer], reinterpret_cast<const T*>(act_.data()), h_.data(), true, thread, nthreads);
   }
 
   void mlp_half(size_t layer, int thread, int nthreads) {
@@ -140,7 +169,7 @@ class DecoderImpl final : public Decoder {
 #pragma omp barrier
 #pragma omp single
     rms_norm(h_.data(), ptr<T>(w_.norm2[layer]), s_.hidden, s_.eps, x);
-    product(gate_up_[layer], x, gate_up_out_.data(), thread, nthreads);
+    product(gate_up_[layer], x, gate_up_out_.data(), false, thread, nthreads);
 #pragma omp barrier
     const int64_t inter = s_.intermediate;
 #pragma omp for simd schedule(static)
@@ -148,16 +177,8 @@ class DecoderImpl final : public Decoder {
       const float g = gate_up_out_[i];
       store(x + i, g / (1.f + exp_approx(-g)) * gate_up_out_[inter + i]);
     }
-    product(down_[layer], x, tmp_.data(), thread, nthreads);
-    add_own_rows(thread, nthreads);
+    product(down_[layer], x, h_.data(), true, thread, nthreads);
 #pragma omp barrier
-  }
-
-  // h[n] += tmp[n] for the rows this thread's product wrote (no other thread touches them).
-  void add_own_rows(int thread, int nthreads) {
-    int64_t n0, n1;
-    thread_rows(s_.hidden, thread, nthreads, &n0, &n1);
-    for (int64_t n = n0; n < n1; ++n) h_[n] += tmp_[n];
   }
 
   // Bias, q/k norms and rotary on the new token's q and k; its k and v into the caches.
@@ -273,8 +294,8 @@ class DecoderImpl final : public Decoder {
 
   DecoderShape s_;
   DecoderWeights w_;
-  std::vector<Matrix> qkv_, o_, gate_up_, down_;
   int64_t q_size_ = 0, kv_size_ = 0;
+  std::vector<Matrix> qkv_, o_, gate_up_, down_;
   std::vector<float> h_, tmp_, act_, qkv_out_, gate_up_out_, scores_, partial_, widened_, block_scales_;
   std::vector<int16_t> quantized_;
 };
@@ -286,7 +307,17 @@ void check_all(const TensorList& list, torch::ScalarType dtype, const char* what
   }
 }
 
-void check_scales(const TensorList& w, const TensorList& scale, torch::ScalarType dtype, const char* what) {
+// A layer's weights: int8 [rows, cols] with scales, or in the model's dtype: float32 [rows, cols],
+// bfloat16 blocked [ceil(rows / 16), cols / 2, 16, 2].
+void check_matrices(const TensorList& w, const TensorList& scale, torch::ScalarType dtype, int64_t rows,
+                    int64_t cols, const char* what) {
+  for (const auto& t : w) {
+    const bool blocked = dtype == torch::kBFloat16 && scale.empty();
+    const bool fits = blocked ? (t.dim() == 4 && t.size(0) == (rows + kBlockCols - 1) / kBlockCols &&
+                                 t.size(1) * 2 == cols && t.size(2) == kBlockCols && t.size(3) == 2)
+                              : (t.dim() == 2 && t.size(0) == rows && t.size(1) == cols);
+    TORCH_CHECK(fits, "decoder: ", what, " weight has the wrong shape", blocked ? " (bfloat16 is blocked)" : "");
+  }
   if (scale.empty()) return check_all(w, dtype, what);
   TORCH_CHECK(scale.size() == w.size(), "decoder: ", what, ": one scale per layer");
   check_all(w, torch::kChar, what);
@@ -310,10 +341,11 @@ std::shared_ptr<Decoder> make_decoder(const DecoderShape& shape, const DecoderWe
               "decoder: q/k norms for every layer or none");
   for (const TensorList* l : {&w.norm1, &w.norm2, &w.q_norm, &w.k_norm, &w.k_cache, &w.v_cache})
     check_all(*l, dtype, "norms and caches");
-  check_scales(w.qkv, w.qkv_scale, dtype, "qkv");
-  check_scales(w.o, w.o_scale, dtype, "o");
-  check_scales(w.gate_up, w.gate_up_scale, dtype, "gate_up");
-  check_scales(w.down, w.down_scale, dtype, "down");
+  const int64_t q = shape.num_heads * shape.head_dim, kv = shape.num_kv_heads * shape.head_dim;
+  check_matrices(w.qkv, w.qkv_scale, dtype, q + 2 * kv, shape.hidden, "qkv");
+  check_matrices(w.o, w.o_scale, dtype, shape.hidden, q, "o");
+  check_matrices(w.gate_up, w.gate_up_scale, dtype, 2 * shape.intermediate, shape.hidden, "gate_up");
+  check_matrices(w.down, w.down_scale, dtype, shape.hidden, shape.intermediate, "down");
   check_all({w.embed, w.final_norm}, dtype, "embedding and final norm");
   check_all(w.qkv_bias, torch::kFloat, "qkv biases");
   check_all({w.cos, w.sin}, torch::kFloat, "rotary tables");

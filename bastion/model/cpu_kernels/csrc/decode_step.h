@@ -24,8 +24,9 @@ class Decoder {
 
 using TensorList = std::vector<torch::Tensor>;
 
-// Per-layer weights. A linear layer's weights are in the model's dtype, or int8 with a float32
-// scale per output row (its `*_scale` list then has one tensor per layer; else it is empty).
+// Per-layer weights. A linear layer's weights are in the model's dtype (float32 [out, in];
+// bfloat16 in blocked.h's layout [ceil(out / 16), in / 2, 16, 2]), or int8 [out, in] with a
+// float32 scale per output row (its `*_scale` list then has one tensor per layer, else none).
 struct DecoderWeights {
   torch::Tensor embed, final_norm, cos, sin;  // rotary tables: float32 [positions, head_dim]
   TensorList norm1, norm2, q_norm, k_norm, qkv_bias;  // q/k norms, biases: per layer or empty

@@ -78,51 +78,6 @@ inline void dot_tile(const float* w, int64_t ldw, const float* x, int64_t ldx, i
   }
 }
 
-#if BASTION_DPBF16
-template <int NR, int MR>
-inline void dot_tile(const bf16_t* w, int64_t ldw, const bf16_t* x, int64_t ldx, int64_t K,
-                     float* out, int64_t ldo) {
-  __m512 acc[MR][NR];
-  for (int m = 0; m < MR; ++m)
-    for (int n = 0; n < NR; ++n) acc[m][n] = _mm512_setzero_ps();
-  int64_t k = 0;
-  for (; k + 32 <= K; k += 32) {
-    __m512bh wv[NR];
-    for (int n = 0; n < NR; ++n) wv[n] = (__m512bh)_mm512_loadu_si512(w + n * ldw + k);
-    for (int m = 0; m < MR; ++m) {
-      __m512bh xv = (__m512bh)_mm512_loadu_si512(x + m * ldx + k);
-      for (int n = 0; n < NR; ++n) acc[m][n] = _mm512_dpbf16_ps(acc[m][n], wv[n], xv);
-    }
-  }
-  if (k < K) {  // the last K % 32 columns, masked
-    __mmask32 mask = (__mmask32)((1ull << (K - k)) - 1);
-    __m512bh wv[NR];
-    for (int n = 0; n < NR; ++n) wv[n] = (__m512bh)_mm512_maskz_loadu_epi16(mask, w + n * ldw + k);
-    for (int m = 0; m < MR; ++m) {
-      __m512bh xv = (__m512bh)_mm512_maskz_loadu_epi16(mask, x + m * ldx + k);
-      for (int n = 0; n < NR; ++n) acc[m][n] = _mm512_dpbf16_ps(acc[m][n], wv[n], xv);
-    }
-  }
-  for (int m = 0; m < MR; ++m)
-    for (int n = 0; n < NR; ++n) out[m * ldo + n] = _mm512_reduce_add_ps(acc[m][n]);
-}
-#else
-template <int NR, int MR>
-inline void dot_tile(const bf16_t* w, int64_t ldw, const bf16_t* x, int64_t ldx, int64_t K,
-                     float* out, int64_t ldo) {
-  for (int n = 0; n < NR; ++n) {
-    for (int m = 0; m < MR; ++m) {
-      const bf16_t* wr = w + n * ldw;
-      const bf16_t* xr = x + m * ldx;
-      float s = 0.f;
-#pragma omp simd reduction(+ : s)
-      for (int64_t k = 0; k < K; ++k) s += bf16_to_float(wr[k]) * bf16_to_float(xr[k]);
-      out[m * ldo + n] = s;
-    }
-  }
-}
-#endif
-
 // int8 weights (one scale per row, applied by the caller) times float32 activations.
 #if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__)
 template <int NR, int MR>

@@ -1,43 +1,17 @@
-// `linear`: y = x W^T (+ b) for a few rows of x, weights streamed once per call.
+// Linear layers on CPU: bfloat16 on the blocked layout (any number of rows), int8 for a few rows.
 #include <omp.h>
 #include <torch/extension.h>
 
 #include <type_traits>
 #include <vector>
 
+#include "blocked.h"
 #include "dot.h"
 #include "linear.h"
 
 namespace bastion {
 
 namespace {
-
-template <typename T>
-void linear_impl(const torch::Tensor& x, const torch::Tensor& w, const c10::optional<torch::Tensor>& bias,
-                 torch::Tensor& y) {
-  const int64_t M = x.size(0), K = x.size(1), N = w.size(0);
-  const T* wp = reinterpret_cast<const T*>(w.data_ptr());
-  const T* xp = reinterpret_cast<const T*>(x.data_ptr());
-  T* yp = reinterpret_cast<T*>(y.data_ptr());
-  const float* bp = bias.has_value() ? bias->data_ptr<float>() : nullptr;
-#pragma omp parallel
-  {
-    int64_t n0, n1;
-    thread_rows(N, omp_get_thread_num(), omp_get_num_threads(), &n0, &n1);
-    const int64_t chunk = 64;  // output columns per pass: float32 partials stay in L1
-    float acc[16 * 64];
-    for (int64_t c0 = n0; c0 < n1; c0 += chunk) {
-      const int64_t c1 = c0 + chunk < n1 ? c0 + chunk : n1;
-      for (int64_t m0 = 0; m0 < M; m0 += 16) {
-        const int64_t rows = M - m0 < 16 ? M - m0 : 16;
-        rows_product<T>(wp, K, xp + m0 * K, rows, c0, c1, acc, chunk);
-        for (int64_t m = 0; m < rows; ++m)
-          for (int64_t n = c0; n < c1; ++n)
-            store(yp + (m0 + m) * N + n, acc[m * chunk + (n - c0)] + (bp ? bp[n] : 0.f));
-      }
-    }
-  }
-}
 
 template <typename T>
 void linear_int8_impl(const torch::Tensor& x, const torch::Tensor& q, const torch::Tensor& scale,
@@ -102,16 +76,33 @@ torch::Tensor linear_int8(const torch::Tensor& x, const torch::Tensor& q, const 
   return y;
 }
 
-torch::Tensor linear(const torch::Tensor& x, const torch::Tensor& w, const c10::optional<torch::Tensor>& bias) {
-  TORCH_CHECK(x.dim() == 2 && w.dim() == 2 && x.size(1) == w.size(1), "linear: x [M, K] and w [N, K]");
-  TORCH_CHECK(x.scalar_type() == w.scalar_type(), "linear: x and w must have one dtype");
-  TORCH_CHECK(x.is_contiguous() && w.is_contiguous(), "linear: contiguous x and w");
-  TORCH_CHECK(!bias.has_value() || (bias->scalar_type() == torch::kFloat && bias->numel() == w.size(0)),
-              "linear: bias is float32 [N]");
-  auto y = torch::empty({x.size(0), w.size(0)}, x.options());
-  if (x.scalar_type() == torch::kBFloat16) linear_impl<bf16_t>(x, w, bias, y);
-  else if (x.scalar_type() == torch::kFloat) linear_impl<float>(x, w, bias, y);
-  else TORCH_CHECK(false, "linear: bfloat16 or float32 only");
+torch::Tensor linear_blocked(const torch::Tensor& x, const torch::Tensor& packed, int64_t out_features,
+                             const c10::optional<torch::Tensor>& bias) {
+  TORCH_CHECK(x.dim() == 2 && x.is_contiguous() && x.scalar_type() == torch::kBFloat16,
+              "linear_blocked: x is contiguous bfloat16 [M, K]");
+  const int64_t M = x.size(0), K = x.size(1), N = out_features;
+  TORCH_CHECK(packed.scalar_type() == torch::kBFloat16 && packed.is_contiguous() && packed.dim() == 4 &&
+                  packed.size(0) == (N + kBlockCols - 1) / kBlockCols && packed.size(1) * 2 == K &&
+                  packed.size(2) == kBlockCols && packed.size(3) == 2,
+              "linear_blocked: weight is bfloat16 [ceil(N / 16), K / 2, 16, 2] for x [M, K]");
+  TORCH_CHECK(!bias.has_value() || (bias->scalar_type() == torch::kFloat && bias->numel() == N),
+              "linear_blocked: bias is float32 [N]");
+  auto y = torch::empty({M, N}, x.options());
+  const bf16_t* wp = reinterpret_cast<const bf16_t*>(packed.data_ptr());
+  const bf16_t* xp = reinterpret_cast<const bf16_t*>(x.data_ptr());
+  bf16_t* yp = reinterpret_cast<bf16_t*>(y.data_ptr());
+  const float* bp = bias.has_value() ? bias->data_ptr<float>() : nullptr;
+#pragma omp parallel
+  {
+    int64_t b0, b1;
+    thread_blocks(packed.size(0), omp_get_thread_num(), omp_get_num_threads(), &b0, &b1);
+    blocked_product(wp, N, K, xp, M, b0, b1,
+                    [&](int64_t m0, int rows, int64_t col0, int64_t cols, const float* tile, int64_t ldt) {
+                      for (int m = 0; m < rows; ++m)
+                        for (int64_t c = 0; c < cols; ++c)
+                          store(yp + (m0 + m) * N + col0 + c, tile[m * ldt + c] + (bp ? bp[col0 + c] : 0.f));
+                    });
+  }
   return y;
 }
 
