@@ -232,11 +232,15 @@ class DecoderImpl final : public Decoder {
     float* score = scores_.data() + thread * H * per;
     float* part = partial_.data() + thread * H * (D + 2);  // per head: max, sum, D accumulators
     float row[512];
+    // position t of KV head g, widened to float32 into `row`
+    auto cached = [&](const T* cache, int64_t g, int64_t t) {
+      const T* src = cache + (g * pool + table[t / bs] * bs + t % bs) * D;
+#pragma omp simd
+      for (int64_t i = 0; i < D; ++i) row[i] = to_float(src[i]);
+    };
     for (int64_t g = 0; g < s_.num_kv_heads; ++g) {
       for (int64_t t = t0; t < t1; ++t) {
-        const T* k = kc + (g * pool + table[t / bs] * bs + t % bs) * D;
-#pragma omp simd
-        for (int64_t i = 0; i < D; ++i) row[i] = to_float(k[i]);
+        cached(kc, g, t);
         for (int64_t j = 0; j < group; ++j) {
           const float* q = qkv_out_.data() + (g * group + j) * D;
           float dot = 0.f;
@@ -260,9 +264,7 @@ class DecoderImpl final : public Decoder {
     }
     for (int64_t g = 0; g < s_.num_kv_heads; ++g) {
       for (int64_t t = t0; t < t1; ++t) {
-        const T* v = vc + (g * pool + table[t / bs] * bs + t % bs) * D;
-#pragma omp simd
-        for (int64_t i = 0; i < D; ++i) row[i] = to_float(v[i]);
+        cached(vc, g, t);
         for (int64_t j = 0; j < group; ++j) {
           const int64_t h = g * group + j;
           const float p = score[h * per + (t - t0)];

@@ -62,20 +62,29 @@ inline float exp_approx(float x) {
   return p * scale;
 }
 
-// out[m * ldo + n] = dot(w row n, x row m) for n < NR, m < MR.
-template <int NR, int MR>
-inline void dot_tile(const float* w, int64_t ldw, const float* x, int64_t ldx, int64_t K,
-                     float* out, int64_t ldo) {
+inline float to_float(int8_t v) { return static_cast<float>(v); }
+
+// out[m * ldo + n] = dot(w row n, x row m) for n < NR, m < MR: plain loops the compiler
+// vectorizes (float32 weights everywhere, int8 weights where AVX-512 is missing).
+template <int NR, int MR, typename W>
+inline void dot_tile_loops(const W* w, int64_t ldw, const float* x, int64_t ldx, int64_t K,
+                           float* out, int64_t ldo) {
   for (int n = 0; n < NR; ++n) {
     for (int m = 0; m < MR; ++m) {
-      const float* wr = w + n * ldw;
+      const W* wr = w + n * ldw;
       const float* xr = x + m * ldx;
       float s = 0.f;
 #pragma omp simd reduction(+ : s)
-      for (int64_t k = 0; k < K; ++k) s += wr[k] * xr[k];
+      for (int64_t k = 0; k < K; ++k) s += to_float(wr[k]) * xr[k];
       out[m * ldo + n] = s;
     }
   }
+}
+
+template <int NR, int MR>
+inline void dot_tile(const float* w, int64_t ldw, const float* x, int64_t ldx, int64_t K,
+                     float* out, int64_t ldo) {
+  dot_tile_loops<NR, MR>(w, ldw, x, ldx, K, out, ldo);
 }
 
 // int8 weights (one scale per row, applied by the caller) times float32 activations.
@@ -113,16 +122,7 @@ inline void dot_tile(const int8_t* w, int64_t ldw, const float* x, int64_t ldx, 
 template <int NR, int MR>
 inline void dot_tile(const int8_t* w, int64_t ldw, const float* x, int64_t ldx, int64_t K,
                      float* out, int64_t ldo) {
-  for (int n = 0; n < NR; ++n) {
-    for (int m = 0; m < MR; ++m) {
-      const int8_t* wr = w + n * ldw;
-      const float* xr = x + m * ldx;
-      float s = 0.f;
-#pragma omp simd reduction(+ : s)
-      for (int64_t k = 0; k < K; ++k) s += float(wr[k]) * xr[k];
-      out[m * ldo + n] = s;
-    }
-  }
+  dot_tile_loops<NR, MR>(w, ldw, x, ldx, K, out, ldo);
 }
 #endif
 
