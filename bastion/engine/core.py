@@ -11,6 +11,8 @@ from bastion.engine.kv_cache import BlockManager
 from bastion.engine.outputs import FinishReason, TokenDelta, TokenLogprob
 from bastion.engine.request import Request, RequestStatus
 from bastion.engine.runner import EngineLimits, ModelRunner
+from bastion.model.parallel.group import TensorGroup
+from bastion.model.parallel.plan import TensorParallel
 from bastion.engine.sampler import Sampler
 from bastion.engine.scheduler import Scheduler
 from bastion.model.tokenizer import load_tokenizer
@@ -49,9 +51,10 @@ class EngineCore:
     loop blocked on its inbox can wake up.
     """
 
-    def __init__(self, config: EngineConfig) -> None:
+    def __init__(self, config: EngineConfig, tp: TensorParallel = TensorParallel(),
+                 group: TensorGroup | None = None) -> None:
         self.config = config
-        self.runner = ModelRunner(config)
+        self.runner = ModelRunner(config, tp, group)
         self.limits: EngineLimits = self.runner.limits
         self.blocks = BlockManager(self.limits.num_kv_blocks, self.limits.block_size,
                                    config.cache.enable_prefix_caching)

@@ -15,6 +15,8 @@ from bastion.model.arch import ArchConfig, ModelLoadError, read_arch_config
 from bastion.model.attention import attention_context
 from bastion.model.fused_decode import FusedDecoder
 from bastion.model.loader import compute_dtype, load_model, resolve_device, resolve_dtype
+from bastion.model.parallel.group import TensorGroup
+from bastion.model.parallel.plan import TensorParallel
 
 logger = logging.getLogger(__name__)
 
@@ -38,7 +40,10 @@ class EngineLimits:
 class ModelRunner:
     """Loads the checkpoint, allocates the paged KV cache and runs forward passes."""
 
-    def __init__(self, config: EngineConfig) -> None:
+    def __init__(self, config: EngineConfig, tp: TensorParallel = TensorParallel(),
+                 group: TensorGroup | None = None) -> None:
+        """`tp` and `group`: this process is worker `tp.rank` of a tensor-parallel rank whose
+        workers sum their partial results over `group` (model/parallel/)."""
         self.config = config
         mc = config.model
         self.device = resolve_device(mc.device)
@@ -47,15 +52,22 @@ class ModelRunner:
             keep_freed_memory()
         torch.manual_seed(mc.seed)
         self.arch: ArchConfig = read_arch_config(mc.model)
+        tp.check(self.arch)
+        self.tp = tp
+        self.local_arch = tp.local_config(self.arch)  # this worker's heads, KV heads and MLP slice
         self.requested_dtype = resolve_dtype(mc.dtype, self.arch.torch_dtype, self.device)
         self.dtype = compute_dtype(self.requested_dtype, self.device)
         model_len = self._model_len_cap()
-        self.model = load_model(mc.model, self.arch, self.dtype, self.device, model_len, mc.quantization)
+        self.model = load_model(mc.model, self.arch, self.dtype, self.device, model_len, mc.quantization, tp)
+        if group is not None:
+            self.model.use_tensor_group(group.all_reduce)
         self.block_size = config.cache.block_size
         num_blocks = self._num_blocks(model_len)
         self.limits = self._limits(model_len, num_blocks)
         self._allocate_kv(num_blocks)
-        if not mc.enforce_eager:
+        if tp.enabled:
+            logger.info("decode steps run eagerly: the fused step does not split over tensor-parallel workers")
+        elif not mc.enforce_eager:
             self.model.fused_decoder = FusedDecoder.build(self.model, self.block_size)
         self.forward_seconds = 0.0
         logger.info("model %s (%s, %s on %s): %d KV blocks of %d tokens, max_model_len %d",
@@ -72,7 +84,7 @@ class ModelRunner:
         return wanted or native
 
     def _kv_bytes_per_block(self) -> int:
-        a = self.arch
+        a = self.local_arch
         elem = torch.empty(0, dtype=self.dtype).element_size()
         return 2 * a.num_layers * self.block_size * a.num_kv_heads * a.head_dim * elem
 
@@ -109,7 +121,7 @@ class ModelRunner:
         return EngineLimits(model_len, num_blocks, self.block_size, self.arch.vocab_size)
 
     def _allocate_kv(self, num_blocks: int) -> None:
-        a = self.arch
+        a = self.local_arch
         shape = (a.num_kv_heads, num_blocks, self.block_size, a.head_dim)
         for layer in self.model.attention_layers:
             # NOTE: zeros, not empty: masked-out padding slots must hold finite values.

@@ -1,6 +1,8 @@
 """Llama-family decoder (Llama, Mistral, Qwen2 with qkv bias, Qwen3 with q/k norm) over paged KV."""
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 from torch import nn
 
@@ -43,6 +45,10 @@ class Attention(nn.Module):
         return self.o_proj(out.reshape(-1, cfg.q_size))
 
 
+def _alone(x: torch.Tensor) -> torch.Tensor:
+    return x
+
+
 class DecoderLayer(nn.Module):
     def __init__(self, cfg: ArchConfig, backend: AttentionBackend) -> None:
         super().__init__()
@@ -50,10 +56,13 @@ class DecoderLayer(nn.Module):
         self.self_attn = Attention(cfg, backend)
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.mlp = GatedMLP(cfg.hidden_size, cfg.intermediate_size)
+        # Sums the partial outputs of o_proj and down_proj over tensor-parallel workers (a
+        # worker holds a slice of their inputs); alone, nothing to sum.
+        self.reduce: Callable[[torch.Tensor], torch.Tensor] = _alone
 
     def forward(self, rope: tuple[torch.Tensor, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
-        x = x + self.self_attn(rope, self.input_layernorm(x))
-        return x + self.mlp(self.post_attention_layernorm(x))
+        x = x + self.reduce(self.self_attn(rope, self.input_layernorm(x)))
+        return x + self.reduce(self.mlp(self.post_attention_layernorm(x)))
 
 
 class LlamaModel(nn.Module):
@@ -71,6 +80,11 @@ class LlamaModel(nn.Module):
         self.lm_head = Linear(cfg.hidden_size, cfg.vocab_size)
         self.tie_lm_head()
         self.fused_decoder: FusedDecoder | None = None  # set by the runner (fused_decode.py)
+
+    def use_tensor_group(self, all_reduce: Callable[[torch.Tensor], torch.Tensor]) -> None:
+        """Join the partial sums of this worker's slice of every layer with `all_reduce`."""
+        for layer in self.layers:
+            layer.reduce = all_reduce
 
     def tie_lm_head(self) -> None:
         """With tied embeddings the LM head multiplies by the embedding table itself."""

@@ -13,6 +13,7 @@ from bastion.model.arch import ArchConfig, ModelLoadError
 from bastion.model.fill import ParamFill, empty_model
 from bastion.model.linear.prepare import prepare_linears
 from bastion.model.llama import LlamaModel
+from bastion.model.parallel.plan import TensorParallel
 
 logger = logging.getLogger(__name__)
 
@@ -99,14 +100,21 @@ def _target(name: str, tied: bool) -> tuple[str, int | None] | None:
 
 
 def load_model(path: str | Path, cfg: ArchConfig, dtype: torch.dtype, device: torch.device,
-               max_positions: int, quantization: str | None = None) -> LlamaModel:
+               max_positions: int, quantization: str | None = None,
+               tp: TensorParallel = TensorParallel()) -> LlamaModel:
     """Build the model without initialising it, fill every parameter from the checkpoint (a
     safetensors folder or a GGUF file), then give each linear layer its kernel (`quantization`:
-    None, 'int8' or 'int4'; a GGUF's Q4 layers keep their own form)."""
+    None, 'int8' or 'int4'; a GGUF's Q4 layers keep their own form). With tensor parallelism
+    (`tp`), the model has worker `tp.rank`'s shapes and only its slices are read."""
     from bastion.model.gguf.reader import is_gguf
 
     path = Path(path)
-    if is_gguf(path):
+    if tp.enabled:
+        if is_gguf(path):
+            raise ModelLoadError(f"{path}: --tensor-parallel-size > 1 loads safetensors folders; "
+                                 "GGUF files are not sharded")
+        model = _load_safetensors(path, cfg, dtype, device, max_positions, tp)
+    elif is_gguf(path):
         from bastion.model.gguf.weights import load_gguf_weights
         model = empty_model(cfg, dtype, device, max_positions)
         load_gguf_weights(model, path, cfg)
@@ -117,15 +125,27 @@ def load_model(path: str | Path, cfg: ArchConfig, dtype: torch.dtype, device: to
 
 
 def _load_safetensors(folder: Path, cfg: ArchConfig, dtype: torch.dtype, device: torch.device,
-                      max_positions: int) -> LlamaModel:
+                      max_positions: int, tp: TensorParallel = TensorParallel()) -> LlamaModel:
     files = weight_files(folder)
-    model = empty_model(cfg, dtype, device, max_positions)
-    fill = ParamFill(model, cfg, str(folder), "config.json")
+    local = tp.local_config(cfg)
+    model = empty_model(local, dtype, device, max_positions)
+    fill = ParamFill(model, local, str(folder), "config.json" if not tp.enabled
+                     else f"config.json, worker {tp.rank} of {tp.size}")
     for path in files:
         with safe_open(str(path), framework="pt", device="cpu") as f:
             for name in f.keys():
                 target = _target(name, cfg.tie_word_embeddings)
                 if target is not None and fill.accepts(target[0], name):
-                    fill.copy(target[0], target[1], f.get_tensor(name), f"{path.name}: {name}")
+                    tensor = _read(f, name, cfg, target, tp)
+                    fill.copy(target[0], target[1], tensor, f"{path.name}: {name}")
     fill.check_complete()
     return model
+
+
+def _read(f, name: str, cfg: ArchConfig, target: tuple[str, int | None], tp: TensorParallel) -> torch.Tensor:
+    """The tensor, or only this worker's rows or columns of it (read from the file as a slice)."""
+    rows, cols = tp.row_slice(cfg, *target), tp.column_slice(cfg, target[0])
+    if rows is None and cols is None:
+        return f.get_tensor(name)
+    part = f.get_slice(name)
+    return part[rows] if rows is not None else part[:, cols]

@@ -110,7 +110,9 @@ def test_one_keys_flood_does_not_starve_another_key(tmp_path):
     keys = tmp_path / "keys.toml"
     keys.write_text(KEYS)
     keys.chmod(0o600)
-    server = ServerProcess("--api-key-file", str(keys), "--max-num-seqs", "1",
+    # NOTE: --enforce-eager: the fused decode step runs the demo model's 1500 tokens in well under
+    # a second, too short to hold the one slot while the flood arrives and is counted
+    server = ServerProcess("--api-key-file", str(keys), "--max-num-seqs", "1", "--enforce-eager",
                            http={"headers": {"Authorization": f"Bearer {FLOOD_KEY}"}})
     finished: list[str] = []
 

@@ -1,0 +1,56 @@
+"""Tensor parallelism in the model: the shard plan's rules and refusals, and a model split over
+two workers (gloo on loopback, a FileStore rendezvous) giving the same greedy tokens as one."""
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from bastion.model.arch_config import ModelLoadError
+from bastion.model.parallel.plan import TensorParallel
+from test_greedy_matches_transformers import engine_for, random_prompts, run
+from tiny_models import make_tiny_model
+from tp_workers import tensor_parallel_greedy
+
+
+def _arch(**overrides):
+    from bastion.model.arch import read_arch_config
+    from bastion.model.demo import DEMO_MODEL_DIR
+    return dataclasses.replace(read_arch_config(DEMO_MODEL_DIR), **overrides)
+
+
+def test_local_shapes_and_slices_of_worker_one_of_two():
+    cfg = _arch(num_heads=4, num_kv_heads=2, head_dim=64, intermediate_size=688)
+    tp = TensorParallel(2, 1)
+    local = tp.local_config(cfg)
+    assert (local.num_heads, local.num_kv_heads, local.intermediate_size) == (2, 1, 344)
+    assert tp.row_slice(cfg, "layers.0.self_attn.qkv_proj.weight", 0) == slice(128, 256)
+    assert tp.row_slice(cfg, "layers.0.self_attn.qkv_proj.weight", 2) == slice(64, 128)
+    assert tp.row_slice(cfg, "layers.0.mlp.gate_up_proj.weight", 1) == slice(344, 688)
+    assert tp.column_slice(cfg, "layers.0.self_attn.o_proj.weight") == slice(128, 256)
+    assert tp.column_slice(cfg, "layers.0.mlp.down_proj.weight") == slice(344, 688)
+    assert tp.row_slice(cfg, "embed_tokens.weight", None) is None
+
+
+def test_fewer_kv_heads_than_workers_are_replicated_to_the_workers_that_use_them():
+    cfg = _arch(num_heads=8, num_kv_heads=2, intermediate_size=64)
+    starts = [TensorParallel(4, r).kv_head_start(cfg) for r in range(4)]
+    assert starts == [0, 0, 1, 1] and TensorParallel(4, 0).local_config(cfg).num_kv_heads == 1
+
+
+def test_shapes_that_cannot_split_are_refused_with_the_numbers():
+    with pytest.raises(ModelLoadError, match="9 query heads do not divide into 2 workers"):
+        TensorParallel(2, 0).check(_arch(num_heads=9, num_kv_heads=3))
+    with pytest.raises(ModelLoadError, match="3 KV heads neither divide into 2 workers"):
+        TensorParallel(2, 0).check(_arch(num_heads=6, num_kv_heads=3))
+
+
+@pytest.mark.parametrize("name", ["demo", "qwen3", "llama-one-kv-head"])
+def test_two_workers_give_the_greedy_tokens_of_one(name, model_paths, tmp_path):
+    path = model_paths.get(name) or make_tiny_model(tmp_path / name, "llama", seed=7,
+                                                    num_key_value_heads=1, num_attention_heads=4)
+    prompts = random_prompts(3, (5, 40), 500, seed=31)
+    kwargs = dict(dtype="float32", num_kv_blocks=64, block_size=8)
+    want = run(engine_for(path, num_kv_blocks=64, block_size=8), prompts, 12)
+    workers = tensor_parallel_greedy(path, 2, prompts, 12, tmp_path, **kwargs)
+    assert workers[0] == workers[1] == want
