@@ -33,6 +33,10 @@ def add_engine_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--enforce-eager", action=argparse.BooleanOptionalAction, default=False,
                    help="run every step on the eager model: no fused one-sequence decode step (bastion's "
                         "C++ decode step on CPU; vLLM's flag, which turns off CUDA graphs and compilation)")
+    g.add_argument("--tensor-parallel-size", "-tp", "--tp", "--tp-size", type=int, default=1, metavar="N",
+                   help="split the model over N worker processes per engine rank (tensor "
+                        "parallelism, gloo on loopback on CPU, NCCL on CUDA; docs/parallelism.md); each "
+                        "worker gets its share of the rank's cores (--num-threads / N)")
     g.add_argument("--device", default="auto", help="auto (CUDA when present, else CPU), cpu, cuda, cuda:N")
     g.add_argument("--max-model-len", "--context-length", type=int, default=None,
                    help="context length (prompt + output); default: the model's")
@@ -71,7 +75,7 @@ def add_engine_args(parser: argparse.ArgumentParser) -> None:
                         "server keeps, by constraint text (0: none)")
 
 
-ENGINE_FLAGS = ("dtype", "quantization", "enforce_eager", "device", "max_model_len", "block_size",
+ENGINE_FLAGS = ("dtype", "quantization", "enforce_eager", "tensor_parallel_size", "device", "max_model_len", "block_size",
                 "kv_cache_memory", "num_kv_blocks",
                 "enable_prefix_caching", "max_num_batched_tokens", "max_num_seqs", "seed",
                 "num_threads", "structured_output_compile_timeout", "structured_output_max_bytes",

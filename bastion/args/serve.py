@@ -10,7 +10,7 @@ from bastion.args.ray import add_ray_args, ray_config
 from bastion.args.security import add_security_args, check_exposure, security_config
 from bastion.args.supervisor import add_supervisor_args, supervisor_config
 from bastion.config.deployment import InternalConfig, ParallelConfig
-from bastion.config.engine import parse_bytes
+from bastion.config.engine import EngineConfig, parse_bytes
 from bastion.config.serve import ServeConfig
 from bastion.config.server import TOOL_CALL_PARSERS, ServerConfig
 from bastion.launch.net import HOST_IP_ENV, node_address
@@ -108,6 +108,7 @@ def serve_config(args: argparse.Namespace) -> ServeConfig:
     model = given or str(default_model_path())
     _check_gguf(model)
     engine = engine_config(model, args)
+    _check_tensor_parallel(engine)
     parallel = ParallelConfig(args.data_parallel_size, args.api_server_count, args.max_rank_restarts,
                               args.rank_restart_window_s, args.data_parallel_size_local,
                               args.data_parallel_start_rank, args.data_parallel_address or
@@ -188,6 +189,35 @@ def _check_gguf(model: str) -> None:
     if is_gguf(model):
         from bastion.model.gguf.weights import check_gguf
         check_gguf(model)
+
+
+def _check_tensor_parallel(engine: EngineConfig) -> None:
+    """Refuse, before anything starts (exit 2), a --tensor-parallel-size this model or machine
+    cannot take: shapes that do not split, a GGUF file, more workers than cores or devices."""
+    size = engine.tensor_parallel_size
+    if size == 1:
+        return
+    import torch
+
+    from bastion.model.arch import read_arch_config
+    from bastion.model.gguf.reader import is_gguf
+    from bastion.model.parallel.plan import TensorParallel
+
+    model = engine.model.model
+    if is_gguf(model):
+        raise ValueError(f"--tensor-parallel-size {size}: GGUF files are not sharded; serve a "
+                         "safetensors folder")
+    TensorParallel(size).check(read_arch_config(model))
+    device = engine.model.device
+    if device.startswith("cuda") or (device == "auto" and torch.cuda.is_available()):
+        if size > torch.cuda.device_count():
+            raise ValueError(f"--tensor-parallel-size {size} needs {size} CUDA devices; "
+                             f"{torch.cuda.device_count()} are visible")
+        return
+    cores = len(os.sched_getaffinity(0))
+    if size > cores:
+        raise ValueError(f"--tensor-parallel-size {size} needs a CPU core per worker; this "
+                         f"process may use {cores}")
 
 
 def _default_name(model: str, is_demo: bool) -> str:

@@ -125,15 +125,23 @@ class EngineConfig:
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     num_threads: int | None = None
     structured: StructuredOutputConfig = field(default_factory=StructuredOutputConfig)
+    tensor_parallel_size: int = 1
 
     def __post_init__(self) -> None:
         if self.num_threads is not None and self.num_threads < 1:
             raise ValueError(f"--num-threads must be at least 1, got {self.num_threads}")
+        if self.tensor_parallel_size < 1:
+            raise ValueError(f"--tensor-parallel-size must be at least 1, got {self.tensor_parallel_size}")
 
     @property
     def threads(self) -> int:
-        """CPU threads for torch: the flag, else every core this process may use."""
+        """CPU threads for torch in the whole rank: the flag, else every core this process may use."""
         return self.num_threads or len(os.sched_getaffinity(0))
+
+    @property
+    def threads_per_worker(self) -> int:
+        """Each tensor-parallel worker's share of `threads` (at least one)."""
+        return max(1, self.threads // self.tensor_parallel_size)
 
     @classmethod
     def from_kwargs(cls, model: str, **kwargs) -> "EngineConfig":

@@ -11,6 +11,7 @@ from bastion.engine.kv_cache import BlockManager
 from bastion.engine.outputs import FinishReason, TokenDelta, TokenLogprob
 from bastion.engine.request import Request, RequestStatus
 from bastion.engine.runner import EngineLimits, ModelRunner
+from bastion.engine.tensor_workers import TensorWorkers
 from bastion.model.parallel.group import TensorGroup
 from bastion.model.parallel.plan import TensorParallel
 from bastion.engine.sampler import Sampler
@@ -51,10 +52,23 @@ class EngineCore:
     loop blocked on its inbox can wake up.
     """
 
-    def __init__(self, config: EngineConfig, tp: TensorParallel = TensorParallel(),
-                 group: TensorGroup | None = None) -> None:
+    def __init__(self, config: EngineConfig, tp: TensorParallel | None = None,
+                 group: TensorGroup | None = None, private_dir: str | None = None) -> None:
+        """With `config.tensor_parallel_size` N > 1 (and no `tp` given) this engine is worker 0
+        of a rank of N: it starts the other N-1 (engine/tensor_workers.py; their rendezvous
+        file goes in `private_dir`, a 0700 folder, or a private temporary one). `tp` and
+        `group` are for tests that run every worker themselves."""
         self.config = config
-        self.runner = ModelRunner(config, tp, group)
+        self.workers: TensorWorkers | None = None
+        sink = None
+        if tp is None and config.tensor_parallel_size > 1:
+            self.workers = TensorWorkers(config, private_dir)
+            tp, group, sink = self.workers.tp, self.workers.group, self.workers.send_step
+        try:
+            self.runner = ModelRunner(config, tp or TensorParallel(), group, sink)
+        except BaseException:
+            self.close()
+            raise
         self.limits: EngineLimits = self.runner.limits
         self.blocks = BlockManager(self.limits.num_kv_blocks, self.limits.block_size,
                                    config.cache.enable_prefix_caching)
@@ -191,6 +205,12 @@ class EngineCore:
     def num_compiling(self) -> int:
         """Sequences waiting for their grammar (not yet in the scheduler)."""
         return sum(not r.is_finished for rid in self._compiling for r in self._groups[rid].sequences)
+
+    def close(self) -> None:
+        """Stop the tensor-parallel workers this engine started (if any)."""
+        if self.workers is not None:
+            self.workers.stop()
+            self.workers = None
 
     @property
     def has_work(self) -> bool:

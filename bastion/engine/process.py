@@ -15,6 +15,7 @@ blocks (no spinning) while compiles are all it waits on, and wakes the moment on
 from __future__ import annotations
 
 import logging
+import os
 import queue
 import threading
 from typing import Callable
@@ -38,8 +39,12 @@ _WAKE = object()  # put into the inbox when a grammar compile finishes
 
 def run_engine(config: EngineConfig, index: int, ipc_dir: str, report: Callable[[EngineReady], None],
                internal: InternalConfig = InternalConfig(), keys: channel.ChannelKeys | None = None) -> None:
-    """Load the model, bind the input socket, report ready, then serve until killed."""
-    engine = EngineCore(config)
+    """Load the model, bind the input socket, report ready, then serve until killed. With
+    tensor parallelism this process is worker 0 and starts the rank's other workers; if one of
+    them ends, so does this process (the launcher then restarts the rank as a whole)."""
+    engine = EngineCore(config, private_dir=ipc_dir)
+    if engine.workers is not None:
+        engine.workers.watch(_worker_ended)
     zctx = zmq.Context()
     listener = channel.Listener(zctx, internal, ipc_dir, keys)
     pull = zctx.socket(zmq.PULL)
@@ -49,6 +54,12 @@ def run_engine(config: EngineConfig, index: int, ipc_dir: str, report: Callable[
     report(EngineReady(index, endpoint, limits.max_model_len, limits.num_kv_blocks, limits.vocab_size,
                        listener.public))
     EngineLoop(engine, index, pull, zctx, listener).run()
+
+
+def _worker_ended(worker: int, returncode: int) -> None:
+    logger.error("tensor-parallel worker %d ended (exit %d): the rank goes down with it", worker, returncode)
+    logging.shutdown()
+    os._exit(1)
 
 
 class EngineLoop:

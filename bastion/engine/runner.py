@@ -4,6 +4,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 
@@ -12,7 +13,7 @@ from bastion.engine.cpu_memory import keep_freed_memory
 from bastion.engine.scheduler import ScheduledRequest, SchedulerOutput
 from bastion.engine.step_inputs import StepInputs
 from bastion.model.arch import ArchConfig, ModelLoadError, read_arch_config
-from bastion.model.attention import attention_context
+from bastion.model.attention import AttentionContext, attention_context
 from bastion.model.fused_decode import FusedDecoder
 from bastion.model.loader import compute_dtype, load_model, resolve_device, resolve_dtype
 from bastion.model.parallel.group import TensorGroup
@@ -21,6 +22,8 @@ from bastion.model.parallel.plan import TensorParallel
 logger = logging.getLogger(__name__)
 
 DEFAULT_CPU_KV_MEMORY = 4 * 2**30  # vLLM's CPU default too
+
+StepSink = Callable[[torch.Tensor, torch.Tensor, AttentionContext], None]
 
 
 @dataclass(frozen=True)
@@ -41,14 +44,16 @@ class ModelRunner:
     """Loads the checkpoint, allocates the paged KV cache and runs forward passes."""
 
     def __init__(self, config: EngineConfig, tp: TensorParallel = TensorParallel(),
-                 group: TensorGroup | None = None) -> None:
+                 group: TensorGroup | None = None, step_sink: StepSink | None = None) -> None:
         """`tp` and `group`: this process is worker `tp.rank` of a tensor-parallel rank whose
-        workers sum their partial results over `group` (model/parallel/)."""
+        workers sum their partial results over `group` (model/parallel/); worker 0 hands each
+        step's inputs to `step_sink` (engine/tensor_workers.py) before its forward pass."""
         self.config = config
+        self.step_sink = step_sink
         mc = config.model
         self.device = resolve_device(mc.device)
         if self.device.type == "cpu":
-            torch.set_num_threads(config.threads)
+            torch.set_num_threads(config.threads_per_worker if tp.enabled else config.threads)
             keep_freed_memory()
         torch.manual_seed(mc.seed)
         self.arch: ArchConfig = read_arch_config(mc.model)
@@ -132,6 +137,8 @@ class ModelRunner:
     def execute(self, out: SchedulerOutput) -> tuple[list[ScheduledRequest], torch.Tensor]:
         """Run one step; return the requests that sample and their float32 logits."""
         batch = StepInputs.build(out.scheduled, self.block_size, self.device)
+        if self.step_sink is not None:
+            self.step_sink(batch.input_ids, batch.positions, batch.context)
         started = time.perf_counter()
         with attention_context(batch.context):
             hidden = self.model(batch.input_ids, batch.positions)

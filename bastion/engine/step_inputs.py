@@ -99,9 +99,16 @@ def _decode_group(group: list[ScheduledRequest], start: int, block_size: int, de
         tables[row, :len(blocks)] = blocks
     positions.append(pos)
     slots.append(tables[np.arange(len(group)), pos // block_size] * block_size + pos % block_size)
-    span = torch.arange(width * block_size, device=device)
-    padding = span[None, :] > torch.from_numpy(pos).to(device)[:, None]
-    mask = torch.zeros(padding.shape, device=device).masked_fill_(padding, float("-inf"))
-    return DecodeGroup(start, len(group), torch.from_numpy(tables).to(device),
-                       mask.view(1, len(group), 1, -1), _shared_blocks(tables, pos, block_size),
-                       int(pos[0]) + 1 if len(group) == 1 else 0)
+    return decode_group(start, torch.from_numpy(tables).to(device), torch.from_numpy(pos).to(device),
+                        block_size, _shared_blocks(tables, pos, block_size))
+
+
+def decode_group(start: int, tables: torch.Tensor, pos: torch.Tensor, block_size: int,
+                 shared_blocks: int) -> DecodeGroup:
+    """A group's attention metadata from its block tables [B, width] and positions [B]."""
+    count, width = tables.shape
+    span = torch.arange(width * block_size, device=tables.device)
+    padding = span[None, :] > pos[:, None]
+    mask = torch.zeros(padding.shape, device=tables.device).masked_fill_(padding, float("-inf"))
+    return DecodeGroup(start, count, tables, mask.view(1, count, 1, -1), shared_blocks,
+                       int(pos[0]) + 1 if count == 1 else 0)

@@ -54,3 +54,18 @@ def test_two_workers_give_the_greedy_tokens_of_one(name, model_paths, tmp_path):
     want = run(engine_for(path, num_kv_blocks=64, block_size=8), prompts, 12)
     workers = tensor_parallel_greedy(path, 2, prompts, 12, tmp_path, **kwargs)
     assert workers[0] == workers[1] == want
+
+
+def test_an_engine_with_two_workers_starts_the_second_and_matches_one(model_paths):
+    path = model_paths["qwen3"]
+    prompts = random_prompts(3, (5, 40), 500, seed=32)
+    want = run(engine_for(path, num_kv_blocks=64, block_size=8), prompts, 10)
+    engine = engine_for(path, num_kv_blocks=64, block_size=8, tensor_parallel_size=2)
+    worker = engine.workers.procs[0]
+    try:
+        assert engine.runner.local_arch.num_heads == 2 and worker.poll() is None
+        got = run(engine, prompts, 10)
+    finally:
+        engine.close()
+    assert got == want
+    assert worker.poll() is not None  # close() ended the worker process
