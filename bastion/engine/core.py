@@ -11,7 +11,7 @@ from bastion.engine.kv_cache import BlockManager
 from bastion.engine.outputs import FinishReason, TokenDelta, TokenLogprob
 from bastion.engine.request import Request, RequestStatus
 from bastion.engine.runner import EngineLimits, ModelRunner
-from bastion.engine.tensor_workers import TensorWorkers
+from bastion.engine.tensor_parallel.workers import TensorWorkers
 from bastion.model.parallel.group import TensorGroup
 from bastion.model.parallel.plan import TensorParallel
 from bastion.engine.sampler import Sampler
@@ -55,7 +55,7 @@ class EngineCore:
     def __init__(self, config: EngineConfig, tp: TensorParallel | None = None,
                  group: TensorGroup | None = None, private_dir: str | None = None) -> None:
         """With `config.tensor_parallel_size` N > 1 (and no `tp` given) this engine is worker 0
-        of a rank of N: it starts the other N-1 (engine/tensor_workers.py; their rendezvous
+        of a rank of N: it starts the other N-1 (engine/tensor_parallel/workers.py; their rendezvous
         file goes in `private_dir`, a 0700 folder, or a private temporary one). `tp` and
         `group` are for tests that run every worker themselves."""
         self.config = config

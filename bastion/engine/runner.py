@@ -47,7 +47,7 @@ class ModelRunner:
                  group: TensorGroup | None = None, step_sink: StepSink | None = None) -> None:
         """`tp` and `group`: this process is worker `tp.rank` of a tensor-parallel rank whose
         workers sum their partial results over `group` (model/parallel/); worker 0 hands each
-        step's inputs to `step_sink` (engine/tensor_workers.py) before its forward pass."""
+        step's inputs to `step_sink` (engine/tensor_parallel/workers.py) before its forward pass."""
         self.config = config
         self.step_sink = step_sink
         mc = config.model

@@ -25,7 +25,7 @@ def tree(server: ServerProcess) -> list[psutil.Process]:
 
 
 def workers(server: ServerProcess) -> list[psutil.Process]:
-    return [p for p in tree(server) if "bastion.engine.tensor_worker" in " ".join(p.cmdline())]
+    return [p for p in tree(server) if "bastion.engine.tensor_parallel.worker" in " ".join(p.cmdline())]
 
 
 def engine_of(worker: psutil.Process) -> str:
@@ -80,8 +80,10 @@ def test_tp2_dp2_serves_on_loopback_and_a_killed_worker_restarts_only_its_rank()
         assert health.json()["ranks"][0] == {"rank": 0, "state": "ready", "restarts": 1}
         stop.set()
         loader.join(120)
-        # only what was in flight on the killed rank failed; rank 1 served the rest throughout
-        assert len(failed) <= 1 and served[0] > 0, failed
+        # only requests on the killed rank failed (a 503 naming it: the one in flight, and any
+        # routed there before the launcher said it was down); rank 1 served the rest throughout
+        assert len(failed) <= 3 and served[0] > 0, failed
+        assert all(code == 503 and "engine rank 0 went down" in text for code, text in failed), failed
         assert len(workers(server)) == 2
         assert [client.completions.create(model="bastion-demo", prompt="again", max_tokens=4).usage.completion_tokens
                 for _ in range(4)] == [4] * 4

@@ -1,4 +1,4 @@
-"""A non-zero tensor-parallel worker: `python -m bastion.engine.tensor_worker`.
+"""A non-zero tensor-parallel worker: `python -m bastion.engine.tensor_parallel.worker`.
 
 Reads its `TensorWorkerSpec` from stdin, joins the rank's group, loads only its shard of the
 model and allocates its part of the KV cache, then runs each step worker 0 broadcasts (the
@@ -18,8 +18,8 @@ from pathlib import Path
 import msgspec
 import torch
 
-from bastion.engine import step_wire
-from bastion.engine.tensor_workers import TensorWorkerSpec
+from bastion.engine.tensor_parallel import step_wire
+from bastion.engine.tensor_parallel.workers import TensorWorkerSpec
 from bastion.model.attention import attention_context
 from bastion.model.parallel.group import TensorGroup
 from bastion.model.parallel.plan import TensorParallel

@@ -1,12 +1,12 @@
 """The other workers of a tensor-parallel rank, seen from worker 0 (the engine process).
 
 Worker 0 runs the scheduler and sampler; workers 1..N-1 are child processes of it that run only
-their shard of the model (engine/tensor_worker.py). Each is started with
-`python -m bastion.engine.tensor_worker`, its spec (config, place in the group, the rendezvous
+their shard of the model (engine/tensor_parallel/worker.py). Each is started with
+`python -m bastion.engine.tensor_parallel.worker`, its spec (config, place in the group, the rendezvous
 file) as one frame on its stdin, never in argv; it dies with worker 0 (`PR_SET_PDEATHSIG`, and
 EOF on that stdin). The rendezvous is a torch `FileStore` in the rank's private 0700 directory
 and gloo's sockets are on loopback (model/parallel/group.py), so nothing listens on the network.
-Every step, worker 0 broadcasts the step's inputs (engine/step_wire.py) before its forward pass.
+Every step, worker 0 broadcasts the step's inputs (engine/tensor_parallel/step_wire.py) before its forward pass.
 If a worker exits, `watch` reports it (the engine process then exits, and the launcher restarts
 the rank as a whole); a collective with a dead peer also fails at once.
 """
@@ -26,7 +26,7 @@ import msgspec
 import torch
 
 from bastion.config.engine import EngineConfig
-from bastion.engine import step_wire
+from bastion.engine.tensor_parallel import step_wire
 from bastion.model.attention import AttentionContext
 from bastion.model.parallel.group import TensorGroup
 from bastion.model.parallel.plan import TensorParallel
@@ -69,7 +69,7 @@ class TensorWorkers:
         self.procs: list[subprocess.Popen] = []
         for rank in range(1, size):
             spec = TensorWorkerSpec(worker_config(config, rank), size, rank, str(store), shares[rank])
-            proc = subprocess.Popen([sys.executable, "-m", "bastion.engine.tensor_worker"],
+            proc = subprocess.Popen([sys.executable, "-m", "bastion.engine.tensor_parallel.worker"],
                                     stdin=subprocess.PIPE, close_fds=True)
             write_frame(proc.stdin.fileno(), spec)
             proc.stdin.flush()
