@@ -2,6 +2,7 @@
 its ready line, its children found with psutil, and every process gone when it is stopped."""
 from __future__ import annotations
 
+import signal
 import time
 
 import httpx
@@ -42,6 +43,16 @@ class ServerProcess(ServeProcess):
             if predicate(value) or time.monotonic() > deadline:
                 return value
             time.sleep(0.1)
+
+    def sigterm_leaves_nothing(self, timeout: float = 60.0) -> bool:
+        """SIGTERM the launcher: True when it exits 0 and every process of its tree (as it is
+        now, restarted ranks and their workers included) is gone."""
+        tree = psutil.Process(self.proc.pid).children(recursive=True)
+        self.signal(signal.SIGTERM)
+        if self.wait(timeout) != 0:
+            return False
+        _, alive = psutil.wait_procs(tree, timeout=15)
+        return not alive
 
     def children_gone(self, timeout: float = 15.0) -> bool:
         _, alive = psutil.wait_procs(self.children, timeout=timeout)

@@ -20,7 +20,7 @@ from bastion.sampling_params import SamplingParams
 
 job = json.loads(Path(sys.argv[1]).read_text())
 tp = TensorParallel(job["size"], job["rank"])
-group = TensorGroup(tp, Path(job["store"]), __import__("torch").device("cpu"))
+group = TensorGroup(tp, Path(job["store"]), __import__("torch").device("cpu"), shared_bytes=job["shared_bytes"])
 engine = EngineCore(EngineConfig.from_kwargs(job["model"], **job["kwargs"]), tp, group)
 outputs = {}
 for i, prompt in enumerate(job["prompts"]):
@@ -36,14 +36,16 @@ group.close()
 
 
 def tensor_parallel_greedy(model: Path, size: int, prompts: list[list[int]], max_tokens: int,
-                           workdir: Path, timeout: float = 300, **kwargs) -> list[list[list[int]]]:
-    """Each worker's greedy tokens for `prompts` (a list per worker)."""
+                           workdir: Path, timeout: float = 300, shared_bytes: int = 0,
+                           **kwargs) -> list[list[list[int]]]:
+    """Each worker's greedy tokens for `prompts` (a list per worker); collectives through gloo,
+    or through shared memory up to `shared_bytes`."""
     store = workdir / "tp-store"
     store.unlink(missing_ok=True)
     procs = []
     for rank in range(size):
         job = dict(model=str(model), size=size, rank=rank, store=str(store), prompts=prompts,
-                   max_tokens=max_tokens, kwargs=kwargs)
+                   max_tokens=max_tokens, kwargs=kwargs, shared_bytes=shared_bytes)
         job_file = workdir / f"tp-job-{rank}.json"
         job_file.write_text(json.dumps(job))
         procs.append(subprocess.Popen([sys.executable, "-c", WORKER, str(job_file)],

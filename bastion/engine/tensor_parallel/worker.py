@@ -19,7 +19,7 @@ import msgspec
 import torch
 
 from bastion.engine.tensor_parallel import step_wire
-from bastion.engine.tensor_parallel.workers import TensorWorkerSpec
+from bastion.engine.tensor_parallel.workers import TensorWorkerSpec, shared_bytes
 from bastion.model.attention import attention_context
 from bastion.model.parallel.group import TensorGroup
 from bastion.model.parallel.plan import TensorParallel
@@ -63,7 +63,8 @@ def run_worker(spec: TensorWorkerSpec) -> None:
     from bastion.model.loader import resolve_device
 
     tp = TensorParallel(spec.size, spec.rank)
-    group = TensorGroup(tp, Path(spec.store), resolve_device(spec.config.model.device))
+    group = TensorGroup(tp, Path(spec.store), resolve_device(spec.config.model.device),
+                        shared_bytes=shared_bytes(spec.config))
     runner = ModelRunner(spec.config, tp, group)
     header = torch.zeros(step_wire.HEADER, dtype=torch.int64)
     while True:

@@ -6,9 +6,10 @@ their shard of the model (engine/tensor_parallel/worker.py). Each is started wit
 file) as one frame on its stdin, never in argv; it dies with worker 0 (`PR_SET_PDEATHSIG`, and
 EOF on that stdin). The rendezvous is a torch `FileStore` in the rank's private 0700 directory
 and gloo's sockets are on loopback (model/parallel/group.py), so nothing listens on the network.
-Every step, worker 0 broadcasts the step's inputs (engine/tensor_parallel/step_wire.py) before its forward pass.
+Every step, worker 0 broadcasts the step's inputs (engine/tensor_parallel/step_wire.py) before its forward pass;
+on CPU the collectives go through shared memory in that same directory (model/parallel/shm_reduce.py).
 If a worker exits, `watch` reports it (the engine process then exits, and the launcher restarts
-the rank as a whole); a collective with a dead peer also fails at once.
+the rank as a whole); a collective waiting on a dead worker fails too (offline engines).
 """
 from __future__ import annotations
 
@@ -76,7 +77,8 @@ class TensorWorkers:
             self.procs.append(proc)  # NOTE: stdin stays open: its EOF tells the worker we are gone
         if shares[0]:
             os.sched_setaffinity(0, shares[0])
-        self.group = TensorGroup(self.tp, store, _device(config))
+        self.group = TensorGroup(self.tp, store, _device(config), shared_bytes=shared_bytes(config),
+                                 peers_alive=lambda: all(p.poll() is None for p in self.procs))
 
     def send_step(self, input_ids: torch.Tensor, positions: torch.Tensor, ctx: AttentionContext) -> None:
         """Broadcast this step's inputs to the other workers (before worker 0's forward pass)."""
@@ -108,6 +110,15 @@ class TensorWorkers:
         self.group.close()
         if self._tmp is not None:
             self._tmp.cleanup()
+
+
+def shared_bytes(config: EngineConfig) -> int:
+    """Room per worker for one collective in shared memory: a step's hidden states in float32
+    (the largest all-reduce; the step broadcast is far smaller)."""
+    from bastion.model.arch import read_arch_config
+
+    rows = max(config.scheduler.max_num_batched_tokens, config.scheduler.max_num_seqs)
+    return rows * read_arch_config(config.model.model).hidden_size * 4
 
 
 def worker_config(config: EngineConfig, rank: int) -> EngineConfig:

@@ -45,14 +45,16 @@ def test_shapes_that_cannot_split_are_refused_with_the_numbers():
         TensorParallel(2, 0).check(_arch(num_heads=6, num_kv_heads=3))
 
 
-@pytest.mark.parametrize("name", ["demo", "qwen3", "llama-one-kv-head"])
-def test_two_workers_give_the_greedy_tokens_of_one(name, model_paths, tmp_path):
+@pytest.mark.parametrize("name,shared_bytes", [("demo", 0), ("demo", 1 << 20), ("qwen3", 1 << 20),
+                                               ("llama-one-kv-head", 0)])
+def test_two_workers_give_the_greedy_tokens_of_one(name, shared_bytes, model_paths, tmp_path):
+    """Collectives through gloo (0) or shared memory; the same tokens either way."""
     path = model_paths.get(name) or make_tiny_model(tmp_path / name, "llama", seed=7,
                                                     num_key_value_heads=1, num_attention_heads=4)
     prompts = random_prompts(3, (5, 40), 500, seed=31)
     kwargs = dict(dtype="float32", num_kv_blocks=64, block_size=8)
     want = run(engine_for(path, num_kv_blocks=64, block_size=8), prompts, 12)
-    workers = tensor_parallel_greedy(path, 2, prompts, 12, tmp_path, **kwargs)
+    workers = tensor_parallel_greedy(path, 2, prompts, 12, tmp_path, shared_bytes=shared_bytes, **kwargs)
     assert workers[0] == workers[1] == want
 
 
@@ -69,3 +71,14 @@ def test_an_engine_with_two_workers_starts_the_second_and_matches_one(model_path
         engine.close()
     assert got == want
     assert worker.poll() is not None  # close() ended the worker process
+
+
+def test_an_offline_engine_whose_worker_died_fails_its_next_step(model_paths):
+    engine = engine_for(model_paths["demo"], num_kv_blocks=32, block_size=8, tensor_parallel_size=2)
+    try:
+        engine.workers.procs[0].kill()
+        engine.workers.procs[0].wait()
+        with pytest.raises(RuntimeError, match="tensor-parallel worker has exited"):
+            run(engine, [[5, 6, 7]], 4)
+    finally:
+        engine.close()
