@@ -53,16 +53,18 @@ class EngineCore:
     """
 
     def __init__(self, config: EngineConfig, tp: TensorParallel | None = None,
-                 group: TensorGroup | None = None, private_dir: str | None = None) -> None:
+                 group: TensorGroup | None = None, private_dir: str | None = None,
+                 own_process: bool = False) -> None:
         """With `config.tensor_parallel_size` N > 1 (and no `tp` given) this engine is worker 0
         of a rank of N: it starts the other N-1 (engine/tensor_parallel/workers.py; their rendezvous
-        file goes in `private_dir`, a 0700 folder, or a private temporary one). `tp` and
+        file goes in `private_dir`, a 0700 folder, or a private temporary one). `own_process`:
+        this process exists only to run the engine (pin it to worker 0's cores). `tp` and
         `group` are for tests that run every worker themselves."""
         self.config = config
         self.workers: TensorWorkers | None = None
         sink = None
         if tp is None and config.tensor_parallel_size > 1:
-            self.workers = TensorWorkers(config, private_dir)
+            self.workers = TensorWorkers(config, private_dir, pin_self=own_process)
             tp, group, sink = self.workers.tp, self.workers.group, self.workers.send_step
         try:
             self.runner = ModelRunner(config, tp or TensorParallel(), group, sink)

@@ -42,7 +42,7 @@ def run_engine(config: EngineConfig, index: int, ipc_dir: str, report: Callable[
     """Load the model, bind the input socket, report ready, then serve until killed. With
     tensor parallelism this process is worker 0 and starts the rank's other workers; if one of
     them ends, so does this process (the launcher then restarts the rank as a whole)."""
-    engine = EngineCore(config, private_dir=ipc_dir)
+    engine = EngineCore(config, private_dir=ipc_dir, own_process=True)
     if engine.workers is not None:
         engine.workers.watch(_worker_ended)
     zctx = zmq.Context()

@@ -58,7 +58,9 @@ def core_shares(size: int) -> list[list[int]]:
 class TensorWorkers:
     """Starts workers 1..N-1, joins them in one group, broadcasts steps, stops them."""
 
-    def __init__(self, config: EngineConfig, private_dir: str | None = None) -> None:
+    def __init__(self, config: EngineConfig, private_dir: str | None = None, pin_self: bool = False) -> None:
+        """`pin_self`: this process is the engine's own (not a user's offline program): pin it
+        to worker 0's share of the cores, as each other worker is pinned to its own."""
         size = config.tensor_parallel_size
         self.tp = TensorParallel(size, 0)
         self._tmp = None if private_dir else tempfile.TemporaryDirectory(prefix="bastion-tp-")
@@ -75,7 +77,7 @@ class TensorWorkers:
             write_frame(proc.stdin.fileno(), spec)
             proc.stdin.flush()
             self.procs.append(proc)  # NOTE: stdin stays open: its EOF tells the worker we are gone
-        if shares[0]:
+        if pin_self and shares[0]:
             os.sched_setaffinity(0, shares[0])
         self.group = TensorGroup(self.tp, store, _device(config), shared_bytes=shared_bytes(config),
                                  peers_alive=lambda: all(p.poll() is None for p in self.procs))

@@ -4,8 +4,9 @@ gloo's all-reduce over loopback costs ~1.3 ms per call on a small VM (docs/bench
 and a step makes two per layer. Here every worker maps one file in the rank's private 0700
 directory: a row of sequence flags, then two sets (alternating calls) of one slot per worker.
 A call copies the worker's tensor into its slot, publishes the call's sequence number in its
-flag, waits until every worker has published it, and sums the slots in worker order, so every
-worker computes the same bits. Two slot sets are enough: a worker cannot start call s+2 (which
+flag, waits until every worker has published it (spinning for 200 us, then napping up to 1 ms
+at a time, so that workers idle between steps do not hold a core), and sums the slots in worker
+order, so every worker computes the same bits. Two slot sets are enough: a worker cannot start call s+2 (which
 reuses the set of call s) before every worker has published s+1, i.e. finished reading call s.
 x86 keeps ordinary stores in order (the data before the flag), which is what the protocol
 relies on; large copies are made in 64 KiB pieces so that no piece is big enough for the C
@@ -24,7 +25,9 @@ import torch
 
 FLAG_BYTES = 64  # each worker's flag on its own cache line
 PIECE = 64 * 1024  # bytes per copy into a slot: below glibc's non-temporal threshold
-SPINS_BEFORE_YIELD = 2000
+SPINS_BEFORE_CHECK = 1000
+SPIN_SECONDS = 0.0002  # spin this long (a collective inside a step), then nap ...
+MAX_NAP = 0.001        # ... for up to 1 ms at a time: idle workers take no core between steps
 
 
 class SharedMemoryReduce:
@@ -65,17 +68,19 @@ class SharedMemoryReduce:
         self.sequence += 1
         seq = self.sequence
         self.flags[self.rank] = seq
-        deadline = None
+        started = None
         for worker in waited:
             spins = 0
             while self.flags[worker] < seq:
                 spins += 1
-                if spins % SPINS_BEFORE_YIELD == 0:
-                    os.sched_yield()
-                    deadline = deadline or time.monotonic() + self.timeout_s
+                if spins % SPINS_BEFORE_CHECK == 0:
+                    now = time.monotonic()
+                    started = started or now
+                    if now - started > SPIN_SECONDS:  # NOTE: an idle wait (between steps) sleeps
+                        time.sleep(min(MAX_NAP, (now - started) / 8))
                     if self.peers_alive is not None and not self.peers_alive():
                         raise RuntimeError("a tensor-parallel worker has exited")
-                    if time.monotonic() > deadline:
+                    if now - started > self.timeout_s:
                         raise RuntimeError(f"tensor-parallel worker {worker} did not answer in "
                                            f"{self.timeout_s:.0f} s")
         return seq

@@ -3,6 +3,7 @@ two workers (gloo on loopback, a FileStore rendezvous) giving the same greedy to
 from __future__ import annotations
 
 import dataclasses
+import os
 
 import pytest
 
@@ -62,6 +63,7 @@ def test_an_engine_with_two_workers_starts_the_second_and_matches_one(model_path
     path = model_paths["qwen3"]
     prompts = random_prompts(3, (5, 40), 500, seed=32)
     want = run(engine_for(path, num_kv_blocks=64, block_size=8), prompts, 10)
+    cores = os.sched_getaffinity(0)
     engine = engine_for(path, num_kv_blocks=64, block_size=8, tensor_parallel_size=2)
     worker = engine.workers.procs[0]
     try:
@@ -71,6 +73,7 @@ def test_an_engine_with_two_workers_starts_the_second_and_matches_one(model_path
         engine.close()
     assert got == want
     assert worker.poll() is not None  # close() ended the worker process
+    assert os.sched_getaffinity(0) == cores  # an offline engine leaves its caller's cores alone
 
 
 def test_an_offline_engine_whose_worker_died_fails_its_next_step(model_paths):
