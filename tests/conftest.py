@@ -61,7 +61,9 @@ def hf_reference() -> HFReference:
 @pytest.fixture(scope="session")
 def shared_server():
     """The API tests' server: the demo model as "demo" and "bastion-demo", -dp 2, 2 API servers."""
+    # NOTE: --enforce-eager: tests here abort or watch requests mid-generation, and the fused
+    # decode step runs the demo model's whole output before a client's disconnect is noticed
     proc = ServerProcess("-dp", "2", "--api-server-count", "2", "--dtype", "float32",
-                         "--served-model-name", "demo", "bastion-demo")
+                         "--served-model-name", "demo", "bastion-demo", "--enforce-eager")
     yield proc
     proc.kill()

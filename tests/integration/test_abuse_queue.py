@@ -155,7 +155,8 @@ def test_one_keys_flood_does_not_starve_another_key(tmp_path):
 
 
 def test_a_client_that_leaves_while_waiting_gives_its_place_back():
-    server = ServerProcess("--max-queued-requests", "2", "--max-num-seqs", "1")
+    server = ServerProcess("--max-queued-requests", "2", "--max-num-seqs", "1",
+                           "--enforce-eager")  # NOTE: the first request must hold the slot
     body = {"model": "bastion-demo", "prompt": "wait", "max_tokens": 1500, "ignore_eos": True}
 
     async def run() -> tuple[int, int]:

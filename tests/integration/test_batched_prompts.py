@@ -80,7 +80,7 @@ def test_a_batch_is_admitted_whole_or_not_at_all():
     holds until its answer is read, which is never. With the slot taken and no queue, the
     batch is refused whole (503, nothing of it runs), streamed or not."""
     server = ServerProcess("--max-num-seqs", "1", "--max-queued-requests", "0", "--max-batched-prompts", "4",
-                           "--dtype", "float32")
+                           "--dtype", "float32", "--enforce-eager")  # NOTE: the long request holds the slot
     url = f"{server.url}/v1/completions"
     batch = {"model": "bastion-demo", "prompt": ["a", "b"], "max_tokens": 3, "ignore_eos": True}
     try:

@@ -76,6 +76,7 @@ class Secured:
             "--api-key-file", str(self.keys), "--jwt-secret-file", str(root / "jwt.secret"),
             "--jwt-issuer", "issuer", "--jwt-audience", "bastion", "--audit-log", str(self.audit),
             "--max-concurrent-requests", "4", "--max-waiting-requests", "2",
+            "--enforce-eager",  # NOTE: an abandoned stream must still be running when it is aborted
             env={"BASTION_API_KEY": ENV_KEY},
             http={"verify": self.verify, "headers": {"x-api-key": OPS}})
         self.url = self.proc.url
