@@ -31,7 +31,7 @@ class DecodeGroup:
     start: int
     count: int
     block_tables: torch.Tensor   # [count, max_blocks]
-    mask: torch.Tensor           # [1, count, 1, max_blocks * block_size]: 0 or -inf (padding)
+    mask: torch.Tensor | None    # [1, count, 1, max_blocks * block_size]: 0 or -inf (padding); None for count 1
     shared_blocks: int = 0       # leading blocks that every row's table has in common
     context_len: int = 0         # with count 1: its context length (attended unpadded, no mask)
 

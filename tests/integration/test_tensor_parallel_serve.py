@@ -5,6 +5,8 @@ and serves again while the other rank never errors; nothing is left after SIGTER
 sizes that cannot run are refused before anything starts."""
 from __future__ import annotations
 
+import re
+import shutil
 import subprocess
 import sys
 import threading
@@ -31,6 +33,18 @@ def engine_of(worker: psutil.Process) -> str:
     return next(part for part in worker.parent().cmdline() if part.startswith("engine-"))
 
 
+def ss_listeners(pids: set[int]) -> list[tuple[str, int]]:
+    """(address, port) of each TCP socket listening in `pids`, as `ss -Hltnp` reports them."""
+    out = subprocess.run(["ss", "-Hltnp"], capture_output=True, text=True, check=True).stdout
+    found = []
+    for line in out.splitlines():
+        owners = {int(p) for p in re.findall(r"pid=(\d+)", line)}
+        if owners & pids:
+            address, _, port = line.split()[3].rpartition(":")
+            found.append((address.strip("[]"), int(port)))
+    return found
+
+
 def test_tp2_dp2_serves_on_loopback_and_a_killed_worker_restarts_only_its_rank():
     server = ServerProcess("-tp", "2", "-dp", "2", "--dtype", "float32", "--kv-cache-memory", "64MiB",
                            timeout=240)
@@ -46,6 +60,10 @@ def test_tp2_dp2_serves_on_loopback_and_a_killed_worker_restarts_only_its_rank()
         pids = {p.pid for p in tree(server)} | {server.proc.pid}
         listeners = [c for c in psutil.net_connections("tcp") if c.status == psutil.CONN_LISTEN and c.pid in pids]
         assert listeners and all(c.laddr.ip in ("127.0.0.1", "::1") for c in listeners), listeners
+        if shutil.which("ss"):  # the same check with the tool an operator would use
+            seen = ss_listeners(pids)
+            assert seen and all(address in ("127.0.0.1", "::1") for address, _ in seen), seen
+            assert TCPSTORE_PORT not in {port for _, port in seen}
         assert not [c for c in listeners if c.laddr.port == TCPSTORE_PORT]
 
         failed: list[tuple[int, str]] = []

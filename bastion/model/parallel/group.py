@@ -10,6 +10,7 @@ bootstrap sockets: see docs/security.md; untested on hardware here).
 from __future__ import annotations
 
 import datetime
+import time
 from pathlib import Path
 from typing import Callable
 
@@ -34,6 +35,7 @@ class TensorGroup:
         self.shared: SharedMemoryReduce | None = None
         timeout = datetime.timedelta(seconds=timeout_s)
         store = dist.FileStore(str(store_path), tp.size)
+        await_arrivals(store, tp, timeout_s, peers_alive)
         if device.type == "cuda":
             dist.init_process_group("nccl", store=store, rank=tp.rank, world_size=tp.size, timeout=timeout)
             self.group = None
@@ -75,3 +77,20 @@ class TensorGroup:
         if self.group is None and dist.is_initialized():
             dist.destroy_process_group()
         self.group = None
+
+
+def await_arrivals(store: dist.Store, tp: TensorParallel, timeout_s: float,
+                   peers_alive: Callable[[], bool] | None, poll_s: float = 0.05) -> None:
+    """Mark this worker arrived and wait until every worker has, before the rendezvous that
+    cannot be interrupted (gloo's and NCCL's wait out their whole timeout on a missing peer).
+    A peer that has exited by then fails this at once instead (`peers_alive`, worker 0)."""
+    store.set(f"arrived/{tp.rank}", "1")
+    keys = [f"arrived/{r}" for r in range(tp.size)]
+    deadline = time.monotonic() + timeout_s
+    while not store.check(keys):
+        if peers_alive is not None and not peers_alive():
+            raise RuntimeError("a tensor-parallel worker has exited before joining its group")
+        if time.monotonic() > deadline:
+            missing = [r for r in range(tp.size) if not store.check([f"arrived/{r}"])]
+            raise RuntimeError(f"tensor-parallel workers {missing} did not join within {timeout_s:.0f} s")
+        time.sleep(poll_s)

@@ -6,8 +6,10 @@ import dataclasses
 import os
 
 import pytest
+import torch
 
 from bastion.model.arch_config import ModelLoadError
+from bastion.model.parallel.group import TensorGroup
 from bastion.model.parallel.plan import TensorParallel
 from test_greedy_matches_transformers import engine_for, random_prompts, run
 from tiny_models import make_tiny_model
@@ -84,3 +86,35 @@ def test_closing_an_engine_ends_its_workers(model_paths):
     assert run(engine, [[5, 6, 7, 8]], 3)[0]
     engine.close()
     assert worker.poll() is not None
+
+
+@pytest.fixture(scope="module")
+def synthetic_110m(tmp_path_factory):
+    from bastion.bench.workloads import write_synthetic_110m
+    return write_synthetic_110m(tmp_path_factory.mktemp("synthetic-110m"))
+
+
+@pytest.mark.parametrize("name", ["synthetic-110m", "qwen2-qkv-bias"])
+def test_the_110m_model_and_qwen2_over_two_worker_processes_give_the_tokens_of_one(name, request, tmp_path):
+    """The benchmark's 110M Llama (12 heads, hidden 768) and a Qwen2 with q/k/v biases and a
+    tied head, float32, through the engine's own worker processes."""
+    path = (request.getfixturevalue("synthetic_110m") if name == "synthetic-110m"
+            else make_tiny_model(tmp_path / name, "qwen2", seed=11, tie=True))
+    vocab = 32000 if name == "synthetic-110m" else 500
+    prompts = random_prompts(4, (5, 60), vocab, seed=33)
+    want = run(engine_for(path, num_kv_blocks=64, block_size=8), prompts, 10)
+    engine = engine_for(path, num_kv_blocks=64, block_size=8, tensor_parallel_size=2)
+    try:
+        assert run(engine, prompts, 10) == want
+    finally:
+        engine.close()
+
+
+def test_a_worker_that_exits_before_joining_fails_the_group_at_once(tmp_path):
+    """Not after the whole rendezvous timeout (gloo's own waits it out): worker 0 sees the
+    dead peer and says so (a timeout would say "did not join")."""
+    with pytest.raises(RuntimeError, match="exited before joining"):
+        TensorGroup(TensorParallel(2, 0), tmp_path / "store", torch.device("cpu"),
+                    timeout_s=120, peers_alive=lambda: False)
+    with pytest.raises(RuntimeError, match=r"workers \[1\] did not join within 1 s"):
+        TensorGroup(TensorParallel(2, 0), tmp_path / "store2", torch.device("cpu"), timeout_s=1)
