@@ -23,7 +23,7 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_CPU_KV_MEMORY = 4 * 2**30  # vLLM's CPU default too
 
-StepSink = Callable[[torch.Tensor, torch.Tensor, AttentionContext], None]
+StepSink = Callable[[torch.Tensor, torch.Tensor, AttentionContext, torch.Tensor], None]
 
 
 @dataclass(frozen=True)
@@ -65,7 +65,8 @@ class ModelRunner:
         model_len = self._model_len_cap()
         self.model = load_model(mc.model, self.arch, self.dtype, self.device, model_len, mc.quantization, tp)
         if group is not None:
-            self.model.use_tensor_group(group.all_reduce)
+            self.model.use_tensor_group(group.all_reduce, group.logits_gather(tp.vocab_chunk(self.arch),
+                                                                              self.arch.vocab_size))
         self.block_size = config.cache.block_size
         num_blocks = self._num_blocks(model_len)
         self.limits = self._limits(model_len, num_blocks)
@@ -138,7 +139,7 @@ class ModelRunner:
         """Run one step; return the requests that sample and their float32 logits."""
         batch = StepInputs.build(out.scheduled, self.block_size, self.device)
         if self.step_sink is not None:
-            self.step_sink(batch.input_ids, batch.positions, batch.context)
+            self.step_sink(batch.input_ids, batch.positions, batch.context, batch.logits_indices)
         started = time.perf_counter()
         with attention_context(batch.context):
             hidden = self.model(batch.input_ids, batch.positions)

@@ -15,10 +15,12 @@ from bastion.model.llama import LlamaModel
 _MERGED_PARTS = {"qkv_proj": {0, 1, 2}, "gate_up_proj": {0, 1}}
 
 
-def empty_model(cfg: ArchConfig, dtype: torch.dtype, device: torch.device, max_positions: int) -> LlamaModel:
-    """The model on `device` with uninitialised parameters and its buffers (rotary tables) made."""
+def empty_model(cfg: ArchConfig, dtype: torch.dtype, device: torch.device, max_positions: int,
+                head_rows: slice | None = None) -> LlamaModel:
+    """The model on `device` with uninitialised parameters and its buffers (rotary tables) made;
+    `head_rows`: the rows of a vocabulary-parallel LM head."""
     with torch.device("meta"):
-        model = LlamaModel(cfg, max_positions)
+        model = LlamaModel(cfg, max_positions, head_rows=head_rows)
     model = model.to(dtype).to_empty(device=device)
     model.tie_lm_head()
     for module in model.modules():

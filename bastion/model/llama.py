@@ -69,27 +69,40 @@ class LlamaModel(nn.Module):
     """Token ids and positions in, last-layer hidden states out; logits on request."""
 
     def __init__(self, cfg: ArchConfig, max_positions: int,
-                 backend: AttentionBackend | None = None) -> None:
+                 backend: AttentionBackend | None = None, head_rows: slice | None = None) -> None:
+        """`head_rows`: a vocabulary-parallel LM head that holds only these rows (token ids);
+        `compute_logits` then joins the workers' logits with the group's gather."""
         super().__init__()
-        self.cfg = cfg
+        self.cfg, self.head_rows = cfg, head_rows
         backend = backend or SdpaPagedBackend()
         self.rotary = RotaryEmbedding(cfg.head_dim, max_positions, cfg.rope_theta, cfg.rope_scaling)
         self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
         self.layers = nn.ModuleList(DecoderLayer(cfg, backend) for _ in range(cfg.num_layers))
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
-        self.lm_head = Linear(cfg.hidden_size, cfg.vocab_size)
+        rows = cfg.vocab_size if head_rows is None else head_rows.stop - head_rows.start
+        self.lm_head = Linear(cfg.hidden_size, rows)
         self.tie_lm_head()
         self.fused_decoder: FusedDecoder | None = None  # set by the runner (fused_decode.py)
+        self.gather_logits: Callable[[torch.Tensor], torch.Tensor | None] | None = None
 
-    def use_tensor_group(self, all_reduce: Callable[[torch.Tensor], torch.Tensor]) -> None:
-        """Join the partial sums of this worker's slice of every layer with `all_reduce`."""
+    def use_tensor_group(self, all_reduce: Callable[[torch.Tensor], torch.Tensor],
+                         gather_logits: Callable[[torch.Tensor], torch.Tensor | None]) -> None:
+        """Join the partial sums of this worker's slice of every layer with `all_reduce`, and
+        the workers' shares of the logits with `gather_logits` (the whole on worker 0)."""
         for layer in self.layers:
             layer.reduce = all_reduce
+        self.gather_logits = gather_logits
 
     def tie_lm_head(self) -> None:
-        """With tied embeddings the LM head multiplies by the embedding table itself."""
-        if self.cfg.tie_word_embeddings:
+        """With tied embeddings the LM head multiplies by the embedding table itself (its
+        `head_rows` when the head is split: a view, no copy)."""
+        if not self.cfg.tie_word_embeddings:
+            return
+        if self.head_rows is None:
             self.lm_head.weight = self.embed_tokens.weight
+        else:
+            self.lm_head.weight = nn.Parameter(self.embed_tokens.weight.detach()[self.head_rows],
+                                               requires_grad=False)
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         if self.fused_decoder is not None:
@@ -102,8 +115,13 @@ class LlamaModel(nn.Module):
             x = layer(rope, x)
         return self.norm(x)
 
-    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        return self.lm_head(hidden)
+    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor | None:
+        """Logits [rows, vocab] of `hidden` [rows, hidden]; with a split head, float32 and
+        on worker 0 only (the other workers send their share and get None)."""
+        logits = self.lm_head(hidden)
+        if self.gather_logits is None:
+            return logits
+        return self.gather_logits(logits.float())
 
     @property
     def attention_layers(self) -> list[Attention]:

@@ -128,9 +128,11 @@ def _load_safetensors(folder: Path, cfg: ArchConfig, dtype: torch.dtype, device:
                       max_positions: int, tp: TensorParallel = TensorParallel()) -> LlamaModel:
     files = weight_files(folder)
     local = tp.local_config(cfg)
-    model = empty_model(local, dtype, device, max_positions)
+    model = empty_model(local, dtype, device, max_positions, tp.vocab_rows(cfg))
     fill = ParamFill(model, local, str(folder), "config.json" if not tp.enabled
                      else f"config.json, worker {tp.rank} of {tp.size}")
+    if tp.enabled and cfg.tie_word_embeddings:
+        fill.mark("lm_head.weight", None)  # a view of the embedding's rows, filled with it
     for path in files:
         with safe_open(str(path), framework="pt", device="cpu") as f:
             for name in f.keys():

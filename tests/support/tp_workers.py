@@ -22,6 +22,8 @@ job = json.loads(Path(sys.argv[1]).read_text())
 tp = TensorParallel(job["size"], job["rank"])
 group = TensorGroup(tp, Path(job["store"]), __import__("torch").device("cpu"), shared_bytes=job["shared_bytes"])
 engine = EngineCore(EngineConfig.from_kwargs(job["model"], **job["kwargs"]), tp, group)
+arch = engine.runner.arch  # every worker samples here, so every worker gets the whole logits
+engine.runner.model.use_tensor_group(group.all_reduce, group.logits_gather(tp.vocab_chunk(arch), arch.vocab_size, to_all=True))
 outputs = {}
 for i, prompt in enumerate(job["prompts"]):
     engine.add_request(str(i), prompt, SamplingParams(temperature=0, max_tokens=job["max_tokens"], ignore_eos=True))

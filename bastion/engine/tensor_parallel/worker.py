@@ -2,7 +2,7 @@
 
 Reads its `TensorWorkerSpec` from stdin, joins the rank's group, loads only its shard of the
 model and allocates its part of the KV cache, then runs each step worker 0 broadcasts (the
-model only: no scheduler, no sampler, no LM head) until told to stop. It dies with worker 0:
+model and its rows of the LM head: no scheduler, no sampler) until told to stop. It dies with worker 0:
 `PR_SET_PDEATHSIG`, and a thread that exits when stdin reaches EOF.
 """
 from __future__ import annotations
@@ -73,9 +73,11 @@ def run_worker(spec: TensorWorkerSpec) -> None:
             break
         payload = torch.empty(int(header[3]), dtype=torch.int64)
         group.broadcast(payload)
-        input_ids, positions, ctx = step_wire.decode(header, payload, runner.block_size, runner.device)
+        input_ids, positions, ctx, logits_indices = step_wire.decode(header, payload, runner.block_size,
+                                                                     runner.device)
         with attention_context(ctx):
-            runner.model(input_ids, positions)
+            hidden = runner.model(input_ids, positions)
+        runner.model.compute_logits(hidden[logits_indices])  # this worker's share of the vocabulary
     group.close()
 
 

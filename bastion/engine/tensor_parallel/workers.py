@@ -82,9 +82,10 @@ class TensorWorkers:
         self.group = TensorGroup(self.tp, store, _device(config), shared_bytes=shared_bytes(config),
                                  peers_alive=lambda: all(p.poll() is None for p in self.procs))
 
-    def send_step(self, input_ids: torch.Tensor, positions: torch.Tensor, ctx: AttentionContext) -> None:
+    def send_step(self, input_ids: torch.Tensor, positions: torch.Tensor, ctx: AttentionContext,
+                  logits_indices: torch.Tensor) -> None:
         """Broadcast this step's inputs to the other workers (before worker 0's forward pass)."""
-        wire = step_wire.encode(input_ids, positions, ctx)
+        wire = step_wire.encode(input_ids, positions, ctx, logits_indices)
         self.group.broadcast(wire[:step_wire.HEADER].clone())
         self.group.broadcast(wire[step_wire.HEADER:].clone())
 
@@ -97,7 +98,7 @@ class TensorWorkers:
     def stop(self) -> None:
         """Tell the workers to stop, then make sure they have (kill after 10 s)."""
         try:
-            stop = torch.tensor([step_wire.STOP, 0, 0, 0])
+            stop = torch.tensor([step_wire.STOP] + [0] * (step_wire.HEADER - 1))
             if all(p.poll() is None for p in self.procs):
                 self.group.broadcast(stop)
         except RuntimeError:

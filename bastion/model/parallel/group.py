@@ -16,6 +16,7 @@ from typing import Callable
 
 import torch
 import torch.distributed as dist
+from torch.nn import functional as F
 
 from bastion.model.parallel.plan import TensorParallel
 from bastion.model.parallel.shm_reduce import SharedMemoryReduce
@@ -69,6 +70,39 @@ class TensorGroup:
         else:
             self.group.broadcast(x, root).wait()
         return x
+
+    def gather_columns(self, x: torch.Tensor, to_all: bool = False) -> torch.Tensor | None:
+        """Every worker's `x` [rows, n] (one shape everywhere) side by side, [rows, size * n] in
+        worker order, on worker 0 (on every worker with `to_all`); None on the others. Through
+        shared memory in as many pieces of rows as it takes (each copied out before the next),
+        else gloo/NCCL."""
+        rows, n = x.shape
+        size, receives = self.tp.size, to_all or self.tp.rank == 0
+        rows_per = self.shared.capacity // (n * x.element_size()) if self.shared is not None else 0
+        if not rows_per:
+            parts = [torch.empty_like(x) for _ in range(size)]
+            if self.group is None:
+                dist.all_gather(parts, x)
+            else:
+                self.group.allgather([parts], [x]).wait()
+            return torch.cat(parts, dim=1) if receives else None
+        out = x.new_empty(rows, size * n) if receives else None
+        for i in range(0, rows, rows_per):
+            parts = self.shared.gather(x[i:i + rows_per].contiguous(), None if to_all else 0)
+            for w, part in enumerate(parts or []):
+                out[i:i + part.shape[0], w * n:(w + 1) * n].copy_(part)
+        return out
+
+    def logits_gather(self, chunk: int, vocab: int,
+                      to_all: bool = False) -> Callable[[torch.Tensor], torch.Tensor | None]:
+        """For a vocabulary-parallel LM head: each worker's logits [rows, <= chunk] in, the
+        whole [rows, vocab] out on worker 0 (every worker with `to_all`; None elsewhere)."""
+        def gather(local: torch.Tensor) -> torch.Tensor | None:
+            if local.shape[1] < chunk:  # the last worker's share may be short
+                local = F.pad(local, (0, chunk - local.shape[1]))
+            whole = self.gather_columns(local.contiguous(), to_all)
+            return None if whole is None else whole[:, :vocab]
+        return gather
 
     def close(self) -> None:
         if self.shared is not None:

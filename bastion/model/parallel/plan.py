@@ -4,10 +4,12 @@ Megatron's split for Llama-family layers: q/k/v and gate/up are column-parallel 
 computes its own heads and its own slice of the MLP), o and down are row-parallel (each worker
 multiplies its slice of the inputs; an all-reduce sums the partial outputs). KV heads are split
 across workers, or replicated when there are fewer KV heads than workers (each worker then holds
-the one KV head its query heads use). Embedding, norms and the LM head are replicated: on a CPU
-node the vocabulary-parallel alternative trades a 49152-row product for an all-gather per step,
-and the embedding's rows are needed whole for the lookup. A model whose shapes do not split is
-refused at start-up with the numbers.
+the one KV head its query heads use). The LM head is vocabulary-parallel: each worker multiplies
+by its rows of the vocabulary and worker 0 gathers the logits (the head is the largest single
+product of a small model; replicated, worker 0 alone streamed all of it while the others waited).
+The embedding and the norms are replicated: a lookup reads only the step's rows, where a
+vocabulary-parallel embedding would add an all-reduce of the hidden states to every step. A
+model whose shapes do not split is refused at start-up with the numbers.
 """
 from __future__ import annotations
 
@@ -77,7 +79,21 @@ class TensorParallel:
         if "gate_up_proj" in param:
             width = local.intermediate_size
             return slice(self.rank * width, (self.rank + 1) * width)
+        if param == "lm_head.weight":
+            return self.vocab_rows(cfg)
         return None
+
+    def vocab_rows(self, cfg: ArchConfig) -> slice | None:
+        """The LM head's rows (token ids) this worker computes logits for: a share of
+        `vocab_chunk` ids (the last worker's may be shorter); None without parallelism."""
+        if self.size == 1:
+            return None
+        chunk = self.vocab_chunk(cfg)
+        return slice(min(cfg.vocab_size, self.rank * chunk), min(cfg.vocab_size, (self.rank + 1) * chunk))
+
+    def vocab_chunk(self, cfg: ArchConfig) -> int:
+        """Vocabulary ids per worker (the vocabulary split in `size` shares, rounded up)."""
+        return -(-cfg.vocab_size // self.size)
 
     def column_slice(self, cfg: ArchConfig, param: str) -> slice | None:
         """Columns (inputs) of a row-parallel weight (o_proj, down_proj) this worker keeps."""

@@ -1,4 +1,4 @@
-"""All-reduce and broadcast through shared memory between the workers of one node.
+"""All-reduce, broadcast and gather through shared memory between the workers of one node.
 
 gloo's all-reduce over loopback costs ~1.3 ms per call on a small VM (docs/benchmarks.md),
 and a step makes two per layer. Here every worker maps one file in the rank's private 0700
@@ -112,6 +112,21 @@ class SharedMemoryReduce:
         if self.rank != root:
             flat.copy_(self._slot(call, root, nbytes).view(x.dtype))
         return x
+
+    def gather(self, x: torch.Tensor, root: int | None = 0) -> list[torch.Tensor] | None:
+        """Every worker's `x` (one shape everywhere), in worker order, on worker `root` (or on
+        every worker when `root` is None): views of the slots, valid until the call after next;
+        None on the others."""
+        flat = x.reshape(-1)
+        nbytes = flat.numel() * flat.element_size()
+        call = self.sequence + 1
+        if self.rank != root:
+            self._write(self._slot(call, self.rank, nbytes), flat.view(torch.uint8))
+        self._publish_and_wait(range(self.size))
+        if root is not None and self.rank != root:
+            return None
+        return [x if w == self.rank else self._slot(call, w, nbytes).view(x.dtype).view(x.shape)
+                for w in range(self.size)]
 
     def close(self) -> None:
         self.bytes = None

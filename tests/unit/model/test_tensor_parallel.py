@@ -33,6 +33,9 @@ def test_local_shapes_and_slices_of_worker_one_of_two():
     assert tp.column_slice(cfg, "layers.0.self_attn.o_proj.weight") == slice(128, 256)
     assert tp.column_slice(cfg, "layers.0.mlp.down_proj.weight") == slice(344, 688)
     assert tp.row_slice(cfg, "embed_tokens.weight", None) is None
+    assert tp.row_slice(cfg, "lm_head.weight", None) == slice(cfg.vocab_size // 2, cfg.vocab_size)
+    assert [TensorParallel(3, r).vocab_rows(_arch(vocab_size=10)) for r in range(3)] == [
+        slice(0, 4), slice(4, 8), slice(8, 10)]  # the vocabulary-parallel head: the last share is short
 
 
 def test_fewer_kv_heads_than_workers_are_replicated_to_the_workers_that_use_them():
@@ -50,8 +53,9 @@ def test_shapes_that_cannot_split_are_refused_with_the_numbers():
 
 @pytest.mark.parametrize("name,shared_bytes", [("qwen3", 1 << 20), ("llama-one-kv-head", 0)])
 def test_two_workers_give_the_greedy_tokens_of_one(name, shared_bytes, model_paths, tmp_path):
-    """Collectives through gloo (0) or shared memory; the same tokens either way."""
-    path = model_paths.get(name) or make_tiny_model(tmp_path / name, "llama", seed=7,
+    """Collectives through gloo (0) or shared memory; the same tokens either way (an odd
+    vocabulary: the second worker's share of the LM head is one row short)."""
+    path = model_paths.get(name) or make_tiny_model(tmp_path / name, "llama", seed=7, vocab_size=501,
                                                     num_key_value_heads=1, num_attention_heads=4)
     prompts = random_prompts(3, (5, 40), 500, seed=31)
     kwargs = dict(dtype="float32", num_kv_blocks=64, block_size=8)
