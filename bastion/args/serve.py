@@ -5,6 +5,8 @@ import argparse
 import os
 
 from bastion.args.aliases import add_model_args, model_of
+from bastion.args.disaggregation import (add_disaggregation_args, check_disaggregation, kv_role_of,
+                                         with_kv_transfer)
 from bastion.args.engine import add_engine_args, engine_config
 from bastion.args.ray import add_ray_args, ray_config
 from bastion.args.security import add_security_args, check_exposure, security_config
@@ -94,6 +96,7 @@ def add_serve_args(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--internal-secret-file", default=None,
                    help="derive the internal CurveZMQ keys from this secret (>= 32 bytes, the same "
                         "file on every node) instead of making random ones per launch")
+    add_disaggregation_args(parser)
     add_ray_args(parser)
     add_supervisor_args(parser)
     add_security_args(parser)
@@ -107,13 +110,13 @@ def serve_config(args: argparse.Namespace) -> ServeConfig:
     given = model_of(args)
     model = given or str(default_model_path())
     _check_gguf(model)
-    engine = engine_config(model, args)
+    engine = with_kv_transfer(engine_config(model, args), args)
     _check_tensor_parallel(engine)
     parallel = ParallelConfig(args.data_parallel_size, args.api_server_count, args.max_rank_restarts,
                               args.rank_restart_window_s, args.data_parallel_size_local,
                               args.data_parallel_start_rank, args.data_parallel_address or
                               (os.environ.get(HOST_IP_ENV) if args.data_parallel_size_local else None),
-                              args.data_parallel_rpc_port, args.headless)
+                              args.data_parallel_rpc_port, args.headless, args.prefill_ranks, kv_role_of(args))
     names = tuple(args.served_model_name or [_default_name(model, given is None)])
     server = ServerConfig(host=args.host, port=args.port, served_model_names=names,
                           max_request_body_bytes=args.max_request_body_bytes,
@@ -132,6 +135,8 @@ def serve_config(args: argparse.Namespace) -> ServeConfig:
     supervisor = supervisor_config(args)  # NOTE: first, so a clash of modes is the error shown
     parallel.check_start_rank(supervised=supervisor is not None)
     ray = ray_config(args)
+    check_disaggregation(parallel.prefill_ranks, parallel.kv_role, parallel.data_parallel_size,
+                         engine.tensor_parallel_size, parallel.headless, ray is not None, supervisor is not None)
     internal = ray_internal_config(args) if ray is not None else \
         internal_config(args, parallel, supervised=supervisor is not None)
     return ServeConfig(model, engine, parallel, server, args.engine_startup_timeout, security, internal,

@@ -2,7 +2,7 @@
 and latency; with `--compare-offline`, start a server itself and run the same workload through
 the offline engine in the same run (same requests, same concurrency), printing the ratio.
 The other `--compare-*` modes start servers the same way and compare two or three deployments
-(`internal.py`, `ray_compare.py`, `security/compare.py`).
+(`deployments/`, `security/compare.py`).
 """
 from __future__ import annotations
 
@@ -13,9 +13,10 @@ import time
 from pathlib import Path
 
 from bastion.bench.harness import bench_server
-from bastion.bench.internal import compare_internal
+from bastion.bench.deployments.disaggregated import compare_disaggregated
+from bastion.bench.deployments.internal import compare_internal
 from bastion.bench.peer.serve_compare import compare_url
-from bastion.bench.ray_compare import compare_ray
+from bastion.bench.deployments.ray_compare import compare_ray
 from bastion.bench.security.compare import compare_security
 from bastion.bench.serve_load import add_client_args, measure_serving
 from bastion.bench.workloads import PROMPT_VOCAB, BenchRequest, bench_model, workload
@@ -37,6 +38,10 @@ def add_serve_bench_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--compare-internal", action="store_true",
                         help="start three servers on --model: internal ipc, TCP with CurveZMQ, plain TCP; "
                              "same workload against each")
+    parser.add_argument("--compare-disaggregated", action="store_true",
+                        help="start a colocated (-dp --ranks) and a disaggregated (--prefill-ranks 1) "
+                             "server in turn; TTFT, inter-token latency, tok/s, and the KV channel's GB/s "
+                             "against an in-process copy (docs/disaggregation.md)")
     parser.add_argument("--compare-ray", action="store_true",
                         help="start two servers on --model with --ranks ranks each: local processes, "
                              "then Ray actors (--data-parallel-backend ray); same workload against each")
@@ -53,24 +58,24 @@ def add_serve_bench_args(parser: argparse.ArgumentParser) -> None:
                              "the ratios bastion / peer")
     parser.add_argument("--repeats", type=int, default=3,
                         help="with --compare-security or --compare-url: runs per side, interleaved (default 3)")
-    parser.add_argument("--ranks", type=int, default=2, help="data-parallel ranks for --compare-ray (default 2)")
+    parser.add_argument("--ranks", type=int, default=2, help="data-parallel ranks for --compare-ray and --compare-disaggregated (default 2)")
     parser.add_argument("--ray-address", default=None,
                         help="the Ray cluster for --compare-ray (default $RAY_ADDRESS, else a local one)")
     parser.add_argument("--model", default=None,
                         help="model folder (or GGUF file) for --compare-offline/--compare-internal/"
                              "--compare-ray/--compare-security/--compare-url (default: the demo model)")
     parser.add_argument("--synthetic-110m", action="store_true",
-                        help="with --compare-offline or --compare-security: a random ~110M Llama (with a "
+                        help="with --compare-offline, --compare-security or --compare-disaggregated: a random ~110M Llama (with a "
                              "word tokenizer)")
     parser.add_argument("--json", default=None, metavar="PATH", help="write the results as JSON")
 
 
 def run_serve_bench(args: argparse.Namespace) -> int:
     modes = [bool(args.url), args.compare_offline, args.compare_internal, args.compare_ray,
-             args.compare_security, bool(args.compare_url)]
+             args.compare_security, bool(args.compare_url), args.compare_disaggregated]
     if modes.count(True) != 1:
         raise ValueError("give one of --url URL (a running server), --compare-offline, --compare-internal, "
-                         "--compare-ray, --compare-security or --compare-url URL")
+                         "--compare-ray, --compare-security, --compare-disaggregated or --compare-url URL")
     if args.concurrency < 1:
         raise ValueError(f"--concurrency must be at least 1, got {args.concurrency}")
     if args.compare_offline:
@@ -80,6 +85,8 @@ def run_serve_bench(args: argparse.Namespace) -> int:
         result = compare_internal(args)
     elif args.compare_ray:
         result = compare_ray(args)
+    elif args.compare_disaggregated:
+        result = compare_disaggregated(args)
     elif args.compare_security:
         result = compare_security(args)
     elif args.compare_url:

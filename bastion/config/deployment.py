@@ -22,6 +22,14 @@ class ParallelConfig:
     data_parallel_address: str | None = None  # the head's address, where nodes register
     data_parallel_rpc_port: int = 29550
     headless: bool = False  # engines only; they register with the head
+    prefill_ranks: int = 0  # disaggregated serving: ranks 0..K-1 prefill, the rest decode
+    kv_role: str | None = None  # or every rank of this node in this role
+
+    def kv_role_of(self, rank: int) -> str:
+        """Rank `rank`'s --kv-role: prefill, decode or both."""
+        if self.prefill_ranks:
+            return "prefill" if rank < self.prefill_ranks else "decode"
+        return self.kv_role or "both"
 
     @property
     def local_size(self) -> int:

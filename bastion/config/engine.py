@@ -116,6 +116,29 @@ class StructuredOutputConfig:
                              f"{self.structured_output_cache_size}")
 
 
+KV_ROLES = ("prefill", "decode", "both")
+KV_LOAD_FAILURE_POLICIES = ("recompute", "fail")
+
+
+@dataclass(frozen=True)
+class KvTransferConfig:
+    """Disaggregated prefill and decode (docs/disaggregation.md): this rank's role, how long a
+    prefill rank holds blocks for a pull, and what a decode rank does when a pull fails."""
+
+    role: str = "both"
+    lease_s: float = 30.0
+    load_failure_policy: str = "recompute"
+
+    def __post_init__(self) -> None:
+        if self.role not in KV_ROLES:
+            raise ValueError(f"--kv-role must be one of {', '.join(KV_ROLES)}, got {self.role!r}")
+        if not self.lease_s > 0:
+            raise ValueError(f"--kv-lease-s must be positive, got {self.lease_s}")
+        if self.load_failure_policy not in KV_LOAD_FAILURE_POLICIES:
+            raise ValueError("--kv-load-failure-policy must be recompute or fail, got "
+                             f"{self.load_failure_policy!r}")
+
+
 @dataclass(frozen=True)
 class EngineConfig:
     """Everything one engine (one data-parallel rank) needs."""
@@ -126,6 +149,7 @@ class EngineConfig:
     num_threads: int | None = None
     structured: StructuredOutputConfig = field(default_factory=StructuredOutputConfig)
     tensor_parallel_size: int = 1
+    kv_transfer: KvTransferConfig = field(default_factory=KvTransferConfig)
 
     def __post_init__(self) -> None:
         if self.num_threads is not None and self.num_threads < 1:
@@ -147,9 +171,12 @@ class EngineConfig:
     def from_kwargs(cls, model: str, **kwargs) -> "EngineConfig":
         """Build a config from flat keyword arguments (the `LLM(...)` and CLI shape)."""
         groups = {ModelConfig: {}, CacheConfig: {}, SchedulerConfig: {}, StructuredOutputConfig: {}}
-        top = {}
+        top, transfer = {}, {}
         for key, value in kwargs.items():
             if value is None:
+                continue
+            if key in _KV_TRANSFER_FLAGS:
+                transfer[_KV_TRANSFER_FLAGS[key]] = value
                 continue
             if key in ("kv_cache_memory", "structured_output_max_bytes"):
                 value = parse_bytes(value)
@@ -163,4 +190,8 @@ class EngineConfig:
         return cls(model=ModelConfig(model=model, **groups[ModelConfig]),
                    cache=CacheConfig(**groups[CacheConfig]),
                    scheduler=SchedulerConfig(**groups[SchedulerConfig]),
-                   structured=StructuredOutputConfig(**groups[StructuredOutputConfig]), **top)
+                   structured=StructuredOutputConfig(**groups[StructuredOutputConfig]),
+                   kv_transfer=KvTransferConfig(**transfer), **top)
+
+
+_KV_TRANSFER_FLAGS = {"kv_role": "role", "kv_lease_s": "lease_s", "kv_load_failure_policy": "load_failure_policy"}

@@ -7,9 +7,11 @@ from dataclasses import dataclass, replace
 from typing import Callable
 
 from bastion.config.engine import EngineConfig
+from bastion.engine.disagg.handle import KvSource
+from bastion.engine.disagg.transfer import KvTransfer
 from bastion.engine.kv_cache import BlockManager
 from bastion.engine.outputs import FinishReason, TokenDelta, TokenLogprob
-from bastion.engine.request import Request, RequestStatus
+from bastion.engine.request import Request, RequestStatus, advance_grammar, validate_request
 from bastion.engine.runner import EngineLimits, ModelRunner
 from bastion.engine.tensor_parallel.workers import TensorWorkers
 from bastion.model.parallel.group import TensorGroup
@@ -47,7 +49,9 @@ class EngineCore:
     Structured outputs: a request with `params.structured_outputs` waits in `_compiling` (not in
     the scheduler) while `grammars` compiles its grammar off the step loop; the next `step()`
     gives each sequence its own matcher (`Request.matcher`) and schedules it, or, when the compile
-    failed, ends the request and queues `(request_id, message)` for `take_errors()`.
+    failed, ends the request and queues `(request_id, message, status)` for `take_errors()`.
+    Disaggregated serving (engine/disagg/transfer.py, `enable_kv_transfer`): a `kv_hold` request
+    is handed over after its first token; a `kv_source` request pulls its prompt's KV first.
     `on_grammar_done` (if set) is called from a compiler thread whenever a compile finishes, so a
     loop blocked on its inbox can wake up.
     """
@@ -62,6 +66,7 @@ class EngineCore:
         `group` are for tests that run every worker themselves."""
         self.config = config
         self.workers: TensorWorkers | None = None
+        self.kv: KvTransfer | None = None  # disaggregated serving: enable_kv_transfer
         sink = None
         if tp is None and config.tensor_parallel_size > 1:
             self.workers = TensorWorkers(config, private_dir, pin_self=own_process)
@@ -85,8 +90,18 @@ class EngineCore:
                                         max_bytes=sc.structured_output_max_bytes,
                                         cache_size=sc.structured_output_cache_size)
         self._compiling: dict[str, Future] = {}
-        self._failed: list[tuple[str, str]] = []
+        self._failed: list[tuple[str, str, int]] = []
         self.on_grammar_done: Callable[[], None] | None = None
+
+    def enable_kv_transfer(self, rank: int, keys, peers: list[bytes], host: str,
+                           wake: Callable[[], None]) -> None:
+        """Take this rank's `--kv-role` (prefill: a KV listener on `host`; decode: a puller),
+        with its CURVE `keys` and the engine `peers` it admits; `wake` is called from their
+        threads when the engine thread has something to do."""
+        if self.config.kv_transfer.role != "both":
+            caches = lambda: [(a.k_cache, a.v_cache) for a in self.runner.model.attention_layers]  # noqa: E731
+            self.kv = KvTransfer(self.config.kv_transfer, rank, self.blocks, self.scheduler, caches,
+                                 keys, peers, host, wake)
 
     def _grammar_tokenizer(self):
         """llguidance's view of the checkpoint's tokenizer: the logits' width, the model's EOS ids."""
@@ -95,30 +110,26 @@ class EngineCore:
 
     def validate(self, prompt_token_ids: list[int], params: SamplingParams) -> None:
         """Raise ValueError for a request the engine could never serve."""
-        n = len(prompt_token_ids)
-        if n == 0:
-            raise ValueError("prompt is empty: give at least one token")
-        vocab = self.limits.vocab_size
-        if any(not isinstance(t, int) or t < 0 or t >= vocab for t in prompt_token_ids):
-            raise ValueError(f"prompt token ids must be integers in [0, {vocab})")
-        params.check_vocabulary(vocab)
-        if n >= self.limits.max_model_len:
-            raise ValueError(f"prompt has {n} tokens but the model's context is "
-                             f"{self.limits.max_model_len} tokens (room is needed for at least one "
-                             "new token)")
-        if n + 1 > self.limits.pool_tokens:
-            raise ValueError(f"prompt has {n} tokens but the whole KV pool holds "
-                             f"{self.limits.pool_tokens}")
+        limits = self.limits
+        validate_request(prompt_token_ids, params, limits.vocab_size, limits.max_model_len, limits.pool_tokens)
 
     def add_request(self, request_id: str, prompt_token_ids: list[int], params: SamplingParams,
-                    cache_salt: str | None = None, client: int = 0) -> None:
+                    cache_salt: str | None = None, client: int = 0, kv_hold: bool = False,
+                    kv_source: KvSource | None = None) -> None:
         """Queue a request (n sequences when params.n > 1); raise ValueError if it is invalid.
 
         `client` is an opaque tag for the caller's routing, read back with `client_of`.
+        `kv_hold`: hand the request over after its first token (a prefill rank); `kv_source`:
+        pull its prompt's KV and continue after the tokens already sampled (a decode rank).
         """
         if request_id in self._groups:
             raise ValueError(f"request id {request_id!r} is already in use")
         self.validate(prompt_token_ids, params)
+        if (kv_hold or kv_source is not None) and (params.n != 1 or params.structured_outputs is not None):
+            raise ValueError("a disaggregated request has one sequence and no structured outputs")
+        if kv_source is not None:
+            validate_request(prompt_token_ids + kv_source.output_token_ids, params, self.limits.vocab_size,
+                             self.limits.max_model_len, self.limits.pool_tokens)
         max_total = min(self.limits.max_model_len, self.limits.pool_tokens)
         group = RequestGroup([], client)
         for i in range(params.n):
@@ -128,10 +139,15 @@ class EngineCore:
                           max_total, cache_salt, index=i)
             if i and self.blocks.enable_prefix_caching:
                 req.wait_for = group.sequences[0]
+            req.kv_hold = kv_hold and self.kv is not None
+            for token in kv_source.output_token_ids if kv_source is not None else ():
+                req.append_token(token)
             group.sequences.append(req)
         # NOTE: scheduled only once every sequence is made: a sequence that fails to be made must
         # not leave its siblings running for a group nobody knows.
         self._groups[request_id] = group
+        if kv_source is not None and self.kv is not None:
+            return self.kv.start_pull(group.sequences[0], kv_source)
         if params.structured_outputs is None:
             for req in group.sequences:
                 self.scheduler.add(req)
@@ -155,16 +171,17 @@ class EngineCore:
             if future.exception() is not None:
                 for req in live:
                     req.status, req.finish_reason = RequestStatus.FINISHED, FinishReason.ABORT
-                self._failed.append((request_id, f"structured outputs: {future.exception()}"))
+                self._failed.append((request_id, f"structured outputs: {future.exception()}", 400))
                 self._end_if_finished(request_id, group)
                 continue
             for req in live:
                 req.matcher = future.result().deep_copy()
                 self.scheduler.add(req)
 
-    def take_errors(self) -> list[tuple[str, str]]:
-        """`(request_id, message)` of each request the last steps ended with an error (a grammar
-        that failed to compile); the request is over, `client_of` answers until the next step."""
+    def take_errors(self) -> list[tuple[str, str, int]]:
+        """`(request_id, message, HTTP status)` of each request the last steps ended with an
+        error (a grammar that failed to compile: 400; a KV pull that failed under the `fail`
+        policy: 503); the request is over, `client_of` answers until the next step."""
         failed, self._failed = self._failed, []
         return failed
 
@@ -172,6 +189,10 @@ class EngineCore:
         """Block until a compile finishes, when compiles are all the engine waits on."""
         if self._compiling and not self.has_work:
             wait(list(self._compiling.values()), timeout, FIRST_COMPLETED)
+
+    def owns(self, request_id: str) -> bool:
+        """True for a live request, or one that ended since the last step."""
+        return request_id in self._groups or request_id in self._ended
 
     def client_of(self, request_id: str) -> int:
         """The `client` tag of a live request, or of one that ended since the last step."""
@@ -187,7 +208,9 @@ class EngineCore:
         compiling = request_id in self._compiling
         for req in group.sequences:
             if not req.is_finished and (index is None or req.index == index):
-                if compiling:  # not in the scheduler yet
+                if self.kv is not None and self.kv.abort(req):
+                    pass  # its pull is under way: blocks are freed when it ends
+                elif compiling:  # not in the scheduler yet
                     req.status, req.finish_reason = RequestStatus.FINISHED, FinishReason.ABORT
                 else:
                     self.scheduler.finish(req, FinishReason.ABORT)
@@ -201,7 +224,7 @@ class EngineCore:
     @property
     def has_unfinished(self) -> bool:
         """True while any request is live, waiting compiles included."""
-        return self.scheduler.has_unfinished or bool(self._compiling)
+        return self.scheduler.has_unfinished or bool(self._compiling) or (self.kv is not None and self.kv.pending)
 
     @property
     def num_compiling(self) -> int:
@@ -210,6 +233,9 @@ class EngineCore:
 
     def close(self) -> None:
         """Stop the tensor-parallel workers this engine started (if any)."""
+        if self.kv is not None:
+            self.kv.close()
+            self.kv = None
         if self.workers is not None:
             self.workers.stop()
             self.workers = None
@@ -217,12 +243,17 @@ class EngineCore:
     @property
     def has_work(self) -> bool:
         """True when `step()` has something to do (not merely compiles still running)."""
-        return self.scheduler.has_unfinished or any(f.done() for f in self._compiling.values())
+        return (self.scheduler.has_unfinished or any(f.done() for f in self._compiling.values())
+                or (self.kv is not None and self.kv.ready))
 
     def step(self) -> list[TokenDelta]:
         """Schedule, run the model, sample, and report what changed."""
         self._ended.clear()
         self._admit_compiled()
+        if self.kv is not None:
+            for request_id, message, status in self.kv.poll():
+                self._failed.append((request_id, message, status))
+                self._end_if_finished(request_id, self._groups[request_id])
         out = self.scheduler.schedule()
         if out.is_empty:
             return []
@@ -243,7 +274,12 @@ class EngineCore:
         if logprob is not None:
             req.logprobs.append(logprob)
         if req.matcher is not None:
-            reason = _advance_grammar(req, token, reason)
+            reason = advance_grammar(req, token, reason)
+        if reason is None and req.kv_hold:  # prefilled: a decode rank takes it from here
+            handle = self.kv.hand_over(req)
+            self._end_if_finished(req.request_id, self._groups[req.request_id])
+            return TokenDelta(req.request_id, req.index, [token], [logprob] if logprob is not None else [],
+                              None, req.num_cached_tokens, handle)
         if reason is not None:
             self.scheduler.finish(req, reason)
             req.matcher = None
@@ -254,22 +290,6 @@ class EngineCore:
     def _end_if_finished(self, request_id: str, group: RequestGroup) -> None:
         if group.finished:
             self._ended[request_id] = self._groups.pop(request_id)
-
-
-def _advance_grammar(req: Request, token: int, reason: FinishReason | None) -> FinishReason | None:
-    """Feed the accepted token to the sequence's matcher; the grammar's end stops the sequence.
-
-    A token the matcher refuses (it should never pass the mask) ends the sequence (abort) with a
-    warning instead of failing the step: one broken grammar never takes the engine down.
-    NOTE: preemption recomputes KV but keeps the output tokens, so the matcher stays in step.
-    """
-    if not req.matcher.consume_token(token):
-        logger.warning("request %s seq %d: token %d broke its grammar (%s); the sequence ends",
-                       req.request_id, req.index, token, req.matcher.get_error())
-        return reason or FinishReason.ABORT
-    if reason is None and req.matcher.is_stopped():
-        return FinishReason.STOP
-    return reason
 
 
 def _wrap_int64(value: int) -> int:

@@ -1,6 +1,6 @@
 """What the engine reports each step: one token delta per sequence, sent over the wire as is.
 
-A leaf of pure data types (no bastion imports), so `transport.messages` can name them in its
+A leaf of pure data types (no bastion imports but the handle type, another leaf), so `transport.messages` can name them in its
 message union without the wire depending on the engine's machinery. The engine creates these in
 its step; the engine process sends them unchanged; the API server reads them from the wire.
 """
@@ -9,6 +9,8 @@ from __future__ import annotations
 import enum
 
 import msgspec
+
+from bastion.engine.disagg.handle import KvHandle
 
 
 class FinishReason(enum.StrEnum):
@@ -32,6 +34,8 @@ class TokenDelta(msgspec.Struct, frozen=True, array_like=True):
     """What one step added to one of a request's sequences (`index` tells the n>1 siblings apart).
 
     `num_cached_tokens` is the prompt tokens served from the prefix cache on first admission.
+    `kv_handle` (a prefill rank's first token): the request continues on a decode rank, which
+    pulls the prompt's KV named by it.
     """
 
     request_id: str
@@ -40,6 +44,7 @@ class TokenDelta(msgspec.Struct, frozen=True, array_like=True):
     new_logprobs: list[TokenLogprob] = []
     finish_reason: FinishReason | None = None
     num_cached_tokens: int = 0
+    kv_handle: KvHandle | None = None
 
     @property
     def finished(self) -> bool:

@@ -45,6 +45,10 @@ def run_engine(config: EngineConfig, index: int, ipc_dir: str, report: Callable[
     engine = EngineCore(config, private_dir=ipc_dir, own_process=True)
     if engine.workers is not None:
         engine.workers.watch(_worker_ended)
+    inbox: queue.Queue = queue.Queue()
+    if keys is not None:  # NOTE: a --kv-role other than both takes part in disaggregated serving
+        engine.enable_kv_transfer(index, channel.CurveKeyPair(keys.public, keys.secret), keys.peers,
+                                  internal.host, lambda: inbox.put(_WAKE))
     zctx = zmq.Context()
     listener = channel.Listener(zctx, internal, ipc_dir, keys)
     pull = zctx.socket(zmq.PULL)
@@ -52,8 +56,9 @@ def run_engine(config: EngineConfig, index: int, ipc_dir: str, report: Callable[
     endpoint = listener.bind(pull, f"engine-{index}-in")
     limits = engine.limits
     report(EngineReady(index, endpoint, limits.max_model_len, limits.num_kv_blocks, limits.vocab_size,
-                       listener.public))
-    EngineLoop(engine, index, pull, zctx, listener).run()
+                       listener.public, *((engine.kv.endpoint, keys.public) if engine.kv is not None else ("", b"")),
+                       config.kv_transfer.role))
+    EngineLoop(engine, index, pull, zctx, listener, inbox).run()
 
 
 def _worker_ended(worker: int, returncode: int) -> None:
@@ -66,9 +71,9 @@ class EngineLoop:
     """Moves messages between the sockets and the engine, forever."""
 
     def __init__(self, engine: EngineCore, index: int, pull: zmq.Socket, zctx: zmq.Context,
-                 listener: channel.Listener) -> None:
+                 listener: channel.Listener, inbox: queue.Queue | None = None) -> None:
         self.engine, self.index, self.listener = engine, index, listener
-        self.inbox: queue.Queue = queue.Queue()
+        self.inbox: queue.Queue = inbox if inbox is not None else queue.Queue()
         self.outbox: queue.Queue = queue.Queue()
         self.clients: set[int] = set()
         engine.on_grammar_done = lambda: self.inbox.put(_WAKE)
@@ -99,16 +104,16 @@ class EngineLoop:
         while True:
             block = not self.engine.has_work
             try:
-                while True:
-                    self._handle(self.inbox.get(block=block))
+                while True:  # NOTE: held KV leases wake the loop when they run out
+                    self._handle(self.inbox.get(block=block, timeout=self._lease_due() if block else None))
                     block = False
             except queue.Empty:
                 pass
             if self.engine.has_work:
                 outputs = self.engine.step()
-                for request_id, message in self.engine.take_errors():
+                for request_id, message, status in self.engine.take_errors():
                     client = self.engine.client_of(request_id)
-                    self.outbox.put((client, RequestError(request_id, message)))
+                    self.outbox.put((client, RequestError(request_id, message, status)))
                 self._publish(outputs)
 
     def _handle(self, message: Message) -> None:
@@ -127,10 +132,16 @@ class EngineLoop:
         else:
             logger.warning("engine %d ignored an unexpected %s message", self.index, type(message).__name__)
 
+    def _lease_due(self) -> float | None:
+        kv = self.engine.kv
+        wake_in = kv.wake_in() if kv is not None else None
+        return None if wake_in is None else wake_in + 0.01
+
     def _add(self, message: EngineRequest) -> None:
         try:
             self.engine.add_request(message.request_id, message.prompt_token_ids,
-                                    message.params, message.cache_salt, message.client_index)
+                                    message.params, message.cache_salt, message.client_index,
+                                    message.kv_hold, message.kv_source)
         except ValueError as exc:
             self.outbox.put((message.client_index, RequestError(message.request_id, str(exc))))
             return
@@ -145,9 +156,13 @@ class EngineLoop:
         by_client: dict[int, list[TokenDelta]] = {c: [] for c in self.clients}
         for out in outputs:
             by_client.setdefault(self.engine.client_of(out.request_id), []).append(out)
+        pulls: dict[int, list[float]] = {}
+        for request_id, seconds in self.engine.kv.take_pull_seconds() if self.engine.kv is not None else ():
+            if self.engine.owns(request_id):
+                pulls.setdefault(self.engine.client_of(request_id), []).append(seconds)
         load = self.load()
         for client, deltas in by_client.items():
-            self.outbox.put((client, EngineOutputs(self.index, deltas, load)))
+            self.outbox.put((client, EngineOutputs(self.index, deltas, load, pulls.get(client, []))))
 
     def load(self) -> EngineLoad:
         """What the balancer and the metrics read: queue lengths, tokens still to compute, KV use."""
@@ -156,4 +171,10 @@ class EngineLoop:
         outstanding += sum(r.num_tokens for r in sched.waiting)
         rate = blocks.hit_tokens / blocks.query_tokens if blocks.query_tokens else 0.0
         waiting = len(sched.waiting) + self.engine.num_compiling  # a compiling request waits too
-        return EngineLoad(len(sched.running), waiting, outstanding, blocks.usage, rate, sched.num_preemptions)
+        kv = self.engine.kv
+        if kv is None:
+            return EngineLoad(len(sched.running), waiting, outstanding, blocks.usage, rate, sched.num_preemptions)
+        counts, leases = kv.counts, kv.leases
+        return EngineLoad(len(sched.running), waiting, outstanding, blocks.usage, rate, sched.num_preemptions,
+                          counts.transfers, counts.nbytes, counts.fallbacks,
+                          leases.expired if leases is not None else 0, len(leases) if leases is not None else 0)

@@ -1,12 +1,16 @@
-"""A request inside the engine: token ids, counters and the blocks that hold its KV."""
+"""A request inside the engine: token ids, counters and the blocks that hold its KV; the checks
+of a request (admissible at all) and of each sampled token (against its grammar)."""
 from __future__ import annotations
 
 import enum
+import logging
 
 import torch
 
 from bastion.engine.outputs import FinishReason, TokenLogprob
 from bastion.sampling_params import SamplingParams
+
+logger = logging.getLogger(__name__)
 
 
 class RequestStatus(enum.Enum):
@@ -45,6 +49,7 @@ class Request:
             frozenset() if params.ignore_eos else eos_token_ids)
         self.max_total_tokens = max_total_tokens
         self.wait_for: Request | None = None  # an n>1 sibling whose prompt KV we will share
+        self.kv_hold = False  # a prefill rank's request: handed over after its first token
         self.generator: torch.Generator | None = None
         if params.seed is not None:
             self.generator = torch.Generator().manual_seed(params.seed)
@@ -97,3 +102,35 @@ class Request:
         return (f"Request({self.request_id!r}, tokens={self.num_tokens}, "
                 f"computed={self.num_computed_tokens}, blocks={self.block_ids}, "
                 f"status={self.status.value})")
+
+
+def validate_request(prompt_token_ids: list[int], params: SamplingParams, vocab_size: int,
+                     max_model_len: int, pool_tokens: int) -> None:
+    """Raise ValueError for a request an engine of these sizes could never serve."""
+    n = len(prompt_token_ids)
+    if n == 0:
+        raise ValueError("prompt is empty: give at least one token")
+    if any(not isinstance(t, int) or t < 0 or t >= vocab_size for t in prompt_token_ids):
+        raise ValueError(f"prompt token ids must be integers in [0, {vocab_size})")
+    params.check_vocabulary(vocab_size)
+    if n >= max_model_len:
+        raise ValueError(f"prompt has {n} tokens but the model's context is {max_model_len} "
+                         "tokens (room is needed for at least one new token)")
+    if n + 1 > pool_tokens:
+        raise ValueError(f"prompt has {n} tokens but the whole KV pool holds {pool_tokens}")
+
+
+def advance_grammar(req: Request, token: int, reason: FinishReason | None) -> FinishReason | None:
+    """Feed the accepted token to the sequence's matcher; the grammar's end stops the sequence.
+
+    A token the matcher refuses (it should never pass the mask) ends the sequence (abort) with a
+    warning instead of failing the step: one broken grammar never takes the engine down.
+    NOTE: preemption recomputes KV but keeps the output tokens, so the matcher stays in step.
+    """
+    if not req.matcher.consume_token(token):
+        logger.warning("request %s seq %d: token %d broke its grammar (%s); the sequence ends",
+                       req.request_id, req.index, token, req.matcher.get_error())
+        return reason or FinishReason.ABORT
+    if reason is None and req.matcher.is_stopped():
+        return FinishReason.STOP
+    return reason

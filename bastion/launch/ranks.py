@@ -101,4 +101,5 @@ class RankSet(ABC):
     def _back(self, rank: Rank, ready: EngineReady) -> None:
         """`rank` is ready again at a new endpoint: tell `notify`."""
         rank.state = RankState.READY
-        self.notify(RankUp(rank.index, ready.input_endpoint, ready.server_key, rank.policy.total))
+        self.notify(RankUp(rank.index, ready.input_endpoint, ready.server_key, rank.policy.total,
+                           ready.kv_endpoint, ready.kv_key))

@@ -47,9 +47,12 @@ class RankBalancer:
         """Requests waiting on live ranks (as published, plus those sent since)."""
         return sum(self.waiting[r] + self.sent_requests[r] for r in range(len(self.alive)) if self.alive[r])
 
-    def choose(self, prompt_ids: list[int], salt: str | None = None) -> int | None:
-        """The rank for this prompt (None when no rank is alive); records the send."""
-        live = [r for r, ok in enumerate(self.alive) if ok]
+    def choose(self, prompt_ids: list[int], salt: str | None = None, among: set[int] | None = None,
+               work: int | None = None) -> int | None:
+        """The rank for this prompt (None when no rank is alive); records the send. `among`: only
+        these ranks (a role's, in disaggregated serving); `work`: the tokens it adds there
+        (default: the prompt's)."""
+        live = [r for r, ok in enumerate(self.alive) if ok and (among is None or r in among)]
         if not live:
             return None
         best = min(self.score(r) for r in live)
@@ -62,7 +65,7 @@ class RankBalancer:
             self._affinity.move_to_end(key)
             if len(self._affinity) > MAX_AFFINITY_ENTRIES:
                 self._affinity.popitem(last=False)
-        self.sent[rank] += len(prompt_ids)
+        self.sent[rank] += len(prompt_ids) if work is None else work
         self.sent_requests[rank] += 1
         return rank
 

@@ -3,6 +3,11 @@
 One PUSH socket per engine rank; one PULL socket this API server binds in the private ipc
 directory, announced to every engine with a `ClientHello`. Results land in one asyncio queue
 per request. When the launcher says a rank is down, every request on it ends with an error.
+
+Disaggregated serving (some ranks `--kv-role prefill`, the others `decode`): a request goes
+first to a prefill rank, with `kv_hold`; the delta of its first token carries a `KvHandle`,
+and the request moves to a decode rank with a `KvSource` naming that prefill rank's KV
+listener as the launcher reported it (docs/disaggregation.md).
 """
 from __future__ import annotations
 
@@ -10,6 +15,7 @@ import asyncio
 import logging
 from dataclasses import dataclass, field
 
+import msgspec
 import zmq
 import zmq.asyncio
 
@@ -19,8 +25,8 @@ from bastion.server.balancer import RankBalancer
 from bastion.transport import channel
 from bastion.transport.child_pipe import EngineEndpoint
 from bastion.transport.messages import (AbortRequests, ClientHello, EngineOutputs,
-                                        EngineRequest, MAX_FRAME_BYTES, RequestError, TokenDelta,
-                                        decode, encode)
+                                        EngineRequest, KvSource, MAX_FRAME_BYTES, RequestError,
+                                        TokenDelta, decode, encode)
 from bastion.transport.rank_state import RankState
 
 logger = logging.getLogger(__name__)
@@ -41,6 +47,9 @@ class RankView:
     restarts: int = 0
     reason: str = ""
     requests: set[str] = field(default_factory=set)
+    kv_endpoint: str = ""  # its KV listener (a prefill rank)
+    kv_key: bytes = b""
+    role: str = "both"
 
     @property
     def alive(self) -> bool:
@@ -54,8 +63,12 @@ class EngineClient:
                  affinity_tokens: int = 2048, internal: InternalConfig = InternalConfig(),
                  keys: channel.ChannelKeys | None = None) -> None:
         self.client_index = client_index
-        self.ranks = [RankView(e.index, e.input_endpoint, e.server_key) for e in engines]
+        self.ranks = [RankView(e.index, e.input_endpoint, e.server_key, kv_endpoint=e.kv_endpoint,
+                               kv_key=e.kv_key, role=e.kv_role) for e in engines]
         self.balancer = RankBalancer(len(engines), affinity_tokens)
+        self.prefill_ranks = {r.index for r in self.ranks if r.role == "prefill"}
+        self.decode_ranks = {r.index for r in self.ranks if r.role == "decode"}
+        self.held: dict[str, EngineRequest] = {}  # on a prefill rank, until its handle comes
         self.ctx = zmq.asyncio.Context()
         self.listener = channel.Listener(self.ctx, internal, ipc_dir, keys)
         self.pull = self.ctx.socket(zmq.PULL)
@@ -65,6 +78,7 @@ class EngineClient:
         self.queues: dict[str, asyncio.Queue] = {}
         self.rank_of: dict[str, int] = {}
         self.load_listeners: list = []
+        self.pull_listeners: list = []  # called with (rank, [seconds of each KV pull])
         self._reader: asyncio.Task | None = None
 
     async def start(self) -> None:
@@ -85,18 +99,46 @@ class EngineClient:
         while True:
             message = decode(await self.pull.recv())
             if isinstance(message, EngineOutputs):
-                self._on_outputs(message)
+                await self._on_outputs(message)
             elif isinstance(message, RequestError):
                 self._deliver(message.request_id, message)
 
-    def _on_outputs(self, message: EngineOutputs) -> None:
+    async def _on_outputs(self, message: EngineOutputs) -> None:
         rank, load = message.engine_index, message.load
         if load is not None:
             self.balancer.on_load(rank, load.outstanding_tokens, load.num_waiting)
             for listener in self.load_listeners:
                 listener(rank, load)
+        if message.kv_pull_seconds:
+            for listener in self.pull_listeners:
+                listener(rank, message.kv_pull_seconds)
         for out in message.outputs:
             self._deliver(out.request_id, out)
+            if out.kv_handle is not None:
+                await self._hand_over(out)
+
+    @property
+    def disaggregated(self) -> bool:
+        """Prefill and decode run on different ranks."""
+        return bool(self.prefill_ranks and self.decode_ranks)
+
+    async def _hand_over(self, delta: TokenDelta) -> None:
+        """A prefill rank holds a request's KV: send the request on to a decode rank."""
+        request = self.held.pop(delta.request_id, None)
+        prefill = self.rank_of.get(delta.request_id)
+        if request is None or prefill is None:  # the client has gone: the lease runs out unpulled
+            return
+        source = self.ranks[prefill]
+        rank = self.balancer.choose(request.prompt_token_ids, request.cache_salt, self.decode_ranks,
+                                    work=max(1, (request.params.max_tokens or 1) - 1))
+        if rank is None:
+            self._deliver(delta.request_id, RankUnavailable("no decode rank is available"))
+            return
+        source.requests.discard(delta.request_id)
+        self.rank_of[delta.request_id] = rank
+        self.ranks[rank].requests.add(delta.request_id)
+        kv_source = KvSource(delta.kv_handle, source.kv_endpoint, source.kv_key, delta.new_token_ids)
+        await self.pushes[rank].send(encode(msgspec.structs.replace(request, kv_source=kv_source, kv_hold=False)))
 
     def _deliver(self, request_id: str, item: TokenDelta | RequestError) -> None:
         queue = self.queues.get(request_id)
@@ -105,21 +147,30 @@ class EngineClient:
 
     async def submit(self, request_id: str, prompt_ids: list[int], params: SamplingParams,
                      cache_salt: str | None = None) -> tuple[int, asyncio.Queue]:
-        """Send to the chosen rank; results (or a RankUnavailable) arrive on the queue."""
-        rank = self.balancer.choose(prompt_ids, cache_salt)
+        """Send to the chosen rank; results (or a RankUnavailable) arrive on the queue.
+        Disaggregated: a prefill rank first (one sequence, no structured outputs; else, or with
+        no prefill rank up, a decode rank does it all)."""
+        hold = self.disaggregated and params.n == 1 and params.structured_outputs is None
+        rank = self.balancer.choose(prompt_ids, cache_salt, self.prefill_ranks) if hold else None
+        if rank is None:
+            hold = False
+            rank = self.balancer.choose(prompt_ids, cache_salt, self.decode_ranks if self.disaggregated else None)
         if rank is None:
             raise RankUnavailable("no engine rank is available")
         queue: asyncio.Queue = asyncio.Queue()
         self.queues[request_id] = queue
         self.rank_of[request_id] = rank
         self.ranks[rank].requests.add(request_id)
-        await self.pushes[rank].send(encode(EngineRequest(
-            request_id, prompt_ids, params, cache_salt, self.client_index)))
+        request = EngineRequest(request_id, prompt_ids, params, cache_salt, self.client_index, kv_hold=hold)
+        if hold:
+            self.held[request_id] = request
+        await self.pushes[rank].send(encode(request))
         return rank, queue
 
     def release(self, request_id: str) -> None:
         """Forget a request that has ended (late engine messages for it are dropped)."""
         self.queues.pop(request_id, None)
+        self.held.pop(request_id, None)
         rank = self.rank_of.pop(request_id, None)
         if rank is not None:
             self.ranks[rank].requests.discard(request_id)
@@ -144,7 +195,8 @@ class EngineClient:
         for request_id in list(rank.requests):
             self._deliver(request_id, RankUnavailable(f"engine rank {index} went down: {reason}"))
 
-    async def rank_up(self, index: int, endpoint: str, server_key: bytes, restarts: int) -> None:
+    async def rank_up(self, index: int, endpoint: str, server_key: bytes, restarts: int,
+                      kv_endpoint: str = "", kv_key: bytes = b"") -> None:
         """A rank (restarted, or registered from another node) is ready at `endpoint`: connect, say
         hello, route work to it."""
         rank = self.ranks[index]
@@ -155,6 +207,7 @@ class EngineClient:
         await push.send(encode(ClientHello(self.client_index, self.output_endpoint, self.listener.public)))
         self.pushes[index] = push
         rank.endpoint, rank.server_key, rank.restarts = endpoint, server_key, restarts
+        rank.kv_endpoint, rank.kv_key = kv_endpoint, kv_key
         rank.state, rank.reason = RankState.READY, ""
         self.balancer.revive(index)
         logger.warning("engine rank %d is ready at %s (restart %d)", index, endpoint, restarts)

@@ -141,7 +141,7 @@ class Generation:
         if isinstance(item, RankUnavailable):
             raise APIError(503, f"{item}; the request was not completed")
         if isinstance(item, RequestError):
-            raise APIError(400, item.message)
+            raise APIError(item.status, item.message)
         assert isinstance(item, TokenDelta)
         seq = self.seqs[item.index]
         if seq.finish_reason is not None:

@@ -40,6 +40,21 @@ PREFIX_HIT_RATE = Gauge("bastion_prefix_cache_hit_rate",
                         ["rank"], multiprocess_mode="mostrecent")
 PREEMPTIONS = Gauge("bastion_num_preemptions", "Sequences an engine rank preempted (KV pool full; "
                     "recomputed later) since it started", ["rank"], multiprocess_mode="mostrecent")
+KV_TRANSFERS = Gauge("bastion_kv_transfers_total", "Disaggregated serving: KV pulls a decode rank "
+                     "completed since it started", ["rank"], multiprocess_mode="mostrecent")
+KV_TRANSFER_BYTES = Gauge("bastion_kv_transfer_bytes_total", "Bytes of KV a decode rank pulled since it "
+                          "started", ["rank"], multiprocess_mode="mostrecent")
+KV_FALLBACKS = Gauge("bastion_kv_transfer_fallbacks_total", "KV pulls that failed on a decode rank "
+                     "(recomputed there, or failed by --kv-load-failure-policy fail)", ["rank"],
+                     multiprocess_mode="mostrecent")
+KV_LEASE_EXPIRIES = Gauge("bastion_kv_lease_expiries_total", "Held KV blocks a prefill rank freed "
+                          "because no decode rank pulled them within --kv-lease-s", ["rank"],
+                          multiprocess_mode="mostrecent")
+KV_LEASES = Gauge("bastion_kv_leases", "KV block leases a prefill rank holds now", ["rank"],
+                  multiprocess_mode="mostrecent")
+KV_TRANSFER_SECONDS = Histogram("bastion_kv_transfer_seconds", "Time of one KV pull, on the decode rank",
+                                ["rank"], buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
+                                                   0.5, 1.0, 2.5))
 
 
 _last_load: dict[int, tuple] = {}
@@ -49,7 +64,7 @@ def record_load(rank: int, load: EngineLoad) -> None:
     """Set a rank's gauges from the load it published (after every step it makes); nothing when
     they would not change (a gauge's set writes the multi-process file)."""
     shown = (load.num_running, load.num_waiting, load.kv_cache_usage, load.prefix_cache_hit_rate,
-             load.num_preemptions)
+             load.num_preemptions, load.kv_transfers, load.kv_fallbacks, load.kv_lease_expiries, load.kv_leases)
     if _last_load.get(rank) == shown:
         return
     _last_load[rank] = shown
@@ -59,6 +74,22 @@ def record_load(rank: int, load: EngineLoad) -> None:
     KV_USAGE.labels(label).set(load.kv_cache_usage)
     PREFIX_HIT_RATE.labels(label).set(load.prefix_cache_hit_rate)
     PREEMPTIONS.labels(label).set(load.num_preemptions)
+    if load.kv_transfers or load.kv_fallbacks or load.kv_lease_expiries or load.kv_leases or label in _kv_ranks:
+        _kv_ranks.add(label)  # NOTE: only ranks that take part in disaggregated serving show these
+        KV_TRANSFERS.labels(label).set(load.kv_transfers)
+        KV_TRANSFER_BYTES.labels(label).set(load.kv_transfer_bytes)
+        KV_FALLBACKS.labels(label).set(load.kv_fallbacks)
+        KV_LEASE_EXPIRIES.labels(label).set(load.kv_lease_expiries)
+        KV_LEASES.labels(label).set(load.kv_leases)
+
+
+_kv_ranks: set[str] = set()
+
+
+def record_kv_pulls(rank: int, seconds: list[float]) -> None:
+    """The KV pulls a decode rank finished for this API server's requests."""
+    for value in seconds:
+        KV_TRANSFER_SECONDS.labels(str(rank)).observe(value)
 
 
 def record_queue_length(queued: int) -> None:

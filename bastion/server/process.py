@@ -46,6 +46,7 @@ async def _serve(spec: ApiServerSpec, engines: EngineSet, tokenizer, sock: socke
                           spec.internal, spec.keys)
     await client.start()
     client.load_listeners.append(metrics.record_load)
+    client.pull_listeners.append(metrics.record_kv_pulls)
     for rank in client.ranks:
         metrics.record_rank_up(rank.index, rank.alive)  # a rank on another node waits until it registers
     loop = asyncio.get_running_loop()
@@ -56,7 +57,8 @@ async def _serve(spec: ApiServerSpec, engines: EngineSet, tokenizer, sock: socke
             metrics.record_rank_up(message.index, False)
         elif isinstance(message, RankUp):
             loop.create_task(client.rank_up(message.index, message.input_endpoint,
-                                            message.server_key, message.restarts))
+                                            message.server_key, message.restarts,
+                                            message.kv_endpoint, message.kv_key))
             metrics.record_rank_up(message.index, True)
     control.set_handler(lambda m: loop.call_soon_threadsafe(on_control, m))
 

@@ -99,14 +99,16 @@ def curve_client(sock: zmq.Socket, keys: CurveKeyPair, server_public: bytes) -> 
 
 
 class ChannelKeys(msgspec.Struct, frozen=True):
-    """One process's CURVE identity and the public keys it admits; travels only in a spec."""
+    """One process's CURVE identity and the public keys it admits; travels only in a spec.
+    `peers` (engines): the deployment's engine keys, which a prefill rank's KV listener admits."""
 
     public: bytes
     secret: bytes
     allowed: list[bytes]
+    peers: list[bytes] = []
 
     def __repr__(self) -> str:
-        return f"ChannelKeys(public={self.public!r}, allowed={len(self.allowed)} keys)"
+        return f"ChannelKeys(public={self.public!r}, allowed={len(self.allowed)} keys, peers={len(self.peers)} keys)"
 
 
 MAX_API_SERVERS = 64  # NOTE: engines on other nodes admit the keys of API servers 0 .. 63
@@ -123,7 +125,8 @@ def api_server_role(index: int) -> str:
 def deployment_keys(engines: int, api_servers: int, secret: bytes | None = None) -> list[ChannelKeys]:
     """A keypair per process of one deployment: the engines' first, then the API servers'.
 
-    Engines admit API servers and API servers admit engines. Keys are random per launch, or
+    Engines admit API servers and API servers admit engines; engines' KV listeners admit the
+    other engines (`peers`). Keys are random per launch, or
     derived from `secret` (the `--internal-secret-file` every node holds) by role, so a node
     holds the keys of its own engine ranks and admits API servers it was never told about.
     """
@@ -136,7 +139,7 @@ def deployment_keys(engines: int, api_servers: int, secret: bytes | None = None)
         api_pairs = [derive_keypair(secret, api_server_role(j)) for j in range(api_servers)]
         admitted_api = [derive_keypair(secret, api_server_role(j)).public for j in range(MAX_API_SERVERS)]
     engine_publics = [p.public for p in engine_pairs]
-    return ([ChannelKeys(p.public, p.secret, admitted_api) for p in engine_pairs]
+    return ([ChannelKeys(p.public, p.secret, admitted_api, engine_publics) for p in engine_pairs]
             + [ChannelKeys(p.public, p.secret, engine_publics) for p in api_pairs])
 
 

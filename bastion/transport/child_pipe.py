@@ -48,11 +48,15 @@ class EngineEndpoint(msgspec.Struct):
     index: int
     input_endpoint: str
     server_key: bytes = b""  # its CURVE public key on encrypted TCP
+    kv_endpoint: str = ""  # a prefill rank's KV listener (disaggregated serving), and
+    kv_key: bytes = b""  # its CURVE public key
+    kv_role: str = "both"  # prefill | decode | both (--kv-role)
 
     @classmethod
     def of(cls, ready: "EngineReady") -> "EngineEndpoint":
         """Where a ready engine (its handshake) is reached."""
-        return cls(ready.engine_index, ready.input_endpoint, ready.server_key)
+        return cls(ready.engine_index, ready.input_endpoint, ready.server_key, ready.kv_endpoint, ready.kv_key,
+                   ready.kv_role)
 
 
 class ApiServerSpec(msgspec.Struct, tag="api_spec"):
@@ -96,6 +100,9 @@ class EngineReady(msgspec.Struct, tag="engine_ready"):
     num_kv_blocks: int
     vocab_size: int
     server_key: bytes = b""
+    kv_endpoint: str = ""  # a prefill rank's KV listener, bound on the node's address at port 0
+    kv_key: bytes = b""
+    kv_role: str = "both"
 
 
 class ApiServerReady(msgspec.Struct, tag="api_ready"):
@@ -125,6 +132,8 @@ class RankUp(msgspec.Struct, tag="rank_up"):
     input_endpoint: str
     server_key: bytes = b""
     restarts: int = 0
+    kv_endpoint: str = ""
+    kv_key: bytes = b""
 
 
 ChildSpec = Union[EngineSpec, ApiServerSpec, RankServerSpec]

@@ -13,12 +13,13 @@ from typing import Union
 
 import msgspec
 
+from bastion.engine.disagg.handle import KvHandle, KvSource
 from bastion.engine.outputs import FinishReason, TokenDelta, TokenLogprob
 from bastion.sampling_params import SamplingParams
 
 __all__ = ["AbortRequests", "ClientHello", "EngineLoad", "EngineOutputs", "EngineRequest",
-           "FinishReason", "MAX_FRAME_BYTES", "Message", "RequestError", "TokenDelta",
-           "TokenLogprob", "decode", "encode"]
+           "FinishReason", "KvHandle", "KvSource", "MAX_FRAME_BYTES", "Message", "RequestError",
+           "TokenDelta", "TokenLogprob", "decode", "encode"]
 
 logger = logging.getLogger(__name__)
 
@@ -26,13 +27,20 @@ MAX_FRAME_BYTES = 64 * 2**20
 
 
 class EngineRequest(msgspec.Struct, tag="request", frozen=True):
-    """Front end -> engine: generate for these prompt tokens."""
+    """Front end -> engine: generate for these prompt tokens.
+
+    Disaggregated serving (set by the API server, never from a client's body): `kv_hold` asks a
+    prefill rank for the prompt's KV and the first token, then to hold the blocks; `kv_source`
+    tells a decode rank where to pull them from and which tokens were already sampled.
+    """
 
     request_id: str
     prompt_token_ids: list[int]
     params: SamplingParams
     cache_salt: str | None = None
     client_index: int = 0
+    kv_hold: bool = False
+    kv_source: KvSource | None = None
 
 
 class AbortRequests(msgspec.Struct, tag="abort", frozen=True):
@@ -63,6 +71,11 @@ class EngineLoad(msgspec.Struct, frozen=True):
     kv_cache_usage: float
     prefix_cache_hit_rate: float
     num_preemptions: int = 0  # since the rank started
+    kv_transfers: int = 0  # disaggregated serving, since the rank started: KV pulls done here,
+    kv_transfer_bytes: int = 0  # their bytes,
+    kv_fallbacks: int = 0  # pulls that failed (recomputed or failed by policy),
+    kv_lease_expiries: int = 0  # leases of this prefill rank that ran out unpulled,
+    kv_leases: int = 0  # and leases held now
 
 
 class EngineOutputs(msgspec.Struct, tag="outputs", frozen=True):
@@ -71,6 +84,7 @@ class EngineOutputs(msgspec.Struct, tag="outputs", frozen=True):
     engine_index: int
     outputs: list[TokenDelta]
     load: EngineLoad | None = None
+    kv_pull_seconds: list[float] = []  # each KV pull finished since, for this front end's requests
 
 
 class RequestError(msgspec.Struct, tag="error", frozen=True):
@@ -78,6 +92,7 @@ class RequestError(msgspec.Struct, tag="error", frozen=True):
 
     request_id: str
     message: str
+    status: int = 400  # the HTTP status the client gets (503: the service could not serve it now)
 
 
 Message = Union[EngineRequest, AbortRequests, ClientHello, EngineOutputs, RequestError]

@@ -53,7 +53,7 @@ def run(engine: EngineCore, requests: dict[str, tuple[str | list[int], SamplingP
             tokens.setdefault((out.request_id, out.index), []).extend(out.new_token_ids)
             if out.finish_reason is not None:
                 reasons[(out.request_id, out.index)] = out.finish_reason
-        errors.update(engine.take_errors())
+        errors.update((rid, message) for rid, message, _ in engine.take_errors())
     assert not engine.has_unfinished
     assert engine.blocks.num_free_blocks == engine.blocks.num_blocks
     texts = {key: (tok.decode(ids, skip_special_tokens=True), reasons.get(key), ids)

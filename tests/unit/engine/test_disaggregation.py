@@ -1,0 +1,234 @@
+"""Disaggregated prefill and decode between two engines of this process, over the real KV
+channel (CurveZMQ on loopback): the same greedy tokens as one engine, blocks freed on both
+sides, leases that run out, pulls that fail (recompute or a 503), clients without the
+deployment's keys, garbage frames, and what a relay on the wire sees."""
+from __future__ import annotations
+
+import dataclasses
+import socket
+import threading
+import time
+
+import msgspec
+import pytest
+import torch
+import zmq
+
+from bastion.config.engine import EngineConfig, KvTransferConfig
+from bastion.engine.core import EngineCore
+from bastion.engine.disagg import wire
+from bastion.engine.disagg.handle import KvSource
+from bastion.sampling_params import SamplingParams
+from bastion.transport import channel
+from bastion.transport.channel import CurveKeyPair
+
+PROMPTS = [[5 + i, 17, 300 + 7 * i, 42, 8, 9, 100 + i] * (1 + i % 4) for i in range(6)]
+
+
+def _engine(model, role: str, key: channel.ChannelKeys, **transfer) -> EngineCore:
+    config = EngineConfig.from_kwargs(str(model), dtype="float32", num_kv_blocks=64, block_size=8)
+    config = dataclasses.replace(config, kv_transfer=KvTransferConfig(role=role, **transfer))
+    engine = EngineCore(config)
+    engine.enable_kv_transfer(0 if role == "prefill" else 1, CurveKeyPair(key.public, key.secret),
+                              key.peers, "127.0.0.1", lambda: None)
+    return engine
+
+
+def _drain(engine: EngineCore, deadline_s: float = 60) -> dict:
+    out, errors = {}, []
+    deadline = time.monotonic() + deadline_s
+    while engine.has_unfinished and time.monotonic() < deadline:
+        for delta in engine.step():
+            out.setdefault(delta.request_id, []).append(delta)
+        errors += engine.take_errors()
+        if engine.kv is not None and not engine.has_work:
+            time.sleep(0.002)  # a pull under way
+    return out, errors
+
+
+def _greedy(max_tokens: int = 10) -> SamplingParams:
+    return SamplingParams(temperature=0, max_tokens=max_tokens, ignore_eos=True)
+
+
+@pytest.fixture(scope="module")
+def keys():
+    return channel.deployment_keys(2, 0)
+
+
+@pytest.fixture(scope="module")
+def colocated(model_paths):
+    engine = EngineCore(EngineConfig.from_kwargs(str(model_paths["demo"]), dtype="float32",
+                                                 num_kv_blocks=64, block_size=8))
+    for i, prompt in enumerate(PROMPTS):
+        engine.add_request(str(i), prompt, _greedy())
+    out, _ = _drain(engine)
+    return {rid: [t for d in deltas for t in d.new_token_ids] for rid, deltas in out.items()}
+
+
+def _prefill_all(prefill: EngineCore, prompts=PROMPTS) -> dict:
+    for i, prompt in enumerate(prompts):
+        prefill.add_request(str(i), prompt, _greedy(), kv_hold=True)
+    out, _ = _drain(prefill)
+    return {rid: deltas[-1] for rid, deltas in out.items()}
+
+
+def test_prefill_on_one_engine_and_decode_on_another_give_the_tokens_of_one(model_paths, keys, colocated):
+    prefill = _engine(model_paths["demo"], "prefill", keys[0])
+    decode = _engine(model_paths["demo"], "decode", keys[1])
+    try:
+        firsts = _prefill_all(prefill)
+        assert all(d.kv_handle is not None and d.finish_reason is None for d in firsts.values())
+        assert prefill.blocks.usage > 0 and len(prefill.kv.leases) == len(PROMPTS)
+        for rid, first in firsts.items():
+            source = KvSource(first.kv_handle, prefill.kv.endpoint, keys[0].public, first.new_token_ids)
+            decode.add_request(rid, PROMPTS[int(rid)], _greedy(), kv_source=source)
+        out, errors = _drain(decode)
+        assert not errors
+        got = {rid: firsts[rid].new_token_ids + [t for d in deltas for t in d.new_token_ids]
+               for rid, deltas in out.items()}
+        assert got == colocated
+        assert decode.kv.counts.transfers == len(PROMPTS) and decode.kv.counts.fallbacks == 0
+        assert decode.blocks.usage == 0
+        deadline = time.monotonic() + 10  # the releases arrive on the KV server's thread
+        while len(prefill.kv.leases) and time.monotonic() < deadline:
+            prefill.step()
+            time.sleep(0.01)
+        assert prefill.blocks.usage == 0 and prefill.kv.leases.expired == 0
+    finally:
+        prefill.close()
+        decode.close()
+
+
+def test_an_unpulled_lease_runs_out_and_frees_its_blocks(model_paths, keys):
+    prefill = _engine(model_paths["demo"], "prefill", keys[0], lease_s=0.3)
+    try:
+        first = _prefill_all(prefill, PROMPTS[:1])["0"]
+        assert prefill.blocks.usage > 0 and prefill.kv.wake_in() <= 0.3
+        time.sleep(0.4)
+        assert prefill.has_work  # a lease to free wakes the engine
+        prefill.step()
+        assert prefill.blocks.usage == 0 and prefill.kv.leases.expired == 1
+        assert isinstance(_pull_by_hand(prefill, keys[1], first.kv_handle, keys[0].public), wire.KvRefused)
+    finally:
+        prefill.close()
+
+
+@pytest.mark.parametrize("policy", ["recompute", "fail"])
+def test_a_pull_from_a_prefill_rank_that_is_gone(policy, model_paths, keys, colocated):
+    prefill = _engine(model_paths["demo"], "prefill", keys[0])
+    decode = _engine(model_paths["demo"], "decode", keys[1], load_failure_policy=policy)
+    try:
+        first = _prefill_all(prefill, PROMPTS[:1])["0"]
+        endpoint = prefill.kv.endpoint
+        prefill.close()  # its KV listener is gone
+        decode.add_request("0", PROMPTS[0], _greedy(),
+                           kv_source=KvSource(first.kv_handle, endpoint, keys[0].public, first.new_token_ids))
+        out, errors = _drain(decode)
+        assert decode.kv.counts.fallbacks == 1 and decode.blocks.usage == 0
+        if policy == "recompute":
+            assert not errors
+            assert first.new_token_ids + [t for d in out["0"] for t in d.new_token_ids] == colocated["0"]
+        else:
+            assert [(rid, status) for rid, _, status in errors] == [("0", 503)]
+            assert "could not be loaded from its prefill rank" in errors[0][1]
+    finally:
+        prefill.close()
+        decode.close()
+
+
+def _pull_by_hand(prefill: EngineCore, key: channel.ChannelKeys, handle, server_key: bytes,
+                  timeout_ms: int = 2000):
+    """Send one KvPull as a CURVE client with `key`; the first answer's header (None: no answer)."""
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    channel.curve_client(sock, CurveKeyPair(key.public, key.secret), server_key)
+    sock.connect(prefill.kv.endpoint)
+    try:
+        sock.send(wire.encode(wire.KvPull(handle.request_id, handle.lease_id)))
+        if not sock.poll(timeout_ms):
+            return None
+        return wire.decode(sock.recv_multipart()[0])
+    finally:
+        sock.close(0)
+        ctx.term()
+
+
+def test_the_kv_listener_admits_only_the_deployment_and_survives_garbage(model_paths, keys):
+    prefill = _engine(model_paths["demo"], "prefill", keys[0])
+    try:
+        handle = _prefill_all(prefill, PROMPTS[:1])["0"].kv_handle
+        stranger = channel.deployment_keys(1, 0)[0]  # a valid keypair the deployment never made
+        assert _pull_by_hand(prefill, stranger, handle, keys[0].public, timeout_ms=1500) is None
+        # an admitted peer that sends garbage: dropped, and the listener keeps serving
+        ctx = zmq.Context()
+        sock = ctx.socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        channel.curve_client(sock, CurveKeyPair(keys[1].public, keys[1].secret), keys[0].public)
+        sock.connect(prefill.kv.endpoint)
+        for junk in ([b"\xff" * 40], [b"x" * 10000], [b"a", b"b", b"c"], [wire.encode(wire.KvDone(1, 2))]):
+            sock.send_multipart(junk)
+        assert not sock.poll(300)
+        sock.close(0)
+        ctx.term()
+        assert isinstance(_pull_by_hand(prefill, keys[1], handle, keys[0].public), wire.KvLayer)
+        forged = msgspec.structs.replace(handle, lease_id="0" * 32)  # a lease id nobody was given
+        assert isinstance(_pull_by_hand(prefill, keys[1], forged, keys[0].public), wire.KvRefused)
+    finally:
+        prefill.close()
+
+
+class _Relay:
+    """A TCP relay on loopback that records every byte that passes, both ways."""
+
+    def __init__(self, target: tuple[str, int]) -> None:
+        self.target, self.seen = target, bytearray()
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.port = self.server.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.server.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(self.target)
+            for a, b in ((conn, upstream), (upstream, conn)):
+                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    def _pump(self, src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while data := src.recv(65536):
+                self.seen += data
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            dst.close()
+
+    def close(self) -> None:
+        self.server.close()
+
+
+def test_a_relay_on_the_kv_channel_sees_no_plaintext(model_paths, keys, colocated):
+    prefill = _engine(model_paths["demo"], "prefill", keys[0])
+    decode = _engine(model_paths["demo"], "decode", keys[1])
+    host, port = prefill.kv.endpoint.removeprefix("tcp://").rsplit(":", 1)
+    relay = _Relay((host, int(port)))
+    try:
+        first = _prefill_all(prefill, PROMPTS[:1])["0"]
+        k_cache = prefill.runner.model.attention_layers[0].k_cache
+        plain = k_cache.index_select(1, torch.tensor(first.kv_handle.block_ids[:1]))[0, 0, :2].numpy().tobytes()
+        source = KvSource(first.kv_handle, f"tcp://127.0.0.1:{relay.port}", keys[0].public, first.new_token_ids)
+        decode.add_request("0", PROMPTS[0], _greedy(), kv_source=source)
+        out, errors = _drain(decode)
+        assert not errors and decode.kv.counts.transfers == 1
+        assert first.new_token_ids + [t for d in out["0"] for t in d.new_token_ids] == colocated["0"]
+        nbytes = decode.kv.counts.nbytes
+        assert len(relay.seen) > nbytes  # every KV byte went through the relay ...
+        assert plain not in relay.seen and b"layer" not in relay.seen and first.kv_handle.lease_id.encode() not in relay.seen
+    finally:
+        relay.close()
+        prefill.close()
+        decode.close()
