@@ -76,7 +76,10 @@ class LlamaModel(nn.Module):
         self.cfg, self.head_rows = cfg, head_rows
         backend = backend or SdpaPagedBackend()
         self.rotary = RotaryEmbedding(cfg.head_dim, max_positions, cfg.rope_theta, cfg.rope_scaling)
-        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
+        # NOTE: `_weight`: no random init (on the meta device it imports torch._dynamo, ~1.2 s of
+        # every start); the loader fills every parameter
+        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size,
+                                         _weight=torch.empty(cfg.vocab_size, cfg.hidden_size))
         self.layers = nn.ModuleList(DecoderLayer(cfg, backend) for _ in range(cfg.num_layers))
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         rows = cfg.vocab_size if head_rows is None else head_rows.stop - head_rows.start

@@ -4,7 +4,6 @@ from __future__ import annotations
 from copy import copy
 
 from llguidance import LLTokenizer
-from llguidance.hf import from_tokenizer
 
 
 def grammar_tokenizer(hf_tokenizer, vocab_size: int, eos_token_ids: list[int] | None = None) -> LLTokenizer:
@@ -12,6 +11,8 @@ def grammar_tokenizer(hf_tokenizer, vocab_size: int, eos_token_ids: list[int] | 
     it once). `vocab_size` is the width of the model's logits (ids past the tokenizer's own
     vocabulary are never allowed); `eos_token_ids` are the tokens that may end a grammar (default:
     the tokenizer's EOS)."""
+    from llguidance.hf import from_tokenizer  # NOTE: imports transformers (~0.6 s): only when used
+
     eos = [t for t in eos_token_ids or [] if 0 <= t < vocab_size] or None
     return from_tokenizer(hf_tokenizer, n_vocab=vocab_size, eos_token=eos)
 
