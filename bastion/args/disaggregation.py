@@ -46,9 +46,9 @@ def with_kv_transfer(engine: EngineConfig, args: argparse.Namespace) -> EngineCo
 
 
 def check_disaggregation(prefill_ranks: int, kv_role: str | None, data_parallel_size: int,
-                         tensor_parallel_size: int, headless: bool, ray: bool, supervised: bool) -> None:
+                         tensor_parallel_size: int, multi_node: bool, ray: bool, supervised: bool) -> None:
     """ValueError naming the flag for a deployment that cannot disaggregate (yet)."""
-    if kv_role not in (None, "both") and not headless:
+    if kv_role not in (None, "both") and not multi_node:
         raise ValueError(f"--kv-role {kv_role} gives every rank of this node that role, which leaves no "
                          "rank for the other; use --prefill-ranks K on one node")
     if not prefill_ranks and kv_role in (None, "both"):
@@ -60,9 +60,12 @@ def check_disaggregation(prefill_ranks: int, kv_role: str | None, data_parallel_
         raise ValueError(f"--prefill-ranks {prefill_ranks} must leave at least one of the "
                          f"--data-parallel-size {data_parallel_size} ranks for decoding (1 .. "
                          f"{data_parallel_size - 1})")
-    for flag, used in (("--tensor-parallel-size > 1", tensor_parallel_size > 1), ("--headless", headless),
-                       ("--data-parallel-backend ray", ray),
-                       ("--data-parallel-multi-port-external-lb", supervised)):
-        if used:
-            raise ValueError(f"disaggregated prefill and decode does not run with {flag} yet "
-                             "(docs/disaggregation.md)")
+    if tensor_parallel_size > 1:
+        raise ValueError("disaggregated prefill and decode does not run with --tensor-parallel-size > 1 "
+                         "yet (docs/disaggregation.md)")
+    if supervised:
+        raise ValueError("disaggregated prefill and decode needs one set of API servers in front of every "
+                         "rank; --data-parallel-multi-port-external-lb gives each rank its own "
+                         "(docs/disaggregation.md)")
+    if ray and kv_role not in (None, "both"):
+        raise ValueError("with --data-parallel-backend ray give the roles with --prefill-ranks K")

@@ -136,7 +136,7 @@ def serve_config(args: argparse.Namespace) -> ServeConfig:
     parallel.check_start_rank(supervised=supervisor is not None)
     ray = ray_config(args)
     check_disaggregation(parallel.prefill_ranks, parallel.kv_role, parallel.data_parallel_size,
-                         engine.tensor_parallel_size, parallel.headless, ray is not None, supervisor is not None)
+                         engine.tensor_parallel_size, parallel.multi_node, ray is not None, supervisor is not None)
     internal = ray_internal_config(args) if ray is not None else \
         internal_config(args, parallel, supervised=supervisor is not None)
     return ServeConfig(model, engine, parallel, server, args.engine_startup_timeout, security, internal,

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 _UNITS = {
     "": 1, "b": 1,
@@ -156,6 +156,12 @@ class EngineConfig:
             raise ValueError(f"--num-threads must be at least 1, got {self.num_threads}")
         if self.tensor_parallel_size < 1:
             raise ValueError(f"--tensor-parallel-size must be at least 1, got {self.tensor_parallel_size}")
+
+    def with_kv_role(self, role: str) -> "EngineConfig":
+        """This config for a rank of `role` (--prefill-ranks, --kv-role)."""
+        if role == self.kv_transfer.role:
+            return self
+        return replace(self, kv_transfer=replace(self.kv_transfer, role=role))
 
     @property
     def threads(self) -> int:

@@ -29,7 +29,7 @@ from bastion.engine.outputs import TokenDelta
 from bastion.transport import channel
 from bastion.transport.child_pipe import EngineReady
 from bastion.transport.messages import (AbortRequests, ClientHello, EngineLoad, EngineOutputs,
-                                        EngineRequest, MAX_FRAME_BYTES, Message, RequestError,
+                                        EngineRequest, KvPeers, MAX_FRAME_BYTES, Message, RequestError,
                                         decode, encode)
 
 logger = logging.getLogger(__name__)
@@ -129,6 +129,9 @@ class EngineLoop:
         elif isinstance(message, ClientHello):
             self.clients.add(message.client_index)
             self.outbox.put((message.client_index, message))
+        elif isinstance(message, KvPeers):
+            if self.engine.kv is not None:
+                self.engine.kv.admit(message.keys)
         else:
             logger.warning("engine %d ignored an unexpected %s message", self.index, type(message).__name__)
 

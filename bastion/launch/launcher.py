@@ -132,7 +132,8 @@ class Launcher:
         self._spawn_api_servers(sock, internal, keys, limits_dir)  # NOTE: they load meanwhile
         readies: list[EngineReady] = self.ranks.await_ready(cfg.engine_startup_timeout)
         remote = range(len(readies), par.data_parallel_size)  # on other nodes: reached once they register
-        endpoints = [EngineEndpoint.of(r) for r in readies] + [EngineEndpoint(i, "") for i in remote]
+        endpoints = [EngineEndpoint.of(r) for r in readies] + [
+            EngineEndpoint(i, "", kv_role=par.kv_role_of(i)) for i in remote]
         self._notify(EngineSet(endpoints, min(r.max_model_len for r in readies), readies[0].vocab_size))
         where = self.ranks.where
         if self.registry is not None:

@@ -131,10 +131,7 @@ class LocalRanks(RankSet):
 
 def rank_engine_config(config: ServeConfig, index: int) -> EngineConfig:
     """Rank `index`'s engine config: its share of this node's CPU threads, its --kv-role."""
-    engine = config.engine
-    role = config.parallel.kv_role_of(index)
-    if role != engine.kv_transfer.role:
-        engine = dataclasses.replace(engine, kv_transfer=dataclasses.replace(engine.kv_transfer, role=role))
+    engine = config.engine.with_kv_role(config.parallel.kv_role_of(index))
     local = config.parallel.local_size  # the ranks that share this node
     if local == 1:
         return engine

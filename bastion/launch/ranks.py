@@ -102,4 +102,4 @@ class RankSet(ABC):
         """`rank` is ready again at a new endpoint: tell `notify`."""
         rank.state = RankState.READY
         self.notify(RankUp(rank.index, ready.input_endpoint, ready.server_key, rank.policy.total,
-                           ready.kv_endpoint, ready.kv_key))
+                           ready.kv_endpoint, ready.kv_key, ready.kv_role))

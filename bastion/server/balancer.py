@@ -56,9 +56,9 @@ class RankBalancer:
         if not live:
             return None
         best = min(self.score(r) for r in live)
-        key = _prefix_key(prompt_ids, salt)
+        key = _prefix_key(prompt_ids, salt, among)
         rank = self._affinity.get(key) if key is not None else None
-        if rank is None or not self.alive[rank] or self.score(rank) > best + self.affinity_tokens:
+        if rank not in live or self.score(rank) > best + self.affinity_tokens:
             rank = self._round_robin([r for r in live if self.score(r) == best])
         if key is not None:
             self._affinity[key] = rank
@@ -79,10 +79,14 @@ class RankBalancer:
         raise AssertionError("no tied rank")
 
 
-def _prefix_key(prompt_ids: list[int], salt: str | None) -> bytes | None:
+def _prefix_key(prompt_ids: list[int], salt: str | None, among: set[int] | None = None) -> bytes | None:
+    """The affinity key of a prompt's beginning; one per set of candidate ranks (a prompt's
+    prefill rank and its decode rank are remembered apart)."""
     if len(prompt_ids) < MIN_AFFINITY_TOKENS:
         return None
     digest = hashlib.blake2b(digest_size=16)
     digest.update((salt or "").encode())
+    if among is not None:
+        digest.update(b"\1" + ",".join(map(str, sorted(among))).encode())
     digest.update(b"\0" + ",".join(map(str, prompt_ids[:AFFINITY_PREFIX_TOKENS])).encode())
     return digest.digest()

@@ -25,7 +25,7 @@ from bastion.server.balancer import RankBalancer
 from bastion.transport import channel
 from bastion.transport.child_pipe import EngineEndpoint
 from bastion.transport.messages import (AbortRequests, ClientHello, EngineOutputs,
-                                        EngineRequest, KvSource, MAX_FRAME_BYTES, RequestError,
+                                        EngineRequest, KvPeers, KvSource, MAX_FRAME_BYTES, RequestError,
                                         TokenDelta, decode, encode)
 from bastion.transport.rank_state import RankState
 
@@ -93,7 +93,15 @@ class EngineClient:
             self.listener.connect(push, rank.endpoint, rank.server_key)
             await push.send(encode(ClientHello(self.client_index, self.output_endpoint,
                                                self.listener.public)))
+        await self._send_kv_peers()
         self._reader = asyncio.create_task(self._read())
+
+    async def _send_kv_peers(self) -> None:
+        """Tell each prefill rank the engine keys its KV listener admits (all the ranks' now)."""
+        keys = [r.kv_key for r in self.ranks if r.kv_key]
+        for rank in self.ranks:
+            if rank.role == "prefill" and rank.alive and keys:
+                await self.pushes[rank.index].send(encode(KvPeers(keys)))
 
     async def _read(self) -> None:
         while True:
@@ -196,7 +204,7 @@ class EngineClient:
             self._deliver(request_id, RankUnavailable(f"engine rank {index} went down: {reason}"))
 
     async def rank_up(self, index: int, endpoint: str, server_key: bytes, restarts: int,
-                      kv_endpoint: str = "", kv_key: bytes = b"") -> None:
+                      kv_endpoint: str = "", kv_key: bytes = b"", kv_role: str = "both") -> None:
         """A rank (restarted, or registered from another node) is ready at `endpoint`: connect, say
         hello, route work to it."""
         rank = self.ranks[index]
@@ -208,8 +216,13 @@ class EngineClient:
         self.pushes[index] = push
         rank.endpoint, rank.server_key, rank.restarts = endpoint, server_key, restarts
         rank.kv_endpoint, rank.kv_key = kv_endpoint, kv_key
+        if kv_role != rank.role:  # a rank on another node says its role when it registers
+            rank.role = kv_role
+            self.prefill_ranks = {r.index for r in self.ranks if r.role == "prefill"}
+            self.decode_ranks = {r.index for r in self.ranks if r.role == "decode"}
         rank.state, rank.reason = RankState.READY, ""
         self.balancer.revive(index)
+        await self._send_kv_peers()  # NOTE: a restarted Ray rank has a new keypair
         logger.warning("engine rank %d is ready at %s (restart %d)", index, endpoint, restarts)
 
     def close(self) -> None:

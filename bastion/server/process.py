@@ -58,7 +58,7 @@ async def _serve(spec: ApiServerSpec, engines: EngineSet, tokenizer, sock: socke
         elif isinstance(message, RankUp):
             loop.create_task(client.rank_up(message.index, message.input_endpoint,
                                             message.server_key, message.restarts,
-                                            message.kv_endpoint, message.kv_key))
+                                            message.kv_endpoint, message.kv_key, message.kv_role))
             metrics.record_rank_up(message.index, True)
     control.set_handler(lambda m: loop.call_soon_threadsafe(on_control, m))
 

@@ -134,6 +134,7 @@ class RankUp(msgspec.Struct, tag="rank_up"):
     restarts: int = 0
     kv_endpoint: str = ""
     kv_key: bytes = b""
+    kv_role: str = "both"
 
 
 ChildSpec = Union[EngineSpec, ApiServerSpec, RankServerSpec]

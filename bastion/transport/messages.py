@@ -18,7 +18,7 @@ from bastion.engine.outputs import FinishReason, TokenDelta, TokenLogprob
 from bastion.sampling_params import SamplingParams
 
 __all__ = ["AbortRequests", "ClientHello", "EngineLoad", "EngineOutputs", "EngineRequest",
-           "FinishReason", "KvHandle", "KvSource", "MAX_FRAME_BYTES", "Message", "RequestError",
+           "FinishReason", "KvHandle", "KvPeers", "KvSource", "MAX_FRAME_BYTES", "Message", "RequestError",
            "TokenDelta", "TokenLogprob", "decode", "encode"]
 
 logger = logging.getLogger(__name__)
@@ -62,6 +62,13 @@ class ClientHello(msgspec.Struct, tag="hello", frozen=True):
     server_key: bytes = b""  # the CURVE public key of that socket on encrypted TCP
 
 
+class KvPeers(msgspec.Struct, tag="kv_peers", frozen=True):
+    """Front end -> a prefill rank: the deployment's engine keys, which its KV listener admits
+    (Ray ranks make their keys on their own nodes, so no launcher can name them in a spec)."""
+
+    keys: list[bytes]
+
+
 class EngineLoad(msgspec.Struct, frozen=True):
     """What an engine publishes for load balancing and metrics."""
 
@@ -95,7 +102,7 @@ class RequestError(msgspec.Struct, tag="error", frozen=True):
     status: int = 400  # the HTTP status the client gets (503: the service could not serve it now)
 
 
-Message = Union[EngineRequest, AbortRequests, ClientHello, EngineOutputs, RequestError]
+Message = Union[EngineRequest, AbortRequests, ClientHello, KvPeers, EngineOutputs, RequestError]
 
 _encoder = msgspec.msgpack.Encoder()
 _decoder = msgspec.msgpack.Decoder(Message)

@@ -17,7 +17,9 @@ from openai import OpenAI
 from server_process import ServerProcess
 
 MODEL = "bastion-demo"
-PROMPTS = [f"Once upon a time {i} there was" + " a little" * (i % 5) for i in range(16)]
+# NOTE: some prompts long enough for prefix affinity (32+ tokens), which must never send a
+# request's decode to its prefill rank
+PROMPTS = [f"Once upon a time {i} there was" + " a little" * (5 * (i % 5)) for i in range(16)]
 ARGS = ("--dtype", "float32", "--enforce-eager")  # as the API tests' server, the reference
 
 

@@ -21,9 +21,9 @@ HEAD, NODE = "127.0.0.2", "127.0.0.3"
 class HeadlessNode(ServeProcess):
     """`bastion serve --headless` for rank 1 of 2, waiting for its ready line."""
 
-    def __init__(self, port: int, secret, address: str = NODE) -> None:
+    def __init__(self, port: int, secret, address: str = NODE, extra: tuple[str, ...] = ()) -> None:
         super().__init__(["--headless", "-dp", "2", "-dpr", "1", "-dpl", "1", "-dpa", HEAD, "-dpp", str(port),
-                          "--internal-secret-file", str(secret)], HEADLESS, log_level="warning",
+                          "--internal-secret-file", str(secret), *extra], HEADLESS, log_level="warning",
                          env={"BASTION_HOST_IP": address})
         self.family: list[psutil.Process] = []
         line = self.wait_ready(180, "headless node").string
@@ -114,5 +114,31 @@ def test_a_headless_node_registers_serves_leaves_and_returns(secrets):
         assert head.wait(60) == 0
     finally:
         for node in nodes:
+            node.stop()
+        head.kill()
+
+
+def test_a_prefill_head_and_a_decode_node_pull_kv_between_their_own_addresses(secrets):
+    """The head's rank 0 prefills, the headless node's rank 1 (--kv-role decode) pulls the KV
+    from the head's KV listener, which is on the head's address like its other listeners."""
+    good, _ = secrets
+    port = free_port_block(1, HEAD)
+    head = ServerProcess("-dp", "2", "-dpl", "1", "-dpa", HEAD, "-dpp", str(port), "--internal-secret-file",
+                         str(good), "--kv-role", "prefill", env={"BASTION_HOST_IP": HEAD})
+    node = None
+    try:
+        node = HeadlessNode(port, good, extra=("--kv-role", "decode"))
+        assert wait_for(lambda: health(head.url)["status"] == "ok")
+        head_engine = next(p for p in head.children if "engine-0" in " ".join(p.cmdline()))
+        assert listening(head_engine) == {HEAD} and listening(node.engine()) == {NODE}
+        assert len([c for c in head_engine.net_connections(kind="tcp") if c.status == psutil.CONN_LISTEN]) == 2
+        answers = [httpx.post(f"{head.url}/v1/completions", timeout=60, json={
+            "model": "bastion-demo", "prompt": f"Once {i}", "max_tokens": 6, "ignore_eos": True}) for i in range(6)]
+        assert [a.status_code for a in answers] == [200] * 6
+        assert all(a.json()["usage"]["completion_tokens"] == 6 for a in answers)
+        assert head.metric("bastion_kv_transfers_total", rank="1") == 6
+        assert head.metric("bastion_kv_transfer_fallbacks_total", rank="1") == 0
+    finally:
+        if node is not None:
             node.stop()
         head.kill()

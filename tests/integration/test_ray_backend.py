@@ -94,3 +94,30 @@ def test_ray_ranks_on_their_nodes_with_clean_environments_and_a_node_death(clust
         assert wait_for(lambda: not head.processes(r"bastion\.launch\.child engine-"), timeout=30)
     finally:
         server.kill()
+
+
+def test_disaggregated_ranks_on_two_ray_nodes_pull_kv_over_their_own_addresses(cluster):
+    """Rank 0 prefills, rank 1 decodes, on different nodes; each engine (KV listener included)
+    listens on its own node's address; the driver's BASTION_HOST_IP reaches no actor."""
+    server = ServerProcess("-dp", "2", "--prefill-ranks", "1", "--data-parallel-backend", "ray",
+                           "--ray-placement-strategy", "spread",
+                           env={**cluster.driver_env(), "BASTION_HOST_IP": HEAD}, timeout=240)
+    try:
+        head, node = cluster.nodes[HEAD], cluster.nodes[NODE]
+        [head_engine] = head.processes(r"bastion\.launch\.child engine-")
+        [node_engine] = node.processes(r"bastion\.launch\.child engine-")
+        assert listening(head_engine) == {HEAD} and listening(node_engine) == {NODE}
+        prefill = next(p for p in (head_engine, node_engine) if "engine-0" in " ".join(p.cmdline()))
+        assert len(prefill.net_connections(kind="tcp")) and len(
+            [c for c in prefill.net_connections(kind="tcp") if c.status == "LISTEN"]) == 2  # input + KV
+        for proc in [*head.processes(r"^ray::RankActor"), *node.processes(r"^ray::RankActor"), head_engine,
+                     node_engine]:
+            assert "BASTION_HOST_IP" not in proc.environ()
+        answers = [httpx.post(f"{server.url}/v1/completions", timeout=60, json={
+            "model": "bastion-demo", "prompt": f"Once {i}", "max_tokens": 6, "ignore_eos": True}) for i in range(6)]
+        assert [a.status_code for a in answers] == [200] * 6
+        assert all(a.json()["usage"]["completion_tokens"] == 6 for a in answers)
+        assert server.metric("bastion_kv_transfers_total", rank="1") == 6
+        assert server.metric("bastion_kv_transfer_fallbacks_total", rank="1") == 0
+    finally:
+        server.kill()

@@ -67,6 +67,13 @@ class KvTransfer:
         """The KV listener's endpoint ('' on a decode-only rank)."""
         return self.server.endpoint if self.server is not None else ""
 
+    def admit(self, keys: list[bytes]) -> None:
+        """Let engines with these CURVE public keys pull from this rank's KV listener."""
+        if self.server is not None:
+            for key in keys:
+                if len(key) == 40:  # a Z85 public key
+                    self.server.gate.admit(key)
+
     def hand_over(self, req: Request) -> KvHandle:
         """Prefill side: take `req` out of the batch with its blocks held; the handle names them."""
         if self.leases is None:

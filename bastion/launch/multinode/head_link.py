@@ -86,7 +86,8 @@ class HeadLink:
     def report(self, message: RankDown | RankUp) -> None:
         """Tell the head about a dead or restarted engine of this node (the hello repeats new endpoints)."""
         if isinstance(message, RankUp):
-            self.engines = [EngineEndpoint(e.index, message.input_endpoint, message.server_key)
+            self.engines = [EngineEndpoint(e.index, message.input_endpoint, message.server_key,
+                                           message.kv_endpoint, message.kv_key, message.kv_role)
                             if e.index == message.index else e for e in self.engines]
         self._send(message)
 

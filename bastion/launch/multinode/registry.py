@@ -142,7 +142,8 @@ class RemoteRankRegistry:
         for engine in hello.engines:
             count = self.registrations.get(engine.index, 0)
             self.registrations[engine.index] = count + 1
-            self.notify(RankUp(engine.index, engine.input_endpoint, engine.server_key, count))
+            self.notify(RankUp(engine.index, engine.input_endpoint, engine.server_key, count,
+                               engine.kv_endpoint, engine.kv_key, engine.kv_role))
         logger.warning("node %s registered ranks %s", hello.node, ranks)
 
     def _refusal(self, identity: bytes, ranks: list[int]) -> str | None:

@@ -144,7 +144,7 @@ class RayActorRanks(RankSet):
             rank.actor = self._remote_actor.options(
                 name=f"{self.name}-rank-{rank.index}-{rank.placements}",
                 scheduling_strategy=_in_group(rank.group), **self._actor_options).remote()
-            engine = self.config.engine
+            engine = self.config.engine.with_kv_role(self.config.parallel.kv_role_of(rank.index))
             config = replace(engine, num_threads=engine.num_threads or max(1, int(self.ray_config.cpus_per_rank)))
             rank.pending = rank.actor.start.remote(rank.index, config, self.api_publics,
                                                    self.config.server.log_level,

@@ -54,3 +54,17 @@ def test_the_cache_salt_separates_affinity():
     b.on_load(0, 100, 0), b.on_load(1, 0, 0)
     assert b.choose(LONG_A, salt="tenant-b") == 1
     assert b.choose(LONG_A, salt="tenant-a") == 0
+
+
+def test_a_role_s_ranks_are_chosen_among_themselves_whatever_the_prefix_affinity_says():
+    """Disaggregated serving: a prompt's prefill rank is remembered for its next prefill, and
+    never handed back when its decode rank is chosen (and the other way round)."""
+    balancer = RankBalancer(3)
+    prompt = list(range(100))
+    assert balancer.choose(prompt, among={0}) == 0
+    assert balancer.choose(prompt, among={1, 2}) in (1, 2)
+    decode = balancer.choose(prompt, among={1, 2})
+    assert decode in (1, 2)
+    assert balancer.choose(prompt, among={0}) == 0 and balancer.choose(prompt, among={1, 2}) in (1, 2)
+    balancer.alive[1] = balancer.alive[2] = False
+    assert balancer.choose(prompt, among={1, 2}) is None  # never a rank of the other role
