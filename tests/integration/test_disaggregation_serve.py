@@ -2,7 +2,8 @@
 Greedy outputs equal a colocated deployment's (streamed and not) and every block is free on
 both ranks afterwards; a prefill rank SIGKILLed between prefill and pull leaves the request to
 be recomputed (`recompute`) or failed with a 503 (`fail`); an unpulled lease runs out and frees
-its blocks. The decode rank is held between prefill and pull with SIGSTOP."""
+its blocks; the KV listener answers no client without the deployment's keys and survives garbage.
+The decode rank is held between prefill and pull with SIGSTOP."""
 from __future__ import annotations
 
 import os
@@ -12,8 +13,12 @@ import time
 
 import httpx
 import psutil
+import zmq
 from openai import OpenAI
 
+from bastion.engine.disagg import wire
+from bastion.transport import channel
+from bastion.transport.channel import CurveKeyPair
 from server_process import ServerProcess
 
 MODEL = "bastion-demo"
@@ -89,11 +94,52 @@ def test_one_prefill_and_one_decode_rank_answer_as_colocated_ranks_and_recompute
         server.kill()
 
 
-def test_an_unpulled_lease_expires_and_under_fail_a_lost_pull_is_a_503():
+def _ask(endpoint: str, keys: CurveKeyPair, server_key: bytes, frames: list[bytes],
+         wait_ms: int = 2000) -> list[bytes] | None:
+    """Send `frames` to `endpoint` as a CURVE client with `keys`; the answer, or None."""
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    channel.curve_client(sock, keys, server_key)
+    sock.connect(endpoint)
+    try:
+        sock.send_multipart(frames)
+        return sock.recv_multipart() if sock.poll(wait_ms) else None
+    finally:
+        sock.close(0)
+        ctx.term()
+
+
+def _kv_listener_refuses_strangers_and_survives_garbage(server: ServerProcess, secret: bytes) -> None:
+    """A client with a valid keypair the deployment never made gets no answer from any listener
+    of the prefill rank; an engine's key sending garbage is ignored; that key's pull of a lease
+    nobody was given is refused by the KV listener (it serves on)."""
+    prefill = _engine(server, 0)
+    endpoints = [f"tcp://{c.laddr.ip}:{c.laddr.port}" for c in prefill.net_connections(kind="tcp")
+                 if c.status == psutil.CONN_LISTEN]
+    assert len(endpoints) == 2 and all(e.startswith("tcp://127.0.0.1:") for e in endpoints)  # input, KV
+    server_key = channel.derive_keypair(secret, channel.engine_role(0)).public
+    stranger, peer = CurveKeyPair.generate(), channel.derive_keypair(secret, channel.engine_role(1))
+    pull = wire.encode(wire.KvPull("r", "0" * 32))
+    assert all(_ask(e, stranger, server_key, [pull], 500) is None for e in endpoints)
+    for endpoint in endpoints:
+        for junk in ([b"\xff" * 64], [b"x" * 100_000], [b"a", b"b", b"c"]):
+            assert _ask(endpoint, peer, server_key, junk, 300) is None
+    answers = [_ask(e, peer, server_key, [pull], 1000) for e in endpoints]
+    assert [isinstance(wire.decode(a[0]), wire.KvRefused) for a in answers if a] == [True]
+
+
+def test_an_unpulled_lease_expires_and_under_fail_a_lost_pull_is_a_503(tmp_path):
+    """Over internal TCP with keys derived from a secret: the test can act as an engine."""
+    secret_file = tmp_path / "internal.secret"
+    secret_file.write_text("s" * 48)
     server = ServerProcess("-dp", "2", "--prefill-ranks", "1", "--kv-load-failure-policy", "fail",
-                           "--kv-lease-s", "1", *ARGS, timeout=240)
+                           "--kv-lease-s", "1", "--internal-transport", "tcp", "--internal-secret-file",
+                           str(secret_file), *ARGS, timeout=240)
     decode = _engine(server, 1)
     try:
+        _kv_listener_refuses_strangers_and_survives_garbage(server, secret_file.read_bytes().strip())
+        assert httpx.post(f"{server.url}/v1/completions", json=BODY, timeout=60).status_code == 200
         sender, answer = _held_between_prefill_and_pull(server, BODY)
         assert server.wait_for_metric("bastion_kv_lease_expiries_total", lambda v: v == 1, rank="0") == 1
         assert server.wait_for_metric("bastion_kv_leases", lambda v: v == 0, rank="0") == 0

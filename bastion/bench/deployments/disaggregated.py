@@ -28,7 +28,13 @@ def compare_disaggregated(args: argparse.Namespace) -> dict:
     with tempfile.TemporaryDirectory(prefix="bastion-bench-") as tmp:
         model, label, vocab = bench_model(args, Path(tmp))
         reqs = workload(args, vocab)
-        result: dict = {"model": label, "ranks": args.ranks}
+        from bastion.bench.machine import machine_summary, memory_bandwidth
+
+        result: dict = {"model": label, "ranks": args.ranks, "machine": machine_summary(),
+                        "memory_bandwidth": memory_bandwidth()}
+        print(f"machine: {result['machine']['cpu']}, flags {' '.join(result['machine']['cpu_flags'])}; "
+              f"memory {result['memory_bandwidth']['read_gb_s']} GB/s read, "
+              f"{result['memory_bandwidth']['copy_gb_s']} copy")
         sides = {"colocated": ("-dp", str(args.ranks)),
                  "disaggregated": ("-dp", str(args.ranks), "--prefill-ranks", "1")}
         for name, flags in sides.items():
