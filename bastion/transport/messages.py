@@ -114,11 +114,19 @@ def encode(message: Message) -> bytes:
 
 def decode(frame: bytes | memoryview, max_bytes: int = MAX_FRAME_BYTES) -> Message | None:
     """Decode one frame, or log why not and return None."""
+    return decode_bounded(_decoder, frame, max_bytes)
+
+
+def decode_bounded(decoder: msgspec.msgpack.Decoder, frame: bytes | memoryview, max_bytes: int,
+                   wire: str = "") -> object | None:
+    """One frame through `decoder` (an allowlist of types), or None, logged, when it is larger
+    than `max_bytes` or not one of them. `wire` names the channel in the log line."""
+    where = f"{wire}: " if wire else ""
     if len(frame) > max_bytes:
-        logger.warning("dropped a %d-byte frame (limit %d)", len(frame), max_bytes)
+        logger.warning("%sdropped a %d-byte frame (limit %d)", where, len(frame), max_bytes)
         return None
     try:
-        return _decoder.decode(frame)
+        return decoder.decode(frame)
     except (msgspec.DecodeError, msgspec.ValidationError, ValueError, TypeError) as exc:
-        logger.warning("dropped a malformed frame: %s", exc)
+        logger.warning("%sdropped a malformed frame: %s", where, exc)
         return None

@@ -57,6 +57,16 @@ def complete(url: str) -> int:
                       json={"model": "bastion-demo", "prompt": "Once", "max_tokens": 3}).status_code
 
 
+def assert_pulled_by_rank_1(server: ServerProcess, count: int) -> None:
+    """`count` completions of 6 tokens answered, each one's KV pulled by rank 1 (no fallback)."""
+    answers = [httpx.post(f"{server.url}/v1/completions", timeout=60, json={
+        "model": "bastion-demo", "prompt": f"Once {i}", "max_tokens": 6, "ignore_eos": True}) for i in range(count)]
+    assert [a.status_code for a in answers] == [200] * count
+    assert all(a.json()["usage"]["completion_tokens"] == 6 for a in answers)
+    assert server.metric("bastion_kv_transfers_total", rank="1") == count
+    assert server.metric("bastion_kv_transfer_fallbacks_total", rank="1") == 0
+
+
 def listening(proc: psutil.Process) -> set[str]:
     return {c.laddr.ip for c in proc.net_connections(kind="tcp") if c.status == psutil.CONN_LISTEN}
 
@@ -132,12 +142,7 @@ def test_a_prefill_head_and_a_decode_node_pull_kv_between_their_own_addresses(se
         head_engine = next(p for p in head.children if "engine-0" in " ".join(p.cmdline()))
         assert listening(head_engine) == {HEAD} and listening(node.engine()) == {NODE}
         assert len([c for c in head_engine.net_connections(kind="tcp") if c.status == psutil.CONN_LISTEN]) == 2
-        answers = [httpx.post(f"{head.url}/v1/completions", timeout=60, json={
-            "model": "bastion-demo", "prompt": f"Once {i}", "max_tokens": 6, "ignore_eos": True}) for i in range(6)]
-        assert [a.status_code for a in answers] == [200] * 6
-        assert all(a.json()["usage"]["completion_tokens"] == 6 for a in answers)
-        assert head.metric("bastion_kv_transfers_total", rank="1") == 6
-        assert head.metric("bastion_kv_transfer_fallbacks_total", rank="1") == 0
+        assert_pulled_by_rank_1(head, 6)
     finally:
         if node is not None:
             node.stop()

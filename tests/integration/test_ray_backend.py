@@ -13,7 +13,7 @@ import httpx
 import pytest
 from ray_cluster import RayCluster
 from server_process import ServerProcess
-from test_multinode import health, listening, wait_for
+from test_multinode import assert_pulled_by_rank_1, health, listening, wait_for
 
 pytest.importorskip("ray", reason="the Ray backend needs the ray extra: pip install 'bastion[ray]'")
 
@@ -113,11 +113,6 @@ def test_disaggregated_ranks_on_two_ray_nodes_pull_kv_over_their_own_addresses(c
         for proc in [*head.processes(r"^ray::RankActor"), *node.processes(r"^ray::RankActor"), head_engine,
                      node_engine]:
             assert "BASTION_HOST_IP" not in proc.environ()
-        answers = [httpx.post(f"{server.url}/v1/completions", timeout=60, json={
-            "model": "bastion-demo", "prompt": f"Once {i}", "max_tokens": 6, "ignore_eos": True}) for i in range(6)]
-        assert [a.status_code for a in answers] == [200] * 6
-        assert all(a.json()["usage"]["completion_tokens"] == 6 for a in answers)
-        assert server.metric("bastion_kv_transfers_total", rank="1") == 6
-        assert server.metric("bastion_kv_transfer_fallbacks_total", rank="1") == 0
+        assert_pulled_by_rank_1(server, 6)
     finally:
         server.kill()

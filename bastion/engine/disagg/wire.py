@@ -12,12 +12,11 @@ logged and dropped.
 """
 from __future__ import annotations
 
-import logging
 from typing import Union
 
 import msgspec
 
-logger = logging.getLogger(__name__)
+from bastion.transport.messages import decode_bounded
 
 MAX_HEADER_BYTES = 4096
 
@@ -61,11 +60,4 @@ def encode(message: KvMessage) -> bytes:
 
 def decode(frame: bytes | memoryview) -> KvMessage | None:
     """One header, or None (logged) when it is too large or not one of ours."""
-    if len(frame) > MAX_HEADER_BYTES:
-        logger.warning("KV channel: dropped a %d-byte header (limit %d)", len(frame), MAX_HEADER_BYTES)
-        return None
-    try:
-        return _decoder.decode(frame)
-    except (msgspec.DecodeError, msgspec.ValidationError, ValueError, TypeError) as exc:
-        logger.warning("KV channel: dropped a malformed header: %s", exc)
-        return None
+    return decode_bounded(_decoder, frame, MAX_HEADER_BYTES, "KV channel")
