@@ -2,7 +2,8 @@
 Greedy outputs equal a colocated deployment's (streamed and not) and every block is free on
 both ranks afterwards; a prefill rank SIGKILLed between prefill and pull leaves the request to
 be recomputed (`recompute`) or failed with a 503 (`fail`); an unpulled lease runs out and frees
-its blocks; the KV listener answers no client without the deployment's keys and survives garbage.
+its blocks; the KV listener answers no client without the deployment's keys and survives garbage;
+a relay on the real KV channel sees no plaintext.
 The decode rank is held between prefill and pull with SIGSTOP."""
 from __future__ import annotations
 
@@ -17,9 +18,12 @@ import zmq
 from openai import OpenAI
 
 from bastion.engine.disagg import wire
+from bastion.sampling_params import SamplingParams
 from bastion.transport import channel
 from bastion.transport.channel import CurveKeyPair
+from bastion.transport.messages import ClientHello, EngineRequest, decode, encode
 from server_process import ServerProcess
+from tcp_relay import TcpRelay
 
 MODEL = "bastion-demo"
 # NOTE: some prompts long enough for prefix affinity (32+ tokens), which must never send a
@@ -110,13 +114,17 @@ def _ask(endpoint: str, keys: CurveKeyPair, server_key: bytes, frames: list[byte
         ctx.term()
 
 
+def _listeners(server: ServerProcess, rank: int) -> list[str]:
+    """The TCP endpoints engine `rank` listens on."""
+    return [f"tcp://{c.laddr.ip}:{c.laddr.port}" for c in _engine(server, rank).net_connections(kind="tcp")
+            if c.status == psutil.CONN_LISTEN]
+
+
 def _kv_listener_refuses_strangers_and_survives_garbage(server: ServerProcess, secret: bytes) -> None:
     """A client with a valid keypair the deployment never made gets no answer from any listener
     of the prefill rank; an engine's key sending garbage is ignored; that key's pull of a lease
     nobody was given is refused by the KV listener (it serves on)."""
-    prefill = _engine(server, 0)
-    endpoints = [f"tcp://{c.laddr.ip}:{c.laddr.port}" for c in prefill.net_connections(kind="tcp")
-                 if c.status == psutil.CONN_LISTEN]
+    endpoints = _listeners(server, 0)
     assert len(endpoints) == 2 and all(e.startswith("tcp://127.0.0.1:") for e in endpoints)  # input, KV
     server_key = channel.derive_keypair(secret, channel.engine_role(0)).public
     stranger, peer = CurveKeyPair.generate(), channel.derive_keypair(secret, channel.engine_role(1))
@@ -125,8 +133,68 @@ def _kv_listener_refuses_strangers_and_survives_garbage(server: ServerProcess, s
     for endpoint in endpoints:
         for junk in ([b"\xff" * 64], [b"x" * 100_000], [b"a", b"b", b"c"]):
             assert _ask(endpoint, peer, server_key, junk, 300) is None
-    answers = [_ask(e, peer, server_key, [pull], 1000) for e in endpoints]
+    answers = [_ask(e, peer, server_key, [pull], 500) for e in endpoints]
     assert [isinstance(wire.decode(a[0]), wire.KvRefused) for a in answers if a] == [True]
+
+
+def _pull_a_lease_through_a_relay(server: ServerProcess, secret: bytes, ctx: zmq.Context) -> None:
+    """Act as an API server (keys derived from the secret, as every node derives them): ask the
+    prefill rank for a held prompt, then pull its KV as engine 1 through a byte-recording relay
+    on the real KV channel. The relay sees all the bytes and none of the plaintext. NOTE: our
+    result socket stays open in `ctx` while the server runs (the engine pushes to it)."""
+    engine_key = channel.derive_keypair(secret, channel.engine_role(0)).public
+    api, puller = channel.derive_keypair(secret, channel.api_server_role(7)), channel.derive_keypair(
+        secret, channel.engine_role(1))
+    endpoints = _listeners(server, 0)
+    bogus = wire.encode(wire.KvPull("r", "0" * 32))  # only the KV listener answers (a refusal)
+    [kv_endpoint] = [e for e in endpoints if _ask(e, puller, engine_key, [bogus], 500) is not None]
+    out = channel.curve_server(ctx.socket(zmq.PULL), api)
+    out_port = out.bind_to_random_port("tcp://127.0.0.1")
+    pushes = [channel.curve_client(ctx.socket(zmq.PUSH), api, engine_key) for _ in endpoints]
+    try:
+        request = EngineRequest("relay-test", list(range(3, 60)), SamplingParams(temperature=0, max_tokens=4),
+                                client_index=7, kv_hold=True)
+        for push, endpoint in zip(pushes, endpoints):  # one of them is the engine's input socket
+            push.connect(endpoint)
+            push.send(encode(ClientHello(7, f"tcp://127.0.0.1:{out_port}", api.public)))
+            push.send(encode(request))
+        handle = None
+        while handle is None and out.poll(30_000):
+            outputs = decode(out.recv())
+            handle = next((d.kv_handle for d in getattr(outputs, "outputs", []) if d.kv_handle), None)
+        assert handle is not None and handle.request_id == "relay-test"
+        relay = TcpRelay(("127.0.0.1", int(kv_endpoint.rsplit(":", 1)[1])))
+        keys, nbytes = _pull(f"tcp://127.0.0.1:{relay.port}", puller, engine_key, handle)
+        relay.close()
+        seen = bytes(relay.seen)
+        assert len(seen) > nbytes > 0 and keys[:64] not in seen and handle.lease_id.encode() not in seen
+    finally:
+        for push in pushes:  # NOTE: the one aimed at the KV listener would retry its handshake
+            push.close(0)
+
+
+def _pull(endpoint: str, keys: CurveKeyPair, server_key: bytes, handle) -> tuple[bytes, int] | None:
+    """Pull `handle` (then release it): layer 0's key bytes and the bytes of every layer."""
+    ctx = zmq.Context()
+    sock = channel.curve_client(ctx.socket(zmq.DEALER), keys, server_key)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.connect(endpoint)
+    try:
+        sock.send(wire.encode(wire.KvPull(handle.request_id, handle.lease_id)))
+        first, nbytes = None, 0
+        while sock.poll(2000):
+            frames = sock.recv_multipart()
+            header = wire.decode(frames[0])
+            if isinstance(header, wire.KvDone):
+                sock.send(wire.encode(wire.KvRelease(handle.request_id, handle.lease_id)))
+                return first, nbytes
+            assert isinstance(header, wire.KvLayer), header
+            first = first or frames[1]
+            nbytes += len(frames[1]) + len(frames[2])
+        return None
+    finally:
+        sock.close(0)
+        ctx.term()
 
 
 def test_an_unpulled_lease_expires_and_under_fail_a_lost_pull_is_a_503(tmp_path):
@@ -134,11 +202,13 @@ def test_an_unpulled_lease_expires_and_under_fail_a_lost_pull_is_a_503(tmp_path)
     secret_file = tmp_path / "internal.secret"
     secret_file.write_text("s" * 48)
     server = ServerProcess("-dp", "2", "--prefill-ranks", "1", "--kv-load-failure-policy", "fail",
-                           "--kv-lease-s", "1", "--internal-transport", "tcp", "--internal-secret-file",
+                           "--kv-lease-s", "2", "--internal-transport", "tcp", "--internal-secret-file",
                            str(secret_file), *ARGS, timeout=240)
     decode = _engine(server, 1)
+    fake_api_server = zmq.Context()
     try:
         _kv_listener_refuses_strangers_and_survives_garbage(server, secret_file.read_bytes().strip())
+        _pull_a_lease_through_a_relay(server, secret_file.read_bytes().strip(), fake_api_server)
         assert httpx.post(f"{server.url}/v1/completions", json=BODY, timeout=60).status_code == 200
         sender, answer = _held_between_prefill_and_pull(server, BODY)
         assert server.wait_for_metric("bastion_kv_lease_expiries_total", lambda v: v == 1, rank="0") == 1
@@ -156,6 +226,7 @@ def test_an_unpulled_lease_expires_and_under_fail_a_lost_pull_is_a_503(tmp_path)
         if decode.is_running():
             os.kill(decode.pid, signal.SIGCONT)
         server.kill()
+        fake_api_server.destroy(linger=0)
 
 
 def _serve_fails(*args: str):

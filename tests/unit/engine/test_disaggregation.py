@@ -5,8 +5,6 @@ deployment's keys, garbage frames, and what a relay on the wire sees."""
 from __future__ import annotations
 
 import dataclasses
-import socket
-import threading
 import time
 
 import msgspec
@@ -21,6 +19,7 @@ from bastion.engine.disagg.handle import KvSource
 from bastion.sampling_params import SamplingParams
 from bastion.transport import channel
 from bastion.transport.channel import CurveKeyPair
+from tcp_relay import TcpRelay
 
 PROMPTS = [[5 + i, 17, 300 + 7 * i, 42, 8, 9, 100 + i] * (1 + i % 4) for i in range(6)]
 
@@ -178,44 +177,11 @@ def test_the_kv_listener_admits_only_the_deployment_and_survives_garbage(model_p
         prefill.close()
 
 
-class _Relay:
-    """A TCP relay on loopback that records every byte that passes, both ways."""
-
-    def __init__(self, target: tuple[str, int]) -> None:
-        self.target, self.seen = target, bytearray()
-        self.server = socket.create_server(("127.0.0.1", 0))
-        self.port = self.server.getsockname()[1]
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                conn, _ = self.server.accept()
-            except OSError:
-                return
-            upstream = socket.create_connection(self.target)
-            for a, b in ((conn, upstream), (upstream, conn)):
-                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
-
-    def _pump(self, src: socket.socket, dst: socket.socket) -> None:
-        try:
-            while data := src.recv(65536):
-                self.seen += data
-                dst.sendall(data)
-        except OSError:
-            pass
-        finally:
-            dst.close()
-
-    def close(self) -> None:
-        self.server.close()
-
-
 def test_a_relay_on_the_kv_channel_sees_no_plaintext(model_paths, keys, colocated):
     prefill = _engine(model_paths["demo"], "prefill", keys[0])
     decode = _engine(model_paths["demo"], "decode", keys[1])
     host, port = prefill.kv.endpoint.removeprefix("tcp://").rsplit(":", 1)
-    relay = _Relay((host, int(port)))
+    relay = TcpRelay((host, int(port)))
     try:
         first = _prefill_all(prefill, PROMPTS[:1])["0"]
         k_cache = prefill.runner.model.attention_layers[0].k_cache
