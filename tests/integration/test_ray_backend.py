@@ -45,6 +45,29 @@ def test_ranks_the_cluster_cannot_fit_fail_the_start_saying_what_was_asked_and_w
     assert not cluster.nodes[HEAD].processes(r"bastion\.launch\.child|^ray::RankActor")
 
 
+def test_disaggregated_ranks_on_two_ray_nodes_pull_kv_over_their_own_addresses(cluster):
+    """Rank 0 prefills, rank 1 decodes, on different nodes; each engine (KV listener included)
+    listens on its own node's address; the driver's BASTION_HOST_IP reaches no actor.
+    NOTE: before the node-death test below, which leaves the cluster one node short."""
+    server = ServerProcess("-dp", "2", "--prefill-ranks", "1", "--data-parallel-backend", "ray",
+                           "--ray-placement-strategy", "spread",
+                           env={**cluster.driver_env(), "BASTION_HOST_IP": HEAD}, timeout=240)
+    try:
+        head, node = cluster.nodes[HEAD], cluster.nodes[NODE]
+        [head_engine] = head.processes(r"bastion\.launch\.child engine-")
+        [node_engine] = node.processes(r"bastion\.launch\.child engine-")
+        assert listening(head_engine) == {HEAD} and listening(node_engine) == {NODE}
+        prefill = next(p for p in (head_engine, node_engine) if "engine-0" in " ".join(p.cmdline()))
+        assert len(prefill.net_connections(kind="tcp")) and len(
+            [c for c in prefill.net_connections(kind="tcp") if c.status == "LISTEN"]) == 2  # input + KV
+        for proc in [*head.processes(r"^ray::RankActor"), *node.processes(r"^ray::RankActor"), head_engine,
+                     node_engine]:
+            assert "BASTION_HOST_IP" not in proc.environ()
+        assert_pulled_by_rank_1(server, 6)
+    finally:
+        server.kill()
+
+
 def test_ray_ranks_on_their_nodes_with_clean_environments_and_a_node_death(cluster):
     driver_env = {**cluster.driver_env(), "BASTION_HOST_IP": HEAD, "BASTION_API_KEY": API_KEY,
                   "HF_TOKEN": HF_TOKEN, "HF_HUB_OFFLINE": "1", "BASTION_RAY_TEST_MARK": "propagated"}
@@ -95,24 +118,3 @@ def test_ray_ranks_on_their_nodes_with_clean_environments_and_a_node_death(clust
     finally:
         server.kill()
 
-
-def test_disaggregated_ranks_on_two_ray_nodes_pull_kv_over_their_own_addresses(cluster):
-    """Rank 0 prefills, rank 1 decodes, on different nodes; each engine (KV listener included)
-    listens on its own node's address; the driver's BASTION_HOST_IP reaches no actor."""
-    server = ServerProcess("-dp", "2", "--prefill-ranks", "1", "--data-parallel-backend", "ray",
-                           "--ray-placement-strategy", "spread",
-                           env={**cluster.driver_env(), "BASTION_HOST_IP": HEAD}, timeout=240)
-    try:
-        head, node = cluster.nodes[HEAD], cluster.nodes[NODE]
-        [head_engine] = head.processes(r"bastion\.launch\.child engine-")
-        [node_engine] = node.processes(r"bastion\.launch\.child engine-")
-        assert listening(head_engine) == {HEAD} and listening(node_engine) == {NODE}
-        prefill = next(p for p in (head_engine, node_engine) if "engine-0" in " ".join(p.cmdline()))
-        assert len(prefill.net_connections(kind="tcp")) and len(
-            [c for c in prefill.net_connections(kind="tcp") if c.status == "LISTEN"]) == 2  # input + KV
-        for proc in [*head.processes(r"^ray::RankActor"), *node.processes(r"^ray::RankActor"), head_engine,
-                     node_engine]:
-            assert "BASTION_HOST_IP" not in proc.environ()
-        assert_pulled_by_rank_1(server, 6)
-    finally:
-        server.kill()
