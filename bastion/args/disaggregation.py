@@ -46,7 +46,8 @@ def with_kv_transfer(engine: EngineConfig, args: argparse.Namespace) -> EngineCo
 
 
 def check_disaggregation(prefill_ranks: int, kv_role: str | None, data_parallel_size: int,
-                         tensor_parallel_size: int, multi_node: bool, ray: bool, supervised: bool) -> None:
+                         tensor_parallel_size: int, multi_node: bool, ray: bool, supervised: bool,
+                         cuda: bool = False) -> None:
     """ValueError naming the flag for a deployment that cannot disaggregate (yet)."""
     if kv_role not in (None, "both") and not multi_node:
         raise ValueError(f"--kv-role {kv_role} gives every rank of this node that role, which leaves no "
@@ -60,9 +61,9 @@ def check_disaggregation(prefill_ranks: int, kv_role: str | None, data_parallel_
         raise ValueError(f"--prefill-ranks {prefill_ranks} must leave at least one of the "
                          f"--data-parallel-size {data_parallel_size} ranks for decoding (1 .. "
                          f"{data_parallel_size - 1})")
-    if tensor_parallel_size > 1:
-        raise ValueError("disaggregated prefill and decode does not run with --tensor-parallel-size > 1 "
-                         "yet (docs/disaggregation.md)")
+    if tensor_parallel_size > 1 and cuda:
+        raise ValueError("disaggregated prefill and decode with --tensor-parallel-size > 1 runs on CPU only "
+                         "for now (docs/disaggregation.md)")
     if supervised:
         raise ValueError("disaggregated prefill and decode needs one set of API servers in front of every "
                          "rank; --data-parallel-multi-port-external-lb gives each rank its own "

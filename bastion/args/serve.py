@@ -136,7 +136,8 @@ def serve_config(args: argparse.Namespace) -> ServeConfig:
     parallel.check_start_rank(supervised=supervisor is not None)
     ray = ray_config(args)
     check_disaggregation(parallel.prefill_ranks, parallel.kv_role, parallel.data_parallel_size,
-                         engine.tensor_parallel_size, parallel.multi_node, ray is not None, supervisor is not None)
+                         engine.tensor_parallel_size, parallel.multi_node, ray is not None, supervisor is not None,
+                         _on_cuda(engine))
     internal = ray_internal_config(args) if ray is not None else \
         internal_config(args, parallel, supervised=supervisor is not None)
     return ServeConfig(model, engine, parallel, server, args.engine_startup_timeout, security, internal,
@@ -229,3 +230,12 @@ def _default_name(model: str, is_demo: bool) -> str:
     from pathlib import Path
 
     return "bastion-demo" if is_demo else Path(model).resolve().name
+
+
+def _on_cuda(engine: EngineConfig) -> bool:
+    """Whether the engines will run on CUDA (`--device auto` picks it when there is one)."""
+    device = engine.model.device
+    if device != "auto" or engine.tensor_parallel_size == 1:
+        return device.startswith("cuda")
+    import torch
+    return torch.cuda.is_available()

@@ -13,6 +13,7 @@ from bastion.engine.kv_cache import BlockManager
 from bastion.engine.outputs import FinishReason, TokenDelta, TokenLogprob
 from bastion.engine.request import Request, RequestStatus, advance_grammar, validate_request
 from bastion.engine.runner import EngineLimits, ModelRunner
+from bastion.engine.tensor_parallel.shared_kv import rank_caches
 from bastion.engine.tensor_parallel.workers import TensorWorkers
 from bastion.model.parallel.group import TensorGroup
 from bastion.model.parallel.plan import TensorParallel
@@ -99,8 +100,8 @@ class EngineCore:
         with its CURVE `keys` and the engine `peers` it admits; `wake` is called from their
         threads when the engine thread has something to do."""
         if self.config.kv_transfer.role != "both":
-            caches = lambda: [(a.k_cache, a.v_cache) for a in self.runner.model.attention_layers]  # noqa: E731
-            self.kv = KvTransfer(self.config.kv_transfer, rank, self.blocks, self.scheduler, caches,
+            caches = rank_caches(self.runner, self.workers)
+            self.kv = KvTransfer(self.config.kv_transfer, rank, self.blocks, self.scheduler, lambda: caches,
                                  keys, peers, host, wake)
 
     def _grammar_tokenizer(self):

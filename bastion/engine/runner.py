@@ -16,6 +16,7 @@ from bastion.model.arch import ArchConfig, ModelLoadError, read_arch_config
 from bastion.model.attention import AttentionContext, attention_context
 from bastion.model.fused_decode import FusedDecoder
 from bastion.model.loader import compute_dtype, load_model, resolve_device, resolve_dtype
+from bastion.engine.tensor_parallel.shared_kv import cache_path, map_caches
 from bastion.model.parallel.group import TensorGroup
 from bastion.model.parallel.plan import TensorParallel
 
@@ -70,7 +71,7 @@ class ModelRunner:
         self.block_size = config.cache.block_size
         num_blocks = self._num_blocks(model_len)
         self.limits = self._limits(model_len, num_blocks)
-        self._allocate_kv(num_blocks)
+        self._allocate_kv(num_blocks, group)
         if tp.enabled:
             logger.info("decode steps run eagerly: the fused step does not split over tensor-parallel workers")
         elif not mc.enforce_eager:
@@ -126,13 +127,24 @@ class ModelRunner:
             model_len = pool
         return EngineLimits(model_len, num_blocks, self.block_size, self.arch.vocab_size)
 
-    def _allocate_kv(self, num_blocks: int) -> None:
+    @property
+    def kv_shape(self) -> tuple[int, int, int, int]:
+        """One layer's keys (or values) cache on this worker: [KV heads, blocks, block, dim]."""
         a = self.local_arch
-        shape = (a.num_kv_heads, num_blocks, self.block_size, a.head_dim)
-        for layer in self.model.attention_layers:
-            # NOTE: zeros, not empty: masked-out padding slots must hold finite values.
-            layer.k_cache = torch.zeros(shape, dtype=self.dtype, device=self.device)
-            layer.v_cache = torch.zeros(shape, dtype=self.dtype, device=self.device)
+        return (a.num_kv_heads, self.limits.num_kv_blocks, self.block_size, a.head_dim)
+
+    def _allocate_kv(self, num_blocks: int, group: TensorGroup | None) -> None:
+        layers = self.model.attention_layers
+        if group is not None and self.config.kv_transfer.role != "both":
+            # NOTE: in a file worker 0 maps too (engine/tensor_parallel/shared_kv.py); zeroed
+            caches = map_caches(cache_path(group.store_path, self.tp.rank), len(layers), self.kv_shape,
+                                self.dtype, create=True)
+            group.all_reduce(torch.zeros(1))  # every worker's file exists before worker 0 maps them
+        else:  # NOTE: zeros, not empty: masked-out padding slots must hold finite values.
+            caches = [(torch.zeros(self.kv_shape, dtype=self.dtype, device=self.device),
+                       torch.zeros(self.kv_shape, dtype=self.dtype, device=self.device)) for _ in layers]
+        for layer, (keys, values) in zip(layers, caches):
+            layer.k_cache, layer.v_cache = keys, values
 
     @torch.inference_mode()
     def execute(self, out: SchedulerOutput) -> tuple[list[ScheduledRequest], torch.Tensor]:

@@ -32,7 +32,7 @@ class TensorGroup:
                  peers_alive: Callable[[], bool] | None = None) -> None:
         """`shared_bytes` > 0 (CPU): collectives of at most that many bytes go through shared
         memory (shm_reduce.py, a file next to the store); larger ones, and all when 0, use gloo."""
-        self.tp, self.device = tp, device
+        self.tp, self.device, self.store_path = tp, device, store_path
         self.shared: SharedMemoryReduce | None = None
         timeout = datetime.timedelta(seconds=timeout_s)
         store = dist.FileStore(str(store_path), tp.size)

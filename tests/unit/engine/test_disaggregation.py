@@ -24,8 +24,9 @@ from tcp_relay import TcpRelay
 PROMPTS = [[5 + i, 17, 300 + 7 * i, 42, 8, 9, 100 + i] * (1 + i % 4) for i in range(6)]
 
 
-def _engine(model, role: str, key: channel.ChannelKeys, **transfer) -> EngineCore:
-    config = EngineConfig.from_kwargs(str(model), dtype="float32", num_kv_blocks=64, block_size=8)
+def _engine(model, role: str, key: channel.ChannelKeys, tp: int = 1, **transfer) -> EngineCore:
+    config = EngineConfig.from_kwargs(str(model), dtype="float32", num_kv_blocks=64, block_size=8,
+                                      tensor_parallel_size=tp)
     config = dataclasses.replace(config, kv_transfer=KvTransferConfig(role=role, **transfer))
     engine = EngineCore(config)
     engine.enable_kv_transfer(0 if role == "prefill" else 1, CurveKeyPair(key.public, key.secret),
@@ -93,6 +94,25 @@ def test_prefill_on_one_engine_and_decode_on_another_give_the_tokens_of_one(mode
             prefill.step()
             time.sleep(0.01)
         assert prefill.blocks.usage == 0 and prefill.kv.leases.expired == 0
+    finally:
+        prefill.close()
+        decode.close()
+
+
+def test_tensor_parallel_ranks_move_every_workers_share_of_the_kv(model_paths, keys, colocated):
+    """Two workers per rank: worker 0 serves and fills each worker's KV heads (shared files)."""
+    prefill = _engine(model_paths["demo"], "prefill", keys[0], tp=2)
+    decode = _engine(model_paths["demo"], "decode", keys[1], tp=2)
+    try:
+        assert len(prefill.kv.server.caches()) == 2 * len(prefill.runner.model.attention_layers)
+        firsts = _prefill_all(prefill, PROMPTS[:3])
+        for rid, first in firsts.items():
+            source = KvSource(first.kv_handle, prefill.kv.endpoint, keys[0].public, first.new_token_ids)
+            decode.add_request(rid, PROMPTS[int(rid)], _greedy(), kv_source=source)
+        out, errors = _drain(decode)
+        assert not errors and decode.kv.counts.transfers == 3 and decode.kv.counts.fallbacks == 0
+        assert {rid: firsts[rid].new_token_ids + [t for d in deltas for t in d.new_token_ids]
+                for rid, deltas in out.items()} == {rid: colocated[rid] for rid in firsts}
     finally:
         prefill.close()
         decode.close()
