@@ -7,6 +7,7 @@ a relay on the real KV channel sees no plaintext.
 The decode rank is held between prefill and pull with SIGSTOP."""
 from __future__ import annotations
 
+import json
 import os
 import signal
 import threading
@@ -44,6 +45,26 @@ def _completions(server: ServerProcess, stream: bool) -> list[str]:
             texts.append(client.completions.create(model=MODEL, prompt=prompt, max_tokens=12,
                                                    temperature=0).choices[0].text)
     return texts
+
+
+def _stream_texts(server: ServerProcess, body: dict):
+    """Each streamed chunk's text as it arrives, then the usage's completion tokens (an int)."""
+    body = {**body, "stream": True, "stream_options": {"include_usage": True}}
+    with httpx.stream("POST", f"{server.url}/v1/completions", json=body, timeout=120) as response:
+        for line in response.iter_lines():
+            if line.startswith("data: {"):
+                chunk = json.loads(line[6:])
+                if chunk.get("usage"):
+                    yield chunk["usage"]["completion_tokens"]
+                for choice in chunk.get("choices") or []:
+                    yield choice.get("text") or ""
+
+
+def _wait_until(predicate, timeout: float = 30.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while not predicate() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return predicate()
 
 
 def _engine(server: ServerProcess, rank: int) -> psutil.Process:
@@ -84,12 +105,25 @@ def test_one_prefill_and_one_decode_rank_answer_as_colocated_ranks_and_recompute
         assert server.wait_for_metric("bastion_kv_leases", lambda v: v == 0, rank="0") == 0
         for rank in ("0", "1"):  # every block back in the pool on both ranks
             assert server.wait_for_metric("bastion_kv_cache_usage_ratio", lambda v: v == 0, rank=rank) == 0
-        # the prefill rank dies between prefill and pull: the decode rank recomputes the prompt
-        sender, answer = _held_between_prefill_and_pull(server, BODY)
+        # a client field cannot steer the KV channel: vLLM's kv_transfer_params is read by nothing
+        steer = {"remote_host": "127.0.0.9", "remote_port": 1, "remote_block_ids": [0], "do_remote_prefill": True}
+        steered = httpx.post(f"{server.url}/v1/completions", timeout=60, json={
+            "model": MODEL, "prompt": PROMPTS[3], "max_tokens": 12, "temperature": 0, "kv_transfer_params": steer})
+        assert steered.status_code == 200 and steered.json()["choices"][0]["text"] == colocated[3]
+        assert server.metric("bastion_kv_transfers_total", rank="1") == 2 * len(PROMPTS) + 1
+        # the prefill rank dies between prefill and pull: the first token has streamed already;
+        # the decode rank recomputes the prompt
+        os.kill(decode.pid, signal.SIGSTOP)
+        chunks: list[str] = []
+        streamer = threading.Thread(target=lambda: chunks.extend(_stream_texts(server, BODY)), daemon=True)
+        streamer.start()
+        assert server.wait_for_metric("bastion_kv_leases", lambda v: v == 1, timeout=60, rank="0") == 1
+        assert _wait_until(lambda: any(isinstance(c, str) and c for c in chunks)), \
+            "the first token did not stream before the decode rank ran"
         _engine(server, 0).kill()
         os.kill(decode.pid, signal.SIGCONT)
-        sender.join(60)
-        assert answer["status"] == 200 and answer["body"]["usage"]["completion_tokens"] == 8, answer
+        streamer.join(60)
+        assert chunks[-1] == 8  # completion tokens: 1 from the dead prefill rank, 7 after recomputing
         assert server.wait_for_metric("bastion_kv_transfer_fallbacks_total", lambda v: v == 1, rank="1") == 1
         assert server.sigterm_leaves_nothing()
     finally:
