@@ -253,8 +253,10 @@ class EngineCore:
         self._admit_compiled()
         if self.kv is not None:
             for request_id, message, status in self.kv.poll():
-                self._failed.append((request_id, message, status))
-                self._end_if_finished(request_id, self._groups[request_id])
+                group = self._groups.get(request_id)
+                if group is not None:  # NOTE: else the client aborted it first: nothing to report
+                    self._failed.append((request_id, message, status))
+                    self._end_if_finished(request_id, group)
         out = self.scheduler.schedule()
         if out.is_empty:
             return []

@@ -15,7 +15,7 @@ import zmq
 from bastion.config.engine import EngineConfig, KvTransferConfig
 from bastion.engine.core import EngineCore
 from bastion.engine.disagg import wire
-from bastion.engine.disagg.handle import KvSource
+from bastion.engine.disagg.handle import KvHandle, KvSource
 from bastion.sampling_params import SamplingParams
 from bastion.transport import channel
 from bastion.transport.channel import CurveKeyPair
@@ -217,4 +217,18 @@ def test_a_relay_on_the_kv_channel_sees_no_plaintext(model_paths, keys, colocate
     finally:
         relay.close()
         prefill.close()
+        decode.close()
+
+
+def test_a_request_aborted_before_its_failed_pull_is_reported_ends_quietly(model_paths, keys):
+    """`fail` policy, no room for the pull: the failure waits for the next step; an abort in
+    between ends the request, and the step reports nothing for it (and does not fail)."""
+    decode = _engine(model_paths["demo"], "decode", keys[1], load_failure_policy="fail")
+    try:
+        handle = KvHandle(0, "0", "0" * 32, [0, 1], 4, time.time() + 30)
+        decode.add_request("0", [5, 6, 7], _greedy(), kv_source=KvSource(handle, "tcp://127.0.0.1:9", keys[0].public, [8]))
+        assert decode.kv.counts.fallbacks == 1  # 4 tokens named for a 3-token prompt: failed at once
+        decode.abort_request("0")
+        assert decode.step() == [] and decode.take_errors() == [] and not decode.has_unfinished
+    finally:
         decode.close()
