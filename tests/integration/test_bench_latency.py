@@ -39,13 +39,16 @@ def test_bench_latency_compares_two_bastion_configurations(tmp_path):
             assert prefill["prefill_tokens_per_s"] > 0
         for o, decode in side["decode"].items():
             assert decode["output_tokens"] == [int(o)] * 2 and decode["unplaced_tokens"] == 0
-            assert 0 < decode["itl_ms"]["p50"] <= decode["itl_ms"]["p99"]
+            # NOTE: >= 0: when the engine outruns the stream every token of a request can come in
+            # merged chunks, which leave no gap to measure (the demo model's fused step can)
+            assert 0 <= decode["itl_ms"]["p50"] <= decode["itl_ms"]["p99"]
             assert decode["decode_tokens_per_s"] > 0 and decode["weight_gb_s"] > 0
             assert 0 < decode["bandwidth_fraction"]
             assert decode["merged_chunks"] >= 0 and decode["first_chunk_extra_tokens"] >= 0
     ratios = data["ratios"]["bastion --enforce-eager"]
     assert sorted(ratios) == ["decode_tokens_per_s", "itl_p50", "prefill_tokens_per_s"]
-    assert all(r > 0 for kind in ratios.values() for r in kind.values())
+    assert all(r > 0 for kind in ("decode_tokens_per_s", "prefill_tokens_per_s") for r in ratios[kind].values())
+    assert all(r is None or r >= 0 for r in ratios["itl_p50"].values())  # None: no gap on the first side
 
 
 def test_bench_latency_refuses_a_batch_size_above_one():
