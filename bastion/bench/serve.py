@@ -8,18 +8,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import tempfile
 import time
 from pathlib import Path
 
-from bastion.bench.harness import bench_server
 from bastion.bench.deployments.disaggregated import compare_disaggregated
 from bastion.bench.deployments.internal import compare_internal
-from bastion.bench.peer.serve_compare import compare_url
 from bastion.bench.deployments.ray_compare import compare_ray
+from bastion.bench.harness import bench_server
+from bastion.bench.peer.serve_compare import compare_url
 from bastion.bench.security.compare import compare_security
 from bastion.bench.serve_load import add_client_args, measure_serving
-from bastion.bench.workloads import PROMPT_VOCAB, BenchRequest, bench_model, workload
+from bastion.bench.workloads import PROMPT_VOCAB, BenchRequest, bench_inputs, workload
 
 
 def add_serve_bench_args(parser: argparse.ArgumentParser) -> None:
@@ -79,8 +78,7 @@ def run_serve_bench(args: argparse.Namespace) -> int:
     if args.concurrency < 1:
         raise ValueError(f"--concurrency must be at least 1, got {args.concurrency}")
     if args.compare_offline:
-        with tempfile.TemporaryDirectory(prefix="bastion-bench-") as tmp:
-            result = compare_offline(args, Path(tmp))
+        result = compare_offline(args)
     elif args.compare_internal:
         result = compare_internal(args)
     elif args.compare_ray:
@@ -100,12 +98,11 @@ def run_serve_bench(args: argparse.Namespace) -> int:
     return 0 if result.get("errors", 0) == 0 else 1
 
 
-def compare_offline(args: argparse.Namespace, tmp: Path) -> dict:
-    model, label, vocab = bench_model(args, tmp)
-    reqs = workload(args, vocab)
-    with bench_server(model, args) as url:
-        result = measure_serving(url, args, reqs)
-    offline = measure_offline(model, args, reqs)
+def compare_offline(args: argparse.Namespace) -> dict:
+    with bench_inputs(args) as (model, label, reqs):
+        with bench_server(model, args) as url:
+            result = measure_serving(url, args, reqs)
+        offline = measure_offline(model, args, reqs)
     ratio = round(result["output_tokens_per_s"] / offline, 3) if offline else None
     print(f"offline: {offline:.1f} output tok/s at concurrency {args.concurrency}")
     print(f"serving / offline: {ratio}")

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import tempfile
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 
@@ -48,6 +51,15 @@ def workload(args: argparse.Namespace, vocab: int) -> list[BenchRequest]:
     if args.max_tokens:
         reqs = [BenchRequest(r.prompt_token_ids, args.max_tokens) for r in reqs]
     return reqs
+
+
+@contextmanager
+def bench_inputs(args: argparse.Namespace) -> Iterator[tuple[str, str, list]]:
+    """What a comparing bench serves and sends: the model (`bench_model`, written into a
+    temporary folder that lives as long as the block), its name for the report, the requests."""
+    with tempfile.TemporaryDirectory(prefix="bastion-bench-") as tmp:
+        model, label, vocab = bench_model(args, Path(tmp))
+        yield model, label, workload(args, vocab)
 
 
 def bench_model(args: argparse.Namespace, tmp: Path) -> tuple[str, str, int]:

@@ -80,3 +80,19 @@ def test_bench_serve_compares_with_a_running_peer(shared_server, tmp_path):
         assert data[side] in data[f"{side}_runs"]
     for name in ("output_tokens_per_s_ratio", "ttft_p50_ratio", "itl_p50_ratio"):
         assert data[name] > 0
+
+
+def test_bench_serve_compares_disaggregated_with_colocated_ranks(tmp_path):
+    out = tmp_path / "disaggregated.json"
+    result = subprocess.run(
+        [sys.executable, "-m", "bastion.cli", "bench", "serve", "--compare-disaggregated",
+         "--num-requests", "6", "--max-tokens", "4", "--concurrency", "3", "--json", str(out)],
+        capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    data = json.loads(out.read_text())
+    for name in ("colocated", "disaggregated"):
+        assert data[name]["errors"] == 0 and data[name]["output_tokens"] == 24
+    kv = data["kv_channel"]
+    assert kv["transfers"] >= 6 and kv["bytes"] > 0 and kv["gb_per_s"] > 0 and kv["copy_gb_per_s"] > 0
+    assert data["output_tokens_per_s_ratio"] > 0 and data["memory_bandwidth"]["read_gb_s"] > 0
+    assert "--compare-disaggregated" not in result.stdout and "KV channel:" in result.stdout

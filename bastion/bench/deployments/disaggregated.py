@@ -11,23 +11,19 @@ from __future__ import annotations
 
 import argparse
 import re
-import tempfile
 import time
-from pathlib import Path
 
 import httpx
 
 from bastion.bench.harness import bench_server
 from bastion.bench.serve_load import measure_serving
-from bastion.bench.workloads import bench_model, workload
+from bastion.bench.workloads import bench_inputs
 
 
 def compare_disaggregated(args: argparse.Namespace) -> dict:
     if args.ranks < 2:
         raise ValueError(f"--compare-disaggregated needs --ranks 2 or more (a prefill and a decode rank), got {args.ranks}")
-    with tempfile.TemporaryDirectory(prefix="bastion-bench-") as tmp:
-        model, label, vocab = bench_model(args, Path(tmp))
-        reqs = workload(args, vocab)
+    with bench_inputs(args) as (model, label, reqs):
         from bastion.bench.machine import machine_summary, memory_bandwidth
 
         result: dict = {"model": label, "ranks": args.ranks, "machine": machine_summary(),

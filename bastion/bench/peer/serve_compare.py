@@ -9,13 +9,10 @@ returns each side's median run and the ratios bastion / peer.
 from __future__ import annotations
 
 import argparse
-import statistics
-import tempfile
-from pathlib import Path
 
 from bastion.bench.harness import bench_server
 from bastion.bench.serve_load import measure_serving
-from bastion.bench.workloads import bench_model, workload
+from bastion.bench.workloads import bench_inputs
 
 SIDES = ("bastion", "peer")
 
@@ -24,9 +21,7 @@ def compare_url(args: argparse.Namespace) -> dict:
     """Run the workload against a bastion started here and against `args.compare_url`."""
     if args.repeats < 1:
         raise ValueError(f"--repeats must be at least 1, got {args.repeats}")
-    with tempfile.TemporaryDirectory(prefix="bastion-bench-") as tmp:
-        model, label, vocab = bench_model(args, Path(tmp))
-        reqs = workload(args, vocab)
+    with bench_inputs(args) as (model, label, reqs):
         runs: dict[str, list[dict]] = {side: [] for side in SIDES}
         with bench_server(model, args) as url:
             urls = {"bastion": url, "peer": args.compare_url.rstrip("/")}

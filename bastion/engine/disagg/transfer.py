@@ -53,7 +53,7 @@ class KvTransfer:
         self.server: KvServer | None = None
         self.puller: KvPuller | None = None
         self._results: queue.Queue[PullResult] = queue.Queue()
-        self._pulling: dict[str, tuple[Request, KvSource]] = {}
+        self._pulling: dict[str, Request] = {}  # pulls under way, by request
         self._failed: list[tuple[str, str, int]] = []
         self._wake = wake
         if config.role in ("prefill", "both"):
@@ -90,7 +90,7 @@ class KvTransfer:
             return self._fall_back(req, reason)
         if not self.blocks.allocate(req, handle.num_tokens):
             return self._fall_back(req, "no free KV blocks for the pull")  # NOTE: its lease expires
-        self._pulling[req.request_id] = (req, source)
+        self._pulling[req.request_id] = req
         self.puller.pull(source, list(req.block_ids))
 
     def _pulled(self, result: PullResult) -> None:  # the puller's thread
@@ -108,7 +108,7 @@ class KvTransfer:
                 result = self._results.get_nowait()
             except queue.Empty:
                 break
-            req, _ = self._pulling.pop(result.request_id)
+            req = self._pulling.pop(result.request_id)
             if req.is_finished:  # aborted while its blocks were being written
                 self.blocks.free(req)
             elif result.ok:
