@@ -91,3 +91,23 @@ def test_decoder_refuses_a_context_longer_than_its_block_table(model_paths):
         decoder.step(5, 8, 8, torch.tensor([0, 1], dtype=torch.long), 9)
     with pytest.raises(RuntimeError, match="token id out of range"):
         decoder.step(10**9, 0, 0, torch.tensor([0], dtype=torch.long), 1)
+
+
+# NOTE: the step's scratch buffers are per thread; a team smaller than omp_get_max_threads()
+# (OMP_THREAD_LIMIT, OMP_DYNAMIC) gives each thread a longer run of positions than a full team,
+# so buffers sized for the full team overflowed (glibc: "double free or corruption").
+@pytest.mark.parametrize("omp_env", [{"OMP_THREAD_LIMIT": "3"}, {"OMP_DYNAMIC": "true"}],
+                         ids=["thread-limit-3", "dynamic"])
+def test_a_fused_step_with_a_smaller_team_than_asked_for_stays_in_its_buffers(omp_env):
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).parents[2] / "support" / "fused_thread_limit.py"
+    proc = subprocess.run([sys.executable, "-P", str(script), "4"], capture_output=True, text=True,
+                          timeout=300, env={**os.environ, **omp_env})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    tokens = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert tokens["fused"] == tokens["eager"]

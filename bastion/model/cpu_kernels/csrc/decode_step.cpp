@@ -81,16 +81,15 @@ class DecoderImpl final : public Decoder {
     auto out = torch::empty({1, s_.hidden}, w_.embed.options());
     const T* e = ptr<T>(w_.embed) + token * s_.hidden;
     for (int64_t i = 0; i < s_.hidden; ++i) h_[i] = to_float(e[i]);
-    const int64_t nthreads = omp_get_max_threads();
-    scores_.resize(nthreads * s_.num_heads * ((context_len + nthreads - 1) / nthreads));
-    partial_.resize(nthreads * s_.num_heads * (s_.head_dim + 2));
-    widened_.resize(nthreads * act_.size());
-    quantized_.resize(nthreads * (act_.size() + kQBlock));
-    block_scales_.resize(nthreads * ((act_.size() + kQBlock) / kQBlock + 1));
     const int64_t* table = block_table.data_ptr<int64_t>();
 #pragma omp parallel
     {
       const int thread = omp_get_thread_num(), nthreads = omp_get_num_threads();
+      // NOTE: sized for the team this region really has (OMP_THREAD_LIMIT or OMP_DYNAMIC may
+      // give fewer threads than omp_get_max_threads(), and each then takes a longer run of
+      // positions); the barrier that ends `single` publishes the buffers to every thread
+#pragma omp single
+      size_scratch(nthreads, context_len);
       for (size_t layer = 0; layer < qkv_.size(); ++layer) {
         attention_half(layer, thread, nthreads, position, slot, table, context_len);
         mlp_half(layer, thread, nthreads);
@@ -102,6 +101,16 @@ class DecoderImpl final : public Decoder {
   }
 
  private:
+  // The per-thread scratch of one step for a team of `nthreads` (attend's scores and partial
+  // sums, the int8 products' widened and quantized activations).
+  void size_scratch(int64_t nthreads, int64_t context_len) {
+    scores_.resize(nthreads * s_.num_heads * ((context_len + nthreads - 1) / nthreads));
+    partial_.resize(nthreads * s_.num_heads * (s_.head_dim + 2));
+    widened_.resize(nthreads * act_.size());
+    quantized_.resize(nthreads * (act_.size() + kQBlock));
+    block_scales_.resize(nthreads * ((act_.size() + kQBlock) / kQBlock + 1));
+  }
+
   // y[n0:n1] = W[n0:n1] x for this thread's rows (int8 rows: x widened to float32 first).
   // This thread's share of y = W x (`add`: y += W x). bfloat16 weights are blocked and split by
   // column blocks, float32 and int8 ones by rows; either way no two threads touch one output.
