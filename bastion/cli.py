@@ -56,10 +56,10 @@ def _demo_model(args: argparse.Namespace) -> int:
 # `bastion bench NAME`: (module with its flags' adder, the adder, "module:runner" imported only
 # when the bench runs, whether it takes the engine flags, its help)
 BENCHES = {
-    "throughput": ("bastion.bench.throughput", "add_throughput_args",
-                   "bastion.bench.throughput:run_throughput_bench", True,
+    "throughput": ("bastion.bench.throughput.run", "add_throughput_args",
+                   "bastion.bench.throughput.run:run_throughput_bench", True,
                    "offline engine throughput vs transformers"),
-    "serve": ("bastion.bench.serve", "add_serve_bench_args", "bastion.bench.serve:run_serve_bench", True,
+    "serve": ("bastion.bench.serve.run", "add_serve_bench_args", "bastion.bench.serve.run:run_serve_bench", True,
               "load a server over the OpenAI API (optionally vs offline, or beside another server)"),
     "latency": ("bastion.bench.latency.args", "add_latency_args", "bastion.bench.latency.run:run_latency_bench",
                 True, "one request at a time: prefill tok/s by prompt length, inter-token latency by "

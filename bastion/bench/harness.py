@@ -18,7 +18,7 @@ import subprocess
 import sys
 import threading
 from contextlib import contextmanager
-from typing import Iterator, Sequence
+from typing import Iterator, NamedTuple, Sequence
 
 from bastion.args.engine import engine_kwargs
 from bastion.launch.procs import terminate
@@ -38,6 +38,7 @@ class ServeProcess:
                  capture_stderr: bool = True) -> None:
         cmd = [sys.executable, "-m", "bastion.cli", *(("--log-level", log_level) if log_level else ()),
                "serve", *serve_args]
+        self.command = cmd  # the full command line, for a bench's record
         self.ready_line = ready
         self.match: re.Match[str] | None = None
         self.stdout: list[str] = []
@@ -102,12 +103,20 @@ class ServeProcess:
         terminate(self.proc, timeout)
 
 
+class BenchServer(NamedTuple):
+    """A server a bench started: where it answers, and the full command line that started it."""
+
+    url: str
+    command: list[str]
+
+
 @contextmanager
-def bench_server(model: str, args: argparse.Namespace, extra: Sequence[str] = ()) -> Iterator[str]:
-    """`bastion serve MODEL --port 0` with the bench's engine flags and `extra`; yields its URL."""
+def bench_server(model: str, args: argparse.Namespace, extra: Sequence[str] = ()) -> Iterator[BenchServer]:
+    """`bastion serve MODEL --port 0` with the bench's engine flags and `extra`, up until the
+    block ends."""
     server = ServeProcess([model, "--port", "0", *engine_flags(args), *extra], capture_stderr=False)
     try:
-        yield server.wait_ready(600, "the benchmark's server")["url"]
+        yield BenchServer(server.wait_ready(600, "the benchmark's server")["url"], list(server.command))
     finally:
         server.stop(60)
 

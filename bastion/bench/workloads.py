@@ -7,11 +7,14 @@ import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 
 PROMPT_VOCAB = 4096  # prompt token ids stay below this where the bench does not read the model's vocabulary
+MIXED_PROMPTS, MIXED_OUTPUTS = (32, 512), (16, 256)  # token counts, inclusive
+SHARED_PREFIX, SHARED_SUFFIX, SHARED_OUTPUT = 384, 32, 64
+WARMUP_SEED_OFFSET = 1_000_003  # warm-up requests are drawn far from any pair's seed
 
 
 @dataclass(frozen=True)
@@ -21,8 +24,8 @@ class BenchRequest:
 
 
 def mixed_workload(num_requests: int, vocab_size: int, seed: int = 0,
-                   prompt_range: tuple[int, int] = (32, 512),
-                   output_range: tuple[int, int] = (16, 256)) -> list[BenchRequest]:
+                   prompt_range: tuple[int, int] = MIXED_PROMPTS,
+                   output_range: tuple[int, int] = MIXED_OUTPUTS) -> list[BenchRequest]:
     """Prompt lengths and output lengths uniform in their ranges (inclusive)."""
     rng = np.random.default_rng(seed)
     reqs = []
@@ -34,8 +37,8 @@ def mixed_workload(num_requests: int, vocab_size: int, seed: int = 0,
 
 
 def shared_prefix_workload(num_requests: int, vocab_size: int, seed: int = 0,
-                           prefix_len: int = 384, suffix_len: int = 32,
-                           output_len: int = 64) -> list[BenchRequest]:
+                           prefix_len: int = SHARED_PREFIX, suffix_len: int = SHARED_SUFFIX,
+                           output_len: int = SHARED_OUTPUT) -> list[BenchRequest]:
     """Every request starts with the same prefix and ends with its own short suffix."""
     rng = np.random.default_rng(seed)
     prefix = rng.integers(10, vocab_size, prefix_len).tolist()
@@ -53,13 +56,35 @@ def workload(args: argparse.Namespace, vocab: int) -> list[BenchRequest]:
     return reqs
 
 
+def longest_request(args: argparse.Namespace) -> int:
+    """The most tokens (prompt and output) any request of the workload can take."""
+    if args.workload == "mixed":
+        return MIXED_PROMPTS[1] + (args.max_tokens or MIXED_OUTPUTS[1])
+    return SHARED_PREFIX + SHARED_SUFFIX + (args.max_tokens or SHARED_OUTPUT)
+
+
+def pair_requests(args: argparse.Namespace, vocab: int) -> Callable[[int], list[BenchRequest]]:
+    """Pair i's requests: the workload drawn with seed --workload-seed + i (the same for every
+    side of the pair; new prompts each pair, so no pair is served from an earlier one's cache)."""
+    def requests_of_pair(pair: int) -> list[BenchRequest]:
+        return workload(argparse.Namespace(**{**vars(args), "workload_seed": args.workload_seed + pair}), vocab)
+    return requests_of_pair
+
+
+def warmup_requests(args: argparse.Namespace, vocab: int) -> list[BenchRequest]:
+    """One untimed batch before a side's first timed run: `--concurrency` requests of the
+    workload's shape, drawn apart from every pair's."""
+    seeded = argparse.Namespace(**{**vars(args), "workload_seed": args.workload_seed + WARMUP_SEED_OFFSET})
+    return workload(seeded, vocab)[:args.concurrency]
+
+
 @contextmanager
-def bench_inputs(args: argparse.Namespace) -> Iterator[tuple[str, str, list]]:
-    """What a comparing bench serves and sends: the model (`bench_model`, written into a
-    temporary folder that lives as long as the block), its name for the report, the requests."""
+def bench_inputs(args: argparse.Namespace) -> Iterator[tuple[str, str, int]]:
+    """What a comparing bench serves: the model (`bench_model`, written into a temporary folder
+    that lives as long as the block), its name for the report, and the vocabulary its prompts
+    draw from."""
     with tempfile.TemporaryDirectory(prefix="bastion-bench-") as tmp:
-        model, label, vocab = bench_model(args, Path(tmp))
-        yield model, label, workload(args, vocab)
+        yield bench_model(args, Path(tmp))
 
 
 def bench_model(args: argparse.Namespace, tmp: Path) -> tuple[str, str, int]:

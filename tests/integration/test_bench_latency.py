@@ -25,12 +25,16 @@ def test_bench_latency_compares_two_bastion_configurations(tmp_path):
     data = json.loads(out.read_text())
     assert data["batch_size"] == 1 and data["num_iters"] == 2 and data["input_len"] == [8, 24]
     assert data["memory_bandwidth"]["gb_s"] > 0 and data["machine"]["cpu_flags"] is not None
+    assert data["record"]["bench_command"][:3] == ["bastion", "bench", "latency"]
+    assert data["record"]["versions"]["torch"] and data["record"]["memory_bandwidth"]["gb_s"] > 0
     assert "--dtype" in data["engine_flags"] and "--no-enforce-eager" in data["engine_flags"]
     names = [side["name"] for side in data["sides"]]
     assert names == ["bastion", "bastion --enforce-eager"]
     assert data["sides"][1]["extra_flags"] == ["--enforce-eager"]
     for side in data["sides"]:
         assert side["kind"] == "bastion" and side["url"].startswith("http://127.0.0.1:")
+        assert "serve" in side["command"] and side["command"][-len(side["extra_flags"]) or len(side["command"]):] \
+            == side["extra_flags"]
         assert side["weight_bytes"] > 0 and side["weight_source"].startswith("weight files")
         assert sorted(side["prefill"]) == sorted(INPUT_LENS) and sorted(side["decode"]) == sorted(OUTPUT_LENS)
         for n, prefill in side["prefill"].items():
@@ -46,7 +50,11 @@ def test_bench_latency_compares_two_bastion_configurations(tmp_path):
             assert 0 < decode["bandwidth_fraction"]
             assert decode["merged_chunks"] >= 0 and decode["first_chunk_extra_tokens"] >= 0
     ratios = data["ratios"]["bastion --enforce-eager"]
-    assert sorted(ratios) == ["decode_tokens_per_s", "itl_p50", "prefill_tokens_per_s"]
+    assert sorted(ratios) == ["decode_tokens_per_s", "itl_p50", "prefill_tokens_per_s", "tpot_per_pair",
+                              "ttft_per_pair"]
+    for kind, lengths in (("ttft_per_pair", INPUT_LENS), ("tpot_per_pair", OUTPUT_LENS)):
+        assert sorted(ratios[kind]) == sorted(lengths)
+        assert all(stats["pairs"] == 2 and stats["median"] > 0 for stats in ratios[kind].values())
     assert all(r > 0 for kind in ("decode_tokens_per_s", "prefill_tokens_per_s") for r in ratios[kind].values())
     assert all(r is None or r >= 0 for r in ratios["itl_p50"].values())  # None: no gap on the first side
 

@@ -14,22 +14,27 @@ def test_compare_security_runs_both_sides_and_writes_the_promised_keys(tmp_path)
     env = {k: v for k, v in os.environ.items() if k != "BASTION_API_KEY"}
     result = subprocess.run(
         [sys.executable, "-m", "bastion.cli", "bench", "serve", "--compare-security", "--num-requests", "4",
-         "--max-tokens", "4", "--concurrency", "2", "--repeats", "2", "--json", str(out)],
+         "--max-tokens", "4", "--concurrency", "2", "--pairs", "2", "--json", str(out)],
         capture_output=True, text=True, timeout=600, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
-    data = json.loads(out.read_text())
-    for key in ("plain_output_tokens_per_s", "secure_output_tokens_per_s", "secure_over_plain"):
-        assert data[key] > 0, key
-    assert len(data["secure_over_plain_per_run"]) == 2 and all(r > 0 for r in data["secure_over_plain_per_run"])
+    record = json.loads(out.read_text())
+    data = record["by_concurrency"]["2"]
+    stats = data["ratios"]["secure/plain"]["output_tokens_per_s"]
+    assert stats["pairs"] == 2 and len(stats["per_pair"]) == 2 and all(r > 0 for r in stats["per_pair"])
     for side in ("plain", "secure"):
-        assert [run["output_tokens"] for run in data[side]] == [16, 16]
-        assert all(run["errors"] == 0 for run in data[side])
-    secure, plain = data["sides"]["secure"]["flags"], data["sides"]["plain"]["flags"]
+        assert [run["output_tokens"] for run in data["runs"][side]] == [16, 16]
+        assert all(run["errors"] == 0 for run in data["runs"][side])
+        assert data["medians"][side]["output_tokens_per_s"] > 0
+    sides = {side["name"]: side for side in data["sides"]}
+    secure, plain = sides["secure"]["command"], sides["plain"]["command"]
     for flag in ("--ssl-certfile", "--api-key-file", "--audit-log", "--internal-transport"):
         assert flag in secure
     assert secure[secure.index("--internal-transport") + 1] == "tcp"
-    assert plain == ["--internal-transport", "ipc"]
-    assert data["sides"]["secure"]["audit_lines"] >= 8  # every measured request was audited
-    assert data["model"] and data["machine"]["logical_cores"] > 0 and "cpu_flags" in data["machine"]
-    assert "https://127.0.0.1:" in result.stdout + result.stderr  # the secure side served HTTPS
+    assert plain[-2:] == ["--internal-transport", "ipc"] and "--api-key-file" not in plain
+    assert sides["secure"]["auth"] != "none" and sides["plain"]["auth"] == "none"
+    # every measured request (and the warm-up's) was audited
+    assert data["audit_lines"] >= 2 * 4 + 2
+    assert sides["secure"]["model"] and record["record"]["machine"]["logical_cores"] > 0
+    assert sides["secure"]["url"].startswith("https://127.0.0.1:")  # the secure side served HTTPS
+    assert sides["plain"]["url"].startswith("http://127.0.0.1:")
     assert "sk-bench-" not in result.stdout + result.stderr + out.read_text()  # the key never shows

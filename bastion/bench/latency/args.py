@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import shlex
 
-from bastion.bench.serve_load import add_client_args
+from bastion.bench.load import add_client_args
 from bastion.config.engine import parse_bytes
 
 MAX_LEN = 1 << 20  # a bound on any one length, far above any context
@@ -36,7 +36,9 @@ def add_latency_args(parser: argparse.ArgumentParser) -> None:
                              "--decode-input-len prompt (default 64,256)")
     parser.add_argument("--decode-input-len", type=int, default=16,
                         help="prompt length of the decode requests (default 16)")
-    parser.add_argument("--num-iters", type=int, default=5, help="timed requests per length and side (default 5)")
+    parser.add_argument("--num-iters", type=int, default=8,
+                        help="timed requests per length and side, each iteration one pair of requests in "
+                             "ABBA order (default 8; 6 or more give a 95%% interval of the median ratio)")
     parser.add_argument("--num-iters-warmup", type=int, default=1,
                         help="untimed requests per length and side before them (default 1)")
     parser.add_argument("--batch-size", type=int, default=1,
@@ -49,6 +51,14 @@ def add_latency_args(parser: argparse.ArgumentParser) -> None:
                         help="also start a second `bastion serve MODEL` with the engine flags plus these "
                              "(later flags win); write it with '=': --compare-flags=--enforce-eager, "
                              "--compare-flags='--quantization int8'")
+    parser.add_argument("--peer-llama-server", default=None, metavar="PATH",
+                        help="also start llama.cpp's llama-server (this binary) on --peer-model, as its users "
+                             "do for one stream: -np 1, -c the longest request's context, -t/-tb the threads "
+                             "bastion gets, on loopback; its requests alternate with the others'")
+    parser.add_argument("--peer-model", default=None, metavar="GGUF",
+                        help="with --peer-llama-server: the same checkpoint as a GGUF file")
+    parser.add_argument("--peer-flags", default="", metavar="'FLAGS'",
+                        help="with --peer-llama-server: more llama-server flags (after the bench's own)")
     parser.add_argument("--weight-bytes", type=parse_bytes, default=None, metavar="SIZE",
                         help="bytes one decode step reads on the first side (default: the size of "
                              "MODEL's weight files; needed with --url), e.g. 269MB")
@@ -82,6 +92,11 @@ def check_latency_args(args: argparse.Namespace) -> None:
         if args.url:
             raise ValueError("--compare-flags starts bastion on MODEL twice; give MODEL, not --url")
         compare_flag_list(args)
+    if args.peer_llama_server:
+        from bastion.bench.peer.llama_server import check_peer_files
+        check_peer_files(args.peer_llama_server, args.peer_model)
+    elif args.peer_model:
+        raise ValueError("--peer-model goes with --peer-llama-server PATH")
     if args.url and args.compare_url and args.url.rstrip("/") == args.compare_url.rstrip("/"):
         raise ValueError("--url and --compare-url name the same server")
 

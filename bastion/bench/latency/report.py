@@ -1,9 +1,12 @@
 """What `bench latency` prints and writes: each side's numbers by length, side by side, and the
-ratios of every side to the first (tokens/s: above 1 is faster than the first side)."""
+ratios of every side to the first: of the summaries (tokens/s: above 1 is faster than the
+first side), and per pair (`pairs.ratio_stats`: each iteration's TTFT and TPOT over the first
+side's in the same iteration; the median and its 95% interval; below 1 is faster)."""
 from __future__ import annotations
 
-from bastion.bench.latency.gaps import ratio
+from bastion.bench.gaps import ratio
 from bastion.bench.latency.sides import Side
+from bastion.bench.pairs import describe_ratio, ratio_stats
 
 
 def ratios(sides: list[Side]) -> dict:
@@ -18,7 +21,11 @@ def ratios(sides: list[Side]) -> dict:
             "decode_tokens_per_s": {o: ratio(d["decode_tokens_per_s"], first["decode"][o]["decode_tokens_per_s"])
                                     for o, d in mine["decode"].items()},
             "itl_p50": {o: ratio(d["itl_ms"]["p50"], first["decode"][o]["itl_ms"]["p50"])
-                        for o, d in mine["decode"].items()}}
+                        for o, d in mine["decode"].items()},
+            "ttft_per_pair": {n: ratio_stats(p["per_request_ttft_s"], first["prefill"][n]["per_request_ttft_s"])
+                              for n, p in mine["prefill"].items()},
+            "tpot_per_pair": {o: ratio_stats(d["per_request_tpot_s"], first["decode"][o]["per_request_tpot_s"])
+                              for o, d in mine["decode"].items()}}
     return out
 
 
@@ -47,6 +54,11 @@ def print_report(result: dict, sides: list[Side]) -> None:
             print(f"{side.name:<{width}} {o:>6} {d['itl_ms']['p50']:>7.2f} ms {d['itl_ms']['p99']:>6.2f} ms "
                   f"{_num(d['decode_tokens_per_s']):>9} {_num(r, 3):>6} {_num(d['weight_gb_s']):>6} {share:>6} "
                   f"{d['merged_chunks']:>6}")
+    for name, paired in result["ratios"].items():
+        for n, stats in paired["ttft_per_pair"].items():
+            print(f"{name} / {sides[0].name}, TTFT at input {n}, per pair: {describe_ratio(stats)}")
+        for o, stats in paired["tpot_per_pair"].items():
+            print(f"{name} / {sides[0].name}, time per output token at output {o}, per pair: {describe_ratio(stats)}")
     print("\nratio: tokens/s over the first side's. GB/s: weight bytes per token / ITL p50 "
           "(weights: " + "; ".join(f"{s.name} {_size(s.weight_bytes)} ({s.weight_source})" for s in sides) + "). "
           "merged: chunks that brought several tokens (their gap is shared among them).")

@@ -22,7 +22,7 @@ from bastion.bench.latency.args import add_latency_args, check_latency_args
 from bastion.bench.latency.measure import SideFailed, measure
 from bastion.bench.latency.report import print_report, ratios
 from bastion.bench.latency.sides import plan_sides, start_sides
-from bastion.bench.machine import machine_summary, memory_bandwidth
+from bastion.bench.provenance import run_record, say_machine
 from bastion.bench.workloads import PROMPT_VOCAB
 
 __all__ = ["add_latency_args", "run_latency_bench"]
@@ -38,8 +38,9 @@ def run_latency_bench(args: argparse.Namespace) -> int:
         if not Path(model).exists():
             raise ValueError(f"MODEL {model}: no such file or folder")
     sides = plan_sides(args, model)
-    bandwidth = memory_bandwidth()  # NOTE: before any server starts: nothing else of ours runs
-    print(f"memory bandwidth: {bandwidth['gb_s']} GB/s (copy {bandwidth['copy_gb_s']}, read {bandwidth['read_gb_s']})")
+    record = run_record()  # NOTE: the bandwidth is measured before any server starts
+    say_machine(record)
+    bandwidth = record["memory_bandwidth"]
     # NOTE: SIGTERM (a timeout's kill, a background job's only stop) unwinds too, stopping the servers
     previous = signal.signal(signal.SIGTERM, _exit_on_sigterm)
     try:
@@ -54,7 +55,7 @@ def run_latency_bench(args: argparse.Namespace) -> int:
     result = {"model": model or args.url, "batch_size": 1, "input_len": args.input_len,
               "output_len": args.output_len, "decode_input_len": args.decode_input_len,
               "num_iters": args.num_iters, "num_iters_warmup": args.num_iters_warmup,
-              "machine": machine_summary(), "memory_bandwidth": bandwidth,
+              "record": record, "machine": record["machine"], "memory_bandwidth": bandwidth,
               "engine_flags": engine_flags(args) if model else [],
               "sides": [side.describe() for side in sides], "ratios": ratios(sides)}
     print_report(result, sides)

@@ -13,7 +13,7 @@ import time
 from importlib.metadata import version
 from statistics import mean
 
-from bastion.bench.serve_load import percentiles
+from bastion.bench.gaps import percentiles
 from bastion.bench.structured.corpus import CorpusSchema
 from bastion.structured.compiler import GrammarCompiler
 from bastion.structured.spec import GrammarError, StructuredOutputs

@@ -9,8 +9,8 @@ from contextlib import nullcontext
 from pathlib import Path
 
 from bastion.bench.harness import bench_server, engine_flags
-from bastion.bench.machine import machine_summary
-from bastion.bench.serve_load import add_client_args
+from bastion.bench.provenance import run_record, say_machine
+from bastion.bench.load import add_client_args
 from bastion.bench.structured.compile_time import measure_compile, print_compile
 from bastion.bench.structured.corpus import load_corpus, select, serving_schemas
 from bastion.bench.structured.serving import CONSTRAINT_FIELDS, compare_serving, print_serving
@@ -25,8 +25,10 @@ def add_structured_bench_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--concurrency", type=int, default=16, help="requests in flight at once (default 16)")
     parser.add_argument("--num-requests", type=int, default=32,
                         help="requests per side in each round (default 32)")
-    parser.add_argument("--rounds", type=int, default=4,
-                        help="rounds; each runs both sides, in alternating order (default 4)")
+    parser.add_argument("--rounds", "--pairs", type=int, default=6,
+                        help="rounds (pairs of runs), each running both sides, in ABBA order (free, "
+                             "constrained, constrained, free, ...); 6 or more give a 95%% interval of "
+                             "the median ratio (default 6)")
     parser.add_argument("--max-tokens", type=int, default=256,
                         help="every request's max_tokens, with ignore_eos (default 256)")
     parser.add_argument("--constraint-field", choices=CONSTRAINT_FIELDS, default="structured-outputs",
@@ -49,7 +51,9 @@ def run_structured_bench(args: argparse.Namespace) -> int:
         raise ValueError("--url is for the serving half; drop --compile-only or --url")
     model = args.model or _demo_model()
     corpus = load_corpus()
-    result: dict = {"model": model, "machine": machine_summary()}
+    record = run_record()
+    say_machine(record)
+    result: dict = {"model": model, "record": record, "machine": record["machine"]}
     if not args.serving_only:
         label = Path(model).name if args.model else "bastion-demo"
         result["compile"] = measure_compile(model, label, select(corpus, args.corpus_limit), args)
@@ -57,8 +61,10 @@ def run_structured_bench(args: argparse.Namespace) -> int:
     if not args.compile_only:
         if not args.url:
             result["engine_flags"] = engine_flags(args)
-        with nullcontext(args.url) if args.url else bench_server(model, args) as url:
-            result["url"] = url if args.url else None
+        with nullcontext(None) if args.url else bench_server(model, args) as server:
+            url = args.url or server.url
+            result["url"] = args.url
+            result["command"] = server.command if server else None
             result["serving"] = compare_serving(url, args, serving_schemas(corpus))
         print_serving(result["serving"])
     if args.json:

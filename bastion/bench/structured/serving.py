@@ -1,6 +1,8 @@
-"""The serving half: one server, the same chat prompts with and without a JSON schema, at the
-same concurrency, alternated in rounds (free, constrained, constrained, free, ...) so that drift
-on a shared machine falls on both sides alike.
+"""The serving half: one server, chat prompts with and without a JSON schema, at the same
+concurrency, in ABBA pairs (`pairs.py`: free, constrained, constrained, free, ...; a pair is a
+"round") so that drift on a shared machine falls on both sides alike. Every run's prompts are
+its own (numbered by round and side: one server serves both sides, and a prompt it has seen
+would be served from its prefix cache), drawn alike for both sides.
 
 Every request is greedy with `ignore_eos` and a fixed `max_tokens`; the schemas are arrays of
 objects with a fixed, large item count (`corpus.SERVING_SCHEMAS`), so a constrained output
@@ -14,9 +16,8 @@ from __future__ import annotations
 
 import argparse
 from dataclasses import dataclass
-from statistics import median
-
-from bastion.bench.serve_load import LoadSettings, measure_serving
+from bastion.bench.load import LoadSettings, measure_serving, streamed_with_counts
+from bastion.bench.pairs import PairPlan, describe_ratio, ratio_stats, run_pairs
 from bastion.bench.structured.corpus import CorpusSchema
 
 SIDES = ("free", "constrained")
@@ -32,9 +33,9 @@ class StructuredRequest:
     max_tokens: int
 
 
-def make_requests(schemas: list[CorpusSchema], count: int, max_tokens: int) -> list[StructuredRequest]:
-    """`count` requests cycling over `schemas`, each prompt its own (numbered)."""
-    return [StructuredRequest(s, f"Request {i}: {s.description}. Answer with JSON only, realistic values.",
+def make_requests(schemas: list[CorpusSchema], count: int, max_tokens: int, tag: str = "") -> list[StructuredRequest]:
+    """`count` requests cycling over `schemas`, each prompt its own (numbered, after `tag`)."""
+    return [StructuredRequest(s, f"Request {tag}{i}: {s.description}. Answer with JSON only, realistic values.",
                               max_tokens)
             for i, s in ((i, schemas[i % len(schemas)]) for i in range(count))]
 
@@ -51,9 +52,8 @@ def body_maker(side: str, field: str):
     """The load generator's `BodyOf` for one side: a streamed chat completion, greedy,
     `ignore_eos`, the request's `max_tokens`; the constrained side adds its schema."""
     def body_of(s: LoadSettings, req: StructuredRequest) -> tuple[str, dict]:
-        body = {"model": s.model, "messages": [{"role": "user", "content": req.prompt}],
-                "max_tokens": req.max_tokens, "temperature": 0, "ignore_eos": True, "stream": True,
-                "stream_options": {"include_usage": True}}
+        body = streamed_with_counts({"model": s.model, "messages": [{"role": "user", "content": req.prompt}],
+                                     "max_tokens": req.max_tokens, "temperature": 0, "ignore_eos": True})
         if side == "constrained":
             body.update(constraint_body(field, req.schema))
         return "/v1/chat/completions", body
@@ -63,18 +63,23 @@ def body_maker(side: str, field: str):
 def compare_serving(url: str, args: argparse.Namespace, schemas: list[CorpusSchema]) -> dict:
     """`args.rounds` rounds of `args.num_requests` requests per side against `url`; the result
     dict of the serving half."""
-    reqs = make_requests(schemas, args.num_requests, args.max_tokens)
-    warmup = make_requests(schemas, args.concurrency, args.max_tokens)
     for side in SIDES:
         print(f"--- {side}, warm-up (not counted)")
+        warmup = make_requests(schemas, args.concurrency, args.max_tokens, f"warm-up {side} ")
         measure_serving(url, args, warmup, [], body_maker(side, args.constraint_field))
-    runs: dict[str, list[dict]] = {side: [] for side in SIDES}
-    for r in range(args.rounds):
-        order = SIDES if r % 2 == 0 else SIDES[::-1]
-        for side in order:
-            print(f"--- {side}, round {r + 1} of {args.rounds}")
-            runs[side].append(measure_serving(url, args, reqs, [], body_maker(side, args.constraint_field)))
+
+    def run_one(side: str, pair: int) -> dict:
+        reqs = make_requests(schemas, args.num_requests, args.max_tokens, f"{pair}{side[0]}-")
+        return measure_serving(url, args, reqs, [], body_maker(side, args.constraint_field))
+
+    def primary(runs: dict[str, list[dict]]) -> list[float]:
+        return ratio_stats(_tps(runs["constrained"]), _tps(runs["free"]))["per_pair"]
+    runs = run_pairs(SIDES, run_one, PairPlan(args.rounds, args.rounds), primary)
     return summarize_sides(runs, args, schemas)
+
+
+def _tps(runs: list[dict]) -> list[float]:
+    return [r["output_tokens_per_s"] for r in runs]
 
 
 def summarize_sides(runs: dict[str, list[dict]], args: argparse.Namespace,
@@ -96,9 +101,9 @@ def summarize_sides(runs: dict[str, list[dict]], args: argparse.Namespace,
                        "finish_reasons": reasons, "errors": sum(r["errors"] for r in runs[side]),
                        "runs": runs[side]}
     # NOTE: a round's two runs are adjacent in time, so its ratio sees the machine's noise on
-    # both sides alike; the median of the rounds' ratios is the robust figure on a busy machine
-    per_round = [round(c["output_tokens_per_s"] / f["output_tokens_per_s"], 3)
-                 for f, c in zip(runs["free"], runs["constrained"]) if f["output_tokens_per_s"]]
+    # both sides alike; the median of the rounds' ratios, with its interval, is the figure
+    paired = ratio_stats(_tps(runs["constrained"]), _tps(runs["free"]))
+    per_round = [round(r, 3) for r in paired["per_pair"]]
     free, constrained = sides["free"]["output_tokens_per_s"], sides["constrained"]["output_tokens_per_s"]
     ratio = round(constrained / free, 3) if free else None
     return {"constraint_field": args.constraint_field, "concurrency": args.concurrency,
@@ -107,7 +112,8 @@ def summarize_sides(runs: dict[str, list[dict]], args: argparse.Namespace,
             "constrained_over_free": ratio, "target": TARGET,
             "meets_target": ratio is not None and ratio >= TARGET,
             "constrained_over_free_per_round": per_round,
-            "constrained_over_free_median": round(median(per_round), 3) if per_round else None,
+            "constrained_over_free_median": round(paired["median"], 3) if per_round else None,
+            "constrained_over_free_paired": paired,
             "errors": sides["free"]["errors"] + sides["constrained"]["errors"]}
 
 
@@ -121,8 +127,8 @@ def print_serving(result: dict) -> None:
               f"{result['constrained']['runs'][i]['output_tokens_per_s']:>12.1f} {ratio!s:>7}")
     print(f"{'all':>6} {result['free']['output_tokens_per_s']:>10.1f} "
           f"{result['constrained']['output_tokens_per_s']:>12.1f} {result['constrained_over_free']!s:>7}"
-          f"  (target >= {result['target']}); median of the rounds' ratios "
-          f"{result['constrained_over_free_median']}")
+          f"  (target >= {result['target']}); the rounds' ratios: "
+          f"{describe_ratio(result['constrained_over_free_paired'])}")
     for side in SIDES:
         s = result[side]
         errors = {e for run in s["runs"] for e in run["first_errors"]}

@@ -12,7 +12,7 @@ import pytest
 
 from bastion.bench.latency.measure import SideFailed, one_request
 from bastion.bench.latency.sides import Side
-from bastion.bench.serve_load import LoadSettings
+from bastion.bench.load import LoadSettings
 from bastion.bench.workloads import BenchRequest
 
 

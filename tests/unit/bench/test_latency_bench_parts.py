@@ -8,10 +8,11 @@ import argparse
 import pytest
 
 from bastion.bench.latency.args import check_latency_args, compare_flag_list, length_list
-from bastion.bench.latency.gaps import decode_summary, decode_trace, prefill_summary, ratio, ttft
+from bastion.bench.gaps import decode_summary, decode_trace, prefill_summary, ratio, ttft
 from bastion.bench.latency.report import ratios
 from bastion.bench.latency.sides import Side, plan_sides
-from bastion.bench.serve_load import chunk_tokens, percentiles
+from bastion.bench.gaps import percentiles
+from bastion.bench.load import chunk_tokens
 from bastion.cli import build_parser, main
 
 
@@ -86,14 +87,21 @@ def test_decode_summary_turns_itl_into_weight_traffic_and_a_share_of_the_bandwid
 def test_ratios_are_each_side_over_the_first():
     assert ratio(30.0, 20.0) == 1.5 and ratio(None, 2.0) is None and ratio(1.0, 0.0) is None
 
-    def side(name: str, tps: float, itl: float) -> Side:
+    def side(name: str, tps: float, itl: float, ttfts: list[float], tpots: list[float]) -> Side:
         s = Side(name, "url", [], None, "unknown")
-        s.results = {"prefill": {"8": {"prefill_tokens_per_s": tps}},
-                     "decode": {"4": {"decode_tokens_per_s": tps, "itl_ms": {"p50": itl}}}}
+        s.results = {"prefill": {"8": {"prefill_tokens_per_s": tps, "per_request_ttft_s": ttfts}},
+                     "decode": {"4": {"decode_tokens_per_s": tps, "itl_ms": {"p50": itl},
+                                      "per_request_tpot_s": tpots}}}
         return s
-    out = ratios([side("a", 100.0, 10.0), side("b", 50.0, 20.0)])
-    assert out == {"b": {"prefill_tokens_per_s": {"8": 0.5}, "decode_tokens_per_s": {"4": 0.5},
-                         "itl_p50": {"4": 2.0}}}
+    out = ratios([side("a", 100.0, 10.0, [0.1, 0.2, 0.1], [0.01, 0.01, None]),
+                  side("b", 50.0, 20.0, [0.2, 0.2, 0.3], [0.02, 0.03, 0.02])])
+    paired = out["b"]
+    assert {k: paired[k] for k in ("prefill_tokens_per_s", "decode_tokens_per_s", "itl_p50")} == \
+        {"prefill_tokens_per_s": {"8": 0.5}, "decode_tokens_per_s": {"4": 0.5}, "itl_p50": {"4": 2.0}}
+    # per pair: iteration i's request on b over iteration i's on a (a pair missing a value is left out)
+    assert paired["ttft_per_pair"]["8"]["per_pair"] == [2.0, 1.0, 3.0]
+    assert paired["ttft_per_pair"]["8"]["median"] == 2.0 and paired["ttft_per_pair"]["8"]["pairs"] == 3
+    assert paired["tpot_per_pair"]["4"]["per_pair"] == [2.0, 3.0]
 
 
 # --- flags and sides ---------------------------------------------------------------------------

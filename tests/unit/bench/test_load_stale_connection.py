@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from bastion.bench.serve_load import LoadSettings, run_load
+from bastion.bench.load import LoadSettings, run_load
 from bastion.bench.workloads import BenchRequest
 
 STREAM = (b'data: {"choices":[{"text":"a","finish_reason":null}]}\n\n'

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from bastion.bench.serve_load import LoadSettings
+from bastion.bench.load import LoadSettings
 from bastion.bench.structured.compile_time import compile_one, measure_compile
 from bastion.bench.structured.corpus import (SERVING_SCHEMAS, CorpusSchema, load_corpus, select,
                                              serving_schemas)

@@ -1,5 +1,6 @@
-"""The pure arithmetic of `bench latency`: what one streamed request's chunk arrivals say about
-prefill and decode, and the summaries of many requests.
+"""The pure arithmetic of the benches that stream (`bench latency`, `bench serve`): what one
+streamed request's chunk arrivals say about prefill and decode, and the summaries of many
+requests.
 
 A request's `arrivals` are (seconds since it was sent, new tokens) per chunk that brought tokens
 (`serve_load.chunk_tokens`). The first arrival ends the prefill (TTFT). Each later chunk that
@@ -11,8 +12,6 @@ no gap, and decode tokens/s counts only the tokens after the first chunk.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-
-from bastion.bench.serve_load import percentiles
 
 Arrivals = list[tuple[float, int]]
 
@@ -28,6 +27,17 @@ class DecodeTrace:
     merged_chunks: int = 0  # chunks after the first that brought more than one token
     first_chunk_extra: int = 0  # tokens beside the first one in the first chunk
     unplaced: int = 0  # tokens the server's total counts that no chunk was seen to bring
+
+
+def percentiles(values: list[float]) -> dict:
+    """p50/p90/p99 in milliseconds (nearest rank); zeros when there is nothing to rank."""
+    if not values:
+        return {"p50": 0.0, "p90": 0.0, "p99": 0.0}
+    ordered = sorted(values)
+
+    def pick(q: float) -> float:
+        return round(1000 * ordered[min(len(ordered) - 1, max(0, int(q * len(ordered) + 0.5) - 1))], 2)
+    return {"p50": pick(0.50), "p90": pick(0.90), "p99": pick(0.99)}
 
 
 def ttft(arrivals: Arrivals) -> float | None:

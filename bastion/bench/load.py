@@ -2,6 +2,12 @@
 prompts (or any streamed body a `BodyOf` makes, completions or chat), closed-loop (fixed
 concurrency) or open-loop (Poisson arrivals), with latency stats.
 
+Latency is counted per token, not per streamed chunk: every body asks for a running token count
+on each chunk (vLLM's `continuous_usage_stats`, which bastion honours, and llama.cpp's
+`timings_per_token`), a chunk that brings k tokens after a gap g counts as k gaps of g/k
+(`gaps.decode_trace`), and each request's time per output token (TPOT) is the time from its
+first token to its last over the tokens after the first, as `bench latency` counts them.
+
 It uses raw httpx and parses only what it measures, so the client costs the server's CPU as
 little as possible on a small machine. `measure_serving` runs the bench's flags against a URL:
 a warm-up, then the workload, and prints the summary.
@@ -21,6 +27,7 @@ from typing import Any, Callable
 
 import httpx
 
+from bastion.bench.gaps import decode_trace, percentiles
 from bastion.bench.workloads import PROMPT_VOCAB, BenchRequest, mixed_workload
 
 
@@ -29,7 +36,6 @@ class RequestResult:
     ok: bool
     output_tokens: int = 0
     ttft: float | None = None
-    itls: list[float] = field(default_factory=list)
     e2e: float = 0.0
     error: str = ""
     finish_reason: str = ""
@@ -67,11 +73,20 @@ class LoadSettings:
 BodyOf = Callable[[LoadSettings, Any], tuple[str, dict]]
 
 
+def streamed_with_counts(body: dict) -> dict:
+    """`body`, streamed, asking for the usage at the end and a running token count on every
+    chunk: vLLM's `continuous_usage_stats` (bastion honours it) and llama.cpp's
+    `timings_per_token` (each server ignores the other's)."""
+    return {**body, "stream": True, "stream_options": {"include_usage": True, "continuous_usage_stats": True},
+            "timings_per_token": True}
+
+
 def completion_body(s: LoadSettings, req: BenchRequest) -> tuple[str, dict]:
-    """A streamed `/v1/completions` of a token-id prompt, greedy, exactly `output_len` tokens."""
-    return "/v1/completions", {"model": s.model, "prompt": req.prompt_token_ids, "max_tokens": req.output_len,
-                               "temperature": 0, "ignore_eos": True, "stream": True,
-                               "stream_options": {"include_usage": True}}
+    """A streamed `/v1/completions` of a token-id prompt, greedy, exactly `output_len` tokens,
+    with a running token count on every chunk."""
+    return "/v1/completions", streamed_with_counts(
+        {"model": s.model, "prompt": req.prompt_token_ids, "max_tokens": req.output_len,
+         "temperature": 0, "ignore_eos": True})
 
 
 def _text_of(choice: dict) -> str:
@@ -101,7 +116,6 @@ async def _one(http: httpx.AsyncClient, s: LoadSettings, req: Any, body_of: Body
     path, body = body_of(s, req)
     started = time.perf_counter()
     result = RequestResult(ok=False)
-    last = None
     counted = 0
     try:
         async with http.stream("POST", f"{s.url}{path}", json=body) as r:
@@ -122,20 +136,15 @@ async def _one(http: httpx.AsyncClient, s: LoadSettings, req: Any, body_of: Body
                 texts = [_text_of(c) for c in event.get("choices", ())]
                 for choice in event.get("choices", ()):
                     result.finish_reason = choice.get("finish_reason") or result.finish_reason
-                if any(texts):
-                    if len(result.head) < HEAD_CHARS:
-                        result.head = (result.head + "".join(texts))[:HEAD_CHARS]
-                    if last is None:
-                        result.ttft = now - started
-                    else:
-                        result.itls.append(now - last)
-                    last = now
+                if any(texts) and len(result.head) < HEAD_CHARS:
+                    result.head = (result.head + "".join(texts))[:HEAD_CHARS]
                 if event.get("usage"):
                     result.output_tokens = event["usage"]["completion_tokens"]
     except (httpx.HTTPError, ValueError) as exc:
         result.error = f"{type(exc).__name__}: {exc}"
         return result
     result.e2e = time.perf_counter() - started
+    result.ttft = result.arrivals[0][0] if result.arrivals else None
     result.ok = result.output_tokens > 0
     return result
 
@@ -172,28 +181,24 @@ def _stale_connection(result: RequestResult) -> bool:
     return not result.ok and not result.arrivals and result.error.startswith("RemoteProtocolError")
 
 
-def percentiles(values: list[float]) -> dict:
-    """p50/p90/p99 in milliseconds (nearest rank); zeros when there is nothing to rank."""
-    if not values:
-        return {"p50": 0.0, "p90": 0.0, "p99": 0.0}
-    ordered = sorted(values)
-
-    def pick(q: float) -> float:
-        return round(1000 * ordered[min(len(ordered) - 1, max(0, int(q * len(ordered) + 0.5) - 1))], 2)
-    return {"p50": pick(0.50), "p90": pick(0.90), "p99": pick(0.99)}
-
-
 def summarize(results: list[RequestResult], seconds: float) -> dict:
+    """The run's rates and latencies: TTFT per request, inter-token gaps per token (a merged
+    chunk's gap shared among its tokens), TPOT per request (first token to last, over the tokens
+    after the first chunk; requests of one token have none), end-to-end per request."""
     ok = [r for r in results if r.ok]
     tokens = sum(r.output_tokens for r in ok)
+    traces = [decode_trace(r.arrivals, r.output_tokens) for r in ok]
     return {"num_requests": len(results), "errors": len(results) - len(ok),
             "seconds": round(seconds, 2),
             "requests_per_s": round(len(ok) / seconds, 3) if seconds else 0.0,
             "output_tokens_per_s": round(tokens / seconds, 2) if seconds else 0.0,
             "output_tokens": tokens,
             "ttft_ms": percentiles([r.ttft for r in ok if r.ttft is not None]),
-            "itl_ms": percentiles([x for r in ok for x in r.itls]),
+            "tpot_ms": percentiles([t.decode_seconds / t.decode_tokens for t in traces if t.decode_tokens]),
+            "itl_ms": percentiles([g for t in traces for g in t.gaps]),
             "e2e_ms": percentiles([r.e2e for r in ok]),
+            "merged_chunks": sum(t.merged_chunks for t in traces),
+            "unplaced_tokens": sum(t.unplaced for t in traces),
             "mean_output_tokens": round(tokens / len(ok), 1) if ok else 0.0,
             "finish_reasons": dict(Counter(r.finish_reason or "none" for r in ok)),
             "output_heads": [r.head for r in ok[:3]],
@@ -253,7 +258,7 @@ def measure_serving(url: str, args: argparse.Namespace, reqs: list, warmup: list
     print(f"serving: {summary['requests_per_s']:.2f} req/s, {summary['output_tokens_per_s']:.1f} output tok/s, "
           f"{summary['errors']} errors, {len(reqs)} requests at concurrency {args.concurrency} "
           f"(the load generator used {summary['client_cpu_seconds']} CPU-s in {summary['seconds']} s)")
-    for name in ("ttft_ms", "itl_ms", "e2e_ms"):
+    for name in ("ttft_ms", "tpot_ms", "itl_ms", "e2e_ms"):
         p = summary[name]
         print(f"  {name[:-3]:5s} p50 {p['p50']:9.1f} ms  p90 {p['p90']:9.1f} ms  p99 {p['p99']:9.1f} ms")
     return summary

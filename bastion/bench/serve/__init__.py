@@ -1,0 +1,1 @@
+"""`bastion bench serve`: load a running server, or compare deployments in ABBA pairs."""

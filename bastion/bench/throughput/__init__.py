@@ -1,0 +1,1 @@
+"""`bastion bench throughput`: bastion's offline engine beside transformers, in ABBA pairs."""
