@@ -11,6 +11,7 @@ import sys
 
 import httpx
 import pytest
+from planted_modules import imports_seen, plant
 from ray_cluster import RayCluster
 from server_process import ServerProcess
 from test_multinode import assert_pulled_by_rank_1, health, listening, wait_for
@@ -45,14 +46,19 @@ def test_ranks_the_cluster_cannot_fit_fail_the_start_saying_what_was_asked_and_w
     assert not cluster.nodes[HEAD].processes(r"bastion\.launch\.child|^ray::RankActor")
 
 
-def test_disaggregated_ranks_on_two_ray_nodes_pull_kv_over_their_own_addresses(cluster):
+def test_disaggregated_ranks_on_two_ray_nodes_pull_kv_over_their_own_addresses(cluster, tmp_path):
     """Rank 0 prefills, rank 1 decodes, on different nodes; each engine (KV listener included)
-    listens on its own node's address; the driver's BASTION_HOST_IP reaches no actor.
+    listens on its own node's address; the driver's BASTION_HOST_IP reaches no actor. The driver
+    starts in a folder with planted modules (Ray puts a driver's working directory on its
+    workers' path): no actor or engine imports them.
     NOTE: before the node-death test below, which leaves the cluster one node short."""
+    marker = tmp_path / "imports.log"
     server = ServerProcess("-dp", "2", "--prefill-ranks", "1", "--data-parallel-backend", "ray",
                            "--ray-placement-strategy", "spread",
-                           env={**cluster.driver_env(), "BASTION_HOST_IP": HEAD}, timeout=240)
+                           env={**cluster.driver_env(), "BASTION_HOST_IP": HEAD}, timeout=240,
+                           cwd=str(plant(tmp_path / "shared", marker)))
     try:
+        assert not imports_seen(marker), "\n".join(imports_seen(marker))
         head, node = cluster.nodes[HEAD], cluster.nodes[NODE]
         [head_engine] = head.processes(r"bastion\.launch\.child engine-")
         [node_engine] = node.processes(r"bastion\.launch\.child engine-")
