@@ -110,9 +110,10 @@ RAY_PLACEMENT_STRATEGIES = ("pack", "spread", "strict-pack")
 class RayConfig:
     """The Ray backend: every rank is an engine actor in its own placement group on a Ray cluster.
 
-    `address` is the cluster (None: RAY_ADDRESS, else a local cluster). Each rank's bundle asks
-    for `cpus_per_rank` CPUs and `gpus_per_rank` GPUs (None: one GPU when the cluster has GPUs and
-    the device allows it). `env_vars` is what actors get from the driver's environment, chosen by
+    `address` is the cluster (None: RAY_ADDRESS, else a local cluster). `cpus_per_rank` CPUs and
+    `gpus_per_rank` GPUs (None: one when the cluster has GPUs and the device allows it) are for
+    each tensor-parallel worker of a rank: a rank's one bundle holds -tp times each. `env_vars`
+    is what actors get from the driver's environment, chosen by
     `launch.ray.env.actor_environment`; `driver_host` is where the API servers listen for engine outputs
     (None: the driver's address as Ray sees it).
     """

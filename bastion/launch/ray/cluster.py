@@ -67,8 +67,9 @@ class RayCluster:
                 signal.signal(sig, handler)
         self.connected = True
 
-    def gpus_per_rank(self, device: str) -> float:
-        """--ray-gpus-per-rank, else one GPU per rank when the cluster has them and `device` allows."""
+    def gpus_per_worker(self, device: str) -> float:
+        """GPUs for each tensor-parallel worker of a rank: --ray-gpus-per-rank, else one when the
+        cluster has GPUs and `device` allows."""
         import ray
 
         gpus = self.ray_config.gpus_per_rank
