@@ -134,8 +134,13 @@ class RayConfig:
         if self.gpus_per_rank is not None and self.gpus_per_rank < 0:
             raise ValueError(f"--ray-gpus-per-rank must be non-negative, got {self.gpus_per_rank}")
 
-    def check(self, parallel: ParallelConfig) -> None:
-        """Ray places every rank itself: the flags that place ranks by hand do not apply."""
+    def check(self, parallel: ParallelConfig, tensor_parallel_size: int = 1) -> None:
+        """Ray places every rank itself: the flags that place ranks by hand do not apply. Each
+        tensor-parallel worker has its own GPU, so a share of one cannot go to several."""
+        gpus = self.gpus_per_rank
+        if tensor_parallel_size > 1 and gpus is not None and gpus != int(gpus):
+            raise ValueError(f"--ray-gpus-per-rank is per tensor-parallel worker and each has its own GPU: "
+                             f"with -tp {tensor_parallel_size} it must be a whole number, got {gpus:g}")
         for flag, given in (("--headless", parallel.headless),
                             ("--data-parallel-size-local", parallel.data_parallel_size_local is not None),
                             ("--data-parallel-start-rank", parallel.data_parallel_start_rank != 0)):
