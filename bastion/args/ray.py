@@ -24,10 +24,12 @@ def add_ray_args(parser: argparse.ArgumentParser) -> None:
                    help="how ranks share nodes: pack (fill nodes first, default), spread (fewest "
                         "ranks per node) or strict-pack (all on one node)")
     g.add_argument("--ray-cpus-per-rank", type=float, default=None,
-                   help="CPUs in each rank's bundle; CPU engines use as many threads unless "
-                        "--num-threads says otherwise (default 1)")
+                   help="CPUs for each tensor-parallel worker of a rank: a rank's bundle holds -tp "
+                        "times this (default 1); CPU engines use a thread per CPU of their bundle "
+                        "unless --num-threads says otherwise")
     g.add_argument("--ray-gpus-per-rank", type=float, default=None,
-                   help="GPUs in each rank's bundle (default 1 when the cluster has GPUs, else 0)")
+                   help="GPUs for each tensor-parallel worker of a rank: a rank's bundle holds -tp "
+                        "times this (default 1 when the cluster has GPUs, else 0)")
     g.add_argument("--ray-env-include", action="append", default=[], metavar="NAME[*]",
                    help=f"more driver variables actors get (comma-separated; a trailing * is a "
                         f"prefix; also ${INCLUDE_ENV}); secrets are refused")

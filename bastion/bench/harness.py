@@ -1,7 +1,7 @@
 """One way to run `bastion serve` from outside it: start, read the ready line, stop.
 
-The bench commands and the integration tests start real servers alike: `python -m bastion.cli
-[--log-level L] serve ARGS` with stdout piped and read line by line until a ready line matches
+The bench commands and the integration tests start real servers alike: `python -P -m bastion.cli
+[--log-level L] serve ARGS` (child_python.py: nothing from `cwd` is imported) with stdout piped and read line by line until a ready line matches
 (`SERVING`: a server's `bastion: serving NAMES on URL (...)`; `SUPERVISING`: a supervisor's;
 `HEADLESS`: a headless node's). stdout is kept and drained for the process's whole life, so a
 server never blocks on a full pipe. stderr is kept too (tests read the log), or left on ours
@@ -15,12 +15,12 @@ import argparse
 import os
 import re
 import subprocess
-import sys
 import threading
 from contextlib import contextmanager
 from typing import Iterator, NamedTuple, Sequence
 
 from bastion.args.engine import engine_kwargs
+from bastion.child_python import python_command, python_environment
 from bastion.launch.procs import terminate
 
 SERVING = re.compile(r"bastion: serving .* on (?P<url>https?://\S+) ")
@@ -35,9 +35,9 @@ class ServeProcess:
 
     def __init__(self, serve_args: Sequence[str], ready: re.Pattern[str] = SERVING, *,
                  log_level: str | None = None, env: dict[str, str] | None = None,
-                 capture_stderr: bool = True) -> None:
-        cmd = [sys.executable, "-m", "bastion.cli", *(("--log-level", log_level) if log_level else ()),
-               "serve", *serve_args]
+                 capture_stderr: bool = True, cwd: str | None = None) -> None:
+        cmd = python_command("bastion.cli", *(("--log-level", log_level) if log_level else ()),
+                             "serve", *serve_args)
         self.command = cmd  # the full command line, for a bench's record
         self.ready_line = ready
         self.match: re.Match[str] | None = None
@@ -46,7 +46,7 @@ class ServeProcess:
         self._settled = threading.Event()  # the ready line came, or stdout closed
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True,
                                      stderr=subprocess.PIPE if capture_stderr else None,
-                                     env={**os.environ, **env} if env else None)
+                                     env=python_environment({**os.environ, **(env or {})}), cwd=cwd)
         threading.Thread(target=self._read_stdout, daemon=True).start()
         self._stderr_reader: threading.Thread | None = None
         if capture_stderr:

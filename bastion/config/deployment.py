@@ -110,9 +110,10 @@ RAY_PLACEMENT_STRATEGIES = ("pack", "spread", "strict-pack")
 class RayConfig:
     """The Ray backend: every rank is an engine actor in its own placement group on a Ray cluster.
 
-    `address` is the cluster (None: RAY_ADDRESS, else a local cluster). Each rank's bundle asks
-    for `cpus_per_rank` CPUs and `gpus_per_rank` GPUs (None: one GPU when the cluster has GPUs and
-    the device allows it). `env_vars` is what actors get from the driver's environment, chosen by
+    `address` is the cluster (None: RAY_ADDRESS, else a local cluster). `cpus_per_rank` CPUs and
+    `gpus_per_rank` GPUs (None: one when the cluster has GPUs and the device allows it) are for
+    each tensor-parallel worker of a rank: a rank's one bundle holds -tp times each. `env_vars`
+    is what actors get from the driver's environment, chosen by
     `launch.ray.env.actor_environment`; `driver_host` is where the API servers listen for engine outputs
     (None: the driver's address as Ray sees it).
     """
@@ -133,8 +134,13 @@ class RayConfig:
         if self.gpus_per_rank is not None and self.gpus_per_rank < 0:
             raise ValueError(f"--ray-gpus-per-rank must be non-negative, got {self.gpus_per_rank}")
 
-    def check(self, parallel: ParallelConfig) -> None:
-        """Ray places every rank itself: the flags that place ranks by hand do not apply."""
+    def check(self, parallel: ParallelConfig, tensor_parallel_size: int = 1) -> None:
+        """Ray places every rank itself: the flags that place ranks by hand do not apply. Each
+        tensor-parallel worker has its own GPU, so a share of one cannot go to several."""
+        gpus = self.gpus_per_rank
+        if tensor_parallel_size > 1 and gpus is not None and gpus != int(gpus):
+            raise ValueError(f"--ray-gpus-per-rank is per tensor-parallel worker and each has its own GPU: "
+                             f"with -tp {tensor_parallel_size} it must be a whole number, got {gpus:g}")
         for flag, given in (("--headless", parallel.headless),
                             ("--data-parallel-size-local", parallel.data_parallel_size_local is not None),
                             ("--data-parallel-start-rank", parallel.data_parallel_start_rank != 0)):

@@ -28,7 +28,7 @@ class ServeConfig:
         if self.supervisor is not None:
             self.supervisor.check(self.parallel, self.server, self.security)
         if self.ray is not None:
-            self.ray.check(self.parallel)
+            self.ray.check(self.parallel, self.engine.tensor_parallel_size)
         self.parallel.check_start_rank(supervised=self.supervisor is not None)
 
     @property

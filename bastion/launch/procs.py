@@ -1,6 +1,7 @@
 """Child processes of the launcher: spawn, hand over the spec, await the handshake, watch, stop.
 
-Children run `python -m bastion.launch.child`. Their spec travels on stdin (never argv), their
+Children run `python -P -m bastion.launch.child` (child_python.py: nothing from the working
+directory is imported). Their spec travels on stdin (never argv), their
 handshake comes back on stdout, and their stderr is forwarded line by line to ours while the
 last lines are kept, so a child that dies during start-up fails the launch with its name and
 what it said last. Children get their own session: terminal signals reach only the launcher,
@@ -20,6 +21,7 @@ import time
 
 import msgspec
 
+from bastion.child_python import python_command, python_environment
 from bastion.transport.child_pipe import ChildSpec, Handshake, decode_handshake, read_frame, write_frame
 
 logger = logging.getLogger(__name__)
@@ -40,9 +42,9 @@ class Child:
         self.tail: collections.deque[str] = collections.deque(maxlen=LOG_TAIL_LINES)
         self._send_lock = threading.Lock()
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "bastion.launch.child", name], stdin=subprocess.PIPE,
+            python_command("bastion.launch.child", name), stdin=subprocess.PIPE,
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, pass_fds=pass_fds,
-            start_new_session=True, env=env, bufsize=0)
+            start_new_session=True, env=python_environment(env), bufsize=0)
         self.sentinel = os.pidfd_open(self.proc.pid)  # readable once the child has exited
         self._stderr = threading.Thread(target=self._forward_stderr, daemon=True)
         self._stderr.start()

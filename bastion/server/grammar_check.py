@@ -21,14 +21,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import sys
 from collections import OrderedDict
-from pathlib import Path
 from typing import NamedTuple
 
 import msgspec
 
-import bastion
+from bastion.child_python import python_command, python_environment
 from bastion.config.engine import StructuredOutputConfig
 from bastion.server.http.errors import APIError
 from bastion.structured.check_worker import (CheckRequest, CheckVerdict, FromWorker, WorkerReady,
@@ -176,7 +174,7 @@ class _Worker:
     @classmethod
     async def start(cls, setup: WorkerSetup, registry: set) -> "_Worker":
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "bastion.structured.check_worker", stdin=asyncio.subprocess.PIPE,
+            *python_command("bastion.structured.check_worker"), stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE, env=worker_environment(), close_fds=True)
         worker = cls(proc)
         registry.add(worker)  # NOTE: before the handshake, so close() ends a worker still starting
@@ -220,9 +218,7 @@ class _Worker:
 
 def worker_environment() -> dict[str, str]:
     """The worker's environment: a short allowlist (no key, token or secret of any name), with
-    bastion's own package first on the path, and no network, no hub, one thread."""
-    env = {name: os.environ[name] for name in _ENV_ALLOWED if name in os.environ}
-    root = str(Path(bastion.__file__).resolve().parent.parent)
-    env["PYTHONPATH"] = os.pathsep.join([root, *filter(None, [env.get("PYTHONPATH")])])
+    bastion's own package first on the path (child_python.py), and no network, no hub, one thread."""
+    env = python_environment({name: os.environ[name] for name in _ENV_ALLOWED if name in os.environ})
     env.update(RAYON_NUM_THREADS="1", PYTHONDONTWRITEBYTECODE="1", HF_HUB_OFFLINE="1")
     return env

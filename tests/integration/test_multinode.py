@@ -1,7 +1,8 @@
 """Ranks on two "nodes" of one machine (loopback addresses 127.0.0.2 and 127.0.0.3, never the
 external interface): a head with rank 0 and API servers, a headless node with rank 1 that
 registers over CurveZMQ. Requests are balanced over both; a node without the secret is refused;
-a killed node's rank goes down while the head serves on, and comes back when it restarts."""
+a killed node's rank goes down while the head serves on, and comes back when it restarts; with
+-tp 2 each rank's workers run on its own node."""
 from __future__ import annotations
 
 import signal
@@ -16,6 +17,8 @@ from bastion.bench.harness import HEADLESS, ServeProcess
 from bastion.bench.ports import free_port_block
 
 HEAD, NODE = "127.0.0.2", "127.0.0.3"
+LOOPBACK = "127.0.0.1"  # where a rank's tensor-parallel workers meet (gloo), on every node
+TP_WORKER = "bastion.engine.tensor_parallel.worker"
 
 
 class HeadlessNode(ServeProcess):
@@ -128,20 +131,27 @@ def test_a_headless_node_registers_serves_leaves_and_returns(secrets):
         head.kill()
 
 
-def test_a_prefill_head_and_a_decode_node_pull_kv_between_their_own_addresses(secrets):
+def test_a_prefill_head_and_a_decode_node_of_tp2_ranks_pull_kv_between_their_own_addresses(secrets):
     """The head's rank 0 prefills, the headless node's rank 1 (--kv-role decode) pulls the KV
-    from the head's KV listener, which is on the head's address like its other listeners."""
+    from the head's KV listener, which is on the head's address like its other listeners. Both
+    ranks are of two tensor-parallel workers: each rank's second worker is a child of its engine,
+    itself a child of its own node's launcher, and listens on loopback only (gloo)."""
     good, _ = secrets
     port = free_port_block(1, HEAD)
     head = ServerProcess("-dp", "2", "-dpl", "1", "-dpa", HEAD, "-dpp", str(port), "--internal-secret-file",
-                         str(good), "--kv-role", "prefill", env={"BASTION_HOST_IP": HEAD})
+                         str(good), "--kv-role", "prefill", "-tp", "2", env={"BASTION_HOST_IP": HEAD})
     node = None
     try:
-        node = HeadlessNode(port, good, extra=("--kv-role", "decode"))
+        node = HeadlessNode(port, good, extra=("--kv-role", "decode", "-tp", "2"))
         assert wait_for(lambda: health(head.url)["status"] == "ok")
         head_engine = next(p for p in head.children if "engine-0" in " ".join(p.cmdline()))
-        assert listening(head_engine) == {HEAD} and listening(node.engine()) == {NODE}
-        assert len([c for c in head_engine.net_connections(kind="tcp") if c.status == psutil.CONN_LISTEN]) == 2
+        for launcher, engine, ip in ((head.proc.pid, head_engine, HEAD), (node.proc.pid, node.engine(), NODE)):
+            assert engine.parent().pid == launcher
+            [worker] = [p for p in engine.children() if TP_WORKER in " ".join(p.cmdline())]
+            assert ip in listening(engine) and listening(engine) <= {ip, LOOPBACK}
+            assert listening(worker) <= {LOOPBACK}
+        assert len([c for c in head_engine.net_connections(kind="tcp")
+                    if c.status == psutil.CONN_LISTEN and c.laddr.ip == HEAD]) == 2  # input + KV
         assert_pulled_by_rank_1(head, 6)
     finally:
         if node is not None:

@@ -1,7 +1,9 @@
 """`--data-parallel-backend ray` on a real two-node Ray cluster of this machine (127.0.0.2 head,
-127.0.0.3 worker; loopback only). Each rank's engine listens on its own node's address; actors
-get the driver's deployment variables but not its host address or any secret; requests are
-served by both ranks; a node that dies has its rank restarted on the node that is left."""
+127.0.0.3 worker, 2 CPUs each; loopback only). Each rank's engine listens on its own node's
+address; a rank of two tensor-parallel workers takes both CPUs of its node, its worker beside its
+engine; actors get the driver's deployment variables but not its host address or any secret;
+requests are served by both ranks; a node that dies has its rank restarted on the node that is
+left."""
 from __future__ import annotations
 
 import os
@@ -11,9 +13,10 @@ import sys
 
 import httpx
 import pytest
+from planted_modules import imports_seen, plant
 from ray_cluster import RayCluster
 from server_process import ServerProcess
-from test_multinode import assert_pulled_by_rank_1, health, listening, wait_for
+from test_multinode import LOOPBACK, assert_pulled_by_rank_1, health, listening, wait_for
 
 pytest.importorskip("ray", reason="the Ray backend needs the ray extra: pip install 'bastion[ray]'")
 
@@ -24,7 +27,7 @@ HF_TOKEN = "hf_secret_token_ray_test_0123456789"
 
 @pytest.fixture(scope="module")
 def cluster():
-    cluster = RayCluster({HEAD: 2, NODE: 1})
+    cluster = RayCluster({HEAD: 2, NODE: 2})  # each: room for one -tp 2 rank
     yield cluster
     cluster.stop()
 
@@ -41,25 +44,36 @@ def test_ranks_the_cluster_cannot_fit_fail_the_start_saying_what_was_asked_and_w
     done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=180)
     assert done.returncode == 1
     assert ("the Ray cluster cannot fit 3 ranks of {CPU: 1, GPU: 0} each with --ray-placement-strategy "
-            "strict-pack; it has 127.0.0.2: CPU 2, GPU 0; 127.0.0.3: CPU 1, GPU 0") in done.stderr
+            "strict-pack; it has 127.0.0.2: CPU 2, GPU 0; 127.0.0.3: CPU 2, GPU 0") in done.stderr
     assert not cluster.nodes[HEAD].processes(r"bastion\.launch\.child|^ray::RankActor")
 
 
-def test_disaggregated_ranks_on_two_ray_nodes_pull_kv_over_their_own_addresses(cluster):
-    """Rank 0 prefills, rank 1 decodes, on different nodes; each engine (KV listener included)
-    listens on its own node's address; the driver's BASTION_HOST_IP reaches no actor.
+def test_disaggregated_tp2_ranks_one_per_ray_node_pull_kv_over_their_own_addresses(cluster, tmp_path):
+    """Rank 0 prefills, rank 1 decodes, each of two tensor-parallel workers: a rank's bundle holds
+    both workers' CPUs, so each node has room for one rank and even `pack` (the default) puts one
+    on each node, its worker a child of its engine there. Each engine (KV listener included)
+    listens on its own node's address (gloo: loopback); the driver's BASTION_HOST_IP reaches no
+    actor. The driver starts in a folder with planted modules (Ray puts a driver's working
+    directory on its workers' path): no actor, engine or worker imports them.
     NOTE: before the node-death test below, which leaves the cluster one node short."""
-    server = ServerProcess("-dp", "2", "--prefill-ranks", "1", "--data-parallel-backend", "ray",
-                           "--ray-placement-strategy", "spread",
-                           env={**cluster.driver_env(), "BASTION_HOST_IP": HEAD}, timeout=240)
+    marker = tmp_path / "imports.log"
+    server = ServerProcess("-dp", "2", "-tp", "2", "--prefill-ranks", "1", "--data-parallel-backend", "ray",
+                           env={**cluster.driver_env(), "BASTION_HOST_IP": HEAD}, timeout=240,
+                           cwd=str(plant(tmp_path / "shared", marker)))
     try:
+        assert not imports_seen(marker), "\n".join(imports_seen(marker))
         head, node = cluster.nodes[HEAD], cluster.nodes[NODE]
         [head_engine] = head.processes(r"bastion\.launch\.child engine-")
         [node_engine] = node.processes(r"bastion\.launch\.child engine-")
-        assert listening(head_engine) == {HEAD} and listening(node_engine) == {NODE}
-        prefill = next(p for p in (head_engine, node_engine) if "engine-0" in " ".join(p.cmdline()))
-        assert len(prefill.net_connections(kind="tcp")) and len(
-            [c for c in prefill.net_connections(kind="tcp") if c.status == "LISTEN"]) == 2  # input + KV
+        for ray_node, engine in ((head, head_engine), (node, node_engine)):
+            [worker] = ray_node.processes(r"bastion\.engine\.tensor_parallel\.worker")
+            assert worker.parent().pid == engine.pid
+            assert ray_node.ip in listening(engine) and listening(engine) <= {ray_node.ip, LOOPBACK}
+            assert listening(worker) <= {LOOPBACK}
+        prefill, ip = next((p, ip) for p, ip in ((head_engine, HEAD), (node_engine, NODE))
+                           if "engine-0" in " ".join(p.cmdline()))
+        assert len([c for c in prefill.net_connections(kind="tcp")
+                    if c.status == "LISTEN" and c.laddr.ip == ip]) == 2  # input + KV
         for proc in [*head.processes(r"^ray::RankActor"), *node.processes(r"^ray::RankActor"), head_engine,
                      node_engine]:
             assert "BASTION_HOST_IP" not in proc.environ()

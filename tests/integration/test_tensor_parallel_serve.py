@@ -1,8 +1,11 @@
 """`bastion serve -tp 2`: a rank of two worker processes serves through the openai SDK next to
-another rank (-dp 2); while it serves, every TCP listener of its process tree is on loopback and
-nothing listens as a TCPStore; a SIGKILLed worker takes its rank down, the rank restarts whole
-and serves again while the other rank never errors; nothing is left after SIGTERM; shapes and
-sizes that cannot run are refused before anything starts."""
+another rank (-dp 2), started from a folder where another user planted `msgspec.py`, `zmq.py`
+and `numpy.py`, of which no process of the server (launcher, API server, engines, their workers,
+a grammar check worker, a restarted rank) imports anything; while it serves, every TCP listener
+of its process tree is on loopback and nothing listens as a TCPStore; a SIGKILLed worker takes
+its rank down, the rank restarts whole and serves again while the other rank never errors;
+nothing is left after SIGTERM; shapes and sizes that cannot run are refused before anything
+starts."""
 from __future__ import annotations
 
 import re
@@ -16,6 +19,7 @@ import httpx
 import psutil
 from openai import OpenAI
 
+from planted_modules import imports_seen, plant
 from server_process import ServerProcess
 
 TCPSTORE_PORT = 29500  # torch.distributed's default MASTER_PORT
@@ -45,14 +49,21 @@ def ss_listeners(pids: set[int]) -> list[tuple[str, int]]:
     return found
 
 
-def test_tp2_dp2_serves_on_loopback_and_a_killed_worker_restarts_only_its_rank():
+def test_tp2_dp2_serves_on_loopback_imports_nothing_from_its_folder_and_a_killed_worker_restarts_its_rank(
+        tmp_path):
+    marker = tmp_path / "imports.log"
+    shared = plant(tmp_path / "shared", marker)  # the server's working directory
     server = ServerProcess("-tp", "2", "-dp", "2", "--dtype", "float32", "--kv-cache-memory", "64MiB",
-                           timeout=240)
+                           timeout=240, cwd=str(shared))
     try:
         client = OpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0)
         answers = [client.completions.create(model="bastion-demo", prompt=f"Once {i}", max_tokens=8,
                                              temperature=0) for i in range(8)]
         assert all(a.usage.completion_tokens == 8 for a in answers)
+        chosen = client.completions.create(model="bastion-demo", prompt="Yes or no?", max_tokens=4,
+                                           extra_body={"structured_outputs": {"choice": ["yes", "no"]}})
+        assert chosen.choices[0].text in ("yes", "no")  # a grammar check worker started for it
+        assert not imports_seen(marker), "\n".join(imports_seen(marker))
         for rank in ("0", "1"):
             assert server.metric("bastion_rank_requests_total", rank=rank) > 0  # both ranks busy
         found = workers(server)
@@ -104,6 +115,7 @@ def test_tp2_dp2_serves_on_loopback_and_a_killed_worker_restarts_only_its_rank()
         assert len(workers(server)) == 2
         assert [client.completions.create(model="bastion-demo", prompt="again", max_tokens=4).usage.completion_tokens
                 for _ in range(4)] == [4] * 4
+        assert not imports_seen(marker), "\n".join(imports_seen(marker))  # nor the restarted rank's
         assert server.sigterm_leaves_nothing()
     finally:
         server.kill()

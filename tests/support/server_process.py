@@ -15,8 +15,8 @@ class ServerProcess(ServeProcess):
     """`bastion serve ARGS --port 0`; raises with its output if it never becomes ready."""
 
     def __init__(self, *args: str, timeout: float = 180.0, env: dict[str, str] | None = None,
-                 http: dict | None = None) -> None:
-        super().__init__(["--port", "0", *args], SERVING, log_level="warning", env=env)
+                 http: dict | None = None, cwd: str | None = None) -> None:
+        super().__init__(["--port", "0", *args], SERVING, log_level="warning", env=env, cwd=cwd)
         self.http = http or {}  # httpx options (headers, verify, cert) for metric()
         self.children: list[psutil.Process] = []
         self.url = self.wait_ready(timeout)["url"]

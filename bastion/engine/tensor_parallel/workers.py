@@ -2,7 +2,7 @@
 
 Worker 0 runs the scheduler and sampler; workers 1..N-1 are child processes of it that run only
 their shard of the model (engine/tensor_parallel/worker.py). Each is started with
-`python -m bastion.engine.tensor_parallel.worker`, its spec (config, place in the group, the rendezvous
+`python -P -m bastion.engine.tensor_parallel.worker` (child_python.py), its spec (config, place in the group, the rendezvous
 file) as one frame on its stdin, never in argv; it dies with worker 0 (`PR_SET_PDEATHSIG`, and
 EOF on that stdin). The rendezvous is a torch `FileStore` in the rank's private 0700 directory
 and gloo's sockets are on loopback (model/parallel/group.py), so nothing listens on the network.
@@ -17,7 +17,6 @@ import dataclasses
 import logging
 import os
 import subprocess
-import sys
 import tempfile
 import threading
 from pathlib import Path
@@ -26,6 +25,7 @@ from typing import Callable
 import msgspec
 import torch
 
+from bastion.child_python import python_command, python_environment
 from bastion.config.engine import EngineConfig
 from bastion.engine.tensor_parallel import step_wire
 from bastion.model.attention import AttentionContext
@@ -72,8 +72,8 @@ class TensorWorkers:
         self.procs: list[subprocess.Popen] = []
         for rank in range(1, size):
             spec = TensorWorkerSpec(worker_config(config, rank), size, rank, str(store), shares[rank])
-            proc = subprocess.Popen([sys.executable, "-m", "bastion.engine.tensor_parallel.worker"],
-                                    stdin=subprocess.PIPE, close_fds=True)
+            proc = subprocess.Popen(python_command("bastion.engine.tensor_parallel.worker"),
+                                    stdin=subprocess.PIPE, close_fds=True, env=python_environment())
             write_frame(proc.stdin.fileno(), spec)
             proc.stdin.flush()
             self.procs.append(proc)  # NOTE: stdin stays open: its EOF tells the worker we are gone

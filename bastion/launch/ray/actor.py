@@ -47,7 +47,7 @@ class RankActor:
         pair = channel.CurveKeyPair.generate()
         keys = channel.ChannelKeys(pair.public, pair.secret, list(api_publics))
         internal = InternalConfig("tcp", host, encryption=True)
-        # NOTE: device_rank 0: Ray shows the actor only the GPU of its bundle
+        # NOTE: device_rank 0: Ray shows the actor only the GPUs of its bundle (one per tensor-parallel worker)
         spec = EngineSpec(index, config, "", internal, keys, device_rank=0)  # NOTE: TCP: no ipc directory
         self.child = Child(f"engine-{index}", spec, env=child_environment(log_level))
         ready = self.child.await_handshake(time.monotonic() + timeout)

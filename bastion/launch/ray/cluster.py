@@ -3,6 +3,11 @@
 `join` joins the cluster at `--ray-address`, else RAY_ADDRESS, else starts a local one on this
 node's address (never the external interface by default), without bastion's secrets in the
 environment its processes copy. `leave` leaves it (and stops a local one).
+
+Ray puts the driver's working directory first on the path of every worker of the job (its
+`py_driver_sys_path`), so an actor would import a `msgspec.py` planted in the folder the server
+was started from. The driver joins from `/` instead (`ray.init` reads it then; our own
+directory is back right after), which only root can write (docs/security.md).
 """
 from __future__ import annotations
 
@@ -10,6 +15,7 @@ import contextlib
 import logging
 import os
 import signal
+from typing import Iterator
 
 from bastion.config.deployment import RayConfig
 from bastion.launch.environment import secrets_hidden
@@ -49,7 +55,7 @@ class RayCluster:
         handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
         try:
             # NOTE: a local cluster's processes (and so every actor) inherit os.environ
-            with secrets_hidden() if local_ip else contextlib.nullcontext():
+            with secrets_hidden() if local_ip else contextlib.nullcontext(), working_directory(JOIN_FROM):
                 ray.init(address=address, namespace="bastion", logging_level=logging.WARNING,
                          configure_logging=False, **kwargs)
         except Exception as exc:  # NOTE: ray raises ConnectionError, RuntimeError, ValueError ...
@@ -61,8 +67,9 @@ class RayCluster:
                 signal.signal(sig, handler)
         self.connected = True
 
-    def gpus_per_rank(self, device: str) -> float:
-        """--ray-gpus-per-rank, else one GPU per rank when the cluster has them and `device` allows."""
+    def gpus_per_worker(self, device: str) -> float:
+        """GPUs for each tensor-parallel worker of a rank: --ray-gpus-per-rank, else one when the
+        cluster has GPUs and `device` allows."""
         import ray
 
         gpus = self.ray_config.gpus_per_rank
@@ -85,6 +92,20 @@ class RayCluster:
 
             ray.shutdown()
             self.connected = False
+
+
+JOIN_FROM = "/"  # the driver's working directory while it joins: what Ray's workers get on their path
+
+
+@contextlib.contextmanager
+def working_directory(path: str) -> Iterator[None]:
+    """The process's working directory is `path` inside the block, and as it was after it."""
+    before = os.getcwd()
+    os.chdir(path)
+    try:
+        yield
+    finally:
+        os.chdir(before)
 
 
 # NOTE: Ray swaps 127.0.0.1 (and localhost, ::1) for this host's external address; another

@@ -1,7 +1,8 @@
 """The driver side of `--data-parallel-backend ray`: every engine rank is a Ray actor.
 
 `start` joins the cluster (cluster.py). `await_ready` plans where the ranks go (placement.py),
-makes one named placement group per rank pinned to its node, starts a `RankActor` in each and
+makes one named placement group per rank pinned to its node (one bundle with the CPUs and GPUs
+of all the rank's tensor-parallel workers: `RankNeed`), starts a `RankActor` in each and
 awaits every rank's real endpoint; nothing port-shaped is chosen here. After start-up the
 launcher's watch loop calls `tick`, which polls every rank's outstanding Ray call without
 blocking:
@@ -28,7 +29,7 @@ from bastion.launch.procs import ChildStartError
 from bastion.launch.ranks import Notify, Rank, RankSet, Watch
 from bastion.launch.ray.actor import RankActor, RankStarted
 from bastion.launch.ray.cluster import RayCluster
-from bastion.launch.ray.placement import NoFit, bundle, nodes_from_ray, place
+from bastion.launch.ray.placement import NoFit, RankNeed, bundle, nodes_from_ray, place
 from bastion.launch.restart import RestartPolicy
 from bastion.transport import channel
 from bastion.transport.channel import ChannelKeys
@@ -67,7 +68,7 @@ class RayActorRanks(RankSet):
         self.name = f"bastion-{secrets.token_hex(4)}"  # names this deployment's groups and actors
         self.cluster = RayCluster(config.ray)
         self.api_publics: list[bytes] = []
-        self.gpus = 0.0
+        self.need = RankNeed(config.ray.cpus_per_rank, 0.0, config.engine.tensor_parallel_size)
         self._remote_actor = None
         self._actor_options: dict = {}
 
@@ -79,8 +80,10 @@ class RayActorRanks(RankSet):
         import ray
 
         self.cluster.join()
-        self.gpus = self.cluster.gpus_per_rank(self.config.engine.model.device)
-        self._actor_options = {"num_cpus": self.ray_config.cpus_per_rank, "num_gpus": self.gpus,
+        gpus = self.cluster.gpus_per_worker(self.config.engine.model.device)
+        self.need = replace(self.need, gpus_per_worker=gpus)
+        # NOTE: the actor holds its whole bundle: Ray shows it (and so its engine's workers) every GPU of it
+        self._actor_options = {"num_cpus": self.need.cpus, "num_gpus": self.need.gpus,
                                "max_restarts": 0, "max_concurrency": 4,
                                "runtime_env": {"env_vars": dict(self.ray_config.env_vars)}}
         self._remote_actor = ray.remote(RankActor)
@@ -93,8 +96,8 @@ class RayActorRanks(RankSet):
         cannot fit them, or a rank fails or misses `timeout`."""
         deadline = time.monotonic() + timeout
         try:
-            plan = place([r.index for r in self.ranks], self._nodes(), self.ray_config.cpus_per_rank,
-                         self.gpus, self.ray_config.placement_strategy)
+            plan = place([r.index for r in self.ranks], self._nodes(), self.need,
+                         self.ray_config.placement_strategy)
         except NoFit as exc:
             raise ChildStartError(str(exc)) from None
         for rank in self.ranks:
@@ -145,7 +148,7 @@ class RayActorRanks(RankSet):
                 name=f"{self.name}-rank-{rank.index}-{rank.placements}",
                 scheduling_strategy=_in_group(rank.group), **self._actor_options).remote()
             engine = self.config.engine.with_kv_role(self.config.parallel.kv_role_of(rank.index))
-            config = replace(engine, num_threads=engine.num_threads or max(1, int(self.ray_config.cpus_per_rank)))
+            config = replace(engine, num_threads=engine.num_threads or self.need.threads)
             rank.pending = rank.actor.start.remote(rank.index, config, self.api_publics,
                                                    self.config.server.log_level,
                                                    max(1.0, rank.deadline - time.monotonic()))
@@ -164,7 +167,7 @@ class RayActorRanks(RankSet):
         from ray.util.placement_group import placement_group
 
         rank.node, rank.state, rank.deadline = node_ip, RankState.PLACING, deadline
-        rank.group = placement_group([bundle(self.ray_config.cpus_per_rank, self.gpus, node_ip)],
+        rank.group = placement_group([bundle(self.need, node_ip)],
                                      strategy="STRICT_PACK",
                                      name=f"{self.name}-rank-{rank.index}-{rank.placements}")
         rank.pending = rank.group.ready()
@@ -173,8 +176,7 @@ class RayActorRanks(RankSet):
     def _replace(self, rank: _ActorRank) -> None:
         """Place a restarting rank again, on a node the strategy picks among those alive now."""
         try:
-            node = place([rank.index], self._nodes(), self.ray_config.cpus_per_rank, self.gpus,
-                         self.ray_config.placement_strategy)[rank.index]
+            node = place([rank.index], self._nodes(), self.need, self.ray_config.placement_strategy)[rank.index]
         except NoFit as exc:
             if rank.state != RankState.WAITING:  # NOTE: said once, not at every retry
                 logger.error("engine rank %d waits for room: %s", rank.index, exc)

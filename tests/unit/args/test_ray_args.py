@@ -25,6 +25,9 @@ def config(*argv: str):
     ([*RAY, "--internal-encryption", "off"], "Ray ranks need --internal-encryption on"),
     ([*RAY, "--ray-cpus-per-rank", "0"], "--ray-cpus-per-rank must be positive"),
     ([*RAY, "--ray-gpus-per-rank", "-1"], "--ray-gpus-per-rank must be non-negative"),
+    ([*RAY, "-tp", "2", "--ray-gpus-per-rank", "0.5"],
+     "--ray-gpus-per-rank is per tensor-parallel worker and each has its own GPU: with -tp 2 it must be "
+     "a whole number, got 0.5"),
     ([*RAY, "--ray-env-include", "MY_*,HF_TOKEN"], "--ray-env-include: 'HF_TOKEN' looks like a secret"),
 ])
 def test_bad_ray_flags_name_themselves(argv, message):
