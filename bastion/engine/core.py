@@ -19,7 +19,7 @@ from bastion.model.parallel.group import TensorGroup
 from bastion.model.parallel.plan import TensorParallel
 from bastion.engine.sampler import Sampler
 from bastion.engine.scheduler import Scheduler
-from bastion.model.tokenizer import load_tokenizer
+from bastion.model.tokenizer import import_transformers, load_tokenizer
 from bastion.sampling_params import SamplingParams
 from bastion.structured.compiler import GrammarCompiler
 from bastion.structured.tokenizer import grammar_tokenizer
@@ -86,6 +86,7 @@ class EngineCore:
         self._groups: dict[str, RequestGroup] = {}
         self._ended: dict[str, RequestGroup] = {}
         sc = config.structured
+        import_transformers()  # NOTE: before the compiler's thread loads the tokenizer with it
         self.grammars = GrammarCompiler(self._grammar_tokenizer,
                                         timeout=sc.structured_output_compile_timeout,
                                         max_bytes=sc.structured_output_max_bytes,

@@ -7,6 +7,14 @@ from pathlib import Path
 from bastion.model.arch import ModelLoadError
 
 
+def import_transformers() -> None:
+    """Import the transformers package on the calling thread. NOTE: call it before starting a
+    thread that loads a tokenizer: transformers replaces its module in sys.modules when its import
+    ends, and a thread that imports it while another is still doing so gets the half-made module
+    (`from transformers import X` raises ImportError there)."""
+    import transformers  # noqa: F401
+
+
 def load_tokenizer(model: str | Path):
     """A transformers fast tokenizer for `model`, a folder or a GGUF file (no hub access, ever)."""
     from bastion.model.gguf.reader import is_gguf

@@ -68,3 +68,20 @@ def test_the_seeds_of_n_sequences_wrap_at_64_bits_and_a_failed_group_leaves_noth
         engine.add_request("f", PROMPT, SamplingParams(n=2, max_tokens=2))
     assert made == [0] and not engine.has_unfinished
     assert engine.step() == []
+
+
+def test_a_program_can_import_transformers_right_after_making_an_engine():
+    """The engine loads llguidance's tokenizer on a background thread at once, which imports
+    transformers; transformers replaces its module in sys.modules when its import ends, so a
+    thread importing it meanwhile got the half-made module (`from transformers import X`:
+    ImportError, seen from the offline bench's baseline)."""
+    import subprocess
+    import sys
+
+    code = ("from bastion.config.engine import EngineConfig\n"
+            "from bastion.engine.core import EngineCore\n"
+            "from bastion.model.demo import DEMO_MODEL_DIR\n"
+            "engine = EngineCore(EngineConfig.from_kwargs(str(DEMO_MODEL_DIR)))\n"
+            "from transformers import AutoModelForCausalLM, AutoTokenizer\n")
+    done = subprocess.run([sys.executable, "-P", "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
