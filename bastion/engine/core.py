@@ -189,9 +189,12 @@ class EngineCore:
         return group.client
 
     def abort_request(self, request_id: str, index: int | None = None) -> list[TokenDelta]:
-        """End every sequence of a request (or only sequence `index`) now; blocks return at once."""
+        """End every sequence of a request (or only sequence `index`) now; blocks return at once
+        (a request this rank has just handed over: its lease is released, no pull will come)."""
         group = self._groups.get(request_id)
         if group is None:
+            if self.kv is not None:
+                self.kv.release(request_id)
             return []
         outputs = []
         compiling = request_id in self._compiling

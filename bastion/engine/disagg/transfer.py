@@ -139,6 +139,13 @@ class KvTransfer:
         self._failed.append((req.request_id, "the prompt's KV could not be loaded from its prefill "
                              f"rank: {reason}", 503))
 
+    def release(self, request_id: str, lease_id: str | None = None) -> None:
+        """Prefill side: free the blocks held for `request_id` (under `lease_id`, when given) once
+        no pull is sending them; its handle goes no further (the API server says so, or the
+        request was aborted after its hand-over)."""
+        if self.leases is not None:
+            self.leases.release(request_id, lease_id)
+
     def abort(self, req: Request) -> bool:
         """End a request whose pull is under way (its blocks are freed when the pull ends)."""
         if req.request_id not in self._pulling or req.is_finished:

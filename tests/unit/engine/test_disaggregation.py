@@ -1,6 +1,7 @@
 """Disaggregated prefill and decode between two engines of this process, over the real KV
 channel (CurveZMQ on loopback): the same greedy tokens as one engine, blocks freed on both
-sides, leases that run out, pulls that fail (recompute or a 503), clients without the
+sides, leases that run out, leases released by an abort just after the hand-over (never under a
+pull that sends them), pulls that fail (recompute or a 503), clients without the
 deployment's keys, garbage frames, and what a relay on the wire sees."""
 from __future__ import annotations
 
@@ -16,6 +17,8 @@ from bastion.config.engine import EngineConfig, KvTransferConfig
 from bastion.engine.core import EngineCore
 from bastion.engine.disagg import wire
 from bastion.engine.disagg.handle import KvHandle, KvSource
+from bastion.engine.disagg.leases import Leases
+from bastion.engine.request import Request
 from bastion.sampling_params import SamplingParams
 from bastion.transport import channel
 from bastion.transport.channel import CurveKeyPair
@@ -232,3 +235,33 @@ def test_a_request_aborted_before_its_failed_pull_is_reported_ends_quietly(model
         assert decode.step() == [] and decode.take_errors() == [] and not decode.has_unfinished
     finally:
         decode.close()
+
+
+def test_an_abort_for_a_request_just_handed_over_releases_its_lease(model_paths, keys):
+    """The abort reached the prefill rank during the step that handed the request over: its
+    lease is released at once (the API server will not pass that handle on), not at expiry."""
+    prefill = _engine(model_paths["demo"], "prefill", keys[0])  # the default lease: 30 s
+    try:
+        firsts = _prefill_all(prefill, PROMPTS[:2])
+        used = prefill.blocks.usage
+        assert prefill.abort_request("0") == [] and prefill.has_work
+        prefill.step()
+        assert len(prefill.kv.leases) == 1 and prefill.kv.leases.expired == 0 and 0 < prefill.blocks.usage < used
+        assert isinstance(_pull_by_hand(prefill, keys[1], firsts["0"].kv_handle, keys[0].public), wire.KvRefused)
+        assert isinstance(_pull_by_hand(prefill, keys[1], firsts["1"].kv_handle, keys[0].public), wire.KvLayer)
+    finally:
+        prefill.close()
+
+
+def test_a_lease_released_while_a_pull_sends_it_is_freed_after_that_pull():
+    """An abort's release can come while the KV server sends the blocks: they are not freed
+    (nor reused) under the sender, and the engine wakes to free them when it is done."""
+    wakes = []
+    leases = Leases(0, 30, lambda: wakes.append(1))
+    req = Request("r", [5, 6, 7], _greedy(), frozenset(), 64)
+    handle = leases.hold(req)
+    assert leases.pin("r", handle.lease_id) == handle
+    assert leases.release("r") and not leases.due() and leases.reap() == []
+    assert isinstance(leases.pin("r", handle.lease_id), str)  # no further pull of a released lease
+    leases.unpin(handle.lease_id)
+    assert len(wakes) == 2 and leases.due() and leases.reap() == [req] and leases.expired == 0
