@@ -131,7 +131,7 @@ class EngineLoop:
             self.outbox.put((message.client_index, message))
         elif isinstance(message, KvPeers):
             if self.engine.kv is not None:
-                self.engine.kv.admit(message.keys)
+                self.engine.kv.admit(message.peers)
         elif isinstance(message, KvLeaseRelease):  # a handle the API server did not pass on
             if self.engine.kv is not None:
                 self.engine.kv.release(message.request_id, message.lease_id)

@@ -99,11 +99,13 @@ class EngineClient:
         self._reader = asyncio.create_task(self._read())
 
     async def _send_kv_peers(self) -> None:
-        """Tell each prefill rank the engine keys its KV listener admits (all the ranks' now)."""
-        keys = [r.kv_key for r in self.ranks if r.kv_key]
+        """Tell each prefill rank the engine keys its KV listener admits: every rank's key now,
+        with its restarts (the rank's own key among them; a rank on a node that has not
+        registered yet has none, and is named when it does)."""
+        peers = [(r.index, r.restarts, r.kv_key) for r in self.ranks if r.kv_key]
         for rank in self.ranks:
-            if rank.role == "prefill" and rank.alive and keys:
-                await self.pushes[rank.index].send(encode(KvPeers(keys)))
+            if rank.role == "prefill" and rank.alive and peers:
+                await self.pushes[rank.index].send(encode(KvPeers(peers)))
 
     async def _read(self) -> None:
         while True:

@@ -63,10 +63,13 @@ class ClientHello(msgspec.Struct, tag="hello", frozen=True):
 
 
 class KvPeers(msgspec.Struct, tag="kv_peers", frozen=True):
-    """Front end -> a prefill rank: the deployment's engine keys, which its KV listener admits
-    (Ray ranks make their keys on their own nodes, so no launcher can name them in a spec)."""
+    """Front end -> a prefill rank: every engine rank's KV key as this API server knows it now,
+    `(rank, restarts, key)`, which its KV listener admits (Ray ranks make their keys on their own
+    nodes, so no launcher can name them in a spec). The listener keeps each rank's key of the
+    most restarts: a rank that restarted with a new keypair is no longer admitted under its old
+    one, and a late message from another API server cannot bring an old key back."""
 
-    keys: list[bytes]
+    peers: list[tuple[int, int, bytes]]
 
 
 class KvLeaseRelease(msgspec.Struct, tag="kv_lease_release", frozen=True):

@@ -56,6 +56,8 @@ class KvTransfer:
         self._pulling: dict[str, Request] = {}  # pulls under way, by request
         self._failed: list[tuple[str, str, int]] = []
         self._wake = wake
+        self._launch_peers = set(peers)  # the launcher's: fixed keys (Ray ranks get none here)
+        self._ranks_keys: dict[int, tuple[int, bytes]] = {}  # from KvPeers: rank -> (restarts, key)
         if config.role in ("prefill", "both"):
             self.leases = Leases(rank, config.lease_s, wake)
             self.server = KvServer(self.leases, caches, keys, peers, host)
@@ -67,12 +69,17 @@ class KvTransfer:
         """The KV listener's endpoint ('' on a decode-only rank)."""
         return self.server.endpoint if self.server is not None else ""
 
-    def admit(self, keys: list[bytes]) -> None:
-        """Let engines with these CURVE public keys pull from this rank's KV listener."""
-        if self.server is not None:
-            for key in keys:
-                if len(key) == 40:  # a Z85 public key
-                    self.server.gate.admit(key)
+    def admit(self, peers: list[tuple[int, int, bytes]]) -> None:
+        """Let the engines of the deployment pull from this rank's KV listener: the launcher's
+        `peers` (fixed for the launch), and each rank's latest key of `(rank, restarts, key)`
+        (KvPeers). A rank's key from before a later restart is admitted no more."""
+        if self.server is None:
+            return
+        for rank, restarts, key in peers:
+            known = self._ranks_keys.get(rank)
+            if len(key) == 40 and (known is None or restarts >= known[0]):  # a Z85 public key
+                self._ranks_keys[rank] = (restarts, key)
+        self.server.gate.admit_only(self._launch_peers | {key for _, key in self._ranks_keys.values()})
 
     def hand_over(self, req: Request) -> KvHandle:
         """Prefill side: take `req` out of the batch with its blocks held; the handle names them."""

@@ -29,13 +29,15 @@ from tcp_relay import TcpRelay
 PROMPTS = [[5 + i, 17, 300 + 7 * i, 42, 8, 9, 100 + i] * (1 + i % 4) for i in range(6)]
 
 
-def _engine(model, role: str, key: channel.ChannelKeys, tp: int = 1, **transfer) -> EngineCore:
+def _engine(model, role: str, key: channel.ChannelKeys, tp: int = 1, peers: list[bytes] | None = None,
+            **transfer) -> EngineCore:
+    """An engine of `role` with `key`, admitting the launcher's `peers` (default: the key's)."""
     config = EngineConfig.from_kwargs(str(model), dtype="float32", num_kv_blocks=64, block_size=8,
                                       tensor_parallel_size=tp)
     config = dataclasses.replace(config, kv_transfer=KvTransferConfig(role=role, **transfer))
     engine = EngineCore(config)
     engine.enable_kv_transfer(0 if role == "prefill" else 1, CurveKeyPair(key.public, key.secret),
-                              key.peers, "127.0.0.1", lambda: None)
+                              key.peers if peers is None else peers, "127.0.0.1", lambda: None)
     return engine
 
 
@@ -198,6 +200,26 @@ def test_the_kv_listener_admits_only_the_deployment_and_survives_garbage(model_p
         assert isinstance(_pull_by_hand(prefill, keys[1], handle, keys[0].public), wire.KvLayer)
         forged = msgspec.structs.replace(handle, lease_id="0" * 32)  # a lease id nobody was given
         assert isinstance(_pull_by_hand(prefill, keys[1], forged, keys[0].public), wire.KvRefused)
+    finally:
+        prefill.close()
+
+
+def test_kv_peers_name_the_keys_the_kv_listener_admits_now(model_paths, keys):
+    """Ray ranks: no launcher names their keys (made on their nodes); the API servers send each
+    rank's key as they know it now (KvPeers: rank, restarts, key). Decode rank 1 restarts with a
+    new keypair: the prefill rank's KV listener admits the new key and no longer the old one,
+    and a late message naming the old key (another API server's, sent before) changes nothing."""
+    prefill = _engine(model_paths["demo"], "prefill", keys[0], peers=[])
+    try:
+        handle = _prefill_all(prefill, PROMPTS[:1])["0"].kv_handle
+        first = [(0, 0, keys[0].public), (1, 0, keys[1].public)]
+        prefill.kv.admit(first)
+        assert isinstance(_pull_by_hand(prefill, keys[1], handle, keys[0].public), wire.KvLayer)
+        restarted = channel.deployment_keys(1, 0)[0]
+        prefill.kv.admit([(0, 0, keys[0].public), (1, 1, restarted.public)])
+        prefill.kv.admit(first)  # late
+        assert isinstance(_pull_by_hand(prefill, restarted, handle, keys[0].public), wire.KvLayer)
+        assert _pull_by_hand(prefill, keys[1], handle, keys[0].public, timeout_ms=1500) is None
     finally:
         prefill.close()
 

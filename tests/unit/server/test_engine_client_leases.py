@@ -2,7 +2,8 @@
 plays a prefill rank and a decode rank (PULL sockets where the engines listen, a PUSH to the API
 server's result socket). A handle the API server does not pass on to a decode rank is released
 on its prefill rank at once: the client has gone (before or after the handle came), no decode
-rank is up, the send to the decode rank fails."""
+rank is up, the send to the decode rank fails. The prefill rank hears every rank's KV key with
+its restarts (KvPeers), again when a rank comes back with a new one."""
 from __future__ import annotations
 
 import asyncio
@@ -63,8 +64,9 @@ def _run(folder, scenario) -> None:
         try:
             await client.start()
             ranks.outputs.connect(client.output_endpoint)
-            assert [type(m) for m in await ranks.received(0)] == [ClientHello, KvPeers]
-            assert [type(m) for m in await ranks.received(1)] == [ClientHello]
+            hello = ClientHello(0, client.output_endpoint, b"")
+            assert await ranks.received(0) == [hello, KvPeers([(0, 0, b"p" * 40), (1, 0, b"d" * 40)])]
+            assert await ranks.received(1) == [hello]
             await asyncio.wait_for(scenario(client, ranks), 10)
         finally:
             client.close()
@@ -116,4 +118,14 @@ def test_a_handle_whose_send_to_the_decode_rank_fails_is_released_and_the_client
         later = await _submit(client, ranks, "later")  # the results of other requests still arrive
         await ranks.outputs.send(encode(EngineOutputs(0, [TokenDelta("later", 0, [7])])))
         assert (await later.get()).new_token_ids == [7]
+    _run(tmp_path, scenario)
+
+
+def test_kv_peers_follow_a_rank_that_comes_back_with_a_new_key(tmp_path):
+    async def scenario(client: EngineClient, ranks: Ranks) -> None:
+        assert client.ranks[0].kv_key == b"p" * 40
+        client.rank_down(1, "restarting")
+        await client.rank_up(1, ranks.endpoints[1].input_endpoint, b"", 1, kv_key=b"n" * 40, kv_role="decode")
+        assert await ranks.received(0) == [KvPeers([(0, 0, b"p" * 40), (1, 1, b"n" * 40)])]
+        assert [type(m) for m in await ranks.received(1)] == [ClientHello]
     _run(tmp_path, scenario)
