@@ -35,9 +35,10 @@ def map_caches(path: Path, layers: int, shape: tuple[int, ...], dtype: torch.dty
         os.ftruncate(fd, total)
     else:
         fd = os.open(path, os.O_RDWR)
-        if os.fstat(fd).st_size != total:
+        size = os.fstat(fd).st_size
+        if size != total:
             os.close(fd)
-            raise RuntimeError(f"{path}: {os.fstat(fd).st_size} bytes, expected {total}")
+            raise RuntimeError(f"{path}: {size} bytes, expected {total}")
     try:
         buffer = mmap.mmap(fd, total)
     finally:
