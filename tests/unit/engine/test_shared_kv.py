@@ -3,6 +3,7 @@ made 0600, zeroed, mapped by worker 0 too; a file of the wrong size is refused w
 named."""
 from __future__ import annotations
 
+import errno
 import stat
 
 import pytest
@@ -28,3 +29,15 @@ def test_a_cache_file_of_the_wrong_size_is_refused_naming_both_sizes(tmp_path):
     path.chmod(0o600)
     with pytest.raises(RuntimeError, match=r"store\.kv1: 100 bytes, expected 16384"):
         map_caches(path, 2, SHAPE, torch.float32)
+
+
+def test_a_link_planted_at_a_cache_path_is_refused_by_its_maker_and_by_worker_0(tmp_path):
+    target = tmp_path / "elsewhere"
+    map_caches(target, 2, SHAPE, torch.float32, create=True)
+    path = tmp_path / "store.kv1"
+    path.symlink_to(target)
+    with pytest.raises(FileExistsError):
+        map_caches(path, 2, SHAPE, torch.float32, create=True)
+    with pytest.raises(OSError) as refused:
+        map_caches(path, 2, SHAPE, torch.float32)
+    assert refused.value.errno == errno.ELOOP
