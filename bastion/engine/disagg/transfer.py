@@ -92,11 +92,13 @@ class KvTransfer:
     def start_pull(self, req: Request, source: KvSource) -> None:
         """Decode side: blocks for the prompt, then pull its KV into them (or recompute at once)."""
         handle = source.handle
-        if self.puller is None or handle.num_tokens != req.num_prompt_tokens:
-            reason = "this rank pulls no KV" if self.puller is None else "the handle does not match the prompt"
+        if self.puller is None:
+            return self._fall_back(req, "this rank pulls no KV")  # NOTE: the API server sends none here
+        if handle.num_tokens != req.num_prompt_tokens or not self.blocks.allocate(req, handle.num_tokens):
+            self.puller.release(source)  # not pulled: the prefill rank frees the blocks now
+            reason = "no free KV blocks for the pull" if handle.num_tokens == req.num_prompt_tokens else (
+                "the handle does not match the prompt")
             return self._fall_back(req, reason)
-        if not self.blocks.allocate(req, handle.num_tokens):
-            return self._fall_back(req, "no free KV blocks for the pull")  # NOTE: its lease expires
         self._pulling[req.request_id] = req
         self.puller.pull(source, list(req.block_ids))
 

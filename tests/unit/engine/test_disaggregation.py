@@ -30,9 +30,9 @@ PROMPTS = [[5 + i, 17, 300 + 7 * i, 42, 8, 9, 100 + i] * (1 + i % 4) for i in ra
 
 
 def _engine(model, role: str, key: channel.ChannelKeys, tp: int = 1, peers: list[bytes] | None = None,
-            **transfer) -> EngineCore:
+            block_size: int = 8, **transfer) -> EngineCore:
     """An engine of `role` with `key`, admitting the launcher's `peers` (default: the key's)."""
-    config = EngineConfig.from_kwargs(str(model), dtype="float32", num_kv_blocks=64, block_size=8,
+    config = EngineConfig.from_kwargs(str(model), dtype="float32", num_kv_blocks=64, block_size=block_size,
                                       tensor_parallel_size=tp)
     config = dataclasses.replace(config, kv_transfer=KvTransferConfig(role=role, **transfer))
     engine = EngineCore(config)
@@ -322,3 +322,32 @@ def test_a_lease_released_while_a_pull_sends_it_is_freed_after_that_pull():
     assert isinstance(leases.pin("r", handle.lease_id), str)  # no further pull of a released lease
     leases.unpin(handle.lease_id)
     assert len(wakes) == 2 and leases.due() and leases.reap() == [req] and leases.expired == 0
+
+
+@pytest.mark.parametrize("why", ["no room for the pull", "another block size"])
+def test_a_decode_rank_that_does_not_pull_a_handle_releases_its_lease(why, model_paths, keys, colocated):
+    """No free blocks for the pull (the rank recomputes when it can), or a pull that fails (its
+    blocks are of another size): the decode rank tells the prefill rank to free the lease at
+    once, not after its 30 s."""
+    prefill = _engine(model_paths["demo"], "prefill", keys[0])
+    decode = _engine(model_paths["demo"], "decode", keys[1], block_size=4 if why == "another block size" else 8)
+    hog = Request("hog", [5] * 8 * 64, _greedy(), frozenset(), 8 * 64)
+    try:
+        first = _prefill_all(prefill, PROMPTS[:1])["0"]
+        if why == "no room for the pull":
+            assert decode.blocks.allocate(hog, 8 * 64) and decode.blocks.num_free_blocks == 0
+        source = KvSource(first.kv_handle, prefill.kv.endpoint, keys[0].public, first.new_token_ids)
+        decode.add_request("0", PROMPTS[0], _greedy(), kv_source=source)
+        tokens, deadline = list(first.new_token_ids), time.monotonic() + 10
+        while len(prefill.kv.leases) and time.monotonic() < deadline:
+            tokens += [t for d in decode.step() for t in d.new_token_ids]
+            prefill.step()
+            time.sleep(0.01)
+        assert len(prefill.kv.leases) == 0 and prefill.kv.leases.expired == 0 and prefill.blocks.usage == 0
+        decode.blocks.free(hog)
+        out, errors = _drain(decode)
+        assert not errors and decode.kv.counts.fallbacks == 1
+        assert tokens + [t for d in out.get("0", []) for t in d.new_token_ids] == colocated["0"]
+    finally:
+        prefill.close()
+        decode.close()
