@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import logging
 from concurrent.futures import FIRST_COMPLETED, Future, wait
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Callable
 
 from bastion.config.engine import EngineConfig
@@ -11,7 +11,7 @@ from bastion.engine.disagg.handle import KvSource
 from bastion.engine.disagg.transfer import KvTransfer
 from bastion.engine.kv_cache import BlockManager
 from bastion.engine.outputs import FinishReason, TokenDelta, TokenLogprob
-from bastion.engine.request import Request, RequestStatus, advance_grammar, validate_request
+from bastion.engine.request import Request, RequestGroup, RequestStatus, advance_grammar, validate_request
 from bastion.engine.runner import EngineLimits, ModelRunner
 from bastion.engine.tensor_parallel.shared_kv import rank_caches
 from bastion.engine.tensor_parallel.workers import TensorWorkers
@@ -25,18 +25,6 @@ from bastion.structured.compiler import GrammarCompiler
 from bastion.structured.tokenizer import grammar_tokenizer
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass
-class RequestGroup:
-    """The n sequences of one request and the opaque tag of the client that sent it."""
-
-    sequences: list[Request]
-    client: int
-
-    @property
-    def finished(self) -> bool:
-        return all(r.is_finished for r in self.sequences)
 
 
 class EngineCore:
@@ -202,9 +190,12 @@ class EngineCore:
         return group.client
 
     def abort_request(self, request_id: str, index: int | None = None) -> list[TokenDelta]:
-        """End every sequence of a request (or only sequence `index`) now; blocks return at once."""
+        """End every sequence of a request (or only sequence `index`) now; blocks return at once
+        (a request this rank has just handed over: its lease is released, no pull will come)."""
         group = self._groups.get(request_id)
         if group is None:
+            if self.kv is not None:
+                self.kv.release(request_id)
             return []
         outputs = []
         compiling = request_id in self._compiling

@@ -29,8 +29,8 @@ from bastion.engine.outputs import TokenDelta
 from bastion.transport import channel
 from bastion.transport.child_pipe import EngineReady
 from bastion.transport.messages import (AbortRequests, ClientHello, EngineLoad, EngineOutputs,
-                                        EngineRequest, KvPeers, MAX_FRAME_BYTES, Message, RequestError,
-                                        decode, encode)
+                                        EngineRequest, KvLeaseRelease, KvPeers, MAX_FRAME_BYTES, Message,
+                                        RequestError, decode, encode)
 
 logger = logging.getLogger(__name__)
 
@@ -131,7 +131,10 @@ class EngineLoop:
             self.outbox.put((message.client_index, message))
         elif isinstance(message, KvPeers):
             if self.engine.kv is not None:
-                self.engine.kv.admit(message.keys)
+                self.engine.kv.admit(message.peers)
+        elif isinstance(message, KvLeaseRelease):  # a handle the API server did not pass on
+            if self.engine.kv is not None:
+                self.engine.kv.release(message.request_id, message.lease_id)
         else:
             logger.warning("engine %d ignored an unexpected %s message", self.index, type(message).__name__)
 

@@ -1,9 +1,11 @@
-"""A request inside the engine: token ids, counters and the blocks that hold its KV; the checks
-of a request (admissible at all) and of each sampled token (against its grammar)."""
+"""A request inside the engine: token ids, counters and the blocks that hold its KV; the group of
+a request's n sequences; the checks of a request (admissible at all) and of each sampled token
+(against its grammar)."""
 from __future__ import annotations
 
 import enum
 import logging
+from dataclasses import dataclass
 
 import torch
 
@@ -102,6 +104,18 @@ class Request:
         return (f"Request({self.request_id!r}, tokens={self.num_tokens}, "
                 f"computed={self.num_computed_tokens}, blocks={self.block_ids}, "
                 f"status={self.status.value})")
+
+
+@dataclass
+class RequestGroup:
+    """The n sequences of one request and the opaque tag of the client that sent it."""
+
+    sequences: list[Request]
+    client: int
+
+    @property
+    def finished(self) -> bool:
+        return all(r.is_finished for r in self.sequences)
 
 
 def validate_request(prompt_token_ids: list[int], params: SamplingParams, vocab_size: int,

@@ -7,7 +7,9 @@ per request. When the launcher says a rank is down, every request on it ends wit
 Disaggregated serving (some ranks `--kv-role prefill`, the others `decode`): a request goes
 first to a prefill rank, with `kv_hold`; the delta of its first token carries a `KvHandle`,
 and the request moves to a decode rank with a `KvSource` naming that prefill rank's KV
-listener as the launcher reported it (docs/disaggregation.md).
+listener as the launcher reported it (docs/disaggregation.md). A handle that goes no further
+(the client has gone, no decode rank is up, the send fails) is released on its prefill rank at
+once (`KvLeaseRelease`): no lease waits out `--kv-lease-s` for a pull that will never come.
 """
 from __future__ import annotations
 
@@ -24,9 +26,9 @@ from bastion.sampling_params import SamplingParams
 from bastion.server.balancer import RankBalancer
 from bastion.transport import channel
 from bastion.transport.child_pipe import EngineEndpoint
-from bastion.transport.messages import (AbortRequests, ClientHello, EngineOutputs,
-                                        EngineRequest, KvPeers, KvSource, MAX_FRAME_BYTES, RequestError,
-                                        TokenDelta, decode, encode)
+from bastion.transport.messages import (AbortRequests, ClientHello, EngineOutputs, EngineRequest,
+                                        KvHandle, KvLeaseRelease, KvPeers, KvSource, MAX_FRAME_BYTES,
+                                        RequestError, TokenDelta, decode, encode)
 from bastion.transport.rank_state import RankState
 
 logger = logging.getLogger(__name__)
@@ -97,11 +99,13 @@ class EngineClient:
         self._reader = asyncio.create_task(self._read())
 
     async def _send_kv_peers(self) -> None:
-        """Tell each prefill rank the engine keys its KV listener admits (all the ranks' now)."""
-        keys = [r.kv_key for r in self.ranks if r.kv_key]
+        """Tell each prefill rank the engine keys its KV listener admits: every rank's key now,
+        with its restarts (the rank's own key among them; a rank on a node that has not
+        registered yet has none, and is named when it does)."""
+        peers = [(r.index, r.restarts, r.kv_key) for r in self.ranks if r.kv_key]
         for rank in self.ranks:
-            if rank.role == "prefill" and rank.alive and keys:
-                await self.pushes[rank.index].send(encode(KvPeers(keys)))
+            if rank.role == "prefill" and rank.alive and peers:
+                await self.pushes[rank.index].send(encode(KvPeers(peers)))
 
     async def _read(self) -> None:
         while True:
@@ -123,30 +127,51 @@ class EngineClient:
         for out in message.outputs:
             self._deliver(out.request_id, out)
             if out.kv_handle is not None:
-                await self._hand_over(out)
+                await self._hand_over(out, rank)
 
     @property
     def disaggregated(self) -> bool:
         """Prefill and decode run on different ranks."""
         return bool(self.prefill_ranks and self.decode_ranks)
 
-    async def _hand_over(self, delta: TokenDelta) -> None:
-        """A prefill rank holds a request's KV: send the request on to a decode rank."""
-        request = self.held.pop(delta.request_id, None)
-        prefill = self.rank_of.get(delta.request_id)
-        if request is None or prefill is None:  # the client has gone: the lease runs out unpulled
-            return
-        source = self.ranks[prefill]
+    async def _hand_over(self, delta: TokenDelta, prefill: int) -> None:
+        """Prefill rank `prefill` holds a request's KV: send the request on to a decode rank, or
+        release the lease at once when the handle goes no further."""
+        request_id, handle = delta.request_id, delta.kv_handle
+        request = self.held.pop(request_id, None)
+        if request is None:  # the client has gone (aborted or ended)
+            return await self._release_lease(prefill, handle)
         rank = self.balancer.choose(request.prompt_token_ids, request.cache_salt, self.decode_ranks,
                                     work=max(1, (request.params.max_tokens or 1) - 1))
         if rank is None:
-            self._deliver(delta.request_id, RankUnavailable("no decode rank is available"))
+            return await self._not_passed_on(prefill, delta, "no decode rank is available")
+        self.ranks[prefill].requests.discard(request_id)
+        self.rank_of[request_id] = rank
+        self.ranks[rank].requests.add(request_id)
+        source = self.ranks[prefill]
+        kv_source = KvSource(handle, source.kv_endpoint, source.kv_key, delta.new_token_ids)
+        try:
+            await self.pushes[rank].send(encode(msgspec.structs.replace(request, kv_source=kv_source, kv_hold=False)))
+        except zmq.ZMQError as exc:
+            self.ranks[rank].requests.discard(request_id)
+            await self._not_passed_on(prefill, delta, f"engine rank {rank} could not be reached ({exc})")
+
+    async def _not_passed_on(self, prefill: int, delta: TokenDelta, reason: str) -> None:
+        """The request of `delta` ends here: its lease goes at once, its client gets a 503."""
+        self.rank_of.pop(delta.request_id, None)
+        self.ranks[prefill].requests.discard(delta.request_id)
+        await self._release_lease(prefill, delta.kv_handle)
+        self._deliver(delta.request_id, RankUnavailable(reason))
+
+    async def _release_lease(self, index: int, handle: KvHandle) -> None:
+        """Tell prefill rank `index` to free the blocks `handle` names now (unless it is down:
+        its leases went with it)."""
+        if not 0 <= index < len(self.ranks) or not self.ranks[index].alive:
             return
-        source.requests.discard(delta.request_id)
-        self.rank_of[delta.request_id] = rank
-        self.ranks[rank].requests.add(delta.request_id)
-        kv_source = KvSource(delta.kv_handle, source.kv_endpoint, source.kv_key, delta.new_token_ids)
-        await self.pushes[rank].send(encode(msgspec.structs.replace(request, kv_source=kv_source, kv_hold=False)))
+        try:
+            await self.pushes[index].send(encode(KvLeaseRelease(handle.request_id, handle.lease_id)))
+        except zmq.ZMQError as exc:
+            logger.warning("could not release a KV lease on engine rank %d: %s", index, exc)
 
     def _deliver(self, request_id: str, item: TokenDelta | RequestError) -> None:
         queue = self.queues.get(request_id)
@@ -185,6 +210,7 @@ class EngineClient:
 
     async def abort(self, request_id: str, sequences: list[int] | None = None) -> None:
         """Stop a whole request, or some of its sequences, in its engine."""
+        self.held.pop(request_id, None)  # NOTE: before any await: a handle that comes now is released
         rank = self.rank_of.get(request_id)
         if rank is None or not self.ranks[rank].alive:
             return

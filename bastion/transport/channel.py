@@ -78,6 +78,11 @@ class CurveGate:
         """Admit one more public key (a peer this process was told about by its own launcher)."""
         self._keys.allowed.add(public)
 
+    def admit_only(self, publics: set[bytes]) -> None:
+        """Admit these public keys and no others from now on (a handshake under way keeps its
+        verdict)."""
+        self._keys.allowed = set(publics)  # NOTE: one assignment: the ZAP thread reads either set
+
     def stop(self) -> None:
         self._auth.stop()
 

@@ -18,8 +18,8 @@ from bastion.engine.outputs import FinishReason, TokenDelta, TokenLogprob
 from bastion.sampling_params import SamplingParams
 
 __all__ = ["AbortRequests", "ClientHello", "EngineLoad", "EngineOutputs", "EngineRequest",
-           "FinishReason", "KvHandle", "KvPeers", "KvSource", "MAX_FRAME_BYTES", "Message", "RequestError",
-           "TokenDelta", "TokenLogprob", "decode", "encode"]
+           "FinishReason", "KvHandle", "KvLeaseRelease", "KvPeers", "KvSource", "MAX_FRAME_BYTES", "Message",
+           "RequestError", "TokenDelta", "TokenLogprob", "decode", "encode"]
 
 logger = logging.getLogger(__name__)
 
@@ -63,10 +63,22 @@ class ClientHello(msgspec.Struct, tag="hello", frozen=True):
 
 
 class KvPeers(msgspec.Struct, tag="kv_peers", frozen=True):
-    """Front end -> a prefill rank: the deployment's engine keys, which its KV listener admits
-    (Ray ranks make their keys on their own nodes, so no launcher can name them in a spec)."""
+    """Front end -> a prefill rank: every engine rank's KV key as this API server knows it now,
+    `(rank, restarts, key)`, which its KV listener admits (Ray ranks make their keys on their own
+    nodes, so no launcher can name them in a spec). The listener keeps each rank's key of the
+    most restarts: a rank that restarted with a new keypair is no longer admitted under its old
+    one, and a late message from another API server cannot bring an old key back."""
 
-    keys: list[bytes]
+    peers: list[tuple[int, int, bytes]]
+
+
+class KvLeaseRelease(msgspec.Struct, tag="kv_lease_release", frozen=True):
+    """Front end -> a prefill rank: free the blocks held under this lease now. The API server
+    sends it for every handle it does not pass on to a decode rank (the client has gone, no
+    decode rank is up, the send failed), so no lease waits out `--kv-lease-s` unpulled."""
+
+    request_id: str
+    lease_id: str
 
 
 class EngineLoad(msgspec.Struct, frozen=True):
@@ -102,7 +114,7 @@ class RequestError(msgspec.Struct, tag="error", frozen=True):
     status: int = 400  # the HTTP status the client gets (503: the service could not serve it now)
 
 
-Message = Union[EngineRequest, AbortRequests, ClientHello, KvPeers, EngineOutputs, RequestError]
+Message = Union[EngineRequest, AbortRequests, ClientHello, KvPeers, KvLeaseRelease, EngineOutputs, RequestError]
 
 _encoder = msgspec.msgpack.Encoder()
 _decoder = msgspec.msgpack.Decoder(Message)

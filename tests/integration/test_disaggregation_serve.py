@@ -3,15 +3,17 @@ Greedy outputs equal a colocated deployment's (streamed and not) and every block
 both ranks afterwards; a prefill rank SIGKILLed between prefill and pull leaves the request to
 be recomputed (`recompute`) or failed with a 503 (`fail`); an unpulled lease runs out and frees
 its blocks; the KV listener answers no client without the deployment's keys and survives garbage;
-a relay on the real KV channel sees no plaintext.
-The decode rank is held between prefill and pull with SIGSTOP."""
+a relay on the real KV channel sees no plaintext; clients that leave around their first token
+leave no lease held. The decode rank is held between prefill and pull with SIGSTOP."""
 from __future__ import annotations
 
 import json
 import os
 import signal
+import socket
 import threading
 import time
+from urllib.parse import urlsplit
 
 import httpx
 import psutil
@@ -129,6 +131,50 @@ def test_one_prefill_and_one_decode_rank_answer_as_colocated_ranks_and_recompute
     finally:
         if decode.is_running():
             os.kill(decode.pid, signal.SIGCONT)
+        server.kill()
+
+
+def _leave(server: ServerProcess, body: dict, after_s: float | None) -> None:
+    """Send a streamed `body` on a raw socket and close it `after_s` seconds later (None: as
+    soon as the first token's chunk arrives)."""
+    url = urlsplit(server.url)
+    payload = json.dumps({**body, "stream": True}).encode()
+    head = (f"POST /v1/completions HTTP/1.1\r\nHost: {url.netloc}\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(payload)}\r\n\r\n").encode()
+    with socket.create_connection((url.hostname, url.port), timeout=60) as sock:
+        sock.sendall(head + payload)
+        if after_s is not None:
+            time.sleep(after_s)
+            return
+        received = b""
+        while b"data: {" not in received:
+            chunk = sock.recv(65536)
+            if not chunk:
+                return
+            received += chunk
+
+
+def test_clients_that_leave_around_their_first_token_leave_no_lease_held():
+    """Long prompts (one prefill step takes a while), a lease far longer than the test: clients
+    close their connection at moments spread over the prefill and at the first token. Every
+    lease is released at once, whether the abort reached the prefill rank during the step that
+    handed the request over or the API server dropped the handle (no waiting for expiry)."""
+    server = ServerProcess("-dp", "2", "--prefill-ranks", "1", "--kv-lease-s", "600", *ARGS, timeout=240)
+    try:
+        def body(i: int) -> dict:  # a new first token each time: no prefix-cache hit shortens a prefill
+            return {"model": MODEL, "prompt": [10 + i] + [(7 * j + i) % 3900 + 50 for j in range(1900)],
+                    "max_tokens": 32, "temperature": 0, "ignore_eos": True}
+        _leave(server, body(0), None)  # the first prefill of a rank is slower than the others
+        started = time.monotonic()
+        _leave(server, body(1), None)
+        first_token_s = time.monotonic() - started  # about one prefill step
+        for i in range(2, 10):  # leave 0.2 .. 0.9 of the way to the first token, or at it
+            _leave(server, body(i), None if i % 4 == 0 else first_token_s * 0.1 * i)
+        assert server.wait_for_metric("bastion_kv_leases", lambda v: v == 0, timeout=30, rank="0") == 0
+        assert server.wait_for_metric("bastion_kv_cache_usage_ratio", lambda v: v == 0, rank="0") == 0
+        assert server.metric("bastion_kv_lease_expiries_total", rank="0") == 0
+        assert server.metric("bastion_kv_transfer_fallbacks_total", rank="1") == 0  # no lease freed under a pull
+    finally:
         server.kill()
 
 

@@ -4,7 +4,9 @@ One thread, one job at a time: connect a DEALER as a CURVE client (this rank's k
 server's key came with the handle from the launcher's table), send `KvPull`, write each layer's
 blocks into the blocks this rank allocated, then `KvRelease`. Every header and size is checked
 against this rank's own cache before a byte is written; no answer within `timeout_s` fails
-the pull (the prefill rank may be gone).
+the pull (the prefill rank may be gone). A pull that fails, and a handle this rank will not
+pull at all (`release`), still send `KvRelease`: the prefill rank frees the blocks at once
+rather than when the lease runs out.
 """
 from __future__ import annotations
 
@@ -27,6 +29,7 @@ from bastion.transport.channel import CurveKeyPair, curve_client
 logger = logging.getLogger(__name__)
 
 PULL_TIMEOUT_S = 1.0
+RELEASE_LINGER_MS = 500  # a closed socket still sends its KvRelease for this long (in the background)
 
 
 @dataclass
@@ -57,6 +60,10 @@ class KvPuller:
         """Queue a pull of `source` into this rank's blocks `dest_block_ids`."""
         self._jobs.put((source, dest_block_ids))
 
+    def release(self, source: KvSource) -> None:
+        """Queue a `KvRelease` of `source`'s lease: this rank will not pull it."""
+        self._jobs.put((source, None))
+
     def close(self) -> None:
         """Stop the thread after its current job and free the context."""
         self._jobs.put(None)
@@ -69,6 +76,9 @@ class KvPuller:
             if job is None:
                 return
             source, dest = job
+            if dest is None:
+                self._release(source)
+                continue
             started = time.perf_counter()
             try:
                 nbytes = self._pull(source, dest)
@@ -77,25 +87,39 @@ class KvPuller:
                 logger.warning("KV pull of request %s from rank %d failed: %s",
                                source.handle.request_id, source.handle.rank, exc)
                 result = PullResult(source.handle.request_id, False, reason=str(exc))
+                self._release(source)  # NOTE: the lease is of no use now (if it still exists)
             self.on_result(result)
+
+    def _connect(self, source: KvSource) -> zmq.Socket:
+        sock = self.ctx.socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, RELEASE_LINGER_MS)
+        if source.endpoint.startswith("tcp://["):
+            sock.ipv6 = True
+        curve_client(sock, self.keys, source.server_key)
+        sock.connect(source.endpoint)
+        return sock
+
+    def _release(self, source: KvSource) -> None:
+        """Send `KvRelease` for `source`'s lease (the socket closes at once; zmq sends it)."""
+        try:
+            sock = self._connect(source)
+            sock.send(wire.encode(wire.KvRelease(source.handle.request_id, source.handle.lease_id)))
+            sock.close()
+        except zmq.ZMQError as exc:
+            logger.warning("KV release of request %s failed: %s", source.handle.request_id, exc)
 
     def _pull(self, source: KvSource, dest_ids: list[int]) -> int:
         handle = source.handle
         if len(handle.block_ids) != len(dest_ids):
             raise PullFailed(f"{len(handle.block_ids)} blocks offered for {len(dest_ids)} allocated")
-        sock = self.ctx.socket(zmq.DEALER)
-        sock.setsockopt(zmq.LINGER, 0)
-        if source.endpoint.startswith("tcp://["):
-            sock.ipv6 = True
-        curve_client(sock, self.keys, source.server_key)
+        sock = self._connect(source)
         try:
-            sock.connect(source.endpoint)
             sock.send(wire.encode(wire.KvPull(handle.request_id, handle.lease_id)))
             nbytes = self._receive(sock, torch.tensor(dest_ids, dtype=torch.long))
             sock.send(wire.encode(wire.KvRelease(handle.request_id, handle.lease_id)))
             return nbytes
         finally:
-            sock.close(0)
+            sock.close()
 
     def _receive(self, sock: zmq.Socket, dest: torch.Tensor) -> int:
         layers, nbytes = self.caches(), 0

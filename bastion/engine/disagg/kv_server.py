@@ -5,7 +5,8 @@ deployment) at port 0, the real endpoint reported in the engine's start-up hands
 its own context and ZAP gate admit only the deployment's engine keys, so a client without them
 never completes a handshake and learns nothing. Each layer's blocks go out as one message: a
 typed header and the keys' and values' raw bytes (gathered once from the cache, sent without a
-further copy). A frame that does not decode is dropped; the listener keeps serving.
+further copy). A frame that does not decode is dropped, and so is a message of more frames than
+a request has (`MAX_FRAMES`: read one frame at a time, never held); the listener keeps serving.
 """
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ from bastion.transport.channel import CurveGate, CurveKeyPair, bind, curve_serve
 logger = logging.getLogger(__name__)
 
 Caches = Callable[[], list[tuple[torch.Tensor, torch.Tensor]]]  # each layer's (keys, values) cache
+MAX_FRAMES = 2  # a request as the ROUTER reads it: the peer's identity, one header
 
 
 class KvServer:
@@ -50,9 +52,8 @@ class KvServer:
         while not self._stop.is_set():
             if not self.sock.poll(200):
                 continue
-            frames = self.sock.recv_multipart()
-            if len(frames) != 2:
-                logger.warning("KV channel: dropped a message of %d frames", len(frames))
+            frames = self._receive()
+            if frames is None:
                 continue
             peer, message = frames[0], wire.decode(frames[1])
             try:
@@ -64,6 +65,23 @@ class KvServer:
                     logger.warning("KV channel: ignored an unexpected %s", type(message).__name__)
             except zmq.ZMQError as exc:
                 logger.warning("KV channel: a reply failed: %s", exc)
+
+    def _receive(self) -> list[bytes] | None:
+        """One message's frames, or None (logged) when it has not `MAX_FRAMES`: the frames past
+        the bound are read and let go one at a time (a peer's million-frame message costs time,
+        never memory here)."""
+        frames, extra = [self.sock.recv()], 0
+        while self.sock.getsockopt(zmq.RCVMORE):
+            frame = self.sock.recv()
+            if len(frames) < MAX_FRAMES:
+                frames.append(frame)
+            else:
+                extra += 1
+        if len(frames) + extra != MAX_FRAMES:
+            logger.warning("KV channel: dropped a message of %d frames (a request has %d)",
+                           len(frames) + extra, MAX_FRAMES)
+            return None
+        return frames
 
     def _send_blocks(self, peer: bytes, pull: wire.KvPull) -> None:
         handle = self.leases.pin(pull.request_id, pull.lease_id)

@@ -1,7 +1,9 @@
 """Prefilled requests whose KV blocks are held for a decode rank to pull, each under a lease.
 
 The engine thread holds and frees; the KV server thread pins a lease while it sends the blocks
-(a pinned lease never expires under it) and marks it released when the decode rank confirms.
+(a pinned lease is never freed under it: not when it runs out, not when it is released) and
+marks it released when the decode rank confirms. The engine thread releases a lease whose handle
+goes no further (the API server says so, or the request was aborted just after its hand-over).
 Freed blocks go back to the block manager on the engine thread only (`reap`).
 """
 from __future__ import annotations
@@ -57,13 +59,22 @@ class Leases:
     def unpin(self, lease_id: str) -> None:
         with self._lock:
             lease = self._leases.get(lease_id)
-            if lease is not None:
-                lease.pinned = False
+            if lease is None:
+                return
+            lease.pinned = False
+            released = lease.released  # while it was sent: free it now
+        if released and self.on_release is not None:
+            self.on_release()
 
-    def release(self, request_id: str, lease_id: str) -> bool:
-        """The decode rank has the blocks (KV server thread): free them at the next `reap`."""
+    def release(self, request_id: str, lease_id: str | None = None) -> bool:
+        """Free a lease's blocks at the next `reap` (once no pull is sending them): the decode
+        rank has them (KV server thread), or its handle goes no further (engine thread). Without
+        `lease_id`, the lease of `request_id`. False: no such lease."""
         with self._lock:
-            lease = self._leases.get(lease_id)
+            if lease_id is None:
+                lease = next((x for x in self._leases.values() if x.handle.request_id == request_id), None)
+            else:
+                lease = self._leases.get(lease_id)
             if lease is None or lease.handle.request_id != request_id:
                 return False
             lease.released = True
@@ -72,22 +83,21 @@ class Leases:
         return True
 
     def reap(self) -> list[Request]:
-        """Requests whose blocks may be freed now (engine thread): released, or expired unpinned."""
+        """Requests whose blocks may be freed now (engine thread): released or expired, unpinned."""
         now, done = time.monotonic(), []
         with self._lock:
             for lease_id, lease in list(self._leases.items()):
-                expired = now > lease.deadline and not lease.pinned
-                if lease.released or expired:
+                if not lease.pinned and (lease.released or now > lease.deadline):
                     del self._leases[lease_id]
                     done.append(lease.request)
-                    self.expired += expired and not lease.released
+                    self.expired += not lease.released
         return done
 
     def due(self) -> bool:
-        """Some lease can be freed now (released, or run out and not being sent)."""
+        """Some lease can be freed now (released or run out, and not being sent)."""
         now = time.monotonic()
         with self._lock:
-            return any(lease.released or (now > lease.deadline and not lease.pinned)
+            return any(not lease.pinned and (lease.released or now > lease.deadline)
                        for lease in self._leases.values())
 
     def next_deadline(self) -> float | None:

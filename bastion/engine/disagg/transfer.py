@@ -56,6 +56,8 @@ class KvTransfer:
         self._pulling: dict[str, Request] = {}  # pulls under way, by request
         self._failed: list[tuple[str, str, int]] = []
         self._wake = wake
+        self._launch_peers = set(peers)  # the launcher's: fixed keys (Ray ranks get none here)
+        self._ranks_keys: dict[int, tuple[int, bytes]] = {}  # from KvPeers: rank -> (restarts, key)
         if config.role in ("prefill", "both"):
             self.leases = Leases(rank, config.lease_s, wake)
             self.server = KvServer(self.leases, caches, keys, peers, host)
@@ -67,12 +69,17 @@ class KvTransfer:
         """The KV listener's endpoint ('' on a decode-only rank)."""
         return self.server.endpoint if self.server is not None else ""
 
-    def admit(self, keys: list[bytes]) -> None:
-        """Let engines with these CURVE public keys pull from this rank's KV listener."""
-        if self.server is not None:
-            for key in keys:
-                if len(key) == 40:  # a Z85 public key
-                    self.server.gate.admit(key)
+    def admit(self, peers: list[tuple[int, int, bytes]]) -> None:
+        """Let the engines of the deployment pull from this rank's KV listener: the launcher's
+        `peers` (fixed for the launch), and each rank's latest key of `(rank, restarts, key)`
+        (KvPeers). A rank's key from before a later restart is admitted no more."""
+        if self.server is None:
+            return
+        for rank, restarts, key in peers:
+            known = self._ranks_keys.get(rank)
+            if len(key) == 40 and (known is None or restarts >= known[0]):  # a Z85 public key
+                self._ranks_keys[rank] = (restarts, key)
+        self.server.gate.admit_only(self._launch_peers | {key for _, key in self._ranks_keys.values()})
 
     def hand_over(self, req: Request) -> KvHandle:
         """Prefill side: take `req` out of the batch with its blocks held; the handle names them."""
@@ -85,11 +92,13 @@ class KvTransfer:
     def start_pull(self, req: Request, source: KvSource) -> None:
         """Decode side: blocks for the prompt, then pull its KV into them (or recompute at once)."""
         handle = source.handle
-        if self.puller is None or handle.num_tokens != req.num_prompt_tokens:
-            reason = "this rank pulls no KV" if self.puller is None else "the handle does not match the prompt"
+        if self.puller is None:
+            return self._fall_back(req, "this rank pulls no KV")  # NOTE: the API server sends none here
+        if handle.num_tokens != req.num_prompt_tokens or not self.blocks.allocate(req, handle.num_tokens):
+            self.puller.release(source)  # not pulled: the prefill rank frees the blocks now
+            reason = "no free KV blocks for the pull" if handle.num_tokens == req.num_prompt_tokens else (
+                "the handle does not match the prompt")
             return self._fall_back(req, reason)
-        if not self.blocks.allocate(req, handle.num_tokens):
-            return self._fall_back(req, "no free KV blocks for the pull")  # NOTE: its lease expires
         self._pulling[req.request_id] = req
         self.puller.pull(source, list(req.block_ids))
 
@@ -138,6 +147,13 @@ class KvTransfer:
         req.status, req.finish_reason = RequestStatus.FINISHED, FinishReason.ABORT
         self._failed.append((req.request_id, "the prompt's KV could not be loaded from its prefill "
                              f"rank: {reason}", 503))
+
+    def release(self, request_id: str, lease_id: str | None = None) -> None:
+        """Prefill side: free the blocks held for `request_id` (under `lease_id`, when given) once
+        no pull is sending them; its handle goes no further (the API server says so, or the
+        request was aborted after its hand-over)."""
+        if self.leases is not None:
+            self.leases.release(request_id, lease_id)
 
     def abort(self, req: Request) -> bool:
         """End a request whose pull is under way (its blocks are freed when the pull ends)."""

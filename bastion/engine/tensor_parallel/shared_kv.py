@@ -10,11 +10,11 @@ it, and the step broadcast that follows orders the two.
 """
 from __future__ import annotations
 
-import mmap
-import os
 from pathlib import Path
 
 import torch
+
+from bastion.model.parallel.private_file import map_private
 
 Caches = list[tuple[torch.Tensor, torch.Tensor]]  # each layer's (keys, values)
 
@@ -27,21 +27,11 @@ def cache_path(store: str | Path, rank: int) -> Path:
 def map_caches(path: Path, layers: int, shape: tuple[int, ...], dtype: torch.dtype,
                create: bool = False) -> Caches:
     """The `layers` (keys, values) tensors of `shape` in the file at `path` (made zeroed, 0600,
-    with `create`; else it must exist with that size)."""
+    with `create`, refusing anything already there; else it must be our regular file of that
+    size, not a symbolic link: model/parallel/private_file.py)."""
     per = torch.Size(shape).numel() * torch.empty(0, dtype=dtype).element_size()
     total = 2 * layers * per
-    if create:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
-        os.ftruncate(fd, total)
-    else:
-        fd = os.open(path, os.O_RDWR)
-        if os.fstat(fd).st_size != total:
-            os.close(fd)
-            raise RuntimeError(f"{path}: {os.fstat(fd).st_size} bytes, expected {total}")
-    try:
-        buffer = mmap.mmap(fd, total)
-    finally:
-        os.close(fd)
+    buffer = map_private(path, total, create)
     flat = torch.frombuffer(buffer, dtype=torch.uint8)
     views = [flat[i * per:(i + 1) * per].view(dtype).view(shape) for i in range(2 * layers)]
     return [(views[2 * i], views[2 * i + 1]) for i in range(layers)]

@@ -28,8 +28,9 @@ import torch
 from bastion.child_python import python_command, python_environment
 from bastion.config.engine import EngineConfig
 from bastion.engine.tensor_parallel import step_wire
+from bastion.engine.tensor_parallel.shared_kv import cache_path
 from bastion.model.attention import AttentionContext
-from bastion.model.parallel.group import TensorGroup
+from bastion.model.parallel.group import TensorGroup, shared_memory_file
 from bastion.model.parallel.plan import TensorParallel
 from bastion.transport.child_pipe import write_frame
 
@@ -67,7 +68,8 @@ class TensorWorkers:
         folder = Path(private_dir or self._tmp.name)
         folder.chmod(0o700)
         store = folder / f"tp-store-{os.getpid()}"
-        store.unlink(missing_ok=True)
+        for stale in (store, shared_memory_file(store), *(cache_path(store, r) for r in range(size))):
+            stale.unlink(missing_ok=True)  # NOTE: a dead rank's of the same pid: the makers refuse any file
         shares = core_shares(size)
         self.procs: list[subprocess.Popen] = []
         for rank in range(1, size):

@@ -24,6 +24,11 @@ from bastion.model.parallel.shm_reduce import SharedMemoryReduce
 LOOPBACK = "127.0.0.1"
 
 
+def shared_memory_file(store_path: Path) -> Path:
+    """The file of the shared-memory collectives of the rank whose rendezvous file is `store_path`."""
+    return Path(f"{store_path}.shm")
+
+
 class TensorGroup:
     """`all_reduce` over one rank's workers."""
 
@@ -41,7 +46,7 @@ class TensorGroup:
             dist.init_process_group("nccl", store=store, rank=tp.rank, world_size=tp.size, timeout=timeout)
             self.group = None
             return
-        shared_path = Path(f"{store_path}.shm")
+        shared_path = shared_memory_file(store_path)
         if shared_bytes and tp.rank == 0:  # NOTE: made before the rendezvous, opened after it
             self.shared = SharedMemoryReduce(shared_path, tp.size, 0, shared_bytes, timeout_s, peers_alive)
         options = dist.ProcessGroupGloo._Options()

@@ -2,20 +2,20 @@
 
 gloo's all-reduce over loopback costs ~1.3 ms per call on a small VM (docs/benchmarks.md),
 and a step makes two per layer. Here every worker maps one file in the rank's private 0700
-directory: a row of sequence flags, then two sets (alternating calls) of one slot per worker.
-A call copies the worker's tensor into its slot, publishes the call's sequence number in its
-flag, waits until every worker has published it (spinning for 200 us, then napping up to 1 ms
-at a time, so that workers idle between steps do not hold a core), and sums the slots in worker
-order, so every worker computes the same bits. Two slot sets are enough: a worker cannot start call s+2 (which
-reuses the set of call s) before every worker has published s+1, i.e. finished reading call s.
+directory (worker 0 makes it, 0600, refusing anything already at the path; the others never
+follow a symbolic link: private_file.py): a row of sequence flags, then two sets (alternating
+calls) of one slot per worker. A call copies the worker's tensor into its slot, publishes the
+call's sequence number in its flag, waits until every worker has published it (spinning for
+200 us, then napping up to 1 ms at a time, so that workers idle between steps do not hold a
+core), and sums the slots in worker order, so every worker computes the same bits. Two slot
+sets are enough: a worker cannot start call s+2 (which reuses the set of call s) before every
+worker has published s+1, i.e. finished reading call s.
 x86 keeps ordinary stores in order (the data before the flag), which is what the protocol
 relies on; large copies are made in 64 KiB pieces so that no piece is big enough for the C
 library to use non-temporal stores, which x86 does not keep in order. x86-64 CPUs only.
 """
 from __future__ import annotations
 
-import mmap
-import os
 import time
 from pathlib import Path
 from typing import Callable
@@ -23,6 +23,7 @@ from typing import Callable
 import numpy as np
 import torch
 
+from bastion.model.parallel.private_file import map_private
 FLAG_BYTES = 64  # each worker's flag on its own cache line
 PIECE = 64 * 1024  # bytes per copy into a slot: below glibc's non-temporal threshold
 SPINS_BEFORE_CHECK = 1000
@@ -42,15 +43,7 @@ class SharedMemoryReduce:
         self.size, self.rank, self.capacity, self.timeout_s = size, rank, capacity, timeout_s
         self.slots_at = FLAG_BYTES * size
         total = self.slots_at + 2 * size * capacity
-        if rank == 0:
-            with open(path, "wb") as f:
-                f.truncate(total)
-            os.chmod(path, 0o600)
-        fd = os.open(path, os.O_RDWR)
-        try:
-            self.map = mmap.mmap(fd, total)
-        finally:
-            os.close(fd)
+        self.map = map_private(path, total, create=rank == 0)  # NOTE: nothing planted at `path` is used
         self.bytes = torch.frombuffer(self.map, dtype=torch.uint8)
         self.flags = np.frombuffer(self.map, dtype=np.int64, count=size * FLAG_BYTES // 8)[::FLAG_BYTES // 8]
         self.sequence = 0
