@@ -97,7 +97,7 @@ class SchedulerConfig:
 
 @dataclass(frozen=True)
 class StructuredOutputConfig:
-    """Bounds on structured-output grammars: the API server checks them before admitting a
+    """Bounds on structured-output grammars: the API server checks them once it has admitted a
     request, the engine compiles under the same time bound and keeps compiled grammars. The
     waiting bounds are the API server's alone: compiles waiting for a check worker, per principal
     (429 past it) and in all (503)."""

@@ -1,4 +1,4 @@
-"""The API server's check of a request's output constraint, before the request is admitted.
+"""The API server's check of a request's output constraint, once the request is admitted.
 
 `GrammarChecker.check(spec, field)` answers with a 400 naming the client's `field` when the
 constraint is over the size bound (`--structured-output-max-bytes`), malformed, fails our own
