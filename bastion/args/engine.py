@@ -73,13 +73,24 @@ def add_engine_args(parser: argparse.ArgumentParser) -> None:
     s.add_argument("--structured-output-cache-size", type=int, default=256, metavar="N",
                    help="compiled grammars each engine keeps, and grammar check verdicts each API "
                         "server keeps, by constraint text (0: none)")
+    s.add_argument("--structured-output-max-waiting-compiles", type=int, default=64, metavar="N",
+                   help="grammar compiles that may wait for one API server's check workers at once, "
+                        "all callers together; past it a constrained request gets 503 with "
+                        "Retry-After (a cached verdict or a compile of the same constraint already "
+                        "under way takes no place; default 64)")
+    s.add_argument("--structured-output-max-waiting-compiles-per-principal", type=int, default=16,
+                   metavar="N",
+                   help="grammar compiles one caller (API key, JWT subject) may have waiting for "
+                        "one API server's check workers at once; past it 429 with Retry-After "
+                        "(default 16)")
 
 
 ENGINE_FLAGS = ("dtype", "quantization", "enforce_eager", "tensor_parallel_size", "device", "max_model_len", "block_size",
                 "kv_cache_memory", "num_kv_blocks",
                 "enable_prefix_caching", "max_num_batched_tokens", "max_num_seqs", "seed",
                 "num_threads", "structured_output_compile_timeout", "structured_output_max_bytes",
-                "structured_output_cache_size")
+                "structured_output_cache_size", "structured_output_max_waiting_compiles",
+                "structured_output_max_waiting_compiles_per_principal")
 
 
 def engine_kwargs(args: argparse.Namespace) -> dict:

@@ -97,12 +97,16 @@ class SchedulerConfig:
 
 @dataclass(frozen=True)
 class StructuredOutputConfig:
-    """Bounds on structured-output grammars: the API server checks them before admitting a
-    request, the engine compiles under the same time bound and keeps compiled grammars."""
+    """Bounds on structured-output grammars: the API server checks them once it has admitted a
+    request, the engine compiles under the same time bound and keeps compiled grammars. The
+    waiting bounds are the API server's alone: compiles waiting for a check worker, per principal
+    (429 past it) and in all (503)."""
 
     structured_output_compile_timeout: float = 10.0  # seconds one grammar may take to compile
     structured_output_max_bytes: int = 256 * 2**10  # size of a schema, regex, grammar or choices
     structured_output_cache_size: int = 256  # compiled grammars kept (by grammar text)
+    structured_output_max_waiting_compiles: int = 64  # per API server, all principals together
+    structured_output_max_waiting_compiles_per_principal: int = 16
 
     def __post_init__(self) -> None:
         if not self.structured_output_compile_timeout > 0:
@@ -114,6 +118,11 @@ class StructuredOutputConfig:
         if self.structured_output_cache_size < 0:
             raise ValueError("--structured-output-cache-size must be non-negative, got "
                              f"{self.structured_output_cache_size}")
+        for name in ("structured_output_max_waiting_compiles",
+                     "structured_output_max_waiting_compiles_per_principal"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"--{name.replace('_', '-')} must be non-negative, got "
+                                 f"{getattr(self, name)}")
 
 
 KV_ROLES = ("prefill", "decode", "both")

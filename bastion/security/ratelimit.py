@@ -7,11 +7,12 @@ end, and the unused part returned on abort; and, optionally, how many may wait a
 
 Globally: a request runs when it fits (at most `max_concurrent` requests, and at most `max_seqs`
 sequences: the engines' slots, ranks x --max-num-seqs, a request of `n` sequences taking `n`);
-otherwise it waits. Waiting requests are admitted round-robin by group (the tenant), FIFO within
-a group (`FairQueue`). "Queued" means exactly that: admitted by the API servers, not finished,
-and waiting for a slot. Past `max_queued` queued requests a request is refused with 503 (the
-server is overloaded, --max-queued-requests); past `max_waiting` (--max-waiting-requests, with
---max-concurrent-requests) or its principal's `max_waiting_requests`, with 429.
+otherwise it waits. Waiting requests are admitted round-robin by group (the tenant), FIFO within a
+group, each when it fits; one that does not fit blocks no one and is not starved (slots are held
+for one of them at a time: `FairQueue`). "Queued" means exactly that: admitted by the API servers,
+not finished, and waiting for a slot. Past `max_queued` queued requests a request is refused with
+503 (the server is overloaded, --max-queued-requests); past `max_waiting` (--max-waiting-requests,
+with --max-concurrent-requests) or its principal's `max_waiting_requests`, with 429.
 
 Per-principal state is bounded (`PrincipalTable`, --max-tracked-principals): principals that
 have settled (nothing in flight, buckets full again) are forgotten least recently used first,
@@ -160,7 +161,7 @@ class Limiter:
         self.tickets: dict[Hashable, Ticket] = {}
         self.waiting = FairQueue()
         self.running = 0
-        self.seats_used = 0
+        self.seats_used = 0  # NOTE: running requests' slots and those held for the queue's reserver
 
     def acquire(self, ticket_id: Hashable, key: str, limits: Limits, tokens: int,
                 group: str | None = None, seqs: int = 1) -> Refusal | bool:
@@ -180,11 +181,13 @@ class Limiter:
             self._reserve(state, tokens)
             state.waiting += 1
             self.tickets[ticket_id] = Ticket(key, tokens, seats)
-            self.waiting.append(ticket_id, group if group is not None else key)
+            self.waiting.append(ticket_id, group if group is not None else key, seats)
+            self._admit_waiting()  # NOTE: at most holds free slots for it (FairQueue.serve)
             return False
         self._reserve(state, tokens)
-        self.tickets[ticket_id] = Ticket(key, tokens, seats)
-        self._grant(self.tickets[ticket_id])
+        self.tickets[ticket_id] = Ticket(key, tokens, seats, granted=True)
+        self.running += 1
+        self.seats_used += seats
         return True
 
     def release(self, ticket_id: Hashable, used_tokens: int) -> list[Hashable]:
@@ -198,19 +201,24 @@ class Limiter:
         if state.tokens is not None:
             state.tokens.refill(self.clock())
             state.tokens.give(max(0, ticket.reserved - used_tokens))
-        if not ticket.granted:
+        if ticket.granted:
+            self.running -= 1
+            self.seats_used -= ticket.seats
+        else:
             state.waiting -= 1
-            self.waiting.remove(ticket_id)
-            return []
-        self.running -= 1
-        self.seats_used -= ticket.seats
-        admitted = []
-        while self.waiting and self._fits(self.tickets[self.waiting.peek()].seats):
-            next_id = self.waiting.pop()
-            ticket = self.tickets[next_id]
+            self.seats_used -= self.waiting.remove(ticket_id)
+        return self._admit_waiting()
+
+    def _admit_waiting(self) -> list[Hashable]:
+        free = None if self.max_seqs is None else self.max_seqs - self.seats_used
+        may_start = None if self.max_concurrent is None else self.max_concurrent - self.running
+        admitted, taken = self.waiting.serve(free, may_start)
+        self.seats_used += taken
+        for ticket_id in admitted:
+            ticket = self.tickets[ticket_id]
             self.principals[ticket.key].waiting -= 1
-            self._grant(ticket)
-            admitted.append(next_id)
+            ticket.granted = True
+            self.running += 1
         return admitted
 
     @property
@@ -221,11 +229,6 @@ class Limiter:
     def _fits(self, seats: int) -> bool:
         return (self.max_concurrent is None or self.running < self.max_concurrent) and \
             (self.max_seqs is None or self.seats_used + seats <= self.max_seqs)
-
-    def _grant(self, ticket: Ticket) -> None:
-        ticket.granted = True
-        self.running += 1
-        self.seats_used += ticket.seats
 
     def _check_queue(self, state: PrincipalState, limits: Limits) -> Refusal | None:
         """Refused instead of queued: the principal's waiting cap (429), the queue bound (503),

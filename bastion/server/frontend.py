@@ -2,10 +2,13 @@
 
 A route hands the front end its parsed body and the `Caller`; the front end checks the model
 (served, and allowed to this caller), turns the body's prompt into token ids, fits the
-completion into the context, checks its output constraint (`grammar_check.py`: size, our own
-checks, a real compile in a worker process under a time bound), admits the request (engines up,
-queue bound, the caller's limits) and starts its generation. The request's spend is settled in one place, `Admission.settle`,
-when the generation ends.
+completion into the context, admits the request (engines up, queue bound, the caller's limits),
+then checks its output constraint (`grammar_check.py`: size, our own checks, a real compile in a
+worker process under a time bound) and starts its generation. Admitting first makes every
+constrained request count against its caller before a compile starts; a refused constraint, or
+a client that leaves while it compiles, gives the admission back at once (the request still
+counts against the caller's request rate). The request's spend is settled in one place,
+`Admission.settle`, when the generation ends.
 """
 from __future__ import annotations
 
@@ -44,33 +47,33 @@ class Frontend:
         self.tool_parsing = AutoParsing.of(config.tool_call_parser, tokenizer)
 
     async def generate(self, body: GenerationBody, caller: Caller) -> Generation:
-        """Check, tokenize, fit and admit one generation request, then submit it to a rank."""
+        """Check, tokenize, fit and admit one generation request, check its output constraint,
+        then submit it to a rank."""
         self.check_model(body.model, caller)
         body.check()
         prompt_ids, params = self.prepare(body, body.to_prompt())
-        await self.check_constraint(body)
-        return await self.start(prompt_ids, params, body.stop_strings, caller)
+        return await self.start(body, prompt_ids, params, caller)
 
     async def generate_batch(self, body: BatchBody, caller: Caller) -> Generation | GenerationBatch:
-        """`generate` for each prompt of the body: all are checked and fitted before any is
-        admitted, then each is admitted and submitted on its own, in order (choices prompt-major).
-        If one cannot be admitted, those already started are ended and its error is raised."""
+        """`generate` for each prompt of the body: all are checked and fitted, then admitted as
+        one, then the body's constraint is checked once, then each prompt is submitted on its
+        own, in order (choices prompt-major). If one cannot be submitted, those already started
+        are ended and its error is raised."""
         self.check_model(body.model, caller)
         body.check()
         prompts = body.to_prompts()
         if len(prompts) == 1:
             prompt_ids, params = self.prepare(body, prompts[0])
-            await self.check_constraint(body)
-            return await self.start(prompt_ids, params, body.stop_strings, caller)
+            return await self.start(body, prompt_ids, params, caller)
         if len(prompts) > self.config.max_batched_prompts:
             raise APIError(400, f"{len(prompts)} prompts in one request: this server takes at most "
                                 f"{self.config.max_batched_prompts} (--max-batched-prompts)", "prompt")
         prepared = [self._prepare_nth(body, prompt, i) for i, prompt in enumerate(prompts)]
-        await self.check_constraint(body)
         # NOTE: one admission for the whole batch: prompts admitted one by one could each hold
         # slots while waiting for more (two batches, or more sequences than slots: a deadlock).
         admission = await self.admit(caller, sum(_reserved(ids, params) for ids, params in prepared),
                                      sum(params.n for _, params in prepared), parts=len(prepared))
+        await self.check_constraint(body, caller, admission)
         generations: list[Generation] = []
         try:
             for prompt_ids, params in prepared:
@@ -93,11 +96,19 @@ class Frontend:
         self.check_ids(list(params.logit_bias or ()), body.sampling_path + "logit_bias")
         return prompt_ids, params
 
-    async def check_constraint(self, body: GenerationBody) -> None:
+    async def check_constraint(self, body: GenerationBody, caller: Caller,
+                               admission: "Admission") -> None:
         """A 400 naming the field when the body's output constraint is over a bound or does not
-        compile (one check for all of a batch's prompts: they share it)."""
-        if body.constraint is not None:
-            await self.grammar.check(*body.constraint)
+        compile (one check for all of a batch's prompts: they share it); 429/503 past the bounds
+        of compiles waiting for a worker. Any refusal, or a cancel (the client left), gives the
+        admission back at once with nothing used: the ticket is not held, the rate stays spent."""
+        if body.constraint is None:
+            return
+        try:
+            await self.grammar.check(*body.constraint, principal=caller.limit_key)
+        except BaseException:
+            admission.abandon()
+            raise
 
     def _prepare_nth(self, body: GenerationBody, prompt: Prompt, index: int) -> tuple[list[int], SamplingParams]:
         try:
@@ -179,11 +190,13 @@ class Frontend:
                            budget.field, "context_length_exceeded")
         return requested
 
-    async def start(self, prompt_ids: list[int], params: SamplingParams, stops: list[str],
+    async def start(self, body: GenerationBody, prompt_ids: list[int], params: SamplingParams,
                     caller: Caller) -> Generation:
-        """Admit one generation, then submit it to a rank. Its slot is given back however it ends."""
+        """Admit one generation, check its constraint, then submit it to a rank. Its slot is
+        given back however it ends."""
         admission = await self.admit(caller, _reserved(prompt_ids, params), params.n)
-        return await self.submit(prompt_ids, params, stops, caller, admission)
+        await self.check_constraint(body, caller, admission)
+        return await self.submit(prompt_ids, params, body.stop_strings, caller, admission)
 
     async def admit(self, caller: Caller, tokens: int, seqs: int, parts: int = 1) -> "Admission":
         """Engines up; then `seqs` slots, the queue bound and the caller's limits from the shared

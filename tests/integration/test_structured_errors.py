@@ -1,11 +1,15 @@
 """Broken output constraints on a real server: each a 400 naming the client's field, on chat,
 completions and SGLang's /generate, streamed or not; the server keeps serving; a slow grammar
-check (a GBNF grammar that takes seconds to convert) does not hold up free requests; the
-check workers end with the server."""
+check (a GBNF grammar that takes seconds to convert) does not hold up free requests; a
+constrained request counts against its key's limits before its grammar is compiled, and gives
+its place back when its client leaves mid-compile; the check workers end with the server."""
 from __future__ import annotations
 
 import asyncio
 import json
+import socket
+import time
+from urllib.parse import urlsplit
 
 import httpx
 import psutil
@@ -19,6 +23,18 @@ TREE = {"type": "object", "properties": {"name": {"type": "string"},
                                          "children": {"type": "array", "items": {"$ref": "#"}}},
         "required": ["name", "children"]}
 HUGE = {"type": "object", "properties": {f"field_{i:06d}": {"type": "string"} for i in range(20000)}}
+OPEN, LIMITED, SINGLE = "open-key-0123456789abcdef", "limited-key-0123456789abc", "single-key-0123456789abcd"
+LIMITED_RPM = 5
+KEYS = f"""
+[keys.open]
+key = "{OPEN}"
+[keys.limited]
+key = "{LIMITED}"
+requests_per_minute = {LIMITED_RPM}
+[keys.single]
+key = "{SINGLE}"
+max_concurrent_requests = 1
+"""
 
 
 def slow_schema(title: str = "slow") -> dict:
@@ -43,12 +59,19 @@ def check_workers(server: ServerProcess) -> list[psutil.Process]:
 
 
 @pytest.fixture(scope="module")
-def server():
+def server(tmp_path_factory):
+    keys = tmp_path_factory.mktemp("keys") / "keys.toml"
+    keys.write_text(KEYS)
+    keys.chmod(0o600)
     proc = ServerProcess("--served-model-name", MODEL, "--dtype", "float32",
                          "--structured-output-max-bytes", str(MAX_BYTES),
-                         "--structured-output-compile-timeout", "4")
+                         "--structured-output-compile-timeout", "4", "--api-key-file", str(keys))
     yield proc
     proc.kill()
+
+
+def auth(key: str = OPEN) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
 
 
 # A schema (object), regex, grammar: how each route's body carries it, and the field it names.
@@ -99,7 +122,7 @@ def body_for(route: str, fields: dict, stream: bool) -> dict:
 
 @pytest.mark.parametrize("name, bodies, text", BROKEN, ids=[b[0] for b in BROKEN])
 def test_broken_constraints_get_a_400_naming_the_field(server, name, bodies, text):
-    with httpx.Client(base_url=server.url, timeout=60) as http:
+    with httpx.Client(base_url=server.url, timeout=60, headers=auth()) as http:
         for stream in (False, True):
             for route, fields, param in bodies:
                 answer = http.post(route, json=body_for(route, fields, stream))
@@ -114,7 +137,7 @@ def test_broken_constraints_get_a_400_naming_the_field(server, name, bodies, tex
 
 
 def test_two_constraints_name_the_second(server):
-    with httpx.Client(base_url=server.url, timeout=60) as http:
+    with httpx.Client(base_url=server.url, timeout=60, headers=auth()) as http:
         answer = http.post("/v1/chat/completions", json=body_for("/v1/chat/completions", {
             "response_format": {"type": "json_object"}, "structured_outputs": {"regex": "a+"}}, False))
         assert answer.status_code == 400 and answer.json()["error"]["param"] == "structured_outputs.regex"
@@ -123,7 +146,7 @@ def test_two_constraints_name_the_second(server):
 
 
 def test_a_batch_of_prompts_is_checked_once_and_refused_as_one(server):
-    with httpx.Client(base_url=server.url, timeout=60) as http:
+    with httpx.Client(base_url=server.url, timeout=60, headers=auth()) as http:
         body = {"model": MODEL, "prompt": ["a", "b", "c"], "max_tokens": 2, "guided_regex": "(x"}
         answer = http.post("/v1/completions", json=body)
         assert answer.status_code == 400 and answer.json()["error"]["param"] == "guided_regex"
@@ -139,7 +162,7 @@ def test_a_slow_check_does_not_hold_up_free_requests(server):
     done: list[str] = []
 
     async def run() -> None:
-        async with httpx.AsyncClient(base_url=server.url, timeout=120) as http:
+        async with httpx.AsyncClient(base_url=server.url, timeout=120, headers=auth()) as http:
             async def slow() -> None:
                 answer = await http.post("/v1/chat/completions", json=body_for(
                     "/v1/chat/completions", {"guided_grammar": slow_gbnf()}, False))
@@ -162,6 +185,72 @@ def test_a_slow_check_does_not_hold_up_free_requests(server):
 
     asyncio.run(run())
     assert done == ["free", "free", "free", "slow"]
+
+
+def test_a_rate_limited_key_gets_429s_not_compiles(server):
+    """A key limited to 5 requests a minute sends 12 distinct broken schemas at once. Each
+    request is admitted (its rate counted) before its schema is compiled: 5 are compiled and
+    refused with 400, the rest get 429 without a compile. Before, every one was compiled and
+    refused with 400, and the key never met its limit."""
+    async def run() -> list[httpx.Response]:
+        async with httpx.AsyncClient(base_url=server.url, timeout=60, headers=auth(LIMITED)) as http:
+            return await asyncio.gather(*(http.post("/v1/chat/completions", json=body_for(
+                "/v1/chat/completions", {"response_format": {"type": "json_schema", "json_schema": {
+                    "name": "a", "schema": {"type": f"frob{i}"}}}}, False)) for i in range(12)))
+
+    answers = asyncio.run(run())
+    compiled = [a for a in answers if a.status_code == 400]
+    refused = [a for a in answers if a.status_code == 429]
+    assert len(compiled) + len(refused) == 12, [a.status_code for a in answers]
+    # NOTE: 6 if the burst took over 12 s to arrive (the bucket refills one request per 12 s)
+    assert LIMITED_RPM <= len(compiled) <= LIMITED_RPM + 1
+    assert all("Invalid type: frob" in a.json()["error"]["message"] for a in compiled)
+    for answer in refused:
+        assert int(answer.headers["retry-after"]) >= 1
+        error = answer.json()["error"]
+        assert error["type"] == "rate_limit_error" and f"{LIMITED_RPM} requests per minute" in error["message"]
+
+
+def _raw_request(url: str, path: str, body: dict, key: str) -> socket.socket:
+    """A POST written on a raw socket, its answer never read: the client closes it to leave."""
+    parts = urlsplit(url)
+    data = json.dumps(body).encode()
+    sock = socket.create_connection((parts.hostname, parts.port), timeout=30)
+    sock.sendall(b"POST %s HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer %s\r\nContent-Type: "
+                 b"application/json\r\nContent-Length: %d\r\n\r\n%s"
+                 % (path.encode(), key.encode(), len(data), data))
+    return sock
+
+
+@pytest.mark.parametrize("route, stream, rules", [("/v1/chat/completions", False, 6001),
+                                                  ("/v1/completions", True, 6002)])
+def test_a_compiling_request_holds_its_keys_place_until_its_client_leaves(server, route, stream, rules):
+    """A key allowed one request at a time sends a grammar that compiles for seconds (the
+    server's 4 s bound): while it compiles, the key's free requests get 429 (before, the compile
+    ran outside the limits, so they were served); once its client closes the socket, the place
+    comes back (the compile, already on a worker, may finish: its verdict is cached)."""
+    free = body_for("/v1/completions", {}, False)
+    fields = grammar_bodies(slow_gbnf(rules))[0 if route == "/v1/chat/completions" else 1][1]
+    slow = _raw_request(server.url, route, body_for(route, fields, stream), SINGLE)
+    try:
+        with httpx.Client(base_url=server.url, timeout=60, headers=auth(SINGLE)) as http:
+            statuses = []
+            for _ in range(50):  # bounded: the slow request is admitted, then holds the place
+                answer = http.post("/v1/completions", json=free)
+                statuses.append(answer.status_code)
+                if answer.status_code == 429:
+                    break
+            assert statuses[-1] == 429, statuses
+            assert "too many concurrent requests: the limit is 1" in answer.json()["error"]["message"]
+            slow.close()
+            for _ in range(100):  # bounded: the server sees the client leave and gives it back
+                status = http.post("/v1/completions", json=free).status_code
+                if status == 200:
+                    break
+                time.sleep(0.1)
+            assert status == 200
+    finally:
+        slow.close()
 
 
 @pytest.fixture(scope="module")

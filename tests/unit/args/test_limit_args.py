@@ -22,3 +22,10 @@ def test_the_key_file_sets_a_waiting_cap_over_the_defaults(tmp_path):
                     '[keys.b]\nkey = "b-key-0123456789abcdef"\n')
     a, b = load_key_file(str(path))
     assert a.limits == Limits(max_waiting_requests=2) and b.limits == Limits(max_waiting_requests=4)
+
+
+@pytest.mark.parametrize("flag", ["--structured-output-max-waiting-compiles",
+                                  "--structured-output-max-waiting-compiles-per-principal"])
+def test_a_negative_bound_of_waiting_compiles_names_its_flag(flag, capsys):
+    assert main(["serve", flag, "-1"]) == 2
+    assert f"{flag} must be non-negative, got -1" in capsys.readouterr().err
