@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import logging
 
-from bastion.config.engine import QUANTIZATIONS, SUPPORTED_DTYPES, EngineConfig, parse_bytes
+from bastion.config.engine import ATTENTION_BACKENDS, QUANTIZATIONS, SUPPORTED_DTYPES, EngineConfig, parse_bytes
 
 logger = logging.getLogger(__name__)
 
@@ -16,6 +16,11 @@ DTYPE_SPELLINGS = {"half": "float16", "float": "float32"}  # vLLM's and SGLang's
 
 def _dtype(text: str) -> str:
     return DTYPE_SPELLINGS.get(text, text)
+
+
+def _backend(text: str) -> str:
+    """vLLM spells backends in capitals with underscores (TORCH_SDPA): the same names here."""
+    return text.lower().replace("_", "-")
 
 
 def add_engine_args(parser: argparse.ArgumentParser) -> None:
@@ -33,6 +38,11 @@ def add_engine_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--enforce-eager", action=argparse.BooleanOptionalAction, default=False,
                    help="run every step on the eager model: no fused one-sequence decode step (bastion's "
                         "C++ decode step on CPU; vLLM's flag, which turns off CUDA graphs and compilation)")
+    g.add_argument("--attention-backend", type=_backend, choices=ATTENTION_BACKENDS, default="auto",
+                   help="auto: cpu-paged on a CPU where bastion's kernels take the model (decodes attend "
+                        "in place over the paged KV cache, one C++ call per step), else torch-sdpa "
+                        "(torch's scaled_dot_product_attention over gathered blocks; CUDA, and the "
+                        "reference); vLLM's flag (TORCH_SDPA is torch-sdpa)")
     g.add_argument("--tensor-parallel-size", "-tp", "--tp", "--tp-size", type=int, default=1, metavar="N",
                    help="split the model over N worker processes per engine rank (tensor "
                         "parallelism, gloo on loopback on CPU, NCCL on CUDA; docs/parallelism.md); each "
@@ -85,7 +95,7 @@ def add_engine_args(parser: argparse.ArgumentParser) -> None:
                         "(default 16)")
 
 
-ENGINE_FLAGS = ("dtype", "quantization", "enforce_eager", "tensor_parallel_size", "device", "max_model_len", "block_size",
+ENGINE_FLAGS = ("dtype", "quantization", "enforce_eager", "attention_backend", "tensor_parallel_size", "device", "max_model_len", "block_size",
                 "kv_cache_memory", "num_kv_blocks",
                 "enable_prefix_caching", "max_num_batched_tokens", "max_num_seqs", "seed",
                 "num_threads", "structured_output_compile_timeout", "structured_output_max_bytes",

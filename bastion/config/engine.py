@@ -19,6 +19,7 @@ _UNITS = {
 
 SUPPORTED_DTYPES = ("auto", "float32", "bfloat16", "float16")
 QUANTIZATIONS = ("int8", "int4")  # weight-only: int8 per output channel, int4 in groups of 32..256
+ATTENTION_BACKENDS = ("auto", "torch-sdpa", "cpu-paged")
 
 
 def parse_bytes(text: str | int) -> int:
@@ -45,8 +46,12 @@ class ModelConfig:
     seed: int = 0
     quantization: str | None = None
     enforce_eager: bool = False
+    attention_backend: str = "auto"
 
     def __post_init__(self) -> None:
+        if self.attention_backend not in ATTENTION_BACKENDS:
+            raise ValueError(f"--attention-backend must be one of {', '.join(ATTENTION_BACKENDS)}, "
+                             f"got {self.attention_backend!r}")
         if self.quantization is not None and self.quantization not in QUANTIZATIONS:
             raise ValueError(f"--quantization must be one of {', '.join(QUANTIZATIONS)}, "
                              f"got {self.quantization!r}")

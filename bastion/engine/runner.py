@@ -14,6 +14,7 @@ from bastion.engine.scheduler import ScheduledRequest, SchedulerOutput
 from bastion.engine.step_inputs import StepInputs
 from bastion.model.arch import ArchConfig, ModelLoadError, read_arch_config
 from bastion.model.attention import AttentionContext, attention_context
+from bastion.model.attention.choose import make_backend
 from bastion.model.fused_decode import FusedDecoder
 from bastion.model.loader import compute_dtype, load_model, resolve_device, resolve_dtype
 from bastion.engine.tensor_parallel.shared_kv import cache_path, map_caches
@@ -68,6 +69,8 @@ class ModelRunner:
         if group is not None:
             self.model.use_tensor_group(group.all_reduce, group.logits_gather(tp.vocab_chunk(self.arch),
                                                                               self.arch.vocab_size))
+        self.model.use_attention_backend(make_backend(mc.attention_backend, self.device, self.dtype,
+                                                      self.local_arch))
         self.block_size = config.cache.block_size
         num_blocks = self._num_blocks(model_len)
         self.limits = self._limits(model_len, num_blocks)

@@ -105,11 +105,9 @@ def _decode_group(group: list[ScheduledRequest], start: int, block_size: int, de
 
 def decode_group(start: int, tables: torch.Tensor, pos: torch.Tensor, block_size: int,
                  shared_blocks: int) -> DecodeGroup:
-    """A group's attention metadata from its block tables [B, width] and positions [B]."""
-    count, width = tables.shape
-    if count == 1:  # attended unpadded, cut to its context length: no mask to build
-        return DecodeGroup(start, 1, tables, None, shared_blocks, int(pos[0]) + 1)
-    span = torch.arange(width * block_size, device=tables.device)
-    padding = span[None, :] > pos[:, None]
-    mask = torch.zeros(padding.shape, device=tables.device).masked_fill_(padding, float("-inf"))
-    return DecodeGroup(start, count, tables, mask.view(1, count, 1, -1), shared_blocks)
+    """A group's attention metadata from its block tables [B, width] and positions [B] (its
+    padding mask is made only if a backend asks for it)."""
+    count = tables.shape[0]
+    # NOTE: count 1 is attended unpadded, cut to its context length
+    return DecodeGroup(start, count, tables, pos + 1, block_size, shared_blocks,
+                       int(pos[0]) + 1 if count == 1 else 0)

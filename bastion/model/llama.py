@@ -96,6 +96,11 @@ class LlamaModel(nn.Module):
             layer.reduce = all_reduce
         self.gather_logits = gather_logits
 
+    def use_attention_backend(self, backend: AttentionBackend) -> None:
+        """Every attention layer computes with `backend` (model/attention/choose.py)."""
+        for layer in self.attention_layers:
+            layer.backend = backend
+
     def tie_lm_head(self) -> None:
         """With tied embeddings the LM head multiplies by the embedding table itself (its
         `head_rows` when the head is split: a view, no copy)."""

@@ -26,8 +26,8 @@ import torch
 
 logger = logging.getLogger(__name__)
 
-SOURCES = ("bindings.cpp", "linear.cpp", "decode_step.cpp")
-HEADERS = ("dot.h", "blocked.h", "decode_step.h", "linear.h")
+SOURCES = ("bindings.cpp", "linear.cpp", "decode_step.cpp", "paged_attention.cpp")
+HEADERS = ("dot.h", "blocked.h", "decode_step.h", "linear.h", "paged_attention.h")
 CACHE_ENV = "BASTION_KERNEL_CACHE"
 
 

@@ -66,15 +66,22 @@ def test_many_prompts_of_different_lengths_at_once(model, model_paths, hf_refere
     assert_no_leaks(engine)
 
 
+@pytest.mark.parametrize("backend", ["torch-sdpa", "cpu-paged"])
 @pytest.mark.parametrize("model", MODELS)
-def test_shared_prefix_with_cache_hits(model, model_paths, hf_reference, monkeypatch):
-    from bastion.model import attention
+def test_shared_prefix_with_cache_hits(model, backend, model_paths, hf_reference, monkeypatch):
+    """torch-sdpa gathers the shared blocks once for all rows; cpu-paged reads them in place."""
+    from bastion.model.attention import cpu, sdpa
 
     shared_calls = []
-    real = attention._decode_shared_prefix
-    monkeypatch.setattr(attention, "_decode_shared_prefix",
-                        lambda *a: shared_calls.append(1) or real(*a))
-    engine = engine_for(model_paths[model], num_kv_blocks=128, block_size=8)
+    if backend == "torch-sdpa":
+        real = sdpa._decode_shared_prefix
+        monkeypatch.setattr(sdpa, "_decode_shared_prefix", lambda *a: shared_calls.append(1) or real(*a))
+    else:
+        real = cpu.CpuPagedBackend.decode
+        monkeypatch.setattr(cpu.CpuPagedBackend, "decode",
+                            lambda self, *a: shared_calls.append(1) or real(self, *a))
+    engine = engine_for(model_paths[model], num_kv_blocks=128, block_size=8, attention_backend=backend,
+                        enforce_eager=True)
     prefix = random_prompts(1, (45, 45), 500, seed=3)[0]
     prompts = random_prompts(8, (1, 20), 500, seed=4, prefix=prefix)
     got = run(engine, prompts, 12, waves=2)

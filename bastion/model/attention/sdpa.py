@@ -1,81 +1,11 @@
-"""Paged attention: the per-step context, the backend interface and the torch SDPA backend.
-
-Tokens of one step are laid out decodes first (one query token each, in groups of similar
-context length so that little padding is gathered), then prefill chunks (one contiguous run per
-request). The KV of every new token is written into its cache slot first; then each group
-attends over its requests' blocks.
-"""
+"""Paged attention with torch's SDPA: each decode group's blocks gathered into one padded
+tensor and masked, each prefill chunk causal over its context (CPU and CUDA)."""
 from __future__ import annotations
-
-from contextlib import contextmanager
-from dataclasses import dataclass, field
 
 import torch
 from torch.nn import functional as F
 
-
-@dataclass
-class PrefillChunk:
-    """A run of `query_len` new tokens of one request whose context is `context_len` long."""
-
-    query_start: int
-    query_len: int
-    context_len: int
-    block_table: torch.Tensor | None  # None when the chunk is the whole context (no gather)
-
-
-@dataclass
-class DecodeGroup:
-    """`count` one-token queries from row `start`, their block tables padded to one width."""
-
-    start: int
-    count: int
-    block_tables: torch.Tensor   # [count, max_blocks]
-    mask: torch.Tensor | None    # [1, count, 1, max_blocks * block_size]: 0 or -inf (padding); None for count 1
-    shared_blocks: int = 0       # leading blocks that every row's table has in common
-    context_len: int = 0         # with count 1: its context length (attended unpadded, no mask)
-
-
-@dataclass
-class AttentionContext:
-    """What attention layers need to know about the current step."""
-
-    slot_mapping: torch.Tensor                      # [T] flat cache slot of each new token
-    decodes: list[DecodeGroup] = field(default_factory=list)
-    prefills: list[PrefillChunk] = field(default_factory=list)
-
-
-_CONTEXT: AttentionContext | None = None
-
-
-@contextmanager
-def attention_context(ctx: AttentionContext):
-    """Make `ctx` visible to every attention layer for the duration of one forward pass."""
-    global _CONTEXT
-    _CONTEXT = ctx
-    try:
-        yield ctx
-    finally:
-        _CONTEXT = None
-
-
-def current_context() -> AttentionContext | None:
-    """The step's context, or None outside `attention_context()`."""
-    return _CONTEXT
-
-
-def get_context() -> AttentionContext:
-    assert _CONTEXT is not None, "attention called outside attention_context()"
-    return _CONTEXT
-
-
-class AttentionBackend:
-    """Computes attention for new tokens over their requests' paged KV."""
-
-    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                k_cache: torch.Tensor, v_cache: torch.Tensor, scale: float) -> torch.Tensor:
-        """q [T, H, D], k/v [T, Hkv, D], caches [Hkv, blocks, block_size, D] -> [T, H, D]."""
-        raise NotImplementedError
+from bastion.model.attention.context import AttentionBackend, DecodeGroup, PrefillChunk, get_context
 
 
 class SdpaPagedBackend(AttentionBackend):
@@ -91,15 +21,20 @@ class SdpaPagedBackend(AttentionBackend):
         k_cache.view(num_kv_heads, -1, head_dim).index_copy_(1, ctx.slot_mapping, k.transpose(0, 1))
         v_cache.view(num_kv_heads, -1, head_dim).index_copy_(1, ctx.slot_mapping, v.transpose(0, 1))
         if len(ctx.decodes) == 1 and not ctx.prefills:  # NOTE: the decode-only step: no copy
-            return _decode(q, k_cache, v_cache, ctx.decodes[0], scale)
+            return self.decode(q, k_cache, v_cache, ctx.decodes[0], scale)
         out = torch.empty_like(q)
         for group in ctx.decodes:
             rows = slice(group.start, group.start + group.count)
-            out[rows] = _decode(q[rows], k_cache, v_cache, group, scale)
+            out[rows] = self.decode(q[rows], k_cache, v_cache, group, scale)
         for chunk in ctx.prefills:
             rows = slice(chunk.query_start, chunk.query_start + chunk.query_len)
             out[rows] = _prefill(q[rows], k[rows], v[rows], k_cache, v_cache, chunk, scale)
         return out
+
+    def decode(self, q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, group: DecodeGroup,
+               scale: float) -> torch.Tensor:
+        """One decode group's attention: q [count, H, D] -> [count, H, D]."""
+        return _decode(q, k_cache, v_cache, group, scale)
 
 
 def _gather(cache: torch.Tensor, block_ids: torch.Tensor) -> torch.Tensor:
@@ -120,7 +55,7 @@ def _decode(q, k_cache, v_cache, group: DecodeGroup, scale: float) -> torch.Tens
     keys = _gather(k_cache, flat).view(num_kv_heads, batch, -1, head_dim)     # [Hkv, B, L, D]
     values = _gather(v_cache, flat).view(num_kv_heads, batch, -1, head_dim)
     qg = q.view(batch, num_kv_heads, -1, head_dim).transpose(0, 1)         # [Hkv, B, G, D]
-    out = F.scaled_dot_product_attention(qg, keys, values, attn_mask=group.mask.to(q.dtype),
+    out = F.scaled_dot_product_attention(qg, keys, values, attn_mask=group.padding_mask().to(q.dtype),
                                          scale=scale)
     return out.transpose(0, 1).reshape(batch, num_heads, head_dim)
 
@@ -155,7 +90,7 @@ def _decode_shared_prefix(q, k_cache, v_cache, group: DecodeGroup, scale: float)
     shared_scores = torch.matmul(rows, shared_k.transpose(-1, -2))
     scores = torch.cat([shared_scores.view(num_kv_heads, batch, group_size, -1),
                         torch.matmul(qg, own_k.transpose(-1, -2))], dim=-1).float()
-    probs = torch.softmax(scores.mul_(scale).add_(group.mask), dim=-1).to(q.dtype)
+    probs = torch.softmax(scores.mul_(scale).add_(group.padding_mask()), dim=-1).to(q.dtype)
     prefix_len = shared_k.shape[1]
     shared_part = torch.matmul(
         probs[..., :prefix_len].reshape(num_kv_heads, batch * group_size, prefix_len), shared_v)
