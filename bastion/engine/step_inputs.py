@@ -46,7 +46,7 @@ class StepInputs:
             blocks = np.asarray(req.block_ids, dtype=np.int64)
             positions.append(pos)
             slots.append(blocks[pos // block_size] * block_size + pos % block_size)
-            table = None if s.start == 0 else torch.from_numpy(blocks[:-(-end // block_size)]).to(device)
+            table = torch.from_numpy(blocks[:-(-end // block_size)]).to(device)
             ctx.prefills.append(PrefillChunk(offset, s.num_new_tokens, end, table))
             offset += s.num_new_tokens
         ctx.slot_mapping = torch.from_numpy(np.concatenate(slots)).to(device)

@@ -67,8 +67,8 @@ def teacher_forced(engine, token_ids: list[int]) -> tuple[float, torch.Tensor]:
     count = len(token_ids)
     ids = torch.tensor(token_ids, device=runner.device)
     positions = torch.arange(count, device=runner.device)
-    ctx = AttentionContext(slot_mapping=positions.clone(),
-                           prefills=[PrefillChunk(0, count, count, None)])
+    blocks = torch.arange(-(-count // runner.block_size), device=runner.device)  # slots 0..count-1
+    ctx = AttentionContext(slot_mapping=positions.clone(), prefills=[PrefillChunk(0, count, count, blocks)])
     with attention_context(ctx):
         hidden = runner.model(ids, positions)
     total, tops = 0.0, []

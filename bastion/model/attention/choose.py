@@ -24,7 +24,7 @@ def make_backend(name: str, device: torch.device, dtype: torch.dtype, cfg: ArchC
         return backend
     if name == "cpu-paged":
         raise ModelLoadError(f"--attention-backend cpu-paged needs bastion's CPU kernels on a CPU, bfloat16 or "
-                             f"float32, a head size up to 512 and at most 8 query heads per KV head (here: "
+                             f"float32, a head size up to 256 and at most 8 query heads per KV head (here: "
                              f"{device.type}, {str(dtype).removeprefix('torch.')}, head size {cfg.head_dim}, "
                              f"{cfg.num_heads} heads over {cfg.num_kv_heads} KV heads)")
     return SdpaPagedBackend()

@@ -20,7 +20,12 @@ class PrefillChunk:
     query_start: int
     query_len: int
     context_len: int
-    block_table: torch.Tensor | None  # None when the chunk is the whole context (no gather)
+    block_table: torch.Tensor | None  # the request's blocks up to its context (None: not given)
+
+    @property
+    def whole_context(self) -> bool:
+        """The chunk is its request's whole context (its first chunk): nothing cached before it."""
+        return self.query_len == self.context_len
 
 
 @dataclass

@@ -28,7 +28,7 @@ class SdpaPagedBackend(AttentionBackend):
             out[rows] = self.decode(q[rows], k_cache, v_cache, group, scale)
         for chunk in ctx.prefills:
             rows = slice(chunk.query_start, chunk.query_start + chunk.query_len)
-            out[rows] = _prefill(q[rows], k[rows], v[rows], k_cache, v_cache, chunk, scale)
+            out[rows] = prefill_chunk(q[rows], k[rows], v[rows], k_cache, v_cache, chunk, scale)
         return out
 
     def decode(self, q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, group: DecodeGroup,
@@ -99,10 +99,10 @@ def _decode_shared_prefix(q, k_cache, v_cache, group: DecodeGroup, scale: float)
     return out.transpose(0, 1).reshape(batch, num_heads, head_dim)
 
 
-def _prefill(q, k, v, k_cache, v_cache, chunk: PrefillChunk, scale: float) -> torch.Tensor:
+def prefill_chunk(q, k, v, k_cache, v_cache, chunk: PrefillChunk, scale: float) -> torch.Tensor:
     """A run of new tokens of one request, causal over its whole context."""
     qh = q.transpose(0, 1).unsqueeze(0)                   # [1, H, n, D]
-    if chunk.block_table is None:
+    if chunk.whole_context or chunk.block_table is None:
         keys, values = k.transpose(0, 1).unsqueeze(0), v.transpose(0, 1).unsqueeze(0)
         out = F.scaled_dot_product_attention(qh, keys, values, is_causal=True, scale=scale,
                                              enable_gqa=True)

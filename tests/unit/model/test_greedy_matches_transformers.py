@@ -77,8 +77,8 @@ def test_shared_prefix_with_cache_hits(model, backend, model_paths, hf_reference
         real = sdpa._decode_shared_prefix
         monkeypatch.setattr(sdpa, "_decode_shared_prefix", lambda *a: shared_calls.append(1) or real(*a))
     else:
-        real = cpu.CpuPagedBackend.decode
-        monkeypatch.setattr(cpu.CpuPagedBackend, "decode",
+        real = cpu.CpuPagedBackend._attend
+        monkeypatch.setattr(cpu.CpuPagedBackend, "_attend",
                             lambda self, *a: shared_calls.append(1) or real(self, *a))
     engine = engine_for(model_paths[model], num_kv_blocks=128, block_size=8, attention_backend=backend,
                         enforce_eager=True)

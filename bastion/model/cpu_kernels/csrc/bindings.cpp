@@ -8,7 +8,7 @@
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "bastion CPU kernels: blocked bf16 and int8 linear layers, the one-sequence decode step, "
-            "decode attention over the paged KV cache";
+            "attention over the paged KV cache";
   m.attr("uses_dpbf16") = bool(BASTION_DPBF16);
   m.attr("uses_vnni") = bool(BASTION_VNNI);
   m.def("linear_blocked", &bastion::linear_blocked, "y = x W^T (+ float32 bias), W bf16 blocked [N/16, K/2, 16, 2]",
@@ -16,10 +16,12 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         pybind11::arg("bias") = pybind11::none());
   m.def("linear_int8", &bastion::linear_int8, "y = (x q^T) * scale (+ bias) for a few rows of x, q int8",
         pybind11::arg("x"), pybind11::arg("q"), pybind11::arg("scale"), pybind11::arg("bias") = pybind11::none());
-  m.def("paged_decode_attention", &bastion::paged_decode_attention,
-        "decode attention of one query token per sequence over its blocks of the paged KV cache, in place",
+  m.def("paged_attention", &bastion::paged_attention,
+        "causal attention of a step's new tokens (decodes and prefill chunks) over their sequences' blocks of "
+        "the paged KV cache, read in place",
         pybind11::arg("q"), pybind11::arg("k_cache"), pybind11::arg("v_cache"), pybind11::arg("block_tables"),
-        pybind11::arg("context_lens"), pybind11::arg("scale"), pybind11::call_guard<pybind11::gil_scoped_release>());
+        pybind11::arg("context_lens"), pybind11::arg("query_starts"), pybind11::arg("scale"),
+        pybind11::call_guard<pybind11::gil_scoped_release>());
   pybind11::class_<bastion::DecoderShape>(m, "DecoderShape")
       .def(pybind11::init<>())
       .def_readwrite("hidden", &bastion::DecoderShape::hidden)
