@@ -5,14 +5,14 @@ import math
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 
+from bastion.model.cpu_ops import add_rms_norm, rms_norm, silu_mul
 from bastion.model.linear.layer import Linear
 
 
 class RMSNorm(nn.Module):
-    """Root-mean-square norm computed in float32, as the reference implementation does
-    (torch's fused `rms_norm` kernel: one op instead of six in the decode step's hot loop)."""
+    """Root-mean-square norm computed in float32, as the reference implementation does (one
+    kernel on CPU: model/cpu_ops.py); `forward_add` adds the residual first, in the same pass."""
 
     def __init__(self, size: int, eps: float) -> None:
         super().__init__()
@@ -20,8 +20,11 @@ class RMSNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        normed = F.rms_norm(x.float(), (x.shape[-1],), None, self.eps)
-        return self.weight * normed.to(x.dtype)
+        return rms_norm(x, self.weight, self.eps)
+
+    def forward_add(self, x: torch.Tensor, residual: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(norm(x + residual), x + residual)."""
+        return add_rms_norm(x, residual, self.weight, self.eps)
 
 
 def _llama3_inv_freq(inv_freq: torch.Tensor, scaling: dict) -> torch.Tensor:
@@ -95,5 +98,4 @@ class GatedMLP(nn.Module):
         self.down_proj = Linear(intermediate, hidden)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        gate, up = self.gate_up_proj(x).split(self.intermediate, dim=-1)
-        return self.down_proj(F.silu(gate) * up)
+        return self.down_proj(silu_mul(self.gate_up_proj(x)))

@@ -60,9 +60,17 @@ class DecoderLayer(nn.Module):
         # worker holds a slice of their inputs); alone, nothing to sum.
         self.reduce: Callable[[torch.Tensor], torch.Tensor] = _alone
 
-    def forward(self, rope: tuple[torch.Tensor, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
-        x = x + self.reduce(self.self_attn(rope, self.input_layernorm(x)))
-        return x + self.reduce(self.mlp(self.post_attention_layernorm(x)))
+    def forward(self, rope: tuple[torch.Tensor, torch.Tensor], x: torch.Tensor,
+                residual: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The residual stream: `x` is the last sublayer's output, not yet added to `residual`
+        (None before the first layer: `x` is the embedding); each norm adds it in its pass."""
+        if residual is None:
+            residual, h = x, self.input_layernorm(x)
+        else:
+            h, residual = self.input_layernorm.forward_add(x, residual)
+        h = self.reduce(self.self_attn(rope, h))
+        h, residual = self.post_attention_layernorm.forward_add(h, residual)
+        return self.reduce(self.mlp(h)), residual
 
 
 class LlamaModel(nn.Module):
@@ -119,9 +127,10 @@ class LlamaModel(nn.Module):
                 return self.fused_decoder(input_ids, positions, ctx)
         x = self.embed_tokens(input_ids)
         rope = self.rotary.tables(positions, x.dtype)
+        residual = None
         for layer in self.layers:
-            x = layer(rope, x)
-        return self.norm(x)
+            x, residual = layer(rope, x, residual)
+        return self.norm(x) if residual is None else self.norm.forward_add(x, residual)[0]
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor | None:
         """Logits [rows, vocab] of `hidden` [rows, hidden]; with a split head, float32 and

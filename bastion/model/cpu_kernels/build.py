@@ -26,8 +26,8 @@ import torch
 
 logger = logging.getLogger(__name__)
 
-SOURCES = ("bindings.cpp", "linear.cpp", "decode_step.cpp", "paged_attention.cpp")
-HEADERS = ("dot.h", "blocked.h", "decode_step.h", "linear.h", "paged_attention.h", "paged_attention_bf16.h")
+SOURCES = ("bindings.cpp", "linear.cpp", "decode_step.cpp", "paged_attention.cpp", "elementwise.cpp")
+HEADERS = ("dot.h", "blocked.h", "decode_step.h", "linear.h", "paged_attention.h", "paged_attention_bf16.h", "elementwise.h")
 CACHE_ENV = "BASTION_KERNEL_CACHE"
 
 

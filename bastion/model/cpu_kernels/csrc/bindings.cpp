@@ -3,6 +3,7 @@
 
 #include "decode_step.h"
 #include "dot.h"
+#include "elementwise.h"
 #include "linear.h"
 #include "paged_attention.h"
 
@@ -16,6 +17,11 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         pybind11::arg("bias") = pybind11::none());
   m.def("linear_int8", &bastion::linear_int8, "y = (x q^T) * scale (+ bias) for a few rows of x, q int8",
         pybind11::arg("x"), pybind11::arg("q"), pybind11::arg("scale"), pybind11::arg("bias") = pybind11::none());
+  m.def("rms_norm", &bastion::rms_norm, "weight * rms_norm(x (+ residual)), and x + residual when given",
+        pybind11::arg("x"), pybind11::arg("weight"), pybind11::arg("eps"), pybind11::arg("residual") = pybind11::none(),
+        pybind11::call_guard<pybind11::gil_scoped_release>());
+  m.def("silu_mul", &bastion::silu_mul, "silu(gate) * up for x = [gate, up] on its last dimension", pybind11::arg("x"),
+        pybind11::call_guard<pybind11::gil_scoped_release>());
   m.def("paged_attention", &bastion::paged_attention,
         "causal attention of a step's new tokens (decodes and prefill chunks) over their sequences' blocks of "
         "the paged KV cache, read in place",
