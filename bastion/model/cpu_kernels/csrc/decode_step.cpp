@@ -15,6 +15,7 @@
 #include "blocked.h"
 #include "decode_step.h"
 #include "dot.h"
+#include "paged_attention_bf16.h"
 
 namespace bastion {
 
@@ -231,6 +232,15 @@ class DecoderImpl final : public Decoder {
   // positions (each thread a contiguous run, all heads: balanced for any head count); the
   // threads' partial softmax sums are merged per head after a barrier. Results into act_ as T.
   void attend(size_t layer, const int64_t* table, int64_t context_len, int thread, int nthreads) {
+#if BASTION_DPBF16
+    if constexpr (std::is_same<T, bf16_t>::value) {
+      if (s_.head_dim % 32 == 0 && s_.head_dim <= 2 * kMaxPairs && s_.num_heads / s_.num_kv_heads <= 8) {
+        attend_bf16(layer, table, context_len, thread, nthreads);
+        merge_heads(nthreads);
+        return;
+      }
+    }
+#endif
     const int64_t D = s_.head_dim, bs = s_.block_size, H = s_.num_heads;
     const int64_t group = H / s_.num_kv_heads;
     const int64_t pool = w_.k_cache[layer].size(1) * bs;
@@ -283,6 +293,52 @@ class DecoderImpl final : public Decoder {
         }
       }
     }
+    merge_heads(nthreads);
+  }
+
+#if BASTION_DPBF16
+  // `attend` on vdpbf16ps (paged_attention_bf16.h): this thread's run of positions, one KV head
+  // at a time, in tiles of up to 16 keys within a cache block; its partial softmax state per
+  // head into partial_ (dimensions back in order) for `merge_heads`.
+  void attend_bf16(size_t layer, const int64_t* table, int64_t context_len, int thread, int nthreads) {
+    const int64_t D = s_.head_dim, bs = s_.block_size, H = s_.num_heads;
+    const int64_t group = H / s_.num_kv_heads;
+    const int64_t pool = w_.k_cache[layer].size(1) * bs;
+    const int64_t per = (context_len + nthreads - 1) / nthreads;
+    const int64_t t0 = std::min(context_len, per * thread), t1 = std::min(context_len, t0 + per);
+    const bf16_t* kc = ptr<bf16_t>(w_.k_cache[layer]);
+    const bf16_t* vc = ptr<bf16_t>(w_.v_cache[layer]);
+    float* part = partial_.data() + thread * H * (D + 2);  // per head: max, sum, D accumulators
+    alignas(64) bf16_t q[8 * 2 * kMaxPairs];
+    alignas(64) float out[8 * 2 * kMaxPairs];
+    float top[8], total[8];
+    int64_t last[8];
+    for (int64_t g = 0; g < s_.num_kv_heads; ++g) {
+      for (int64_t j = 0; j < group; ++j) {
+        const float* src = qkv_out_.data() + (g * group + j) * D;
+        for (int64_t i = 0; i < D; ++i) q[j * D + i] = float_to_bf16(src[i]);
+        top[j] = -INFINITY, total[j] = 0.f, last[j] = context_len - 1;
+      }
+      std::fill(out, out + group * D, 0.f);
+      for (int64_t t = t0, count = 0; t < t1; t += count) {
+        count = std::min<int64_t>({kKeys, t1 - t, bs - t % bs});  // within one cache block
+        const int64_t at = (g * pool + table[t / bs] * bs + t % bs) * D;
+        tile_block_bf16(q, static_cast<int>(group), D, kc + at, vc + at, t, static_cast<int>(count), last,
+                        s_.scale, TileState{out, top, total});
+      }
+      for (int64_t j = 0; j < group; ++j) {
+        float* p = part + (g * group + j) * (D + 2);
+        p[0] = top[j], p[1] = total[j];
+        for (int64_t c = 0; c < D; c += 32)
+          for (int d = 0; d < 32; ++d) p[2 + c + d] = out[j * D + c + packed_dim(d)];
+      }
+    }
+  }
+#endif
+
+  // The threads' partial softmax sums per head (partial_), merged after a barrier into act_ as T.
+  void merge_heads(int nthreads) {
+    const int64_t D = s_.head_dim, H = s_.num_heads;
 #pragma omp barrier
     T* out = reinterpret_cast<T*>(act_.data());
 #pragma omp for schedule(static)
