@@ -71,7 +71,7 @@ BENCHES = {
                    "bastion.bench.structured.run:run_structured_bench", True,
                    "structured outputs: grammar compile time over a corpus of real-world JSON schemas; "
                    "output tokens/s with and without a schema"),
-    "quantization": ("bastion.bench.quality.run", "add_quantization_bench_args",
+    "quantization": ("bastion.bench.quality.args", "add_quantization_bench_args",
                      "bastion.bench.quality.run:run_quantization_bench", False,
                      "accuracy cost of int8/int4 weights: perplexity and greedy agreement against bf16 "
                      "on a fixed public-domain text"),
