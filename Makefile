@@ -8,9 +8,11 @@ BIN    := $(VENV)/bin
 TORCH  ?= torch==2.13.0
 STAMP  := $(VENV)/.installed
 
-PYTEST_ARGS ?= --durations=20
+# two workers (CI has 2 cores), each file's tests on one worker, in order (a file's shared
+# server starts once; only test_ray_backend.py starts Ray clusters, one at a time)
+PYTEST_ARGS ?= -n 2 --dist loadfile --durations=30
 
-.PHONY: install kernels serve test generate clean
+.PHONY: install kernels serve test test-quick generate clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +33,10 @@ serve: kernels
 
 test: kernels
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# the unit tests only (no servers started): a quick check while iterating
+test-quick: kernels
+	$(BIN)/python -m pytest -n 2 --dist loadfile tests/unit
 
 generate: kernels
 	$(BIN)/bastion generate "The function returns"

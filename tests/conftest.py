@@ -1,18 +1,34 @@
 """Shared fixtures: model folders (the trained demo model, tiny random ones) and references."""
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
-import pytest
-import torch
+# NOTE: OpenMP threads that wait for work sleep instead of spinning, in this process and every
+# server it starts (set before torch loads libgomp). `make test` runs two pytest workers on two
+# cores; two engines whose idle threads spin for the whole core slow each other down many times
+# over (a tool-call test: 1.4 s alone, 27 s beside another file's server). Results are the same.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent / "support"))
 
+# NOTE: engines built inside the test process (not the servers tests start) size their default
+# KV pool at 512 MiB instead of production's 4 GiB: an engine keeps freed memory in its process
+# (engine/cpu_memory.py), so a worker that builds hundreds of engines grew to 10 GiB and, beside
+# another worker and its servers, ran a 24 GiB machine out of memory. Tests that need a size say so.
+TEST_CPU_KV_MEMORY = 512 * 2**20
+
+import bastion.engine.runner  # noqa: E402
 from bastion.model.demo import DEMO_MODEL_DIR  # noqa: E402
 from real_checkpoint import smollm2_checkpoint, smollm2_gguf_file  # noqa: E402,F401 (session fixtures)
 from server_process import ServerProcess  # noqa: E402
 from tiny_models import make_tiny_model  # noqa: E402
+
+bastion.engine.runner.DEFAULT_CPU_KV_MEMORY = TEST_CPU_KV_MEMORY
 
 
 @pytest.fixture(scope="session")
@@ -67,3 +83,4 @@ def shared_server():
                          "--served-model-name", "demo", "bastion-demo", "--enforce-eager")
     yield proc
     proc.kill()
+

@@ -4,11 +4,9 @@ the JSON, ratios as medians with intervals (no assertion on a ratio's value: it 
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 
-import pytest
 
 
 def test_bench_serve_reports_throughput_and_latency_percentiles(shared_server, tmp_path):
@@ -70,25 +68,6 @@ def test_bench_serve_compares_internal_transports(tmp_path):
     commands = {side["name"]: side["command"] for side in data["sides"]}
     assert commands["tcp_plain"][-4:] == ["--internal-transport", "tcp", "--internal-encryption", "off"]
     assert "serve" in commands["ipc"] and commands["ipc"][-2:] == ["--internal-transport", "ipc"]
-
-
-def test_bench_serve_compares_local_ranks_with_ray_actors(tmp_path):
-    pytest.importorskip("ray", reason="--compare-ray needs the ray extra: pip install 'bastion[ray]'")
-    out = tmp_path / "ray.json"
-    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "BASTION_HOST_IP")}
-    token = tmp_path / "ray_auth_token"  # NOTE: else Ray writes a new local cluster's token to ~/.ray
-    token.write_text("t" * 64)
-    env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(token))
-    result = subprocess.run(  # NOTE: the Ray server starts a local cluster on 127.0.0.1
-        [sys.executable, "-m", "bastion.cli", "bench", "serve", "--compare-ray", "--num-requests", "8",
-         "--max-tokens", "4", "--concurrency", "4", "--pairs", "1", "--json", str(out)],
-        capture_output=True, text=True, timeout=600, env=env)
-    assert result.returncode == 0, result.stderr[-3000:]
-    data = json.loads(out.read_text())["by_concurrency"]["4"]
-    _check_comparison(data, ["local", "ray"], 1, 32)
-    assert all(side["ranks"] == 2 for side in data["sides"])
-    assert "--data-parallel-backend" in data["sides"][1]["command"]
-    assert "is ready on Ray node 127.0.0.2 at tcp://127.0.0.2:" in result.stderr  # loopback, never external
 
 
 def test_bench_serve_compares_with_a_running_peer(shared_server, tmp_path):

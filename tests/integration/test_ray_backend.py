@@ -6,6 +6,7 @@ requests are served by both ranks; a node that dies has its rank restarted on th
 left."""
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -16,6 +17,7 @@ import pytest
 from planted_modules import imports_seen, plant
 from ray_cluster import RayCluster
 from server_process import ServerProcess
+from test_bench_serve import _check_comparison
 from test_multinode import LOOPBACK, assert_pulled_by_rank_1, health, listening, wait_for
 
 pytest.importorskip("ray", reason="the Ray backend needs the ray extra: pip install 'bastion[ray]'")
@@ -23,6 +25,27 @@ pytest.importorskip("ray", reason="the Ray backend needs the ray extra: pip inst
 HEAD, NODE = "127.0.0.2", "127.0.0.3"
 API_KEY = "sk-ray-test-0123456789abcdef"
 HF_TOKEN = "hf_secret_token_ray_test_0123456789"
+
+
+# NOTE: first in the file, before the module's cluster starts: `make test` runs a file's tests
+# on one worker, so no two Ray clusters ever run at once
+def test_bench_serve_compares_local_ranks_with_ray_actors(tmp_path):
+    pytest.importorskip("ray", reason="--compare-ray needs the ray extra: pip install 'bastion[ray]'")
+    out = tmp_path / "ray.json"
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "BASTION_HOST_IP")}
+    token = tmp_path / "ray_auth_token"  # NOTE: else Ray writes a new local cluster's token to ~/.ray
+    token.write_text("t" * 64)
+    env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(token))
+    result = subprocess.run(  # NOTE: the Ray server starts a local cluster on 127.0.0.1
+        [sys.executable, "-m", "bastion.cli", "bench", "serve", "--compare-ray", "--num-requests", "8",
+         "--max-tokens", "4", "--concurrency", "4", "--pairs", "1", "--json", str(out)],
+        capture_output=True, text=True, timeout=600, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    data = json.loads(out.read_text())["by_concurrency"]["4"]
+    _check_comparison(data, ["local", "ray"], 1, 32)
+    assert all(side["ranks"] == 2 for side in data["sides"])
+    assert "--data-parallel-backend" in data["sides"][1]["command"]
+    assert "is ready on Ray node 127.0.0.2 at tcp://127.0.0.2:" in result.stderr  # loopback, never external
 
 
 @pytest.fixture(scope="module")
