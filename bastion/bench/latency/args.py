@@ -6,6 +6,7 @@ import argparse
 import shlex
 
 from bastion.bench.load import add_client_args
+from bastion.bench.peer.args import add_peer_model_args
 from bastion.config.engine import parse_bytes
 
 MAX_LEN = 1 << 20  # a bound on any one length, far above any context
@@ -55,10 +56,7 @@ def add_latency_args(parser: argparse.ArgumentParser) -> None:
                         help="also start llama.cpp's llama-server (this binary) on --peer-model, as its users "
                              "do for one stream: -np 1, -c the longest request's context, -t/-tb the threads "
                              "bastion gets, on loopback; its requests alternate with the others'")
-    parser.add_argument("--peer-model", default=None, metavar="GGUF",
-                        help="with --peer-llama-server: the same checkpoint as a GGUF file")
-    parser.add_argument("--peer-flags", default="", metavar="'FLAGS'",
-                        help="with --peer-llama-server: more llama-server flags (after the bench's own)")
+    add_peer_model_args(parser)
     parser.add_argument("--weight-bytes", type=parse_bytes, default=None, metavar="SIZE",
                         help="bytes one decode step reads on the first side (default: the size of "
                              "MODEL's weight files; needed with --url), e.g. 269MB")

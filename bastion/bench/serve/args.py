@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from bastion.bench.load import add_client_args
+from bastion.bench.peer.args import add_peer_model_args
 from bastion.bench.pairs import add_pair_args
 
 COMPARE_MODES = ("compare_offline", "compare_internal", "compare_ray", "compare_security",
@@ -63,10 +64,7 @@ def add_serve_bench_args(parser: argparse.ArgumentParser) -> None:
                             "--peer-model once per concurrency with -np = the concurrency, -c = -np x the "
                             "longest request's context, -t/-tb = the threads bastion gets (llama.cpp's own "
                             "advice); compare the two")
-    parser.add_argument("--peer-model", default=None, metavar="GGUF",
-                        help="with --peer-llama-server: the same checkpoint as a GGUF file")
-    parser.add_argument("--peer-flags", default="", metavar="'FLAGS'",
-                        help="with --peer-llama-server: more llama-server flags (after the bench's own)")
+    add_peer_model_args(parser)
     add_pair_args(parser, what="runs of the workload")
     parser.add_argument("--repeats", dest="pairs", type=int, help=argparse.SUPPRESS)  # the old name of --pairs
     parser.add_argument("--time-limit", type=float, default=14400.0, metavar="SECONDS",

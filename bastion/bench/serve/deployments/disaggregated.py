@@ -16,9 +16,8 @@ from contextlib import ExitStack
 
 import httpx
 
-from bastion.bench.harness import bench_server
-from bastion.bench.provenance import side_record
-from bastion.bench.serve.compare import ServeSide, over_concurrencies
+from bastion.bench.serve.compare import over_concurrencies
+from bastion.bench.serve.deployments.variants import start_variants
 from bastion.bench.workloads import bench_inputs
 
 
@@ -28,11 +27,7 @@ def compare_disaggregated(args: argparse.Namespace) -> dict:
     variants = {"colocated": ("-dp", str(args.ranks)),
                 "disaggregated": ("-dp", str(args.ranks), "--prefill-ranks", "1")}
     with bench_inputs(args) as (model, label, vocab), ExitStack() as stack:
-        sides = []
-        for name, flags in variants.items():
-            server = stack.enter_context(bench_server(model, args, flags))
-            sides.append(ServeSide(name, side_record(name, server.command, model=label, ranks=args.ranks),
-                                   url=server.url))
+        sides = start_variants(stack, args, model, label, variants, ranks=args.ranks)
         result = over_concurrencies(args, vocab, sides)
         channel = kv_channel_speed(sides[1].url)
     for comparison in result.values():

@@ -9,9 +9,8 @@ from __future__ import annotations
 import argparse
 from contextlib import ExitStack
 
-from bastion.bench.harness import bench_server
-from bastion.bench.provenance import side_record
-from bastion.bench.serve.compare import ServeSide, over_concurrencies
+from bastion.bench.serve.compare import over_concurrencies
+from bastion.bench.serve.deployments.variants import start_variants
 from bastion.bench.workloads import bench_inputs
 
 VARIANTS = {
@@ -23,8 +22,5 @@ VARIANTS = {
 
 def compare_internal(args: argparse.Namespace) -> dict:
     with bench_inputs(args) as (model, label, vocab), ExitStack() as stack:
-        sides = []
-        for name, flags in VARIANTS.items():
-            server = stack.enter_context(bench_server(model, args, flags))
-            sides.append(ServeSide(name, side_record(name, server.command, model=label), url=server.url))
+        sides = start_variants(stack, args, model, label, VARIANTS)
         return over_concurrencies(args, vocab, sides)

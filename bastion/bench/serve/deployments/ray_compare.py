@@ -10,9 +10,8 @@ from __future__ import annotations
 import argparse
 from contextlib import ExitStack
 
-from bastion.bench.harness import bench_server
-from bastion.bench.provenance import side_record
-from bastion.bench.serve.compare import ServeSide, over_concurrencies
+from bastion.bench.serve.compare import over_concurrencies
+from bastion.bench.serve.deployments.variants import start_variants
 from bastion.bench.workloads import bench_inputs
 
 
@@ -22,9 +21,5 @@ def compare_ray(args: argparse.Namespace) -> dict:
     ray_flags = ("--data-parallel-backend", "ray", *(("--ray-address", args.ray_address) if args.ray_address else ()))
     variants = {"local": ("-dp", str(args.ranks)), "ray": ("-dp", str(args.ranks), *ray_flags)}
     with bench_inputs(args) as (model, label, vocab), ExitStack() as stack:
-        sides = []
-        for name, flags in variants.items():
-            server = stack.enter_context(bench_server(model, args, flags))
-            sides.append(ServeSide(name, side_record(name, server.command, model=label, ranks=args.ranks),
-                                   url=server.url))
+        sides = start_variants(stack, args, model, label, variants, ranks=args.ranks)
         return over_concurrencies(args, vocab, sides)
