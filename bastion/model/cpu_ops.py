@@ -5,6 +5,8 @@ a model computes what it computed before. At 16 decodes of SmolLM2-135M the eage
 about 3 ms of a 41 ms step (61 norms of six ops each) and SiLU-and-mul about 1 ms."""
 from __future__ import annotations
 
+import functools
+
 import torch
 from torch.nn import functional as F
 
@@ -13,8 +15,14 @@ from bastion.model.cpu_kernels.build import kernels_or_none
 _FAST = (torch.bfloat16, torch.float32)
 
 
+@functools.cache
+def _module():
+    """The kernels module or None, looked up once: these ops run ~60 times a step."""
+    return kernels_or_none()
+
+
 def _kernels(x: torch.Tensor):
-    return kernels_or_none() if x.device.type == "cpu" and x.dtype in _FAST else None
+    return _module() if x.device.type == "cpu" and x.dtype in _FAST else None
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:

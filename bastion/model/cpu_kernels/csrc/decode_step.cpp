@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <cmath>
 #include <memory>
+#include <tuple>
 #include <type_traits>
 #include <vector>
 
@@ -243,9 +244,8 @@ class DecoderImpl final : public Decoder {
 #endif
     const int64_t D = s_.head_dim, bs = s_.block_size, H = s_.num_heads;
     const int64_t group = H / s_.num_kv_heads;
-    const int64_t pool = w_.k_cache[layer].size(1) * bs;
-    const int64_t per = (context_len + nthreads - 1) / nthreads;
-    const int64_t t0 = std::min(context_len, per * thread), t1 = std::min(context_len, t0 + per);
+    const int64_t pool = w_.k_cache[layer].size(1) * bs;  // positions per KV head in the cache
+    const auto [per, t0, t1] = positions_of(context_len, thread, nthreads);
     const T* kc = ptr<T>(w_.k_cache[layer]);
     const T* vc = ptr<T>(w_.v_cache[layer]);
     float* score = scores_.data() + thread * H * per;
@@ -303,9 +303,8 @@ class DecoderImpl final : public Decoder {
   void attend_bf16(size_t layer, const int64_t* table, int64_t context_len, int thread, int nthreads) {
     const int64_t D = s_.head_dim, bs = s_.block_size, H = s_.num_heads;
     const int64_t group = H / s_.num_kv_heads;
-    const int64_t pool = w_.k_cache[layer].size(1) * bs;
-    const int64_t per = (context_len + nthreads - 1) / nthreads;
-    const int64_t t0 = std::min(context_len, per * thread), t1 = std::min(context_len, t0 + per);
+    const int64_t pool = w_.k_cache[layer].size(1) * bs;  // positions per KV head in the cache
+    const auto [per, t0, t1] = positions_of(context_len, thread, nthreads);
     const bf16_t* kc = ptr<bf16_t>(w_.k_cache[layer]);
     const bf16_t* vc = ptr<bf16_t>(w_.v_cache[layer]);
     float* part = partial_.data() + thread * H * (D + 2);  // per head: max, sum, D accumulators
@@ -335,6 +334,14 @@ class DecoderImpl final : public Decoder {
     }
   }
 #endif
+
+  // This thread's contiguous run [t0, t1) of the context's positions, and the run length `per`
+  // every thread is given (the last runs may be shorter or empty).
+  static std::tuple<int64_t, int64_t, int64_t> positions_of(int64_t context_len, int thread, int nthreads) {
+    const int64_t per = (context_len + nthreads - 1) / nthreads;
+    const int64_t t0 = std::min(context_len, per * thread);
+    return {per, t0, std::min(context_len, t0 + per)};
+  }
 
   // The threads' partial softmax sums per head (partial_), merged after a barrier into act_ as T.
   void merge_heads(int nthreads) {
