@@ -4,7 +4,6 @@ keys): the supervisor's own endpoints are written as `"server": "supervisor"`; w
 client request (a client's own /health, one with a guessed probe header) is still written."""
 from __future__ import annotations
 
-import json
 import signal
 import ssl
 import time
@@ -13,6 +12,7 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
+from audit_log import audit_lines as read_audit
 from certs import CertAuthority
 from supervisor_process import SupervisorProcess, no_rank_left
 
@@ -39,13 +39,7 @@ def supervise(ca: CertAuthority, folder: Path, *extra: str) -> tuple[SupervisorP
 
 
 def audit_lines(folder: Path, predicate=lambda lines: True, timeout: float = 20.0) -> list[dict]:
-    """The audit log's lines once `predicate` holds of them (a line is written as its response ends)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        lines = [json.loads(line) for line in (folder / "audit.jsonl").read_text().splitlines()]
-        if predicate(lines) or time.monotonic() > deadline:
-            return lines
-        time.sleep(0.1)
+    return read_audit(folder / "audit.jsonl", predicate, timeout)
 
 
 def rank_health(lines: list[dict], server: str) -> list[dict]:
