@@ -38,6 +38,10 @@ def add_engine_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--enforce-eager", action=argparse.BooleanOptionalAction, default=False,
                    help="run every step on the eager model: no fused one-sequence decode step (bastion's "
                         "C++ decode step on CPU; vLLM's flag, which turns off CUDA graphs and compilation)")
+    g.add_argument("--huge-pages", action=argparse.BooleanOptionalAction, default=True,
+                   help="on CPU, put the weights and the KV pool in 2 MiB pages (transparent huge "
+                        "pages, Linux 6.1+): a decode step streams every weight, and 4 KiB pages cost "
+                        "one TLB miss each; nothing happens where the system's THP setting is never")
     g.add_argument("--attention-backend", type=_backend, choices=ATTENTION_BACKENDS, default="auto",
                    help="auto: cpu-paged on a CPU where bastion's kernels take the model (decodes attend "
                         "in place over the paged KV cache, one C++ call per step), else torch-sdpa "
@@ -95,7 +99,7 @@ def add_engine_args(parser: argparse.ArgumentParser) -> None:
                         "(default 16)")
 
 
-ENGINE_FLAGS = ("dtype", "quantization", "enforce_eager", "attention_backend", "tensor_parallel_size", "device", "max_model_len", "block_size",
+ENGINE_FLAGS = ("dtype", "quantization", "enforce_eager", "huge_pages", "attention_backend", "tensor_parallel_size", "device", "max_model_len", "block_size",
                 "kv_cache_memory", "num_kv_blocks",
                 "enable_prefix_caching", "max_num_batched_tokens", "max_num_seqs", "seed",
                 "num_threads", "structured_output_compile_timeout", "structured_output_max_bytes",

@@ -47,6 +47,7 @@ class ModelConfig:
     quantization: str | None = None
     enforce_eager: bool = False
     attention_backend: str = "auto"
+    huge_pages: bool = True  # on CPU: weights and KV pool in 2 MiB pages (engine/cpu_memory.py)
 
     def __post_init__(self) -> None:
         if self.attention_backend not in ATTENTION_BACKENDS:

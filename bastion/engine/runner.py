@@ -9,7 +9,7 @@ from typing import Callable
 import torch
 
 from bastion.config.engine import EngineConfig
-from bastion.engine.cpu_memory import keep_freed_memory
+from bastion.engine.cpu_memory import back_with_huge_pages, keep_freed_memory
 from bastion.engine.scheduler import ScheduledRequest, SchedulerOutput
 from bastion.engine.step_inputs import StepInputs
 from bastion.model.arch import ArchConfig, ModelLoadError, read_arch_config
@@ -79,6 +79,8 @@ class ModelRunner:
             logger.info("decode steps run eagerly: the fused step does not split over tensor-parallel workers")
         elif not mc.enforce_eager:
             self.model.fused_decoder = FusedDecoder.build(self.model, self.block_size)
+        if self.device.type == "cpu" and mc.huge_pages:
+            back_with_huge_pages()
         self.forward_seconds = 0.0
         logger.info("model %s (%s, %s on %s): %d KV blocks of %d tokens, max_model_len %d",
                     mc.model, self.arch.architecture, str(self.dtype).removeprefix("torch."),

@@ -16,11 +16,11 @@ def _roundtrip(*bench_flags: str) -> tuple[dict, dict]:
 
 def test_default_engine_flags_parse_again_as_serve_flags():
     bench, serve = _roundtrip()
-    assert serve == bench and serve["enforce_eager"] is False
+    assert serve == bench and serve["enforce_eager"] is False and serve["huge_pages"] is True
 
 
 def test_set_engine_flags_parse_again_as_serve_flags():
-    bench, serve = _roundtrip("--enforce-eager", "--no-enable-prefix-caching", "--dtype", "float32",
+    bench, serve = _roundtrip("--enforce-eager", "--no-huge-pages", "--no-enable-prefix-caching", "--dtype", "float32",
                               "--quantization", "int8", "--num-threads", "2")
     assert serve == bench
-    assert serve["enforce_eager"] is True and serve["quantization"] == "int8" and serve["num_threads"] == 2
+    assert serve["enforce_eager"] is True and serve["huge_pages"] is False and serve["quantization"] == "int8" and serve["num_threads"] == 2
