@@ -9,8 +9,8 @@ warm pages.
 A decode step streams every weight once (270 MB for SmolLM2-135M in bf16). In 4 KiB pages that
 is one TLB miss, and in a VM a two-level page walk, every 4 KiB; `back_with_huge_pages` asks the
 kernel for 2 MiB pages (transparent huge pages) under the weights and the KV pool, 512 times fewer
-misses. Measured here: the lone decode step of SmolLM2-135M bf16 in 9 of 10 process pairs faster,
-median 0.92x the time (docs/engine.md).
+misses. Measured on a 2-core VM: served one stream of SmolLM2-135M bf16, 4 KiB pages took
+1.077 [1.009, 1.102] x the time per token of huge pages (docs/benchmarks.md).
 """
 from __future__ import annotations
 
