@@ -12,8 +12,9 @@ one from the model's chat template, as the tool-call parser is picked:
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
+from bastion.sampling_params import SamplingParams
 from bastion.server.reasoning.formats import FORMATS, Phase, ThinkFormat, format_named
 from bastion.server.reasoning.splitter import ReasoningSplitter
 
@@ -65,3 +66,8 @@ class Reasoning:
         if self.first_phase(prompt_ids) is Phase.ANSWER:
             return None
         return list(self.end_ids)
+
+    def after_thinking(self, params: SamplingParams, prompt_ids: list[int]) -> SamplingParams:
+        """`params` whose output constraint, if any, starts after the thinking."""
+        trigger = self.grammar_trigger(prompt_ids) if params.structured_outputs is not None else None
+        return params if trigger is None else replace(params, grammar_starts_after=trigger)

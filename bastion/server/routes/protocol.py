@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import re
 from functools import cached_property
-from typing import Annotated, ClassVar, Literal, Mapping
+from typing import Annotated, Any, ClassVar, Literal, Mapping
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -29,6 +29,7 @@ from bastion.server.routes.structured_fields import (GUIDED, Constraint, JsonSch
                                                      StructuredOutputsField, one_constraint,
                                                      openai_constraint)
 from bastion.server.routes.unsupported import refuse_unsupported
+from bastion.server.template_kwargs import ReasoningEffort, template_kwargs
 from bastion.server.tools.constraint import tool_constraint
 from bastion.server.tools.messages import AssistantToolCall, template_message
 from bastion.server.tools.request import ToolChoice, ToolPlan, Tools, plan_tools, template_tools
@@ -210,6 +211,9 @@ class ChatCompletionRequest(_Sampling):
     tools: Tools | None = None
     tool_choice: ToolChoice | None = None
     parallel_tool_calls: bool | None = None
+    chat_template_kwargs: dict[str, Any] | None = None  # vLLM's, SGLang's: e.g. enable_thinking
+    reasoning_effort: ReasoningEffort | None = None  # passed to the template, as vLLM
+    include_reasoning: bool = True  # vLLM's: false leaves the thinking out of the answer
 
     def tool_plan(self) -> ToolPlan | None:
         """What the tool fields ask for (None: no tools); a 400 for a contradiction."""
@@ -227,7 +231,8 @@ class ChatCompletionRequest(_Sampling):
     def to_prompt(self) -> ChatPrompt:
         plan = self.tool_plan()
         return ChatPrompt(template_messages(self.messages), self.add_generation_prompt,
-                          self.continue_final_message, tools=plan and plan.template_tools())
+                          self.continue_final_message, tools=plan and plan.template_tools(),
+                          template_kwargs=template_kwargs(self.chat_template_kwargs, self.reasoning_effort))
 
     def budget(self) -> Budget:
         if self.max_completion_tokens is not None:
@@ -281,6 +286,7 @@ class TokenizeRequest(_Body):
     add_special_tokens: bool = True
     add_generation_prompt: bool = True
     tools: Tools | None = None  # shown to the chat template, as in a chat request
+    chat_template_kwargs: dict[str, Any] | None = None  # as in a chat request
 
     def check(self) -> None:
         if (self.prompt is None) == (self.messages is None):
@@ -289,7 +295,8 @@ class TokenizeRequest(_Body):
     def to_prompt(self) -> ChatPrompt | TextPrompt:
         if self.messages is not None:
             return ChatPrompt(template_messages(self.messages), self.add_generation_prompt,
-                              tools=template_tools(self.tools))
+                              tools=template_tools(self.tools),
+                              template_kwargs=template_kwargs(self.chat_template_kwargs, None))
         return TextPrompt(self.prompt, "prompt", self.add_special_tokens)
 
 
