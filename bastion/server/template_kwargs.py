@@ -31,8 +31,8 @@ RESERVED = frozenset({
 })
 
 
-def template_kwargs(kwargs: dict[str, Any] | None, reasoning_effort: str | None) -> dict[str, Any]:
-    """The variables to add to the template; a 400 naming the key for one that is refused."""
+def template_kwargs(kwargs: dict[str, Any] | None, reasoning_effort: str | None) -> dict[str, Any] | None:
+    """The variables to add to the template (None: none); a 400 naming the key of a refused one."""
     out = dict(kwargs or {})
     for key in out:
         if not key.isidentifier():
@@ -43,4 +43,4 @@ def template_kwargs(kwargs: dict[str, Any] | None, reasoning_effort: str | None)
                            f"{FIELD}.{key}")
     if reasoning_effort is not None:
         out["reasoning_effort"] = reasoning_effort
-    return out
+    return out or None
