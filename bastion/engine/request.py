@@ -9,9 +9,9 @@ from dataclasses import dataclass
 
 import torch
 
-from bastion.engine.grammar_gate import GrammarGate
 from bastion.engine.outputs import FinishReason, TokenLogprob
 from bastion.sampling_params import SamplingParams
+from bastion.structured.gate import GrammarGate
 
 logger = logging.getLogger(__name__)
 
@@ -60,7 +60,7 @@ class Request:
         # this sequence's own llguidance matcher (a deep copy of the compiled grammar), advanced
         # by every accepted token; None without structured outputs and once the sequence ends
         self.matcher = None
-        # the matcher held back while the output is free (grammar_gate.py); None once it starts
+        # the matcher held back while the output is free (structured/gate.py); None once it starts
         self.grammar_gate: GrammarGate | None = None
 
     def logit_bias(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -147,7 +147,7 @@ def validate_request(prompt_token_ids: list[int], params: SamplingParams, vocab_
 
 def start_grammar(req: Request, matcher) -> None:
     """Give a sequence its compiled matcher: constraining now, or held back until the output
-    ends with `params.grammar_starts_after` (grammar_gate.py)."""
+    ends with `params.grammar_starts_after` (structured/gate.py)."""
     trigger = req.params.grammar_starts_after
     if trigger:
         req.grammar_gate = GrammarGate(trigger, matcher)

@@ -3,6 +3,8 @@
 formats.py   the formats (`qwen3`, `deepseek_r1`): markers, where an output starts (`Phase`)
 splitter.py  one sequence's text -> (thinking, answer), streamed at any chunking, or whole
 choose.py    --reasoning-parser or the chat template's markers -> `Reasoning`, per server
+chat.py      chat completions' `reasoning_content` / `reasoning` (the one file that knows a
+             response shape; other routes shape the splits their own way)
 
 How a route uses it (independent of any response shape): the front end holds one `Reasoning`
 (None when the server reads no thinking). For each sequence of a chat request make

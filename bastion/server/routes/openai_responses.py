@@ -8,7 +8,7 @@ from typing import AsyncIterator
 
 from bastion.server.generation import Generation, GenerationBatch, SequenceDelta, SequenceState
 from bastion.server.http.streaming import sse
-from bastion.server.routes.chat_reasoning import ChatReasoning
+from bastion.server.reasoning.chat import ChatReasoning
 from bastion.server.tools.shaping import ToolAnswer
 from bastion.transport.messages import TokenLogprob
 

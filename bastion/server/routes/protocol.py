@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import re
 from functools import cached_property
-from typing import Annotated, Any, ClassVar, Literal, Mapping
+from typing import Annotated, ClassVar, Literal, Mapping
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -29,7 +29,7 @@ from bastion.server.routes.structured_fields import (GUIDED, Constraint, JsonSch
                                                      StructuredOutputsField, one_constraint,
                                                      openai_constraint)
 from bastion.server.routes.unsupported import refuse_unsupported
-from bastion.server.template_kwargs import ReasoningEffort, template_kwargs
+from bastion.server.routes.template_kwargs import ChatTemplateFields, TemplateKwargsField
 from bastion.server.tools.constraint import tool_constraint
 from bastion.server.tools.messages import AssistantToolCall, template_message
 from bastion.server.tools.request import ToolChoice, ToolPlan, Tools, plan_tools, template_tools
@@ -199,7 +199,7 @@ def template_messages(messages: list[ChatMessage]) -> list[dict]:
     return [m.for_template(f"messages.{i}") for i, m in enumerate(messages)]
 
 
-class ChatCompletionRequest(_Sampling):
+class ChatCompletionRequest(_Sampling, ChatTemplateFields):
     messages: Annotated[list[ChatMessage], Field(min_length=1)]
     max_completion_tokens: PositiveInt | None = None
     logprobs: bool = False
@@ -211,9 +211,6 @@ class ChatCompletionRequest(_Sampling):
     tools: Tools | None = None
     tool_choice: ToolChoice | None = None
     parallel_tool_calls: bool | None = None
-    chat_template_kwargs: dict[str, Any] | None = None  # vLLM's, SGLang's: e.g. enable_thinking
-    reasoning_effort: ReasoningEffort | None = None  # passed to the template, as vLLM
-    include_reasoning: bool = True  # vLLM's: false leaves the thinking out of the answer
 
     def tool_plan(self) -> ToolPlan | None:
         """What the tool fields ask for (None: no tools); a 400 for a contradiction."""
@@ -232,7 +229,7 @@ class ChatCompletionRequest(_Sampling):
         plan = self.tool_plan()
         return ChatPrompt(template_messages(self.messages), self.add_generation_prompt,
                           self.continue_final_message, tools=plan and plan.template_tools(),
-                          template_kwargs=template_kwargs(self.chat_template_kwargs, self.reasoning_effort))
+                          template_kwargs=self.template_variables())
 
     def budget(self) -> Budget:
         if self.max_completion_tokens is not None:
@@ -279,14 +276,13 @@ class CompletionRequest(_Sampling):
         return build_sampling_params(self, max_tokens, self.logprobs, constraint=self.constraint)
 
 
-class TokenizeRequest(_Body):
+class TokenizeRequest(_Body, TemplateKwargsField):
     model: str | None = None
     prompt: str | None = None
     messages: list[ChatMessage] | None = None
     add_special_tokens: bool = True
     add_generation_prompt: bool = True
     tools: Tools | None = None  # shown to the chat template, as in a chat request
-    chat_template_kwargs: dict[str, Any] | None = None  # as in a chat request
 
     def check(self) -> None:
         if (self.prompt is None) == (self.messages is None):
@@ -295,8 +291,7 @@ class TokenizeRequest(_Body):
     def to_prompt(self) -> ChatPrompt | TextPrompt:
         if self.messages is not None:
             return ChatPrompt(template_messages(self.messages), self.add_generation_prompt,
-                              tools=template_tools(self.tools),
-                              template_kwargs=template_kwargs(self.chat_template_kwargs, None))
+                              tools=template_tools(self.tools), template_kwargs=self.template_variables())
         return TextPrompt(self.prompt, "prompt", self.add_special_tokens)
 
 

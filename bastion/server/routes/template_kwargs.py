@@ -13,6 +13,8 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
+from pydantic import BaseModel, ConfigDict
+
 from bastion.server.http.errors import APIError
 
 FIELD = "chat_template_kwargs"
@@ -44,3 +46,23 @@ def template_kwargs(kwargs: dict[str, Any] | None, reasoning_effort: str | None)
     if reasoning_effort is not None:
         out["reasoning_effort"] = reasoning_effort
     return out or None
+
+
+class TemplateKwargsField(BaseModel):
+    """A body with `chat_template_kwargs` (chat, and `/tokenize` with messages)."""
+
+    model_config = ConfigDict(strict=True)
+    chat_template_kwargs: dict[str, Any] | None = None  # vLLM's, SGLang's: e.g. enable_thinking
+
+    def template_variables(self) -> dict[str, Any] | None:
+        return template_kwargs(self.chat_template_kwargs, None)
+
+
+class ChatTemplateFields(TemplateKwargsField):
+    """A chat body's template and reasoning fields."""
+
+    reasoning_effort: ReasoningEffort | None = None  # passed to the template, as vLLM does
+    include_reasoning: bool = True  # vLLM's: false leaves the thinking out of the answer
+
+    def template_variables(self) -> dict[str, Any] | None:
+        return template_kwargs(self.chat_template_kwargs, self.reasoning_effort)
