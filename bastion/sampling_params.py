@@ -10,6 +10,8 @@ from bastion.structured.spec import StructuredOutputs
 MAX_LOGIT_BIAS = 1024
 MAX_BIAS = 100.0
 
+MAX_TRIGGER = 16  # tokens of grammar_starts_after (an end-of-thinking marker)
+
 # Integers that travel to an engine fit its 64-bit tensors and the wire.
 INT64_MIN, INT64_MAX = -2**63, 2**63 - 1
 
@@ -45,6 +47,9 @@ class SamplingParams:
     `structured_outputs` constrains the output to a JSON schema, regex, choice or grammar; the
     grammar's end finishes the sequence ("stop"), and its logprobs come from the constrained
     distribution (the tokens the grammar forbids have probability 0).
+    `grammar_starts_after` (token ids, at most 16) holds that constraint back until the output
+    ends with them: the tokens up to there are free (a reasoning model's thinking, up to its
+    end marker; the API server sets it), the rest is constrained.
     """
 
     n: int = 1
@@ -64,6 +69,7 @@ class SamplingParams:
     skip_special_tokens: bool = True
     logit_bias: dict[int, float] | None = None
     structured_outputs: StructuredOutputs | None = None
+    grammar_starts_after: list[int] | None = None
 
     def __post_init__(self) -> None:
         self.stop_token_ids = list(self.stop_token_ids or [])
@@ -96,6 +102,10 @@ class SamplingParams:
              f"logprobs must be between 0 and 20, got {self.logprobs}"),
             (all(isinstance(t, int) and 0 <= t <= INT64_MAX for t in self.stop_token_ids),
              "stop_token_ids must be integers in [0, 2**63 - 1]"),
+            (self.grammar_starts_after is None or (
+                self.structured_outputs is not None and 0 < len(self.grammar_starts_after) <= MAX_TRIGGER
+                and all(isinstance(t, int) and 0 <= t <= INT64_MAX for t in self.grammar_starts_after)),
+             f"grammar_starts_after must be 1 to {MAX_TRIGGER} token ids, with structured_outputs"),
         ]
         for ok, message in checks:
             if not ok:

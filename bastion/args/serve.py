@@ -14,7 +14,7 @@ from bastion.args.supervisor import add_supervisor_args, supervisor_config
 from bastion.config.deployment import InternalConfig, ParallelConfig
 from bastion.config.engine import EngineConfig, parse_bytes
 from bastion.config.serve import ServeConfig
-from bastion.config.server import TOOL_CALL_PARSERS, ServerConfig
+from bastion.config.server import REASONING_PARSERS, TOOL_CALL_PARSERS, ServerConfig
 from bastion.launch.net import HOST_IP_ENV, node_address
 
 
@@ -56,6 +56,12 @@ def add_serve_args(parser: argparse.ArgumentParser) -> None:
                         "(<tool_call>{json}</tool_call>, Hermes and Qwen), llama3_json (the message "
                         "is {\"name\", \"parameters\"}), mistral ([TOOL_CALLS] [...]); default: "
                         "picked by the markers in the model's chat template, hermes when it has none")
+    g.add_argument("--reasoning-parser", type=_reasoning_parser, choices=REASONING_PARSERS, default="auto",
+                   help="how a model's thinking (<think>...</think>) is returned apart from its answer, "
+                        "as reasoning_content: qwen3, deepseek_r1 (or SGLang's deepseek-r1); auto "
+                        "(default) picks one when the chat template has </think> (deepseek_r1 for "
+                        "DeepSeek's templates, else qwen3) and none otherwise; none leaves the "
+                        "thinking in content")
     g.add_argument("--enable-auto-tool-choice", action="store_true",
                    help="accepted for vLLM's command lines: tool_choice \"auto\" is always on")
     g.add_argument("--shutdown-timeout", type=float, default=30.0,
@@ -127,7 +133,8 @@ def serve_config(args: argparse.Namespace) -> ServeConfig:
                           max_batched_prompts=engine.scheduler.max_num_seqs if args.max_batched_prompts is None
                           else args.max_batched_prompts,
                           shutdown_timeout=args.shutdown_timeout, log_level=args.log_level,
-                          structured=engine.structured, tool_call_parser=args.tool_call_parser)
+                          structured=engine.structured, tool_call_parser=args.tool_call_parser,
+                          reasoning_parser=args.reasoning_parser)
     if args.engine_startup_timeout <= 0:
         raise ValueError(f"--engine-startup-timeout must be positive, got {args.engine_startup_timeout}")
     security = security_config(args)
@@ -142,6 +149,11 @@ def serve_config(args: argparse.Namespace) -> ServeConfig:
         internal_config(args, parallel, supervised=supervisor is not None)
     return ServeConfig(model, engine, parallel, server, args.engine_startup_timeout, security, internal,
                        supervisor, ray)
+
+
+def _reasoning_parser(name: str) -> str:
+    """SGLang's spelling `deepseek-r1` as vLLM's `deepseek_r1`."""
+    return name.replace("-", "_")
 
 
 def ray_internal_config(args: argparse.Namespace) -> InternalConfig:

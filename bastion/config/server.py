@@ -7,6 +7,8 @@ from bastion.config.engine import StructuredOutputConfig
 
 # The parsers of `tool_choice: "auto"` answers (server/tools/choose.py), vLLM's names.
 TOOL_CALL_PARSERS = ("hermes", "llama3_json", "mistral")
+# The readers of a model's thinking (server/reasoning/): vLLM's names; auto: the template's.
+REASONING_PARSERS = ("auto", "none", "qwen3", "deepseek_r1")
 
 
 @dataclass(frozen=True)
@@ -27,6 +29,7 @@ class ServerConfig:
     max_batched_prompts: int = 128
     structured: StructuredOutputConfig = field(default_factory=StructuredOutputConfig)  # the engines' too
     tool_call_parser: str | None = None  # None: chosen from the chat template
+    reasoning_parser: str = "auto"  # auto: chosen from the chat template's markers; none: off
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
@@ -48,5 +51,8 @@ class ServerConfig:
         if self.tool_call_parser is not None and self.tool_call_parser not in TOOL_CALL_PARSERS:
             raise ValueError(f"--tool-call-parser must be one of {', '.join(TOOL_CALL_PARSERS)}, "
                              f"got {self.tool_call_parser!r}")
+        if self.reasoning_parser not in REASONING_PARSERS:
+            raise ValueError(f"--reasoning-parser must be one of {', '.join(REASONING_PARSERS)}, "
+                             f"got {self.reasoning_parser!r}")
         if self.shutdown_timeout < 0:
             raise ValueError(f"--shutdown-timeout must be non-negative, got {self.shutdown_timeout}")

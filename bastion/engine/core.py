@@ -11,7 +11,8 @@ from bastion.engine.disagg.handle import KvSource
 from bastion.engine.disagg.transfer import KvTransfer
 from bastion.engine.kv_cache import BlockManager
 from bastion.engine.outputs import FinishReason, TokenDelta, TokenLogprob
-from bastion.engine.request import Request, RequestGroup, RequestStatus, advance_grammar, validate_request
+from bastion.engine.request import (Request, RequestGroup, RequestStatus, advance_grammar, start_grammar,
+                                    validate_request)
 from bastion.engine.runner import EngineLimits, ModelRunner
 from bastion.engine.tensor_parallel.shared_kv import rank_caches
 from bastion.engine.tensor_parallel.workers import TensorWorkers
@@ -165,7 +166,7 @@ class EngineCore:
                 self._end_if_finished(request_id, group)
                 continue
             for req in live:
-                req.matcher = future.result().deep_copy()
+                start_grammar(req, future.result().deep_copy())
                 self.scheduler.add(req)
 
     def take_errors(self) -> list[tuple[str, str, int]]:
@@ -207,7 +208,7 @@ class EngineCore:
                     req.status, req.finish_reason = RequestStatus.FINISHED, FinishReason.ABORT
                 else:
                     self.scheduler.finish(req, FinishReason.ABORT)
-                req.matcher = None
+                req.drop_grammar()
                 outputs.append(TokenDelta(request_id, req.index, [], [], FinishReason.ABORT))
         if group.finished:
             self._compiling.pop(request_id, None)
@@ -268,7 +269,7 @@ class EngineCore:
         reason = req.append_token(token)
         if logprob is not None:
             req.logprobs.append(logprob)
-        if req.matcher is not None:
+        if req.has_grammar:
             reason = advance_grammar(req, token, reason)
         if reason is None and req.kv_hold:  # prefilled: a decode rank takes it from here
             handle = self.kv.hand_over(req)
@@ -277,7 +278,7 @@ class EngineCore:
                               None, req.num_cached_tokens, handle)
         if reason is not None:
             self.scheduler.finish(req, reason)
-            req.matcher = None
+            req.drop_grammar()
             self._end_if_finished(req.request_id, self._groups[req.request_id])
         return TokenDelta(req.request_id, req.index, [token],
                           [logprob] if logprob is not None else [], reason, req.num_cached_tokens)

@@ -11,6 +11,7 @@ import torch
 
 from bastion.engine.outputs import FinishReason, TokenLogprob
 from bastion.sampling_params import SamplingParams
+from bastion.structured.gate import GrammarGate
 
 logger = logging.getLogger(__name__)
 
@@ -59,6 +60,8 @@ class Request:
         # this sequence's own llguidance matcher (a deep copy of the compiled grammar), advanced
         # by every accepted token; None without structured outputs and once the sequence ends
         self.matcher = None
+        # the matcher held back while the output is free (structured/gate.py); None once it starts
+        self.grammar_gate: GrammarGate | None = None
 
     def logit_bias(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         """`params.logit_bias` as (token ids, biases) tensors on `device`, made once."""
@@ -67,6 +70,14 @@ class Request:
             self._bias = (torch.tensor(list(bias), dtype=torch.long, device=device),
                           torch.tensor(list(bias.values()), dtype=torch.float32, device=device))
         return self._bias
+
+    @property
+    def has_grammar(self) -> bool:
+        """True while the sequence has a grammar, started or waiting for its trigger."""
+        return self.matcher is not None or self.grammar_gate is not None
+
+    def drop_grammar(self) -> None:
+        self.matcher = self.grammar_gate = None
 
     @property
     def num_tokens(self) -> int:
@@ -134,13 +145,28 @@ def validate_request(prompt_token_ids: list[int], params: SamplingParams, vocab_
         raise ValueError(f"prompt has {n} tokens but the whole KV pool holds {pool_tokens}")
 
 
+def start_grammar(req: Request, matcher) -> None:
+    """Give a sequence its compiled matcher: constraining now, or held back until the output
+    ends with `params.grammar_starts_after` (structured/gate.py)."""
+    trigger = req.params.grammar_starts_after
+    if trigger:
+        req.grammar_gate = GrammarGate(trigger, matcher)
+    else:
+        req.matcher = matcher
+
+
 def advance_grammar(req: Request, token: int, reason: FinishReason | None) -> FinishReason | None:
     """Feed the accepted token to the sequence's matcher; the grammar's end stops the sequence.
+    In the free stage the token only moves the gate (the grammar starts after the trigger).
 
     A token the matcher refuses (it should never pass the mask) ends the sequence (abort) with a
     warning instead of failing the step: one broken grammar never takes the engine down.
     NOTE: preemption recomputes KV but keeps the output tokens, so the matcher stays in step.
     """
+    if req.matcher is None:
+        if req.grammar_gate.passes(token):
+            req.matcher, req.grammar_gate = req.grammar_gate.matcher, None
+        return reason
     if not req.matcher.consume_token(token):
         logger.warning("request %s seq %d: token %d broke its grammar (%s); the sequence ends",
                        req.request_id, req.index, token, req.matcher.get_error())

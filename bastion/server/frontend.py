@@ -25,6 +25,7 @@ from bastion.server.generation import Generation, GenerationBatch
 from bastion.server.grammar_check import GrammarChecker
 from bastion.server.http.errors import APIError
 from bastion.server.prompt import BatchBody, Budget, ChatPrompt, GenerationBody, Prompt, PromptBody, TextPrompt
+from bastion.server.reasoning.choose import Reasoning
 from bastion.server.tools.choose import AutoParsing
 
 
@@ -45,6 +46,8 @@ class Frontend:
         self.model_name = config.served_model_names[0]
         # how tool_choice "auto" answers are read: --tool-call-parser's parser, else the template's
         self.tool_parsing = AutoParsing.of(config.tool_call_parser, tokenizer)
+        # how thinking is read: --reasoning-parser's format, else the template's (None: it is not)
+        self.reasoning = Reasoning.of(config.reasoning_parser, tokenizer)
 
     async def generate(self, body: GenerationBody, caller: Caller) -> Generation:
         """Check, tokenize, fit and admit one generation request, check its output constraint,
@@ -93,6 +96,8 @@ class Frontend:
             self.check_ids(prompt_ids, prompt.field)
         max_tokens = self.max_tokens(len(prompt_ids), body.budget(), prompt.field)
         params = body.sampling(max_tokens)
+        if isinstance(prompt, ChatPrompt) and self.reasoning is not None:  # constrain the answer only
+            params = self.reasoning.after_thinking(params, prompt_ids)
         self.check_ids(list(params.logit_bias or ()), body.sampling_path + "logit_bias")
         return prompt_ids, params
 
@@ -159,7 +164,8 @@ class Frontend:
         try:
             ids = self.tokenizer.apply_chat_template(
                 prompt.conversation, tools=prompt.tools, add_generation_prompt=prompt.add_generation_prompt,
-                continue_final_message=prompt.continue_final_message, tokenize=True, return_dict=False)
+                continue_final_message=prompt.continue_final_message, tokenize=True, return_dict=False,
+                **(prompt.template_kwargs or {}))
         except Exception as exc:  # a template may raise anything (jinja's raise_exception)
             raise APIError(400, f"the chat template rejected these messages: {exc}", prompt.field) from None
         return list(ids)

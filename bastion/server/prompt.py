@@ -14,13 +14,15 @@ if TYPE_CHECKING:
 @dataclass(frozen=True)
 class ChatPrompt:
     """Messages for the chat template (`{"role", "content", "name"?, "tool_calls"?,
-    "tool_call_id"?}` each) and the tools it shows (OpenAI's tool objects; None: none)."""
+    "tool_call_id"?}` each) and the tools it shows (OpenAI's tool objects; None: none), and
+    the template's extra variables (`chat_template_kwargs`, checked: template_kwargs.py)."""
 
     conversation: list[dict]
     add_generation_prompt: bool = True
     continue_final_message: bool = False
     field: str = "messages"
     tools: list[dict] | None = None
+    template_kwargs: dict | None = None
 
 
 @dataclass(frozen=True)

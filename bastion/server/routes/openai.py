@@ -9,6 +9,7 @@ from bastion.server.http.errors import refusals
 from bastion.server.http.streaming import (SSE_OR_JSON, collect_unless_disconnected, sse_response,
                                             unless_disconnected)
 from bastion.server.routes import frontend_of
+from bastion.server.reasoning.chat import ChatReasoning
 from bastion.server.routes.openai_responses import ResponseBuilder, StreamUsage
 from bastion.server.routes.protocol import ChatCompletionRequest, CompletionRequest
 from bastion.server.tools.shaping import ToolAnswer
@@ -21,10 +22,11 @@ router = APIRouter()
 async def chat_completions(body: ChatCompletionRequest, request: Request):
     frontend = frontend_of(request)
     generation = await unless_disconnected(request, frontend.generate(body, caller_of(request)))
-    plan = body.tool_plan()
+    plan, reasoning = body.tool_plan(), frontend.reasoning
     responses = ResponseBuilder("chatcmpl", "chat.completion", frontend.model_name, body.logprobs,
                                 frontend.backend,
-                                plan and ToolAnswer(plan, frontend.tool_parsing, body.skip_special_tokens))
+                                plan and ToolAnswer(plan, frontend.tool_parsing, body.skip_special_tokens),
+                                reasoning and ChatReasoning(reasoning, generation.prompt_ids, body.include_reasoning))
     if body.stream:
         return sse_response(responses.chat_events(generation, StreamUsage.of(body.stream_options)),
                             generation)

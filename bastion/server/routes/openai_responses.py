@@ -8,6 +8,7 @@ from typing import AsyncIterator
 
 from bastion.server.generation import Generation, GenerationBatch, SequenceDelta, SequenceState
 from bastion.server.http.streaming import sse
+from bastion.server.reasoning.chat import ChatReasoning
 from bastion.server.tools.shaping import ToolAnswer
 from bastion.transport.messages import TokenLogprob
 
@@ -49,12 +50,13 @@ class ResponseBuilder:
     """Builds the response objects of one request, streamed or whole."""
 
     def __init__(self, prefix: str, kind: str, model: str, logprobs: bool, backend,
-                 tools: ToolAnswer | None = None) -> None:
+                 tools: ToolAnswer | None = None, reasoning: ChatReasoning | None = None) -> None:
         self.id = f"{prefix}-{uuid.uuid4().hex}"
         self.kind, self.model, self.logprobs = kind, model, logprobs
         self.created = int(time.time())
         self.backend = backend  # the tokenizer's, for the text of logprob tokens
         self.tools = tools  # reads tool calls from a chat answer's text (None: no tools)
+        self.reasoning = reasoning  # splits a chat answer's thinking off (None: not read)
 
     def envelope(self, choices: list[dict], usage: dict) -> dict:
         """A whole (non-streamed) response."""
@@ -95,17 +97,26 @@ class ResponseBuilder:
                 "text_offset": offsets}
 
     def chat_choice(self, seq: SequenceState) -> dict:
-        message, finish = {"role": "assistant", "content": seq.text.text}, seq.finish_reason
+        text, thinking = seq.text.text, {}
+        if self.reasoning is not None:
+            text, thinking = self.reasoning.message(text)
+        message, finish = {"role": "assistant", "content": text}, seq.finish_reason
         if self.tools is not None:
-            message, finish = self.tools.message(seq.text.text, seq.finish_reason)
+            message, finish = self.tools.message(text, seq.finish_reason)
+        if self.reasoning is not None:
+            message = self.reasoning.whole(message, thinking)
         return {"index": seq.index, "message": message,
                 "logprobs": self.chat_logprobs(seq.logprobs), "finish_reason": finish}
 
     def _chat_delta(self, d: SequenceDelta) -> dict | None:
         """One sequence's part of a chat chunk (None: nothing to send)."""
-        delta, finish = ({"content": d.text} if d.text else {}), d.finish_reason
+        text, thinking = d.text, {}
+        if self.reasoning is not None:
+            text, thinking = self.reasoning.delta(d.index, d.text, d.finish_reason is not None)
+        delta, finish = ({"content": text} if text else {}), d.finish_reason
         if self.tools is not None:
-            delta, finish = self.tools.delta(d.index, d.text, d.finish_reason)
+            delta, finish = self.tools.delta(d.index, text, d.finish_reason)
+        delta = {**thinking, **delta}
         if not (delta or finish or (self.logprobs and d.logprobs)):
             return None
         return {"index": d.index, "delta": delta, "logprobs": self.chat_logprobs(d.logprobs),

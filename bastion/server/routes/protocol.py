@@ -29,6 +29,7 @@ from bastion.server.routes.structured_fields import (GUIDED, Constraint, JsonSch
                                                      StructuredOutputsField, one_constraint,
                                                      openai_constraint)
 from bastion.server.routes.unsupported import refuse_unsupported
+from bastion.server.routes.template_kwargs import ChatTemplateFields, TemplateKwargsField
 from bastion.server.tools.constraint import tool_constraint
 from bastion.server.tools.messages import AssistantToolCall, template_message
 from bastion.server.tools.request import ToolChoice, ToolPlan, Tools, plan_tools, template_tools
@@ -198,7 +199,7 @@ def template_messages(messages: list[ChatMessage]) -> list[dict]:
     return [m.for_template(f"messages.{i}") for i, m in enumerate(messages)]
 
 
-class ChatCompletionRequest(_Sampling):
+class ChatCompletionRequest(_Sampling, ChatTemplateFields):
     messages: Annotated[list[ChatMessage], Field(min_length=1)]
     max_completion_tokens: PositiveInt | None = None
     logprobs: bool = False
@@ -227,7 +228,8 @@ class ChatCompletionRequest(_Sampling):
     def to_prompt(self) -> ChatPrompt:
         plan = self.tool_plan()
         return ChatPrompt(template_messages(self.messages), self.add_generation_prompt,
-                          self.continue_final_message, tools=plan and plan.template_tools())
+                          self.continue_final_message, tools=plan and plan.template_tools(),
+                          template_kwargs=self.template_variables())
 
     def budget(self) -> Budget:
         if self.max_completion_tokens is not None:
@@ -274,7 +276,7 @@ class CompletionRequest(_Sampling):
         return build_sampling_params(self, max_tokens, self.logprobs, constraint=self.constraint)
 
 
-class TokenizeRequest(_Body):
+class TokenizeRequest(_Body, TemplateKwargsField):
     model: str | None = None
     prompt: str | None = None
     messages: list[ChatMessage] | None = None
@@ -289,7 +291,7 @@ class TokenizeRequest(_Body):
     def to_prompt(self) -> ChatPrompt | TextPrompt:
         if self.messages is not None:
             return ChatPrompt(template_messages(self.messages), self.add_generation_prompt,
-                              tools=template_tools(self.tools))
+                              tools=template_tools(self.tools), template_kwargs=self.template_variables())
         return TextPrompt(self.prompt, "prompt", self.add_special_tokens)
 
 

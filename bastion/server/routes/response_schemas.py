@@ -35,7 +35,9 @@ _TOOL_CALL = _obj({"id": _STR, "type": {"const": "function"},
 CHAT_COMPLETION = _envelope("chat.completion", _obj({
     "index": _INT, "finish_reason": _FINISH, "logprobs": _CHAT_LOGPROBS,
     "message": _obj({"role": {"const": "assistant"}, "content": {"type": ["string", "null"]}},
-                    tool_calls={"type": "array", "items": _TOOL_CALL})}))
+                    tool_calls={"type": "array", "items": _TOOL_CALL},
+                    # with a reasoning parser: the thinking, under SGLang's and vLLM's names
+                    reasoning_content={"type": ["string", "null"]}, reasoning={"type": ["string", "null"]})}))
 COMPLETION = _envelope("text_completion", _obj({
     "index": _INT, "text": _STR, "finish_reason": _FINISH, "logprobs": _COMPLETION_LOGPROBS}))
 _GENERATED = _obj({"index": _INT, "text": _STR, "output_ids": {"type": "array", "items": _INT},

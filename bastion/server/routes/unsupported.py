@@ -19,12 +19,12 @@ from bastion.server.http.errors import APIError
 REFUSED: dict[str, tuple[Any, ...]] = {
     "tools": ([],), "tool_choice": ("none", "auto"), "functions": ([],),
     "function_call": ("none", "auto"), "suffix": ("",), "audio": (), "prediction": (),
-    "modalities": (["text"],), "web_search_options": (), "reasoning_effort": (), "verbosity": (),
+    "modalities": (["text"],), "web_search_options": (), "verbosity": (),
     "guided_whitespace_pattern": (), "structural_tag": (), "use_beam_search": (False,), "length_penalty": (1.0,),
     "include_stop_str_in_output": (False,), "allowed_token_ids": (), "bad_words": ([],),
     "prompt_logprobs": (), "truncate_prompt_tokens": (), "return_tokens_as_token_ids": (False,),
     "spaces_between_special_tokens": (True,), "logits_processors": (), "chat_template": (),
-    "chat_template_kwargs": ({},), "documents": (),
+    "documents": (),
 }
 
 
