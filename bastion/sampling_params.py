@@ -45,6 +45,9 @@ class SamplingParams:
     `structured_outputs` constrains the output to a JSON schema, regex, choice or grammar; the
     grammar's end finishes the sequence ("stop"), and its logprobs come from the constrained
     distribution (the tokens the grammar forbids have probability 0).
+    `prompt_logprobs=k` (vLLM's): every prompt token's log-probability given the tokens before
+    it, its rank and the top k there (engine/prompt_logprobs.py); with it, `max_tokens=0`
+    scores the prompt and generates nothing.
     """
 
     n: int = 1
@@ -64,6 +67,7 @@ class SamplingParams:
     skip_special_tokens: bool = True
     logit_bias: dict[int, float] | None = None
     structured_outputs: StructuredOutputs | None = None
+    prompt_logprobs: int | None = None
 
     def __post_init__(self) -> None:
         self.stop_token_ids = list(self.stop_token_ids or [])
@@ -87,8 +91,11 @@ class SamplingParams:
              f"frequency_penalty must be in [-2, 2], got {self.frequency_penalty}"),
             (self.repetition_penalty > 0,
              f"repetition_penalty must be positive, got {self.repetition_penalty}"),
-            (self.max_tokens is None or self.max_tokens >= 1,
+            (self.max_tokens is None or self.max_tokens >= 1
+             or (self.max_tokens == 0 and self.prompt_logprobs is not None),
              f"max_tokens must be at least 1, got {self.max_tokens}"),
+            (self.prompt_logprobs is None or self.prompt_logprobs >= 0,
+             f"prompt_logprobs must be non-negative, got {self.prompt_logprobs}"),
             (self.min_tokens >= 0, f"min_tokens must be non-negative, got {self.min_tokens}"),
             (self.max_tokens is None or self.min_tokens <= self.max_tokens,
              f"min_tokens ({self.min_tokens}) cannot exceed max_tokens ({self.max_tokens})"),
