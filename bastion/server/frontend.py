@@ -92,9 +92,17 @@ class Frontend:
         if not isinstance(prompt, ChatPrompt):
             self.check_ids(prompt_ids, prompt.field)
         max_tokens = self.max_tokens(len(prompt_ids), body.budget(), prompt.field)
+        self.check_scoring(body)
         params = body.sampling(max_tokens)
         self.check_ids(list(params.logit_bias or ()), body.sampling_path + "logit_bias")
         return prompt_ids, params
+
+    def check_scoring(self, body: GenerationBody) -> None:
+        """400 for more alternatives per prompt position than --max-logprobs (routes/prompt_scoring.py)."""
+        k, field = getattr(body, "prompt_scoring", lambda: None)() or (0, "")
+        if k > self.config.max_logprobs:
+            raise APIError(400, f"'{field}' asks for {k} log-probabilities per prompt position; at most "
+                                f"{self.config.max_logprobs} are given (--max-logprobs)", field)
 
     async def check_constraint(self, body: GenerationBody, caller: Caller,
                                admission: "Admission") -> None:

@@ -9,6 +9,7 @@ from bastion.server.http.errors import refusals
 from bastion.server.http.streaming import (SSE_OR_JSON, collect_unless_disconnected, sse_response,
                                             unless_disconnected)
 from bastion.server.routes import frontend_of
+from bastion.server.routes.echo import Echo, returns_prompt_logprobs
 from bastion.server.routes.openai_responses import ResponseBuilder, StreamUsage
 from bastion.server.routes.protocol import ChatCompletionRequest, CompletionRequest
 from bastion.server.tools.shaping import ToolAnswer
@@ -24,7 +25,8 @@ async def chat_completions(body: ChatCompletionRequest, request: Request):
     plan = body.tool_plan()
     responses = ResponseBuilder("chatcmpl", "chat.completion", frontend.model_name, body.logprobs,
                                 frontend.backend,
-                                plan and ToolAnswer(plan, frontend.tool_parsing, body.skip_special_tokens))
+                                plan and ToolAnswer(plan, frontend.tool_parsing, body.skip_special_tokens),
+                                scored=generation if returns_prompt_logprobs(body) else None)
     if body.stream:
         return sse_response(responses.chat_events(generation, StreamUsage.of(body.stream_options)),
                             generation)
@@ -38,7 +40,9 @@ async def completions(body: CompletionRequest, request: Request):
     frontend = frontend_of(request)
     generation = await unless_disconnected(request, frontend.generate_batch(body, caller_of(request)))
     responses = ResponseBuilder("cmpl", "text_completion", frontend.model_name,
-                                body.logprobs is not None, frontend.backend)
+                                body.logprobs is not None, frontend.backend,
+                                echo=Echo(body, generation, frontend.backend) if body.echo else None,
+                                scored=generation if returns_prompt_logprobs(body) else None)
     if body.stream:
         return sse_response(responses.completion_events(generation, StreamUsage.of(body.stream_options)),
                             generation)
