@@ -136,3 +136,41 @@ def test_preemption_mid_prompt_does_not_score_twice(demo_model, expected):
         with_logprobs = [d for d in deltas[(rid, 0)] if d.prompt_logprobs is not None]
         assert len(with_logprobs) == 1
         check(with_logprobs[0].prompt_logprobs, expected, PROMPT, 2)
+
+
+def test_prompt_rows_reduced_slice_by_slice_equal_one_whole_reduction():
+    """Two sampling rows then seven prompt rows, through the head three rows at a time."""
+    from bastion.engine.prompt_logprobs import PromptRows, logit_slices, logits_and_scores
+
+    torch.manual_seed(0)
+    head = torch.randn(50, 8)
+    rows = torch.randn(9, 8)
+    calls = []
+
+    def compute_logits(part):
+        calls.append(part.shape[0])
+        return part @ head.T
+    a, b = PromptLogprobs(5, 2), PromptLogprobs(4, 1)  # four and three tokens to score
+    ids = list(range(10, 15)), list(range(20, 24))
+    prompt = PromptRows.build([(a, range(1, 5), ids[0]), (b, range(1, 4), ids[1])], torch.device("cpu"))
+    logits = logits_and_scores(compute_logits, rows, 2, 3, prompt)
+    assert calls == [3, 3, 3] == [len(p) for p in logit_slices(rows, 3)]
+    assert torch.allclose(logits, rows[:2] @ head.T)
+    whole = torch.log_softmax(rows[2:] @ head.T, dim=-1)
+    scored = a.take()[1:] + b.take()[1:]
+    for row, entry, collector_top in zip(whole, scored, [2] * 4 + [1] * 3):
+        assert abs(entry.logprob - float(row[entry.token_id])) < 1e-5
+        assert [t for t, _ in entry.top] == row.topk(collector_top).indices.tolist()
+
+
+def test_two_tensor_parallel_workers_score_the_prompt_as_one(demo_model, expected):
+    """The LM head split over two worker processes: both put the prompt rows through it alike."""
+    engine = make_engine(demo_model, tensor_parallel_size=2, max_num_batched_tokens=8, max_num_seqs=4)
+    try:
+        engine.add_request("plain", OTHER, SamplingParams(temperature=0, max_tokens=3))
+        engine.add_request("tp", PROMPT, SamplingParams(max_tokens=0, prompt_logprobs=TOP))
+        deltas = run(engine)
+        check(deltas[("tp", 0)][0].prompt_logprobs, expected, PROMPT, TOP)
+        assert sum(len(d.new_token_ids) for d in deltas[("plain", 0)]) == 3
+    finally:
+        engine.close()
