@@ -46,7 +46,7 @@ class SamplingParams:
     grammar's end finishes the sequence ("stop"), and its logprobs come from the constrained
     distribution (the tokens the grammar forbids have probability 0).
     `prompt_logprobs=k` (vLLM's): every prompt token's log-probability given the tokens before
-    it, its rank and the top k there (engine/prompt_logprobs.py); with it, `max_tokens=0`
+    it, its rank and the top k there (engine/prompt_logprobs/); with it, `max_tokens=0`
     scores the prompt and generates nothing.
     """
 

@@ -1,6 +1,6 @@
 """The engine core: requests in, per-step token deltas out. Knows token ids, never text.
 
-A little over 300 lines: the step and the request groups' lifecycle read best in one place.
+Over 300 lines: the step's stages and the request groups' lifecycle read best in one place.
 """
 from __future__ import annotations
 
@@ -135,8 +135,8 @@ class EngineCore:
             if i and (self.blocks.enable_prefix_caching or params.prompt_logprobs is not None):
                 req.wait_for = group.sequences[0]
             req.kv_hold = kv_hold and self.kv is not None
-            if kv_source is not None:
-                req.prompt_logprobs = None  # scored on the prefill rank
+            if kv_source is not None:  # NOTE: its prompt was scored on the prefill rank
+                req.prompt_logprobs = None
             for token in kv_source.output_token_ids if kv_source is not None else ():
                 req.append_token(token)
             group.sequences.append(req)
@@ -269,8 +269,7 @@ class EngineCore:
             logger.error("engine step failed; scheduler state:\n%s", self.scheduler.dump_state())
             raise
         self.scheduler.finish_step(out)
-        deltas = [self._append(req, tok, lp) for req, tok, lp in zip(reqs, tokens, logprobs)]
-        return deltas + self._end_scored(out)
+        return [self._append(req, tok, lp) for req, tok, lp in zip(reqs, tokens, logprobs)] + self._end_scored(out)
 
     def _end_scored(self, out) -> list[TokenDelta]:
         """End each request whose prompt, only to be scored (max_tokens 0), is now computed."""

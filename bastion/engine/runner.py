@@ -162,7 +162,7 @@ class ModelRunner:
         started = time.perf_counter()
         with attention_context(batch.context):
             hidden = self.model(batch.input_ids, batch.positions)
-        # NOTE: rows after the sampling ones score prompt tokens (engine/prompt_logprobs.py)
+        # NOTE: rows after the sampling ones score prompt tokens (engine/prompt_logprobs/)
         logits = logits_and_scores(self.model.compute_logits, hidden[batch.logits_indices],
                                    len(batch.sampling), self.logit_slice_rows, batch.prompt)
         if self.device.type == "cuda":

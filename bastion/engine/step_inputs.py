@@ -64,7 +64,7 @@ class StepInputs:
 
 def _prompt_rows(ordered: list[ScheduledRequest], ends: np.ndarray,
                  device: torch.device) -> tuple[list[int], PromptRows | None]:
-    """The rows whose logits score prompt tokens this step (engine/prompt_logprobs.py): for
+    """The rows whose logits score prompt tokens this step (engine/prompt_logprobs/): for
     each request that asks, the rows of the positions before the tokens it still needs."""
     rows: list[int] = []
     wanted = []

@@ -24,6 +24,7 @@ from bastion.server.engine_client import EngineClient
 from bastion.server.generation import Generation, GenerationBatch
 from bastion.server.grammar_check import GrammarChecker
 from bastion.server.http.errors import APIError
+from bastion.server.scoring.fields import check_scoring
 from bastion.server.prompt import BatchBody, Budget, ChatPrompt, GenerationBody, Prompt, PromptBody, TextPrompt
 from bastion.server.tools.choose import AutoParsing
 
@@ -92,17 +93,10 @@ class Frontend:
         if not isinstance(prompt, ChatPrompt):
             self.check_ids(prompt_ids, prompt.field)
         max_tokens = self.max_tokens(len(prompt_ids), body.budget(), prompt.field)
-        self.check_scoring(body)
+        check_scoring(body, self.config.max_logprobs)  # bodies that can ask for their prompt's logprobs
         params = body.sampling(max_tokens)
         self.check_ids(list(params.logit_bias or ()), body.sampling_path + "logit_bias")
         return prompt_ids, params
-
-    def check_scoring(self, body: GenerationBody) -> None:
-        """400 for more alternatives per prompt position than --max-logprobs (routes/prompt_scoring.py)."""
-        k, field = getattr(body, "prompt_scoring", lambda: None)() or (0, "")
-        if k > self.config.max_logprobs:
-            raise APIError(400, f"'{field}' asks for {k} log-probabilities per prompt position; at most "
-                                f"{self.config.max_logprobs} are given (--max-logprobs)", field)
 
     async def check_constraint(self, body: GenerationBody, caller: Caller,
                                admission: "Admission") -> None:

@@ -9,9 +9,9 @@ from bastion.server.http.errors import refusals
 from bastion.server.http.streaming import (SSE_OR_JSON, collect_unless_disconnected, sse_response,
                                             unless_disconnected)
 from bastion.server.routes import frontend_of
-from bastion.server.routes.echo import Echo, returns_prompt_logprobs
 from bastion.server.routes.openai_responses import ResponseBuilder, StreamUsage
 from bastion.server.routes.protocol import ChatCompletionRequest, CompletionRequest
+from bastion.server.scoring.echo import Echo, returns_prompt_logprobs
 from bastion.server.tools.shaping import ToolAnswer
 
 router = APIRouter()

@@ -8,7 +8,7 @@ from typing import AsyncIterator
 
 from bastion.server.generation import Generation, GenerationBatch, SequenceDelta, SequenceState
 from bastion.server.http.streaming import sse
-from bastion.server.routes.echo import Echo, prompt_logprobs_json
+from bastion.server.scoring.echo import Echo, prompt_logprobs_json
 from bastion.server.tools.shaping import ToolAnswer
 from bastion.transport.messages import TokenLogprob
 
@@ -53,7 +53,7 @@ class ResponseBuilder:
                  tools: ToolAnswer | None = None, echo: Echo | None = None,
                  scored: Answer | None = None) -> None:
         """`echo`: the prompt before each completion choice; `scored`: the answer whose prompt
-        logprobs go into the response (vLLM's `prompt_logprobs`; echo.py)."""
+        logprobs go into the response (vLLM's `prompt_logprobs`; server/scoring/echo.py)."""
         self.id = f"{prefix}-{uuid.uuid4().hex}"
         self.kind, self.model, self.logprobs = kind, model, logprobs
         self.created = int(time.time())

@@ -28,7 +28,7 @@ from bastion.server.prompt import Budget, ChatPrompt, TextPrompt, TokenPrompt
 from bastion.server.routes.structured_fields import (GUIDED, Constraint, JsonSchema, ResponseFormat,
                                                      StructuredOutputsField, one_constraint,
                                                      openai_constraint)
-from bastion.server.routes.prompt_scoring import prompt_scoring
+from bastion.server.scoring.fields import prompt_scoring
 from bastion.server.routes.unsupported import refuse_unsupported
 from bastion.server.tools.constraint import tool_constraint
 from bastion.server.tools.messages import AssistantToolCall, template_message
@@ -81,7 +81,7 @@ def build_sampling_params(fields: BaseModel, max_tokens: int, logprobs: int | No
     `renamed` maps a SamplingParams name to the field that carries it, `path` is where those
     fields sit in the body; a ValueError from SamplingParams' own checks becomes a 400 whose
     `param` names the client's field. `constraint` (the body's output constraint, if any)
-    becomes `structured_outputs`; `scoring` (`prompt_scoring.py`), `prompt_logprobs`."""
+    becomes `structured_outputs`; `scoring` (server/scoring/), `prompt_logprobs`."""
     names = {name: (renamed or {}).get(name, name) for name in SAMPLING_FIELDS}
     values = {name: getattr(fields, field) for name, field in names.items()}
     values = {name: value for name, value in values.items() if value is not None}
@@ -147,7 +147,7 @@ class _Sampling(_Body):
     guided_regex: str | None = None
     guided_choice: list[str] | None = None
     guided_grammar: str | None = None
-    prompt_logprobs: Annotated[int, Field(ge=0)] | None = None  # vLLM's (prompt_scoring.py)
+    prompt_logprobs: Annotated[int, Field(ge=0)] | None = None  # vLLM's (server/scoring/)
 
     def check(self) -> None:
         """A 400 for what this server does not implement, rather than a silently different answer."""
@@ -255,7 +255,7 @@ class CompletionRequest(_Sampling):
     prompt: str | TokenIds | list[str] | list[TokenIds]
     echo: bool = False
     logprobs: int | None = None
-    max_tokens: Annotated[int, Field(ge=0)] | None = None  # 0 only with echo (prompt_scoring.py)
+    max_tokens: Annotated[int, Field(ge=0)] | None = None  # 0 only with echo (server/scoring/)
 
     def to_prompts(self) -> list[TextPrompt | TokenPrompt]:
         """The body's prompts in order: one, or each of a batch; a 400 for an empty batch."""

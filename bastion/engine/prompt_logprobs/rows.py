@@ -1,20 +1,5 @@
-"""Log-probabilities of a prompt's own tokens (vLLM's `prompt_logprobs`), computed in prefill.
-
-A request that asks (`SamplingParams.prompt_logprobs = k`; its first sequence only: the
-siblings share the prompt) gets, for every prompt token after the first, the token's
-log-probability given the tokens before it, its rank, and the k most likely tokens there: the
-float32 log-softmax of the logits of the position before. Its prefill chunks add those
-positions' rows to the step's logits rows, after the rows that sample
-(`StepInputs.prompt_rows`); every other request keeps computing logits for the row it samples
-from only. The rows go through the LM head `LOGIT_SLICE_ROWS` at a time and each slice is
-reduced to the chosen token's value, rank and top k at once, so a long chunk never holds more
-than one slice of full-vocabulary logits.
-
-Prefix cache: positions served from the cache have no logits, so a request that still needs
-its prompt logprobs skips the cache lookup (as vLLM does) and computes its whole prompt; its
-blocks are still published for the requests after it. Preemption recomputes positions already
-scored; they are not scored twice. The entries go out once, on the request's first delta.
-"""
+"""The prompt rows of one step: which logits rows score which prompt tokens, and their
+reduction, slice by slice of the LM head's output."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -23,48 +8,9 @@ from typing import Callable, Iterator
 import torch
 
 from bastion.engine.outputs import TokenLogprob
+from bastion.engine.prompt_logprobs.collector import PromptLogprobs
 
 LOGIT_SLICE_ROWS = 512
-
-
-class PromptLogprobs:
-    """One request's prompt logprobs as its prefill chunks compute them: one entry per prompt
-    token, None for the first (no position before it); `scored` counts the tokens done."""
-
-    def __init__(self, num_prompt_tokens: int, top: int) -> None:
-        self.num_prompt_tokens, self.top = num_prompt_tokens, top
-        self.entries: list[TokenLogprob | None] = [None]
-        self.scored = 1
-        self.sent = False
-
-    @property
-    def complete(self) -> bool:
-        """Every prompt token is scored (the prefix cache may serve this request again)."""
-        return self.scored >= self.num_prompt_tokens
-
-    def wanted(self, start: int, end: int) -> range:
-        """The prompt tokens a chunk that computes positions [start, end) scores now (the
-        logits of position p score token p + 1), leaving out those already scored."""
-        first = max(self.scored, start + 1)
-        return range(first, max(first, min(end + 1, self.num_prompt_tokens)))
-
-    def add(self, first: int, entries: list[TokenLogprob]) -> None:
-        assert first == self.scored, (first, self.scored)
-        self.entries += entries
-        self.scored += len(entries)
-
-    def take(self) -> list[TokenLogprob | None] | None:
-        """Every entry, the first time it is asked once all are in (then forgotten); else None."""
-        if self.sent or not self.complete:
-            return None
-        self.sent = True
-        entries, self.entries = self.entries, []
-        return entries
-
-
-def taken(collector: PromptLogprobs | None) -> list[TokenLogprob | None] | None:
-    """A request's prompt logprobs for its next delta: all of them once, when complete."""
-    return None if collector is None else collector.take()
 
 
 @dataclass

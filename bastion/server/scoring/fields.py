@@ -1,6 +1,6 @@
 """The fields that ask for the log-probabilities of given text, as vLLM reads them: `echo` with
 `logprobs` (and `max_tokens: 0`) on `/v1/completions`, and `prompt_logprobs` on completions and
-chat. They become the engine's `SamplingParams.prompt_logprobs` (engine/prompt_logprobs.py):
+chat. They become the engine's `SamplingParams.prompt_logprobs` (engine/prompt_logprobs/):
 how many top alternatives each prompt position reports, or None when nothing of the prompt is
 scored. A 400 names the field for what vLLM refuses too.
 """
@@ -46,3 +46,12 @@ def chat_scoring(body) -> tuple[int, str] | None:
 def prompt_scoring(body) -> tuple[int, str] | None:
     """What a completions (`echo` declared) or chat body asks of its prompt, and the field."""
     return completion_scoring(body) if "echo" in type(body).model_fields else chat_scoring(body)
+
+
+def check_scoring(body, max_logprobs: int) -> None:
+    """A 400 naming the field that asks more alternatives per prompt position than
+    `--max-logprobs` (bodies without `prompt_scoring` ask nothing)."""
+    k, field = getattr(body, "prompt_scoring", lambda: None)() or (0, "")
+    if k > max_logprobs:
+        raise APIError(400, f"'{field}' asks for {k} log-probabilities per prompt position; at most "
+                            f"{max_logprobs} are given (--max-logprobs)", field)
