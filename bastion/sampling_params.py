@@ -50,6 +50,9 @@ class SamplingParams:
     `grammar_starts_after` (token ids, at most 16) holds that constraint back until the output
     ends with them: the tokens up to there are free (a reasoning model's thinking, up to its
     end marker; the API server sets it), the rest is constrained.
+    `prompt_logprobs=k` (vLLM's): every prompt token's log-probability given the tokens before
+    it, its rank and the top k there (engine/prompt_logprobs/); with it, `max_tokens=0`
+    scores the prompt and generates nothing.
     """
 
     n: int = 1
@@ -70,6 +73,7 @@ class SamplingParams:
     logit_bias: dict[int, float] | None = None
     structured_outputs: StructuredOutputs | None = None
     grammar_starts_after: list[int] | None = None
+    prompt_logprobs: int | None = None
 
     def __post_init__(self) -> None:
         self.stop_token_ids = list(self.stop_token_ids or [])
@@ -93,8 +97,11 @@ class SamplingParams:
              f"frequency_penalty must be in [-2, 2], got {self.frequency_penalty}"),
             (self.repetition_penalty > 0,
              f"repetition_penalty must be positive, got {self.repetition_penalty}"),
-            (self.max_tokens is None or self.max_tokens >= 1,
+            (self.max_tokens is None or self.max_tokens >= 1
+             or (self.max_tokens == 0 and self.prompt_logprobs is not None),
              f"max_tokens must be at least 1, got {self.max_tokens}"),
+            (self.prompt_logprobs is None or self.prompt_logprobs >= 0,
+             f"prompt_logprobs must be non-negative, got {self.prompt_logprobs}"),
             (self.min_tokens >= 0, f"min_tokens must be non-negative, got {self.min_tokens}"),
             (self.max_tokens is None or self.min_tokens <= self.max_tokens,
              f"min_tokens ({self.min_tokens}) cannot exceed max_tokens ({self.max_tokens})"),

@@ -51,6 +51,9 @@ def add_serve_args(parser: argparse.ArgumentParser) -> None:
                         "token-id lists); more get 400. Each prompt is admitted as its own request, "
                         "so the default is --max-num-seqs: one batch at most fills one rank's "
                         "running sequences and cannot crowd the queue past what one rank runs")
+    g.add_argument("--max-logprobs", type=int, default=20,
+                   help="the most top alternatives a request may ask per prompt position "
+                        "(prompt_logprobs; logprobs with echo); more get 400 (default 20, as vLLM)")
     g.add_argument("--tool-call-parser", choices=TOOL_CALL_PARSERS, default=None,
                    help="how tool calls are read from answers to tool_choice \"auto\": hermes "
                         "(<tool_call>{json}</tool_call>, Hermes and Qwen), llama3_json (the message "
@@ -131,7 +134,7 @@ def serve_config(args: argparse.Namespace) -> ServeConfig:
                           max_connections=args.max_connections,
                           max_queued_requests=args.max_queued_requests,
                           max_batched_prompts=engine.scheduler.max_num_seqs if args.max_batched_prompts is None
-                          else args.max_batched_prompts,
+                          else args.max_batched_prompts, max_logprobs=args.max_logprobs,
                           shutdown_timeout=args.shutdown_timeout, log_level=args.log_level,
                           structured=engine.structured, tool_call_parser=args.tool_call_parser,
                           reasoning_parser=args.reasoning_parser)

@@ -27,6 +27,7 @@ class ServerConfig:
     max_request_header_bytes: int = 32 * 2**10
     max_connections: int = 4096
     max_batched_prompts: int = 128
+    max_logprobs: int = 20  # the top alternatives a request may ask per prompt position (vLLM's)
     structured: StructuredOutputConfig = field(default_factory=StructuredOutputConfig)  # the engines' too
     tool_call_parser: str | None = None  # None: chosen from the chat template
     reasoning_parser: str = "auto"  # auto: chosen from the chat template's markers; none: off
@@ -48,6 +49,8 @@ class ServerConfig:
             raise ValueError(f"--max-connections must be at least 1, got {self.max_connections}")
         if self.max_batched_prompts < 1:
             raise ValueError(f"--max-batched-prompts must be at least 1, got {self.max_batched_prompts}")
+        if self.max_logprobs < 0:
+            raise ValueError(f"--max-logprobs must be non-negative, got {self.max_logprobs}")
         if self.tool_call_parser is not None and self.tool_call_parser not in TOOL_CALL_PARSERS:
             raise ValueError(f"--tool-call-parser must be one of {', '.join(TOOL_CALL_PARSERS)}, "
                              f"got {self.tool_call_parser!r}")

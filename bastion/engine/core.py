@@ -1,4 +1,7 @@
-"""The engine core: requests in, per-step token deltas out. Knows token ids, never text."""
+"""The engine core: requests in, per-step token deltas out. Knows token ids, never text.
+
+Over 300 lines: the step's stages and the request groups' lifecycle read best in one place.
+"""
 from __future__ import annotations
 
 import logging
@@ -11,6 +14,7 @@ from bastion.engine.disagg.handle import KvSource
 from bastion.engine.disagg.transfer import KvTransfer
 from bastion.engine.kv_cache import BlockManager
 from bastion.engine.outputs import FinishReason, TokenDelta, TokenLogprob
+from bastion.engine.prompt_logprobs import taken
 from bastion.engine.request import (Request, RequestGroup, RequestStatus, advance_grammar, start_grammar,
                                     validate_request)
 from bastion.engine.runner import EngineLimits, ModelRunner
@@ -128,9 +132,12 @@ class EngineCore:
                 params, seed=_wrap_int64(params.seed + i))
             req = Request(request_id, prompt_token_ids, child_params, self.eos_token_ids,
                           max_total, cache_salt, index=i)
-            if i and self.blocks.enable_prefix_caching:
+            # NOTE: with prompt logprobs, the siblings' deltas come after those of the first sequence
+            if i and (self.blocks.enable_prefix_caching or params.prompt_logprobs is not None):
                 req.wait_for = group.sequences[0]
             req.kv_hold = kv_hold and self.kv is not None
+            if kv_source is not None:  # NOTE: its prompt was scored on the prefill rank
+                req.prompt_logprobs = None
             for token in kv_source.output_token_ids if kv_source is not None else ():
                 req.append_token(token)
             group.sequences.append(req)
@@ -263,9 +270,20 @@ class EngineCore:
             logger.error("engine step failed; scheduler state:\n%s", self.scheduler.dump_state())
             raise
         self.scheduler.finish_step(out)
-        return [self._append(req, tok, lp) for req, tok, lp in zip(reqs, tokens, logprobs)]
+        return [self._append(req, tok, lp) for req, tok, lp in zip(reqs, tokens, logprobs)] + self._end_scored(out)
+
+    def _end_scored(self, out) -> list[TokenDelta]:
+        """End each request whose prompt, only to be scored (max_tokens 0), is now computed."""
+        ended = [s.request for s in out.scheduled if s.completes and not s.samples and not s.request.is_finished]
+        for req in ended:
+            self.scheduler.finish(req, FinishReason.LENGTH)
+            req.matcher = None
+            self._end_if_finished(req.request_id, self._groups[req.request_id])
+        return [TokenDelta(req.request_id, req.index, [], [], FinishReason.LENGTH, req.num_cached_tokens,
+                           prompt_logprobs=taken(req.prompt_logprobs)) for req in ended]
 
     def _append(self, req: Request, token: int, logprob: TokenLogprob | None) -> TokenDelta:
+        prompt_logprobs = taken(req.prompt_logprobs)
         reason = req.append_token(token)
         if logprob is not None:
             req.logprobs.append(logprob)
@@ -275,13 +293,13 @@ class EngineCore:
             handle = self.kv.hand_over(req)
             self._end_if_finished(req.request_id, self._groups[req.request_id])
             return TokenDelta(req.request_id, req.index, [token], [logprob] if logprob is not None else [],
-                              None, req.num_cached_tokens, handle)
+                              None, req.num_cached_tokens, handle, prompt_logprobs)
         if reason is not None:
             self.scheduler.finish(req, reason)
             req.drop_grammar()
             self._end_if_finished(req.request_id, self._groups[req.request_id])
-        return TokenDelta(req.request_id, req.index, [token],
-                          [logprob] if logprob is not None else [], reason, req.num_cached_tokens)
+        return TokenDelta(req.request_id, req.index, [token], [logprob] if logprob is not None else [],
+                          reason, req.num_cached_tokens, prompt_logprobs=prompt_logprobs)
 
     def _end_if_finished(self, request_id: str, group: RequestGroup) -> None:
         if group.finished:

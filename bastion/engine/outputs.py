@@ -35,7 +35,8 @@ class TokenDelta(msgspec.Struct, frozen=True, array_like=True):
 
     `num_cached_tokens` is the prompt tokens served from the prefix cache on first admission.
     `kv_handle` (a prefill rank's first token): the request continues on a decode rank, which
-    pulls the prompt's KV named by it.
+    pulls the prompt's KV named by it. `prompt_logprobs` (a request that asked, on its first
+    sequence's first delta): one entry per prompt token, None for the first.
     """
 
     request_id: str
@@ -45,6 +46,7 @@ class TokenDelta(msgspec.Struct, frozen=True, array_like=True):
     finish_reason: FinishReason | None = None
     num_cached_tokens: int = 0
     kv_handle: KvHandle | None = None
+    prompt_logprobs: list[TokenLogprob | None] | None = None  # NOTE: last: older peers ignore it
 
     @property
     def finished(self) -> bool:

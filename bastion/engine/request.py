@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import torch
 
 from bastion.engine.outputs import FinishReason, TokenLogprob
+from bastion.engine.prompt_logprobs import PromptLogprobs
 from bastion.sampling_params import SamplingParams
 from bastion.structured.gate import GrammarGate
 
@@ -48,6 +49,10 @@ class Request:
         self.cache_salt = cache_salt
         self.num_preemptions = 0
         self.logprobs: list[TokenLogprob] | None = [] if params.logprobs is not None else None
+        # the prompt's own logprobs: computed by the first sequence only (its siblings share them)
+        self.prompt_logprobs: PromptLogprobs | None = None
+        if params.prompt_logprobs is not None and index == 0:
+            self.prompt_logprobs = PromptLogprobs(len(prompt_token_ids), params.prompt_logprobs)
         self.stop_ids = frozenset(params.stop_token_ids) | (
             frozenset() if params.ignore_eos else eos_token_ids)
         self.max_total_tokens = max_total_tokens
@@ -96,6 +101,11 @@ class Request:
         return self.status is RequestStatus.FINISHED
 
     @property
+    def scores_prompt(self) -> bool:
+        """True while prompt tokens remain to be scored (no prefix-cache hits meanwhile)."""
+        return self.prompt_logprobs is not None and not self.prompt_logprobs.complete
+
+    @property
     def prefill_done(self) -> bool:
         return self.num_computed_tokens >= self.num_prompt_tokens
 
@@ -138,6 +148,8 @@ def validate_request(prompt_token_ids: list[int], params: SamplingParams, vocab_
     if any(not isinstance(t, int) or t < 0 or t >= vocab_size for t in prompt_token_ids):
         raise ValueError(f"prompt token ids must be integers in [0, {vocab_size})")
     params.check_vocabulary(vocab_size)
+    if params.prompt_logprobs is not None and params.prompt_logprobs > vocab_size:
+        raise ValueError(f"prompt_logprobs {params.prompt_logprobs} exceeds the vocabulary ({vocab_size})")
     if n >= max_model_len:
         raise ValueError(f"prompt has {n} tokens but the model's context is {max_model_len} "
                          "tokens (room is needed for at least one new token)")

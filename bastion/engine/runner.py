@@ -10,6 +10,7 @@ import torch
 
 from bastion.config.engine import EngineConfig
 from bastion.engine.cpu_memory import back_with_huge_pages, keep_freed_memory
+from bastion.engine.prompt_logprobs import logit_slice_rows, logits_and_scores
 from bastion.engine.scheduler import ScheduledRequest, SchedulerOutput
 from bastion.engine.step_inputs import StepInputs
 from bastion.model.arch import ArchConfig, ModelLoadError, read_arch_config
@@ -82,6 +83,7 @@ class ModelRunner:
         if self.device.type == "cpu" and mc.huge_pages:
             back_with_huge_pages()
         self.forward_seconds = 0.0
+        self.logit_slice_rows = logit_slice_rows(config)
         logger.info("model %s (%s, %s on %s): %d KV blocks of %d tokens, max_model_len %d",
                     mc.model, self.arch.architecture, str(self.dtype).removeprefix("torch."),
                     self.device, num_blocks, self.block_size, self.limits.max_model_len)
@@ -160,7 +162,9 @@ class ModelRunner:
         started = time.perf_counter()
         with attention_context(batch.context):
             hidden = self.model(batch.input_ids, batch.positions)
-        logits = self.model.compute_logits(hidden[batch.logits_indices]).float()
+        # NOTE: rows after the sampling ones score prompt tokens (engine/prompt_logprobs/)
+        logits = logits_and_scores(self.model.compute_logits, hidden[batch.logits_indices],
+                                   len(batch.sampling), self.logit_slice_rows, batch.prompt)
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         self.forward_seconds += time.perf_counter() - started

@@ -25,9 +25,14 @@ class ScheduledRequest:
     num_new_tokens: int
 
     @property
-    def samples(self) -> bool:
-        """True when this step computes the request's last known token, so one is sampled."""
+    def completes(self) -> bool:
+        """True when this step computes the request's last known token."""
         return self.start + self.num_new_tokens == self.request.num_tokens
+
+    @property
+    def samples(self) -> bool:
+        """True when a token is sampled after this step (not for a prompt only scored: max_tokens 0)."""
+        return self.completes and self.request.params.max_tokens != 0
 
 
 @dataclass
@@ -90,7 +95,8 @@ class Scheduler:
                     held_back.append(self.waiting.popleft())
                     continue
                 req.wait_for = None
-            cached = self.blocks.find_cached_prefix(req)
+            # NOTE: cached positions have no logits: a request scoring its prompt computes it all
+            cached = [] if req.scores_prompt else self.blocks.find_cached_prefix(req)
             num_cached = len(cached) * self.blocks.block_size
             num_new = min(req.num_tokens - num_cached, budget)
             if not self.blocks.allocate(req, num_new, cached):

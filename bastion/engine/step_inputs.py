@@ -6,6 +6,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from bastion.engine.prompt_logprobs import PromptRows
 from bastion.engine.scheduler import ScheduledRequest
 from bastion.model.attention import AttentionContext, DecodeGroup, PrefillChunk
 
@@ -23,6 +24,7 @@ class StepInputs:
     logits_indices: torch.Tensor
     sampling: list[ScheduledRequest]   # requests that sample this step, in logits row order
     context: AttentionContext
+    prompt: PromptRows | None = None   # prompt tokens scored this step: the logits rows after those
 
     @classmethod
     def build(cls, scheduled: list[ScheduledRequest], block_size: int,
@@ -53,10 +55,29 @@ class StepInputs:
         ordered = decodes + prefills
         ends = np.cumsum([s.num_new_tokens for s in ordered]) - 1
         logits_idx = [int(e) for s, e in zip(ordered, ends) if s.samples]
+        prompt_idx, prompt = _prompt_rows(ordered, ends, device)
         return cls(input_ids=torch.tensor(ids, dtype=torch.long, device=device),
                    positions=torch.from_numpy(np.concatenate(positions)).to(device),
-                   logits_indices=torch.tensor(logits_idx, dtype=torch.long, device=device),
-                   sampling=[s for s in ordered if s.samples], context=ctx)
+                   logits_indices=torch.tensor(logits_idx + prompt_idx, dtype=torch.long, device=device),
+                   sampling=[s for s in ordered if s.samples], context=ctx, prompt=prompt)
+
+
+def _prompt_rows(ordered: list[ScheduledRequest], ends: np.ndarray,
+                 device: torch.device) -> tuple[list[int], PromptRows | None]:
+    """The rows whose logits score prompt tokens this step (engine/prompt_logprobs/): for
+    each request that asks, the rows of the positions before the tokens it still needs."""
+    rows: list[int] = []
+    wanted = []
+    for s, last_row in zip(ordered, ends):
+        collector = s.request.prompt_logprobs
+        if collector is None:
+            continue
+        tokens = collector.wanted(s.start, s.start + s.num_new_tokens)
+        if tokens:
+            first_row = int(last_row) - s.num_new_tokens + 1 - s.start  # the row of position 0
+            rows += range(first_row + tokens.start - 1, first_row + tokens.stop - 1)
+            wanted.append((collector, tokens, s.request.all_token_ids))
+    return rows, PromptRows.build(wanted, device)
 
 
 def _group_decodes(decodes: list[ScheduledRequest], block_size: int) -> list[list[ScheduledRequest]]:

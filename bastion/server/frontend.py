@@ -24,6 +24,7 @@ from bastion.server.engine_client import EngineClient
 from bastion.server.generation import Generation, GenerationBatch
 from bastion.server.grammar_check import GrammarChecker
 from bastion.server.http.errors import APIError
+from bastion.server.scoring.fields import check_scoring
 from bastion.server.prompt import BatchBody, Budget, ChatPrompt, GenerationBody, Prompt, PromptBody, TextPrompt
 from bastion.server.reasoning.choose import Reasoning
 from bastion.server.tools.choose import AutoParsing
@@ -95,6 +96,7 @@ class Frontend:
         if not isinstance(prompt, ChatPrompt):
             self.check_ids(prompt_ids, prompt.field)
         max_tokens = self.max_tokens(len(prompt_ids), body.budget(), prompt.field)
+        check_scoring(body, self.config.max_logprobs)  # bodies that can ask for their prompt's logprobs
         params = body.sampling(max_tokens)
         if isinstance(prompt, ChatPrompt) and self.reasoning is not None:  # constrain the answer only
             params = self.reasoning.after_thinking(params, prompt_ids)

@@ -80,6 +80,7 @@ class Generation:
                                    SequenceText(backend, prompt_ids, stops, params.skip_special_tokens))
                      for i in range(params.n)]
         self.num_cached_tokens = 0
+        self.prompt_logprobs: list[TokenLogprob | None] | None = None  # when asked: one per prompt token
         self.started = time.monotonic()
         self._last_token_at: float | None = None
         self._queue: asyncio.Queue | None = None
@@ -95,6 +96,10 @@ class Generation:
 
     def usage(self) -> dict:
         return usage(self.prompt_tokens, self.completion_tokens, self.num_cached_tokens)
+
+    def generation_of(self, index: int) -> "Generation":
+        """The generation of choice `index` (itself; a batch has one per prompt)."""
+        return self
 
     async def submit(self) -> None:
         """Send the request to a rank; a 503 when none is up."""
@@ -148,6 +153,8 @@ class Generation:
             return None  # NOTE: the engine's abort echo after a stop string ended it here
         self._observe_tokens(len(item.new_token_ids))
         self.num_cached_tokens = max(self.num_cached_tokens, item.num_cached_tokens)
+        if item.prompt_logprobs is not None:  # NOTE: the first sequence's first delta, before its siblings'
+            self.prompt_logprobs = item.prompt_logprobs
         seq.token_ids += item.new_token_ids
         seq.logprobs += item.new_logprobs
         seq.text.add(item.new_token_ids)
@@ -195,6 +202,10 @@ class GenerationBatch:
     @property
     def completion_tokens(self) -> int:
         return sum(g.completion_tokens for g in self.generations)
+
+    def generation_of(self, index: int) -> Generation:
+        """The generation (the prompt) of choice `index`."""
+        return next(g for g in self.generations if any(s.index == index for s in g.seqs))
 
     def usage(self) -> dict:
         """Usage summed over the prompts (cached tokens too)."""

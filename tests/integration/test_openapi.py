@@ -40,7 +40,8 @@ CROSS_FIELD = ("context_length_exceeded", "min_tokens", "outside the vocabulary"
                "the prompt is empty", "must not be empty", "chat template", "best_of",
                "response_format", "continue_final_message", "invalid_structured_output",
                "must be unique", "not in 'tools'", "'tools' gives none", "only assistant messages carry",
-               "must be a JSON object")
+               "must be a JSON object", "0 only with 'echo'", "not available when 'stream' is true",
+               "--max-logprobs")
 
 
 @schemathesis.check

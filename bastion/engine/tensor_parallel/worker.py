@@ -18,6 +18,7 @@ from pathlib import Path
 import msgspec
 import torch
 
+from bastion.engine.prompt_logprobs import logit_slices
 from bastion.engine.tensor_parallel import step_wire
 from bastion.engine.tensor_parallel.workers import TensorWorkerSpec, shared_bytes
 from bastion.model.attention import attention_context
@@ -77,7 +78,8 @@ def run_worker(spec: TensorWorkerSpec) -> None:
                                                                      runner.device)
         with attention_context(ctx):
             hidden = runner.model(input_ids, positions)
-        runner.model.compute_logits(hidden[logits_indices])  # this worker's share of the vocabulary
+        for rows in logit_slices(hidden[logits_indices], runner.logit_slice_rows):
+            runner.model.compute_logits(rows)  # this worker's share of the vocabulary, as worker 0 slices
     group.close()
 
 

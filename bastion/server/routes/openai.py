@@ -12,6 +12,7 @@ from bastion.server.routes import frontend_of
 from bastion.server.reasoning.chat import ChatReasoning
 from bastion.server.routes.openai_responses import ResponseBuilder, StreamUsage
 from bastion.server.routes.protocol import ChatCompletionRequest, CompletionRequest
+from bastion.server.scoring.echo import Echo, returns_prompt_logprobs
 from bastion.server.tools.shaping import ToolAnswer
 
 router = APIRouter()
@@ -26,7 +27,8 @@ async def chat_completions(body: ChatCompletionRequest, request: Request):
     responses = ResponseBuilder("chatcmpl", "chat.completion", frontend.model_name, body.logprobs,
                                 frontend.backend,
                                 plan and ToolAnswer(plan, frontend.tool_parsing, body.skip_special_tokens),
-                                reasoning and ChatReasoning(reasoning, generation.prompt_ids, body.include_reasoning))
+                                reasoning and ChatReasoning(reasoning, generation.prompt_ids, body.include_reasoning),
+                                scored=generation if returns_prompt_logprobs(body) else None)
     if body.stream:
         return sse_response(responses.chat_events(generation, StreamUsage.of(body.stream_options)),
                             generation)
@@ -40,7 +42,9 @@ async def completions(body: CompletionRequest, request: Request):
     frontend = frontend_of(request)
     generation = await unless_disconnected(request, frontend.generate_batch(body, caller_of(request)))
     responses = ResponseBuilder("cmpl", "text_completion", frontend.model_name,
-                                body.logprobs is not None, frontend.backend)
+                                body.logprobs is not None, frontend.backend,
+                                echo=Echo(body, generation, frontend.backend) if body.echo else None,
+                                scored=generation if returns_prompt_logprobs(body) else None)
     if body.stream:
         return sse_response(responses.completion_events(generation, StreamUsage.of(body.stream_options)),
                             generation)

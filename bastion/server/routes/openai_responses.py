@@ -9,6 +9,7 @@ from typing import AsyncIterator
 from bastion.server.generation import Generation, GenerationBatch, SequenceDelta, SequenceState
 from bastion.server.http.streaming import sse
 from bastion.server.reasoning.chat import ChatReasoning
+from bastion.server.scoring.echo import Echo, prompt_logprobs_json
 from bastion.server.tools.shaping import ToolAnswer
 from bastion.transport.messages import TokenLogprob
 
@@ -50,18 +51,30 @@ class ResponseBuilder:
     """Builds the response objects of one request, streamed or whole."""
 
     def __init__(self, prefix: str, kind: str, model: str, logprobs: bool, backend,
-                 tools: ToolAnswer | None = None, reasoning: ChatReasoning | None = None) -> None:
+                 tools: ToolAnswer | None = None, reasoning: ChatReasoning | None = None,
+                 echo: Echo | None = None, scored: Answer | None = None) -> None:
+        """`reasoning`: splits a chat answer's thinking off; `echo`: the prompt before each
+        completion choice; `scored`: the answer whose prompt logprobs go into the response
+        (vLLM's `prompt_logprobs`; server/scoring/echo.py)."""
         self.id = f"{prefix}-{uuid.uuid4().hex}"
         self.kind, self.model, self.logprobs = kind, model, logprobs
         self.created = int(time.time())
         self.backend = backend  # the tokenizer's, for the text of logprob tokens
         self.tools = tools  # reads tool calls from a chat answer's text (None: no tools)
         self.reasoning = reasoning  # splits a chat answer's thinking off (None: not read)
+        self.echo, self.scored = echo, scored
 
     def envelope(self, choices: list[dict], usage: dict) -> dict:
-        """A whole (non-streamed) response."""
-        return {"id": self.id, "object": self.kind, "created": self.created, "model": self.model,
+        """A whole (non-streamed) response (a chat's prompt logprobs at the top, as vLLM's)."""
+        body = {"id": self.id, "object": self.kind, "created": self.created, "model": self.model,
                 "choices": choices, "usage": usage}
+        if self.scored is not None and self.kind == "chat.completion":
+            body["prompt_logprobs"] = self.prompt_logprobs(0)
+        return body
+
+    def prompt_logprobs(self, index: int) -> list | None:
+        entries = self.scored.generation_of(index).prompt_logprobs
+        return None if entries is None else prompt_logprobs_json(entries, self._token)
 
     def chunk(self, choices: list[dict], usage=_OMIT) -> str:
         """One SSE event; `usage` as `StreamUsage` gives it (a dict, None, or no field)."""
@@ -123,8 +136,13 @@ class ResponseBuilder:
                 "finish_reason": finish}
 
     def completion_choice(self, seq: SequenceState) -> dict:
-        return {"index": seq.index, "text": seq.text.text,
-                "logprobs": self.completion_logprobs(seq.logprobs), "finish_reason": seq.finish_reason}
+        text, logprobs = seq.text.text, self.completion_logprobs(seq.logprobs)
+        if self.echo is not None:
+            text, logprobs = self.echo.text(seq.index, text), self.echo.logprobs(seq.index, seq.logprobs)
+        choice = {"index": seq.index, "text": text, "logprobs": logprobs, "finish_reason": seq.finish_reason}
+        if self.scored is not None:
+            choice["prompt_logprobs"] = self.prompt_logprobs(seq.index)
+        return choice
 
     async def chat_events(self, generation: Answer, usage: StreamUsage) -> AsyncIterator[str]:
         first = [{"index": i, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
@@ -139,18 +157,23 @@ class ResponseBuilder:
 
     async def completion_events(self, generation: Answer, usage: StreamUsage) -> AsyncIterator[str]:
         offsets = [0] * len(generation.seqs)
+        echoed: set[int] = set()  # the choices whose first chunk (with the prompt, under echo) is out
         async for deltas in generation.deltas():
             choices = []
             for d in deltas:
-                if not (d.text or d.finish_reason or (self.logprobs and d.logprobs)):
+                first = self.echo is not None and d.index not in echoed
+                if not (first or d.text or d.finish_reason or (self.logprobs and d.logprobs)):
                     continue
-                choices.append(self._completion_delta(d, offsets[d.index]))
-                offsets[d.index] += len(d.text)
+                echoed.add(d.index)
+                choices.append(self._completion_delta(d, offsets[d.index], first))
+                offsets[d.index] += len(choices[-1]["text"])
             if choices:
                 yield self.chunk(choices, usage.running(generation))
         if usage.include:
             yield self.chunk([], generation.usage())
 
-    def _completion_delta(self, d: SequenceDelta, offset: int) -> dict:
-        return {"index": d.index, "text": d.text, "logprobs": self.completion_logprobs(d.logprobs, offset),
-                "finish_reason": d.finish_reason}
+    def _completion_delta(self, d: SequenceDelta, offset: int, echo: bool = False) -> dict:
+        text, logprobs = d.text, self.completion_logprobs(d.logprobs, offset)
+        if echo:
+            text, logprobs = self.echo.text(d.index, d.text), self.echo.logprobs(d.index, d.logprobs, offset)
+        return {"index": d.index, "text": text, "logprobs": logprobs, "finish_reason": d.finish_reason}

@@ -58,7 +58,10 @@ DESCRIPTION = (
     "server's size and compile-time bounds, else a 400 with the code `invalid_structured_output` "
     "naming the field. Tools: their names must be unique, a named `tool_choice` must name one of "
     "`tools`, `required` or a named choice needs `tools`; only assistant messages carry "
-    "`tool_calls`, whose `arguments` must be a JSON object written as a string. Integers are written as "
+    "`tool_calls`, whose `arguments` must be a JSON object written as a string. `max_tokens` may be "
+    "0 only with `echo` (the prompt alone); `prompt_logprobs` above 0 cannot be streamed, and it "
+    "(or `logprobs` with `echo`) asks at most the server's `--max-logprobs` (20 unless set) "
+    "alternatives per prompt position. Integers are written as "
     "integers (`2`, not `2.0`), and no value is converted from another type.")
 
 _ERROR_REF = {"$ref": "#/components/schemas/Error"}

@@ -28,6 +28,7 @@ from bastion.server.prompt import Budget, ChatPrompt, TextPrompt, TokenPrompt
 from bastion.server.routes.structured_fields import (GUIDED, Constraint, JsonSchema, ResponseFormat,
                                                      StructuredOutputsField, one_constraint,
                                                      openai_constraint)
+from bastion.server.scoring.fields import prompt_scoring
 from bastion.server.routes.unsupported import refuse_unsupported
 from bastion.server.routes.template_kwargs import ChatTemplateFields, TemplateKwargsField
 from bastion.server.tools.constraint import tool_constraint
@@ -74,19 +75,20 @@ LogitBias = Annotated[dict[str, float], Field(json_schema_extra={
 
 def build_sampling_params(fields: BaseModel, max_tokens: int, logprobs: int | None = None,
                           renamed: Mapping[str, str] | None = None, path: str = "",
-                          constraint: Constraint | None = None) -> SamplingParams:
+                          constraint: Constraint | None = None,
+                          scoring: tuple[int, str] | None = None) -> SamplingParams:
     """The engine's parameters from a body's fields (a None field: SamplingParams' default).
 
     `renamed` maps a SamplingParams name to the field that carries it, `path` is where those
     fields sit in the body; a ValueError from SamplingParams' own checks becomes a 400 whose
     `param` names the client's field. `constraint` (the body's output constraint, if any)
-    becomes `structured_outputs`."""
+    becomes `structured_outputs`; `scoring` (server/scoring/), `prompt_logprobs`."""
     names = {name: (renamed or {}).get(name, name) for name in SAMPLING_FIELDS}
     values = {name: getattr(fields, field) for name, field in names.items()}
     values = {name: value for name, value in values.items() if value is not None}
     if "logit_bias" in values:
         values["logit_bias"] = token_biases(values["logit_bias"], path + names["logit_bias"])
-    values.update(max_tokens=max_tokens, logprobs=logprobs,
+    values.update(max_tokens=max_tokens, logprobs=logprobs, prompt_logprobs=scoring and scoring[0],
                   structured_outputs=constraint.spec if constraint is not None else None)
     try:
         return SamplingParams(**values)
@@ -146,21 +148,22 @@ class _Sampling(_Body):
     guided_regex: str | None = None
     guided_choice: list[str] | None = None
     guided_grammar: str | None = None
-    echo: bool = False
+    prompt_logprobs: Annotated[int, Field(ge=0)] | None = None  # vLLM's (server/scoring/)
 
     def check(self) -> None:
         """A 400 for what this server does not implement, rather than a silently different answer."""
         refuse_unsupported(self.model_extra or {})
         if self.best_of is not None and self.best_of != self.n:
             raise APIError(400, "'best_of' is not supported (use 'n')", "best_of")
-        if self.echo:
-            raise APIError(400, "'echo' is not supported by this server", "echo")
         if self.stream_options is not None and not self.stream:
             raise APIError(400, "'stream_options' is only allowed when 'stream' is true", "stream_options")
 
     @property
     def stop_strings(self) -> list[str]:
         return stop_strings(self.stop, "stop")
+
+    def prompt_scoring(self) -> tuple[int, str] | None:
+        return prompt_scoring(self)  # the prompt's logprobs asked, and the field asking
 
     @cached_property
     def constraint(self) -> Constraint | None:
@@ -237,7 +240,8 @@ class ChatCompletionRequest(_Sampling, ChatTemplateFields):
         return Budget(self.max_tokens, None)
 
     def sampling(self, max_tokens: int) -> SamplingParams:
-        return build_sampling_params(self, max_tokens, self.requested_logprobs(), constraint=self.constraint)
+        return build_sampling_params(self, max_tokens, self.requested_logprobs(), constraint=self.constraint,
+                                     scoring=self.prompt_scoring())
 
     def requested_logprobs(self) -> int | None:
         if self.top_logprobs is not None and not self.logprobs:
@@ -251,7 +255,9 @@ TokenIds = Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=1)]
 class CompletionRequest(_Sampling):
     # One prompt (text or token ids) or a batch of them, each its own generation.
     prompt: str | TokenIds | list[str] | list[TokenIds]
+    echo: bool = False
     logprobs: int | None = None
+    max_tokens: Annotated[int, Field(ge=0)] | None = None  # 0 only with echo (server/scoring/)
 
     def to_prompts(self) -> list[TextPrompt | TokenPrompt]:
         """The body's prompts in order: one, or each of a batch; a 400 for an empty batch."""
@@ -273,7 +279,8 @@ class CompletionRequest(_Sampling):
         return Budget(self.max_tokens, COMPLETIONS_DEFAULT_MAX_TOKENS)
 
     def sampling(self, max_tokens: int) -> SamplingParams:
-        return build_sampling_params(self, max_tokens, self.logprobs, constraint=self.constraint)
+        return build_sampling_params(self, max_tokens, self.logprobs, constraint=self.constraint,
+                                     scoring=self.prompt_scoring())
 
 
 class TokenizeRequest(_Body, TemplateKwargsField):

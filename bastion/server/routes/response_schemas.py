@@ -20,8 +20,10 @@ USAGE = _obj({"prompt_tokens": _INT, "completion_tokens": _INT, "total_tokens": 
              prompt_tokens_details=_obj({"cached_tokens": _INT}))
 _CHAT_LOGPROBS = {"anyOf": [{"type": "null"}, _obj({"content": {"type": "array", "items": _OBJECT}})]}
 _COMPLETION_LOGPROBS = {"anyOf": [{"type": "null"}, _obj({
-    "tokens": {"type": "array", "items": _STR}, "token_logprobs": {"type": "array", "items": _NUM},
-    "top_logprobs": {"type": "array", "items": _OBJECT},
+    "tokens": {"type": "array", "items": _STR},
+    # NOTE: null for an echoed prompt's first token (server/scoring/echo.py)
+    "token_logprobs": {"type": "array", "items": {"type": ["number", "null"]}},
+    "top_logprobs": {"type": "array", "items": {"type": ["object", "null"]}},
     "text_offset": {"type": "array", "items": _INT}})]}
 
 

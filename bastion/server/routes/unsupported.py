@@ -12,17 +12,18 @@ from typing import Any, Mapping
 
 from bastion.server.http.errors import APIError
 
-# NOTE: OpenAI's fields first, then vLLM's; `response_format`, `echo`, `best_of`, vLLM's
+# NOTE: OpenAI's fields first, then vLLM's; `response_format`, `best_of`, `prompt_logprobs`, vLLM's
 # `structured_outputs` and `guided_json/regex/choice/grammar` are declared fields of the bodies
 # and checked there (`structured_fields.py`). The chat body declares `tools` and `tool_choice`
-# (server/tools/), so they are refused only where no tools are read.
+# (server/tools/), so they are refused only where no tools are read; the completions body
+# declares `echo` (vLLM's chat `echo`, which repeats the last message, is not implemented).
 REFUSED: dict[str, tuple[Any, ...]] = {
     "tools": ([],), "tool_choice": ("none", "auto"), "functions": ([],),
-    "function_call": ("none", "auto"), "suffix": ("",), "audio": (), "prediction": (),
+    "function_call": ("none", "auto"), "suffix": ("",), "echo": (False,), "audio": (), "prediction": (),
     "modalities": (["text"],), "web_search_options": (), "verbosity": (),
     "guided_whitespace_pattern": (), "structural_tag": (), "use_beam_search": (False,), "length_penalty": (1.0,),
     "include_stop_str_in_output": (False,), "allowed_token_ids": (), "bad_words": ([],),
-    "prompt_logprobs": (), "truncate_prompt_tokens": (), "return_tokens_as_token_ids": (False,),
+    "truncate_prompt_tokens": (), "return_tokens_as_token_ids": (False,),
     "spaces_between_special_tokens": (True,), "logits_processors": (), "chat_template": (),
     "documents": (),
 }

@@ -65,7 +65,7 @@ def test_tool_fields_are_refused_where_no_tools_are_read(field, value):
 @pytest.mark.parametrize("field, value", [
     ("use_beam_search", True), ("include_stop_str_in_output", True), ("modalities", ["text", "audio"]),
     ("web_search_options", {}), ("allowed_token_ids", [1]),
-    ("spaces_between_special_tokens", False), ("length_penalty", 2.0), ("prompt_logprobs", 1),
+    ("spaces_between_special_tokens", False), ("length_penalty", 2.0),
     ("guided_whitespace_pattern", " *"), ("structural_tag", "{}"), ("suffix", "x"),
 ])
 def test_fields_that_change_the_answer_are_refused_by_name(field, value):
