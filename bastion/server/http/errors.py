@@ -1,4 +1,6 @@
-"""OpenAI-shaped errors: one exception type, one body shape, handlers that never leak a trace."""
+"""Errors: one exception type, handlers that never leak a trace, and the body shape of each
+route family, chosen here and nowhere else (`error_body_for`): Anthropic's on `/v1/messages`
+and below, OpenAI's everywhere else."""
 from __future__ import annotations
 
 import logging
@@ -28,6 +30,10 @@ class APIError(Exception):
     def body(self) -> dict:
         return error_body(self.status, self.message, self.param, self.code)
 
+    def body_for(self, path: str) -> dict:
+        """The body in the shape of the route family `path` belongs to."""
+        return error_body_for(path, self.status, self.message, self.param, self.code)
+
 
 # The OpenAPI schema of `error_body` (the document at /openapi.json refers to it for every refusal).
 ERROR_SCHEMA = {
@@ -52,14 +58,51 @@ def error_body(status: int, message: str, param: str | None = None, code: str | 
                       "code": code or status}}
 
 
+# Anthropic's error types by status (its API answers 529 where bastion answers 503, as vLLM's
+# Messages route does: the status is the server's, the type is Anthropic's word for it).
+_ANTHROPIC_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
+                    404: "not_found_error", 405: "invalid_request_error", 413: "request_too_large",
+                    429: "rate_limit_error", 500: "api_error", 503: "overloaded_error",
+                    529: "overloaded_error"}
+# The OpenAPI schema of `anthropic_error_body`.
+ANTHROPIC_ERROR_SCHEMA = {
+    "title": "AnthropicError", "type": "object", "required": ["type", "error"],
+    "properties": {"type": {"const": "error"}, "error": {
+        "type": "object", "required": ["type", "message"],
+        "properties": {"type": {"type": "string"}, "message": {"type": "string"}}}},
+}
+
+
+def is_anthropic_path(path: str) -> bool:
+    """Whether `path` is in Anthropic's route family (`/v1/messages` and below)."""
+    return path == "/v1/messages" or path.startswith("/v1/messages/")
+
+
+def anthropic_error_body(status: int, message: str, param: str | None = None) -> dict:
+    """Anthropic's error object; its shape has no `param`, so the message names the field."""
+    kind = _ANTHROPIC_TYPES.get(status, "api_error" if status >= 500 else "invalid_request_error")
+    if param and param not in message:
+        message = f"{param}: {message}"
+    return {"type": "error", "error": {"type": kind, "message": _utf8(message)}}
+
+
+def error_body_for(path: str, status: int, message: str, param: str | None = None,
+                   code: str | None = None) -> dict:
+    """The error body of the route family `path` belongs to (the one place that decides)."""
+    if is_anthropic_path(path):
+        return anthropic_error_body(status, message, param)
+    return error_body(status, message, param, code)
+
+
 def _utf8(text: str | None) -> str | None:
     """`text` as UTF-8 can carry it: a message that quotes the client (a model name, a field)
     may hold a lone surrogate, which JSON lets in and no UTF-8 body can send; it becomes '?'."""
     return text if text is None else text.encode("utf-8", "replace").decode("utf-8")
 
 
-def error_response(error: APIError) -> JSONResponse:
-    return JSONResponse(error.body(), status_code=error.status, headers=error.headers)
+def error_response(error: APIError, path: str = "") -> JSONResponse:
+    """`error` as the route family of `path` answers it."""
+    return JSONResponse(error.body_for(path), status_code=error.status, headers=error.headers)
 
 
 def _field(loc: tuple) -> str:
@@ -96,16 +139,16 @@ def validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
 
 
 def install_error_handlers(app: FastAPI) -> None:
-    """Every error leaves as an OpenAI error body; unexpected ones are logged, never shown."""
+    """Every error leaves as its route family's error body; unexpected ones are logged, never shown."""
 
     @app.exception_handler(APIError)
     async def _api_error(request: Request, exc: APIError) -> JSONResponse:
-        return error_response(exc)
+        return error_response(exc, request.scope["path"])
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
         message, param = validation_message(exc)
-        return error_response(APIError(400, message, param))
+        return error_response(APIError(400, message, param), request.scope["path"])
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -114,9 +157,11 @@ def install_error_handlers(app: FastAPI) -> None:
         except ValueError:
             phrase = "error"
         message = exc.detail if isinstance(exc.detail, str) else phrase
-        return error_response(APIError(exc.status_code, message, headers=getattr(exc, "headers", None)))
+        return error_response(APIError(exc.status_code, message, headers=getattr(exc, "headers", None)),
+                              request.scope["path"])
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         logger.exception("unhandled error on %s %s", request.method, request.url.path)
-        return error_response(APIError(500, "internal server error", code="internal_error"))
+        return error_response(APIError(500, "internal server error", code="internal_error"),
+                              request.scope["path"])
