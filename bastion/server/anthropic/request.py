@@ -8,6 +8,10 @@ only its own: a user message carries `text` and `tool_result` blocks, an assista
 `text`, `tool_use`, `thinking` and `redacted_thinking` blocks (images and documents are refused:
 no model bastion serves reads them). `cache_control` and `citations` are accepted anywhere
 Anthropic takes them, and ignored (bastion's prefix cache needs no marks).
+
+NOTE: the unions are plain (`anyOf` in the OpenAPI document), not pydantic's discriminated ones
+(`oneOf` with a mapping, which schemathesis cannot always negate); a refusal still names the
+member the client meant by its `type` or `role` (`http/errors.py: validation_message`).
 """
 from __future__ import annotations
 
@@ -74,9 +78,8 @@ class RedactedThinkingBlock(_Fixed):
     data: str
 
 
-UserBlock = Annotated[Union[TextBlock, ToolResultBlock], Field(discriminator="type")]
-AssistantBlock = Annotated[Union[TextBlock, ToolUseBlock, ThinkingBlock, RedactedThinkingBlock],
-                           Field(discriminator="type")]
+UserBlock = Union[TextBlock, ToolResultBlock]
+AssistantBlock = Union[TextBlock, ToolUseBlock, ThinkingBlock, RedactedThinkingBlock]
 
 
 class UserMessage(_Fixed):
@@ -89,7 +92,7 @@ class AssistantMessage(_Fixed):
     content: str | list[AssistantBlock]
 
 
-Message = Annotated[Union[UserMessage, AssistantMessage], Field(discriminator="role")]
+Message = Union[UserMessage, AssistantMessage]
 
 
 class Tool(_Fixed):
@@ -124,8 +127,7 @@ class ToolChoiceNone(_Fixed):
     type: Literal["none"]
 
 
-ToolChoice = Annotated[Union[ToolChoiceAuto, ToolChoiceAny, ToolChoiceTool, ToolChoiceNone],
-                       Field(discriminator="type")]
+ToolChoice = Union[ToolChoiceAuto, ToolChoiceAny, ToolChoiceTool, ToolChoiceNone]
 
 
 class ThinkingEnabled(_Fixed):
@@ -140,7 +142,7 @@ class ThinkingOff(_Fixed):
 
 
 # NOTE: accepted and not yet acted on: the reasoning parser adds thinking blocks (answer.py).
-Thinking = Annotated[Union[ThinkingEnabled, ThinkingOff], Field(discriminator="type")]
+Thinking = Union[ThinkingEnabled, ThinkingOff]
 
 
 class JsonOutputFormat(_Fixed):

@@ -111,10 +111,47 @@ def _field(loc: tuple) -> str:
 
 
 _TYPE_TAGS = {"str", "int", "float", "bool", "dict", "list", "none"}
+_TAG_FIELDS = ("type", "role")  # the fields that tell a union's models apart (Anthropic's blocks)
+
+
+def _is_model_tag(part) -> bool:
+    """A union member that is a model is reported under its class name (`UserMessage`)."""
+    return isinstance(part, str) and part[:1].isupper() and part.isidentifier()
 
 
 def _is_union_tag(part) -> bool:
-    return isinstance(part, str) and (part in _TYPE_TAGS or "[" in part or part.startswith("function-"))
+    return isinstance(part, str) and (part in _TYPE_TAGS or "[" in part or part.startswith("function-")
+                                      or _is_model_tag(part))
+
+
+def _tag_mismatch(error: dict) -> bool:
+    """A union's model member whose tag field (`type`, `role`) is not the value sent."""
+    loc = tuple(error.get("loc", ()))
+    return error.get("type") == "literal_error" and len(loc) >= 2 and loc[-1] in _TAG_FIELDS \
+        and _is_model_tag(loc[-2])
+
+
+def _meant(errors: list[dict]) -> tuple[dict, str | None]:
+    """The error of the union member the client meant: the deepest outside the members whose
+    tag did not match; or, when a tag mismatch lies deeper (no member has the tag sent), the
+    tags that field takes."""
+    mismatches = [e for e in errors if _tag_mismatch(e)]
+    wrong = {tuple(e["loc"])[:-1] for e in mismatches}
+
+    def under(e: dict, member: tuple) -> bool:
+        return tuple(e.get("loc", ()))[:len(member)] == member
+    others = [e for e in errors if not any(under(e, w) for w in wrong)]
+    # NOTE: the tags a field takes are those of members inside no member already ruled out
+    mismatches = [e for e in mismatches if not any(under(e, w) and len(w) < len(e["loc"]) - 1 for w in wrong)]
+    depth = lambda e: len(e.get("loc", ()))  # noqa: E731
+    best = max(others, key=depth, default=None)
+    deepest_tag = max(mismatches, key=depth, default=None)
+    if best is not None and (deepest_tag is None or depth(best) >= depth(deepest_tag)):
+        return best, None
+    tag_loc = [p for p in deepest_tag["loc"] if not _is_union_tag(p)]
+    expected = [e.get("ctx", {}).get("expected", "?") for e in mismatches
+                if [p for p in e["loc"] if not _is_union_tag(p)] == tag_loc]
+    return deepest_tag, "Input should be " + " or ".join(dict.fromkeys(expected))
 
 
 def validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
@@ -126,13 +163,13 @@ def validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
     if first.get("type") == "json_invalid":
         return "request body is not valid JSON", None
     # NOTE: pydantic reports one error per union member, each under its member's tag ('str',
-    # 'list[int]', ...); the member that got deepest into the value says what is wrong with it.
+    # 'list[int]', a model's class name, ...); the member that got deepest into the value says
+    # what is wrong with it, unless its tag (`type`, `role`) shows the client meant another.
     field = tuple(first.get("loc", ()))[:2]
-    first = max((e for e in errors if tuple(e.get("loc", ()))[:2] == field),
-                key=lambda e: len(e.get("loc", ())))
+    first, tags = _meant([e for e in errors if tuple(e.get("loc", ()))[:2] == field])
     loc = tuple(p for p in first.get("loc", ()) if not _is_union_tag(p))
     name = _field(loc)
-    msg = first.get("msg", "invalid value")
+    msg = tags or first.get("msg", "invalid value")
     if first.get("type") == "missing":
         return f"missing required field '{name}'", name
     return f"invalid value for '{name}': {msg}", name
