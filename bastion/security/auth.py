@@ -112,12 +112,17 @@ class Authenticator:
 
 
 def _credential(headers: dict[bytes, bytes]) -> str | None:
+    """The credential a request presents: `Authorization: Bearer X` (OpenAI's clients) or
+    `x-api-key: X` (Anthropic's), read the same way; both at once must agree, else a 401 (which
+    of two different credentials the client meant is not ours to guess)."""
+    bearer, key = None, headers.get(b"x-api-key")
     auth = headers.get(b"authorization")
     if auth is not None:
         scheme, _, value = auth.decode("latin-1").strip().partition(" ")
         if scheme.lower() == "bearer" and value.strip():
-            return value.strip()
-    key = headers.get(b"x-api-key")
-    if key is not None and key.strip():
-        return key.decode("latin-1").strip()
-    return None
+            bearer = value.strip()
+    key = key.decode("latin-1").strip() if key is not None and key.strip() else None
+    if bearer is not None and key is not None and bearer != key:
+        raise AuthError(401, "'Authorization: Bearer' and 'x-api-key' carry different credentials: "
+                             "send one of them")
+    return bearer if bearer is not None else key

@@ -11,6 +11,7 @@ from bastion.server.frontend import Frontend
 from bastion.server.http.errors import install_error_handlers
 from bastion.server.http.middleware import AuditTrail, AuthGuard, BodyLimit, RequestMetrics
 from bastion.server.routes.admin import router as admin_router
+from bastion.server.routes.anthropic import router as anthropic_router
 from bastion.server.routes.info import router as info_router
 from bastion.server.routes.openai import router as openai_router
 from bastion.server.routes.openapi import openapi_document
@@ -27,7 +28,7 @@ def build_app(frontend: Frontend, authenticator: Authenticator, security: Securi
                   openapi_url=None)
     app.state.frontend, app.state.authenticator, app.state.security = frontend, authenticator, security
     install_error_handlers(app)
-    for router in (openai_router, sglang_router, info_router, admin_router, openapi_router):
+    for router in (openai_router, anthropic_router, sglang_router, info_router, admin_router, openapi_router):
         # NOTE: the routes themselves, not include_router's lazy wrapper: the auth guard and
         # the route-walk test must see every route with its endpoint and decision.
         app.router.routes.extend(router.routes)

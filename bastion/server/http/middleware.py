@@ -22,7 +22,7 @@ from bastion.security.auth import (AUTHENTICATED, NO_DECISION, PUBLIC, AuthError
                                    decision_of)
 from bastion.server import metrics
 from bastion.server.caller import Caller
-from bastion.server.http.errors import error_body
+from bastion.server.http.errors import error_body_for
 
 logger = logging.getLogger(__name__)
 
@@ -63,7 +63,7 @@ class AuthGuard:
                 principal = self.auth.authenticate(dict(scope["headers"]))
                 self.auth.authorize(principal, decision)
             except AuthError as exc:
-                return await _deny(send, exc)
+                return await _deny(send, exc, scope["path"])
             state["principal"] = principal
             record = state.get("record")
             if record is not None:
@@ -71,12 +71,12 @@ class AuthGuard:
         await self.app(scope, receive, send)
 
 
-async def _deny(send, exc: AuthError) -> None:
+async def _deny(send, exc: AuthError, path: str) -> None:
     headers = [(b"content-type", b"application/json")]
     if exc.status == 401:
         headers.append((b"www-authenticate", WWW_AUTHENTICATE))
     code = "invalid_api_key" if exc.status == 401 else "insufficient_scope"
-    body = json.dumps(error_body(exc.status, str(exc), code=code)).encode()
+    body = json.dumps(error_body_for(path, exc.status, str(exc), code=code)).encode()
     await send({"type": "http.response.start", "status": exc.status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
 
@@ -130,7 +130,7 @@ class BodyLimit:
             return await self.app(scope, receive, send)
         length = dict(scope["headers"]).get(b"content-length")
         if length is not None and length.isdigit() and int(length) > self.limit:
-            return await self._reject(send)
+            return await self._reject(send, scope["path"])
         seen = 0
 
         async def counted_receive():
@@ -149,8 +149,8 @@ class BodyLimit:
     def message(self) -> str:
         return f"request body is larger than {self.limit} bytes (--max-request-body-bytes)"
 
-    async def _reject(self, send) -> None:
-        body = json.dumps(error_body(413, self.message)).encode()
+    async def _reject(self, send, path: str) -> None:
+        body = json.dumps(error_body_for(path, 413, self.message)).encode()
         await send({"type": "http.response.start", "status": 413,
                     "headers": [(b"content-type", b"application/json"), (b"connection", b"close")]})
         await send({"type": "http.response.body", "body": body})

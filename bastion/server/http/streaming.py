@@ -4,13 +4,13 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from typing import AsyncIterator, Awaitable, TypeVar
+from typing import AsyncIterator, Awaitable, Callable, TypeVar
 
 from fastapi import Request
 from fastapi.responses import StreamingResponse
 from starlette.background import BackgroundTask
 
-from bastion.server.http.errors import APIError, error_body
+from bastion.server.http.errors import APIError
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -28,8 +28,15 @@ def sse(payload: dict) -> str:
     return f"data: {json.dumps(payload, ensure_ascii=False, separators=(',', ':'))}\n\n"
 
 
-def sse_response(events: AsyncIterator[str], generation=None, done_marker: bool = True) -> StreamingResponse:
-    """Stream `events`; an error mid-stream becomes a final error event (then [DONE]).
+def openai_error_event(error: APIError) -> str:
+    """An error inside an OpenAI stream: a `data:` event holding the error body."""
+    return sse(error.body())
+
+
+def sse_response(events: AsyncIterator[str], generation=None, done_marker: bool = True,
+                 error_event: Callable[[APIError], str] = openai_error_event) -> StreamingResponse:
+    """Stream `events`; an error mid-stream becomes a final error event, as `error_event` writes
+    it (then [DONE], unless `done_marker` is false).
 
     `generation` is closed when the response is over, even if the client left before the stream
     began (a generator that never started runs no `finally`): its engine request is aborted and
@@ -39,10 +46,10 @@ def sse_response(events: AsyncIterator[str], generation=None, done_marker: bool 
             async for event in events:
                 yield event
         except APIError as exc:
-            yield sse(exc.body())
+            yield error_event(exc)
         except Exception:
             logger.exception("stream failed")
-            yield sse(error_body(500, "internal server error", code="internal_error"))
+            yield error_event(APIError(500, "internal server error", code="internal_error"))
         if done_marker:
             yield DONE
     return StreamingResponse(guarded(), media_type="text/event-stream",

@@ -6,7 +6,8 @@ module then makes the document say what the server really does:
 * the bounds `SamplingParams` checks (`sampling_params.BOUNDS`) on every body field that
   carries them, and the rules that span fields in words;
 * the shape of each answer (`response_schemas.py`), and every refusal as the OpenAI error
-  object with the status it really has (400 for a bad body, never FastAPI's 422);
+  object (Anthropic's on `/v1/messages` and below) with the status it really has (400 for a
+  bad body, never FastAPI's 422);
 * each route's auth decision as a security requirement naming its scopes, when credentials are
   configured (an open server needs none, and says so);
 * no developer docstrings, no addresses, no paths, no key names: nothing internal leaves.
@@ -24,7 +25,8 @@ from bastion import __version__
 from bastion.config.security import SecurityConfig
 from bastion.sampling_params import BOUNDS
 from bastion.security.auth import PUBLIC, decision_of, requires
-from bastion.server.http.errors import ERROR_SCHEMA
+from bastion.server.anthropic.request import MessagesRequest
+from bastion.server.http.errors import ANTHROPIC_ERROR_SCHEMA, ERROR_SCHEMA, is_anthropic_path
 from bastion.server.routes.protocol import (SAMPLING_FIELDS, ChatCompletionRequest,
                                             CompletionRequest, TokenizeRequest)
 from bastion.server.routes.response_schemas import BY_ROUTE
@@ -37,6 +39,7 @@ _SAMPLING_BODIES = {
     ChatCompletionRequest.__name__: {name: name for name in SAMPLING_FIELDS},
     CompletionRequest.__name__: {**{name: name for name in SAMPLING_FIELDS}, "logprobs": "logprobs"},
     SGLangSamplingParams.__name__: {name: RENAMED.get(name, name) for name in SAMPLING_FIELDS},
+    MessagesRequest.__name__: {"top_p": "top_p", "top_k": "top_k"},  # its temperature is Anthropic's [0, 1]
 }
 # Bodies that take exactly one of two fields (null counts as absent): their `check()`.
 _EXACTLY_ONE = {TokenizeRequest.__name__: ("prompt", "messages"),
@@ -62,9 +65,13 @@ DESCRIPTION = (
     "0 only with `echo` (the prompt alone); `prompt_logprobs` above 0 cannot be streamed, and it "
     "(or `logprobs` with `echo`) asks at most the server's `--max-logprobs` (20 unless set) "
     "alternatives per prompt position. Integers are written as "
-    "integers (`2`, not `2.0`), and no value is converted from another type.")
+    "integers (`2`, not `2.0`), and no value is converted from another type. Anthropic's Messages "
+    "API (`/v1/messages`, `/v1/messages/count_tokens`) refuses with Anthropic's error object, "
+    "`{\"type\": \"error\", \"error\": {\"type\", \"message\"}}`, the message naming the field; its "
+    "`max_tokens` is cut to the room the prompt leaves in the context rather than refused.")
 
 _ERROR_REF = {"$ref": "#/components/schemas/Error"}
+_ANTHROPIC_ERROR_REF = {"$ref": "#/components/schemas/AnthropicError"}
 _SCHEMES = {"bearer": {"type": "http", "scheme": "bearer",
                        "description": "An API key or a JWT: 'Authorization: Bearer <credential>'."},
             "apiKey": {"type": "apiKey", "in": "header", "name": "x-api-key",
@@ -93,13 +100,15 @@ def openapi_document(routes: Iterable, security: SecurityConfig) -> bytes:
     for model, fields in _EXACTLY_ONE.items():
         _exactly_one(schemas[model], fields)
     schemas["Error"] = ERROR_SCHEMA
+    schemas["AnthropicError"] = ANTHROPIC_ERROR_SCHEMA
     secured = security.credentials_configured
     if secured:
         spec["components"]["securitySchemes"] = _SCHEMES
     decisions = {(r.path, m.lower()): decision_of(r.endpoint) for r in routes for m in r.methods}
     for path, operations in spec["paths"].items():
         for method, operation in operations.items():
-            _describe(operation, decisions[path, method], secured)
+            _describe(operation, decisions[path, method], secured,
+                      _ANTHROPIC_ERROR_REF if is_anthropic_path(path) else _ERROR_REF)
             for status, schema in BY_ROUTE.get((path, method), {}).items():
                 operation["responses"][status].setdefault("content", {})["application/json"] = \
                     {"schema": schema}
@@ -134,8 +143,9 @@ def _not_null(prop: dict) -> dict:
     return branches[0] if len(branches) == 1 else {"anyOf": branches}
 
 
-def _describe(operation: dict, decision, secured: bool) -> None:
-    """Public words, the auth requirement, and the OpenAI error object for every refusal."""
+def _describe(operation: dict, decision, secured: bool, error_ref: dict = _ERROR_REF) -> None:
+    """Public words, the auth requirement, and the route family's error object (`error_ref`)
+    for every refusal."""
     answers = operation.setdefault("responses", {})
     answers.pop("422", None)  # NOTE: validation errors are 400s here (http/errors.py)
     if "requestBody" in operation:
@@ -155,4 +165,4 @@ def _describe(operation: dict, decision, secured: bool) -> None:
             answers.setdefault("403", {"description": "The credential lacks the scope (or the model)"})
     for status, answer in answers.items():
         if int(status) >= 400:
-            answer["content"] = {"application/json": {"schema": _ERROR_REF}}
+            answer["content"] = {"application/json": {"schema": error_ref}}

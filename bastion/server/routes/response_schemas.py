@@ -54,11 +54,23 @@ DETOKENIZE = _obj({"prompt": _STR})
 HEALTH = _obj({"status": {"enum": ["ok", "unavailable"]},
                "ranks": {"type": "array", "items": _obj({"rank": _INT, "state": _STR, "restarts": _INT})}})
 VERSION = _obj({"version": _STR})
+_BLOCK = {"anyOf": [_obj({"type": {"const": "text"}, "text": _STR}),
+                    _obj({"type": {"const": "tool_use"}, "id": _STR, "name": _STR, "input": _OBJECT}),
+                    _obj({"type": {"const": "thinking"}, "thinking": _STR})]}
+ANTHROPIC_MESSAGE = _obj({
+    "id": _STR, "type": {"const": "message"}, "role": {"const": "assistant"}, "model": _STR,
+    "content": {"type": "array", "items": _BLOCK},
+    "stop_reason": {"enum": ["end_turn", "max_tokens", "stop_sequence", "tool_use"]},
+    "stop_sequence": {"type": ["string", "null"]},
+    "usage": _obj({"input_tokens": _INT, "output_tokens": _INT})})
+ANTHROPIC_TOKEN_COUNT = _obj({"input_tokens": _INT})
 
 # (path, method) -> {status: the schema of that JSON answer}; other statuses are errors.
 BY_ROUTE = {
     ("/v1/chat/completions", "post"): {"200": CHAT_COMPLETION},
     ("/v1/completions", "post"): {"200": COMPLETION},
+    ("/v1/messages", "post"): {"200": ANTHROPIC_MESSAGE},
+    ("/v1/messages/count_tokens", "post"): {"200": ANTHROPIC_TOKEN_COUNT},
     ("/generate", "post"): {"200": GENERATE},
     ("/v1/models", "get"): {"200": MODELS},
     ("/tokenize", "post"): {"200": TOKENIZE},

@@ -29,9 +29,11 @@ REFUSED: dict[str, tuple[Any, ...]] = {
 }
 
 
-def refuse_unsupported(extra: Mapping[str, Any]) -> None:
-    """A 400 naming the first field of `extra` (a body's unknown fields) that would change the answer."""
-    for name, harmless in REFUSED.items():
+def refuse_unsupported(extra: Mapping[str, Any],
+                       refused: Mapping[str, tuple[Any, ...]] = REFUSED) -> None:
+    """A 400 naming the first field of `extra` (a body's unknown fields) that would change the
+    answer: one `refused` lists (OpenAI's and vLLM's by default), unless its value is harmless."""
+    for name, harmless in refused.items():
         value = extra.get(name)
         if value is not None and not any(value == h and isinstance(value, bool) == isinstance(h, bool)
                                          for h in harmless):

@@ -93,6 +93,23 @@ def test_authenticator_headers_and_scopes(tmp_path):
     assert err.value.status == 403
 
 
+def test_bearer_and_x_api_key_together_must_agree(tmp_path):
+    """Anthropic's clients send `x-api-key`, OpenAI's `Authorization: Bearer`; one client may send
+    both. The same key twice is that key; two different ones are a 401, even if one is valid."""
+    path = write(tmp_path, f"[keys.alice]\nkey = '{ALICE}'\n")
+    auth = Authenticator(SecurityConfig(api_key_file=path))
+    both = {b"authorization": f"Bearer {ALICE}".encode(), b"x-api-key": f" {ALICE}".encode()}
+    assert auth.authenticate(both).name == "alice"
+    for other in ("wrong", ALICE + "x"):
+        for h in ({b"authorization": f"Bearer {ALICE}".encode(), b"x-api-key": other.encode()},
+                  {b"authorization": f"Bearer {other}".encode(), b"x-api-key": ALICE.encode()}):
+            with pytest.raises(AuthError) as err:
+                auth.authenticate(h)
+            assert err.value.status == 401 and "different credentials" in str(err.value)
+    # a non-Bearer Authorization (Basic) is not a credential here: the x-api-key is
+    assert auth.authenticate({b"authorization": b"Basic abc", b"x-api-key": ALICE.encode()}).name == "alice"
+
+
 def test_no_credentials_means_anonymous_with_every_scope():
     principal = Authenticator(SecurityConfig()).authenticate({})
     assert principal.kind == "anonymous" and principal.scopes == {"inference", "metrics", "admin"}

@@ -89,10 +89,12 @@ def test_refusals_are_openai_errors_and_an_open_server_asks_for_nothing():
             assert "422" not in op["responses"], path
             if "requestBody" in op:
                 assert {"400", "413"} <= set(op["responses"]), path
+            error = "AnthropicError" if path.startswith("/v1/messages") else "Error"  # each family's shape
             for status, answer in op["responses"].items():
                 if int(status) >= 400 and (path, status) != ("/health", "503"):
                     assert answer["content"] == {"application/json": {
-                        "schema": {"$ref": "#/components/schemas/Error"}}}, (path, status)
+                        "schema": {"$ref": f"#/components/schemas/{error}"}}}, (path, status)
+    assert {"/v1/messages", "/v1/messages/count_tokens"} <= set(doc["paths"])
     chat = doc["paths"]["/v1/chat/completions"]["post"]["responses"]
     assert {"200", "400", "404", "413", "429", "503"} == set(chat)
     assert set(chat["200"]["content"]) == {"application/json", "text/event-stream"}
