@@ -15,6 +15,7 @@ from typing import AsyncIterator, Callable
 from bastion.server.anthropic.blocks import ContentBlocks
 from bastion.server.generation import Generation, SequenceState
 from bastion.server.http.errors import APIError, anthropic_error_body
+from bastion.server.reasoning.splitter import ReasoningSplitter
 from bastion.server.tools.shaping import ToolAnswer
 
 # A sequence's finish reason as Anthropic's stop reason ("stop" by a stop string: stop_sequence).
@@ -34,15 +35,17 @@ def error_event(error: APIError) -> str:
 
 class MessageAnswer:
     """Builds the answer of one Messages request, whole or streamed. `tools` makes a fresh
-    tool-call reader for a sequence (it returns None when the request has no tools)."""
+    tool-call reader for a sequence (it returns None when the request has no tools); `thinking`
+    a fresh reasoning splitter (None when the server reads no thinking: all is answer)."""
 
-    def __init__(self, model: str, tools: Callable[[], ToolAnswer | None]) -> None:
+    def __init__(self, model: str, tools: Callable[[], ToolAnswer | None],
+                 thinking: Callable[[], ReasoningSplitter | None] = lambda: None) -> None:
         self.id = f"msg_{uuid.uuid4().hex}"
-        self.model, self.tools = model, tools
+        self.model, self.tools, self.thinking = model, tools, thinking
 
     def message(self, seq: SequenceState, generation: Generation) -> dict:
         """The whole answer of a sequence that has finished."""
-        blocks = ContentBlocks(self.tools())
+        blocks = ContentBlocks(self.tools(), self.thinking())
         blocks.feed(seq.text.text, seq.finish_reason)
         return {**self._envelope(blocks.content()), **self._stop(seq, blocks),
                 "usage": {"input_tokens": generation.prompt_tokens,
@@ -53,7 +56,7 @@ class MessageAnswer:
         start = {**self._envelope([]), "stop_reason": None, "stop_sequence": None,
                  "usage": {"input_tokens": generation.prompt_tokens, "output_tokens": 0}}
         yield event({"type": "message_start", "message": start}) + event({"type": "ping"})
-        blocks = ContentBlocks(self.tools())
+        blocks = ContentBlocks(self.tools(), self.thinking())
         async for deltas in generation.deltas():
             made = [e for d in deltas for e in blocks.feed(d.text, d.finish_reason)]
             if made:

@@ -6,15 +6,15 @@ returns the stream events it made (`content_block_start`, `content_block_delta` 
 far. A whole answer is one `feed`, so a streamed answer and a whole one are the same blocks by
 construction.
 
-The seam for thinking blocks is `ContentBlocks.sections`: it splits released text into
-`(kind, text)` pieces. Today every piece is `"text"`; a reasoning parser returns its
-`"thinking"` pieces there, which become `thinking` blocks (`thinking_delta`), while only
-`"text"` pieces go on to the tool-call parser.
+With a reasoning parser on (server/reasoning/), `ContentBlocks.sections` splits released text
+into `(kind, text)` pieces: the thinking becomes `thinking` blocks (`thinking_delta`), and only
+the answer (`"text"`) goes on to the tool-call parser.
 """
 from __future__ import annotations
 
 import json
 
+from bastion.server.reasoning.splitter import ReasoningSplitter
 from bastion.server.tools.shaping import ToolAnswer
 
 # What each kind of text block starts as, and the delta that grows it.
@@ -30,26 +30,32 @@ def tool_use_id(call_id: str) -> str:
 
 class ContentBlocks:
     """The content blocks of one sequence. `tools` reads tool calls from the answer's text
-    (None: the text is all text blocks); `finish_reason` is the sequence's, "tool_calls" once a
-    call was made and the sequence ended normally."""
+    (None: the text is all text blocks); `thinking` splits the model's thinking from its answer
+    (None: no reasoning parser, all is answer); `finish_reason` is the sequence's, "tool_calls"
+    once a call was made and the sequence ended normally."""
 
-    def __init__(self, tools: ToolAnswer | None) -> None:
-        self.tools = tools
+    def __init__(self, tools: ToolAnswer | None, thinking: ReasoningSplitter | None = None) -> None:
+        self.tools, self.thinking = tools, thinking
         self.blocks: list[dict] = []
         self.finish_reason: str | None = None
         self._open: int | None = None  # the block still growing
         self._call_blocks: dict[int, int] = {}  # a call's index -> its block's
         self._arguments: dict[int, str] = {}  # a tool_use block's index -> its input JSON so far
 
-    def sections(self, text: str) -> list[tuple[str, str]]:
-        """Released text as `(kind, text)` pieces, in order: the seam where a reasoning parser
-        gives its `"thinking"` pieces; everything is `"text"` (the answer) until then."""
-        return [("text", text)] if text else []
+    def sections(self, text: str, last: bool) -> list[tuple[str, str]]:
+        """Released text as `(kind, text)` pieces, in order: `"thinking"`, then `"text"` (the
+        answer); `last`: the sequence ended, so text held back for a possible marker is let go."""
+        if self.thinking is None:
+            return [("text", text)] if text else []
+        split = self.thinking.feed(text)
+        if last:
+            split += self.thinking.finish()
+        return [(kind, piece) for kind, piece in (("thinking", split.reasoning), ("text", split.content)) if piece]
 
     def feed(self, text: str, finish_reason: str | None = None) -> list[dict]:
         """Take the next released text (with the finish reason on the last); the events made."""
         events: list[dict] = []
-        for kind, piece in self.sections(text):
+        for kind, piece in self.sections(text, finish_reason is not None):
             events += self._answer(piece, None) if kind == "text" else self._grow(kind, piece)
         if finish_reason is not None:
             events += self._answer("", finish_reason)

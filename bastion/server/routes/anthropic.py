@@ -44,7 +44,9 @@ async def messages(body: MessagesRequest, request: Request):
     generation = await unless_disconnected(
         request, _in_body_terms(frontend.generate(chat, caller_of(request))))
     plan = chat.tool_plan()
-    answer = MessageAnswer(body.model, lambda: plan and ToolAnswer(plan, frontend.tool_parsing))
+    reasoning = frontend.reasoning
+    answer = MessageAnswer(body.model, lambda: plan and ToolAnswer(plan, frontend.tool_parsing),
+                           lambda: reasoning and reasoning.splitter(generation.prompt_ids))
     if body.stream:
         return sse_response(answer.events(generation), generation, done_marker=False,
                             error_event=error_event)

@@ -101,9 +101,10 @@ def answer_plan(mode: str):
     return plan_tools(tools, choice, None)
 
 
-def streamed(tools_factory, text: str, finish: str, seed: int) -> tuple[list[dict], list[dict], str]:
+def streamed(tools_factory, text: str, finish: str, seed: int,
+             thinking=lambda: None) -> tuple[list[dict], list[dict], str]:
     """The events of `text` fed in random chunks, the blocks they build, the finish reason."""
-    rng, blocks, events, pos = random.Random(seed), ContentBlocks(tools_factory()), [], 0
+    rng, blocks, events, pos = random.Random(seed), ContentBlocks(tools_factory(), thinking()), [], 0
     while pos < len(text):
         step = rng.randint(1, 6)
         events += blocks.feed(text[pos:pos + step])
@@ -124,8 +125,9 @@ def rebuild(events: list[dict]) -> list[dict]:
         elif e["type"] == "content_block_delta":
             assert e["index"] in open_blocks
             delta, block = e["delta"], built[e["index"]]
-            if delta["type"] == "text_delta":
-                block["text"] += delta["text"]
+            if delta["type"] in ("text_delta", "thinking_delta"):
+                kind = delta["type"].removesuffix("_delta")
+                block[kind] += delta[kind]
             else:
                 assert delta["type"] == "input_json_delta"
                 block["_json"] += delta["partial_json"]
@@ -167,6 +169,35 @@ def test_streamed_blocks_in_any_chunking_equal_the_whole_answer(mode, text, fini
     assert all(b["id"].startswith("toolu_") for b in got if b["type"] == "tool_use")
     for seed in range(8):
         events, built, finish_reason = streamed(tools, text, finish, seed)
+        assert [{k: v for k, v in b.items() if k != "id"} for b in built] == content, (seed, events)
+        assert finish_reason == reason
+
+
+@pytest.mark.parametrize("text, finish, content, reason", [
+    ("<think>\nWeather first.\n</think>\n\nIt is sunny.", "stop",
+     [{"type": "thinking", "thinking": "\nWeather first.\n", "signature": ""},
+      {"type": "text", "text": "\n\nIt is sunny."}], "stop"),
+    ("<think>I will call it. " + CALL + "</think>" + CALL, "stop",  # a call inside the thinking is thinking
+     [{"type": "thinking", "thinking": "I will call it. " + CALL, "signature": ""},
+      {"type": "tool_use", "name": "get_weather", "input": {"city": "Paris"}}], "tool_calls"),
+    ("<think>cut off by the len", "length", [{"type": "thinking", "thinking": "cut off by the len", "signature": ""}],
+     "length"),
+    ("No thinking at all.", "stop", [{"type": "text", "text": "No thinking at all."}], "stop"),
+])
+def test_thinking_becomes_thinking_blocks_and_only_the_answer_is_read_for_tools(text, finish, content, reason):
+    from bastion.server.reasoning.formats import FORMATS, Phase
+    from bastion.server.reasoning.splitter import ReasoningSplitter
+
+    plan = answer_plan("auto")
+
+    def thinking():
+        return ReasoningSplitter(FORMATS["qwen3"], Phase.OPENING)
+    whole = ContentBlocks(ToolAnswer(plan, HERMES), thinking())
+    whole.feed(text, finish)
+    got = [{k: v for k, v in b.items() if k != "id"} for b in whole.content()]
+    assert got == content and whole.finish_reason == reason
+    for seed in range(8):
+        events, built, finish_reason = streamed(lambda: ToolAnswer(plan, HERMES), text, finish, seed, thinking)
         assert [{k: v for k, v in b.items() if k != "id"} for b in built] == content, (seed, events)
         assert finish_reason == reason
 
