@@ -4,6 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from bastion.config.engine import StructuredOutputConfig
+from bastion.config.responses import ResponseStoreConfig
 
 # The parsers of `tool_choice: "auto"` answers (server/tools/choose.py), vLLM's names.
 TOOL_CALL_PARSERS = ("hermes", "llama3_json", "mistral")
@@ -27,6 +28,7 @@ class ServerConfig:
     max_batched_prompts: int = 128
     structured: StructuredOutputConfig = field(default_factory=StructuredOutputConfig)  # the engines' too
     tool_call_parser: str | None = None  # None: chosen from the chat template
+    responses_store: ResponseStoreConfig = field(default_factory=ResponseStoreConfig)
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
