@@ -79,6 +79,9 @@ def no_error_event(ctx, response, case) -> None:
                 error = json.loads(line[6:])["error"]
                 assert not str(error.get("code", "")).startswith("5") and \
                     error.get("type") != "server_error", f"server error mid-stream: {line}"
+            if line.startswith("data: {\"type\":\"error\""):  # the Responses API's typed error event
+                assert not str(json.loads(line[6:]).get("code", "")).startswith("5"), \
+                    f"server error mid-stream: {line}"
 
 
 # The failures show the bodies as sent (the keys are the test's own).
@@ -137,7 +140,7 @@ def fuzz(url: str, headers: dict[str, str], statuses: Counter) -> list[str]:
 
 def reached_engine(statuses: Counter) -> None:
     """The fuzz was not all refusals: every generation route answered some valid bodies."""
-    for label in ("POST /v1/chat/completions", "POST /v1/completions", "POST /generate"):
+    for label in ("POST /v1/chat/completions", "POST /v1/completions", "POST /generate", "POST /v1/responses"):
         assert statuses[label, "positive", 200] > 0, (label, sorted(statuses.items()))
 
 
@@ -217,6 +220,8 @@ FOUND = [
      "lone surrogate"),
     ("/tokenize", {"prompt": "\ud800"}, "prompt", "lone surrogate"),
     ("/generate", {"text": "\udc00"}, "text", "lone surrogate"),
+    ("/v1/responses", {"input": [{"role": "user", "content": [{"text": "", "type": [None, None]}]}]},
+     "input.0.content.0", "not supported"),
 ]
 # Refusals that quote the client: the answer could not be encoded (a 500); now '?' stands in.
 QUOTED = [("/v1/chat/completions", {"model": "\ud800 x", "messages": [{"role": "user", "content": "hi"}]},

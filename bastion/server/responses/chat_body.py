@@ -20,7 +20,7 @@ from bastion.server.grammar_check import CODE, Constraint
 from bastion.server.http.errors import APIError
 from bastion.server.prompt import Budget, ChatPrompt
 from bastion.server.responses.conversation import chat_messages
-from bastion.server.responses.request import InputItem, JsonSchemaFormat, ResponsesRequest
+from bastion.server.responses.request import InputItem, ResponsesRequest, TextFormatJsonSchema
 from bastion.server.routes.protocol import SAMPLING_FIELDS, build_sampling_params
 from bastion.server.routes.structured_fields import one_constraint
 from bastion.server.tools.constraint import tool_constraint
@@ -86,7 +86,7 @@ class ResponsesChatBody:
 
     def _format_constraint(self) -> tuple[str, dict] | None:
         fmt = self.body.text.format if self.body.text is not None else None
-        if isinstance(fmt, JsonSchemaFormat):
+        if isinstance(fmt, TextFormatJsonSchema):
             return "text.format.schema", {"json": json.dumps(fmt.schema_)}
         if fmt is not None and fmt.type == "json_object":
             return "text.format", {"json_object": True}

@@ -35,7 +35,8 @@ class EventWriter:
             part = {"item_id": item["id"], **at, "content_index": 0}
             text = item["content"][0]["text"]
             if change.kind == "added":
-                return [self.event("response.output_item.added", **at, item={**item, "content": [], "status": "in_progress"}),
+                return [self.event("response.output_item.added", **at,
+                                   item={**item, "content": [], "status": "in_progress"}),
                         self.event("response.content_part.added", **part,
                                    part={"type": "output_text", "text": "", "annotations": []})]
             if change.kind == "text":
@@ -45,7 +46,8 @@ class EventWriter:
                     self.event("response.output_item.done", **at, item=item)]
         call = {"item_id": item["id"], **at}
         if change.kind == "added":
-            return [self.event("response.output_item.added", **at, item={**item, "arguments": "", "status": "in_progress"})]
+            return [self.event("response.output_item.added", **at,
+                               item={**item, "arguments": "", "status": "in_progress"})]
         if change.kind == "arguments":
             return [self.event("response.function_call_arguments.delta", **call, delta=change.delta)]
         return [self.event("response.function_call_arguments.done", **call, name=item["name"],

@@ -49,7 +49,7 @@ def _tagged(kinds: dict[str, Any], what: str, supported: str, default: str | Non
             found = value.get("type", default)
         else:
             found = getattr(value, "type", None)
-        return f"item[{found}]" if found in kinds else None
+        return f"item[{found}]" if isinstance(found, str) and found in kinds else None
 
     members = tuple(Annotated[model, Tag(f"item[{name}]")] for name, model in kinds.items())
     return Annotated[Union[members], Discriminator(  # noqa: UP007 - a runtime tuple of members
@@ -135,7 +135,7 @@ class FunctionChoice(_Fixed):
     name: str
 
 
-class JsonSchemaFormat(_Fixed):
+class TextFormatJsonSchema(_Fixed):
     type: Literal["json_schema"]
     name: Annotated[str, Field(pattern=r"^[A-Za-z0-9_\-]{1,64}$")]
     schema_: JsonSchema = Field(alias="schema")
@@ -143,15 +143,16 @@ class JsonSchemaFormat(_Fixed):
     strict: bool | None = None  # accepted either way: the output is always held to the schema
 
 
-class TextFormat(_Fixed):
+class TextFormatText(_Fixed):
     type: Literal["text"]
 
 
-class JsonObjectFormat(_Fixed):
+class TextFormatJsonObject(_Fixed):
     type: Literal["json_object"]
 
 
-Format = _tagged({"json_schema": JsonSchemaFormat, "json_object": JsonObjectFormat, "text": TextFormat},
+Format = _tagged({"json_schema": TextFormatJsonSchema, "json_object": TextFormatJsonObject,
+                  "text": TextFormatText},
                  "text.format type", "json_schema, json_object, text")
 ToolChoice = _tagged({"string": Literal["none", "auto", "required"], "function": FunctionChoice},
                      "tool_choice", "none, auto, required, or a function: {\"type\": \"function\", \"name\"}")

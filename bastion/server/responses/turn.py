@@ -45,7 +45,8 @@ class ResponseTurn:
 
     def _output(self) -> OutputItems:
         plan = self.chat.tool_plan
-        return OutputItems(plan and ToolAnswer(plan, self.frontend.tool_parsing, self.body.skip_special_tokens))
+        tools = plan and ToolAnswer(plan, self.frontend.tool_parsing, self.body.skip_special_tokens)
+        return OutputItems(tools)
 
     async def finish(self, seq: SequenceState, generation: Generation) -> dict:
         """The whole Response of a finished sequence (kept if asked)."""

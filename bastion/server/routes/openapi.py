@@ -27,6 +27,7 @@ from bastion.security.auth import PUBLIC, decision_of, requires
 from bastion.server.http.errors import ERROR_SCHEMA
 from bastion.server.routes.protocol import (SAMPLING_FIELDS, ChatCompletionRequest,
                                             CompletionRequest, TokenizeRequest)
+from bastion.server.responses.request import ResponsesRequest
 from bastion.server.routes.response_schemas import BY_ROUTE
 from bastion.server.routes.sglang import RENAMED, GenerateRequest, SGLangSamplingParams
 
@@ -37,6 +38,7 @@ _SAMPLING_BODIES = {
     ChatCompletionRequest.__name__: {name: name for name in SAMPLING_FIELDS},
     CompletionRequest.__name__: {**{name: name for name in SAMPLING_FIELDS}, "logprobs": "logprobs"},
     SGLangSamplingParams.__name__: {name: RENAMED.get(name, name) for name in SAMPLING_FIELDS},
+    ResponsesRequest.__name__: {name: name for name in ("temperature", "top_p", "top_k", "logit_bias")},
 }
 # Bodies that take exactly one of two fields (null counts as absent): their `check()`.
 _EXACTLY_ONE = {TokenizeRequest.__name__: ("prompt", "messages"),
