@@ -278,3 +278,18 @@ def test_what_is_not_implemented_is_a_400_naming_the_field(server, fields, param
 def test_reasoning_is_accepted(client):
     response = client.responses.create(model=MODEL, input=ASK, reasoning={"effort": "low"}, max_output_tokens=2)
     assert response.reasoning.effort == "low"
+
+
+def test_echoed_text_that_utf8_cannot_carry_and_ids_no_response_has_are_refused_at_once(server):
+    headers = {"Authorization": f"Bearer {ALICE}", "content-type": "application/json"}
+    for field, value in (("user", "a \ud800"), ("instructions", "\udc00"),
+                         ("tools", [{**WEATHER, "description": "\ud800"}])):
+        # NOTE: as Python's json writes it: a lone surrogate as a \u escape, as a client may
+        body = json.dumps({"model": MODEL, "input": "hi", "max_output_tokens": 2, field: value})
+        reply = httpx.post(f"{server.url}/v1/responses", content=body, headers=headers, timeout=30)
+        assert reply.status_code == 400 and reply.json()["error"]["param"] == field, reply.text
+    for previous in ("resp_" + "0" * 5000, "resp_\ud800"):
+        body = json.dumps({"model": MODEL, "input": "hi", "previous_response_id": previous})
+        reply = httpx.post(f"{server.url}/v1/responses", content=body, headers=headers, timeout=30)
+        assert reply.status_code == 404 and reply.json()["error"]["code"] == "response_not_found"
+    assert httpx.get(f"{server.url}/v1/responses/{'x' * 3000}", headers=headers, timeout=10).status_code == 404

@@ -9,6 +9,7 @@ follow-up's conversation is the previous record's items, then its output, then t
 beyond its size."""
 from __future__ import annotations
 
+import hashlib
 import logging
 
 import msgspec
@@ -20,6 +21,10 @@ from bastion.server.responses.store.client import ResponseStoreClient
 
 logger = logging.getLogger(__name__)
 
+# NOTE: ours are `resp_` and 32 hex digits; a longer id, or one not ASCII, is no stored
+# response's and is not sent (a message over the store socket's bound would cost this API server
+# its connection; a lone surrogate cannot be encoded).
+MAX_ID_CHARS = 128
 _NO_STORE = ("this server keeps no responses (--responses-store-max-count 0), so none can be "
              "continued")
 
@@ -28,7 +33,9 @@ class ResponseKeeping:
     """The response store for one caller (`store` None: the server keeps none)."""
 
     def __init__(self, store: ResponseStoreClient | None, caller: Caller) -> None:
-        self.store, self.owner = store, caller.limit_key
+        # the owner as a digest: a fixed size on the wire, and no principal's name in the store
+        self.store, self.owner = store, hashlib.sha256(
+            caller.limit_key.encode("utf-8", "surrogatepass")).hexdigest()
 
     @property
     def enabled(self) -> bool:
@@ -58,12 +65,15 @@ class ResponseKeeping:
         return (await self._record(response_id, "response_id"))["response"]
 
     async def delete(self, response_id: str) -> dict:
-        if self.store is None or not await self.store.delete(self.owner, response_id):
+        if not self._may_exist(response_id) or not await self.store.delete(self.owner, response_id):
             raise _not_found(response_id)
         return {"id": response_id, "object": "response", "deleted": True}
 
+    def _may_exist(self, response_id: str) -> bool:
+        return self.store is not None and len(response_id) <= MAX_ID_CHARS and response_id.isascii()
+
     async def _record(self, response_id: str, field: str) -> dict:
-        record = await self.store.get(self.owner, response_id) if self.store is not None else None
+        record = await self.store.get(self.owner, response_id) if self._may_exist(response_id) else None
         if record is None:
             raise _not_found(response_id, field)
         return msgspec.json.decode(record)

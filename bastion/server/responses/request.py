@@ -14,6 +14,7 @@ Fields that would change the answer and are not implemented are refused in `chec
 """
 from __future__ import annotations
 
+import json
 from typing import Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, model_validator
@@ -220,6 +221,16 @@ class ResponsesRequest(BaseModel):
             raise APIError(400, "'text.verbosity' is not supported by this server", "text.verbosity")
         if self.stream_options is not None and not self.stream:
             raise APIError(400, "'stream_options' is only allowed when 'stream' is true", "stream_options")
+        self._check_unicode()
+
+    def _check_unicode(self) -> None:
+        """A 400 for text UTF-8 cannot carry (JSON lets a lone surrogate through): the answer
+        echoes these fields and the store keeps them."""
+        for name in type(self).model_fields:
+            try:
+                json.dumps(self.model_dump(include={name}, by_alias=True), ensure_ascii=False).encode()
+            except UnicodeEncodeError:
+                raise APIError(400, f"'{name}' is not valid Unicode: it holds a lone surrogate", name) from None
 
 
 def _refuse(extra: dict) -> None:

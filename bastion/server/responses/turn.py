@@ -41,6 +41,7 @@ class ResponseTurn:
         self.envelope = ResponseEnvelope(body, self.frontend.model_name,
                                          plan.parallel if plan else body.parallel_tool_calls is not False)
         self.envelope.sampled_with(generation.params.temperature, generation.params.top_p)
+        self.envelope.stored = body.store and self.keeping.enabled  # until a keep fails
         return generation
 
     def _output(self) -> OutputItems:
@@ -79,7 +80,6 @@ class ResponseTurn:
 
     async def _final(self, status: str, output: OutputItems, generation: Generation) -> dict:
         envelope = self.envelope
-        envelope.stored = self.body.store and self.keeping.enabled
         used = usage(generation.prompt_tokens, generation.completion_tokens, generation.num_cached_tokens)
         response = envelope.response(status, output.items, used)
         if envelope.stored and not await self.keeping.keep(response, self.conversation):
