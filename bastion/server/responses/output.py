@@ -51,6 +51,10 @@ class OutputItems:
             events += self._close("incomplete" if finish_reason == "length" else "completed")
         return events
 
+    def cut(self) -> None:
+        """The sequence failed midway: the item it was making ends `incomplete`."""
+        self._close("incomplete")
+
     def _answer(self, text: str, finish_reason: str | None) -> list[ItemEvent]:
         if self.tools is None:
             content, pieces = text, []

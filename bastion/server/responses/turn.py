@@ -71,6 +71,7 @@ class ResponseTurn:
             response = await self._final(status, output, generation)
         except APIError as exc:
             error = {"code": str(exc.code or exc.status), "message": exc.message}
+            output.cut()
             yield writer.event("error", **error, param=exc.param)
             yield writer.event("response.failed", response=envelope.response(
                 "failed", output.items, usage(generation.prompt_tokens, generation.completion_tokens,
