@@ -9,6 +9,7 @@ from bastion.args.disaggregation import (add_disaggregation_args, check_disaggre
                                          with_kv_transfer)
 from bastion.args.engine import add_engine_args, engine_config
 from bastion.args.ray import add_ray_args, ray_config
+from bastion.args.responses import add_responses_args, responses_store_config
 from bastion.args.security import add_security_args, check_exposure, security_config
 from bastion.args.supervisor import add_supervisor_args, supervisor_config
 from bastion.config.deployment import InternalConfig, ParallelConfig
@@ -105,6 +106,7 @@ def add_serve_args(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--internal-secret-file", default=None,
                    help="derive the internal CurveZMQ keys from this secret (>= 32 bytes, the same "
                         "file on every node) instead of making random ones per launch")
+    add_responses_args(parser)
     add_disaggregation_args(parser)
     add_ray_args(parser)
     add_supervisor_args(parser)
@@ -137,7 +139,8 @@ def serve_config(args: argparse.Namespace) -> ServeConfig:
                           else args.max_batched_prompts, max_logprobs=args.max_logprobs,
                           shutdown_timeout=args.shutdown_timeout, log_level=args.log_level,
                           structured=engine.structured, tool_call_parser=args.tool_call_parser,
-                          reasoning_parser=args.reasoning_parser)
+                          reasoning_parser=args.reasoning_parser,
+                          responses_store=responses_store_config(args))
     if args.engine_startup_timeout <= 0:
         raise ValueError(f"--engine-startup-timeout must be positive, got {args.engine_startup_timeout}")
     security = security_config(args)

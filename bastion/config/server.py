@@ -4,6 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from bastion.config.engine import StructuredOutputConfig
+from bastion.config.responses import ResponseStoreConfig
 
 # The parsers of `tool_choice: "auto"` answers (server/tools/choose.py), vLLM's names.
 TOOL_CALL_PARSERS = ("hermes", "llama3_json", "mistral")
@@ -31,6 +32,7 @@ class ServerConfig:
     structured: StructuredOutputConfig = field(default_factory=StructuredOutputConfig)  # the engines' too
     tool_call_parser: str | None = None  # None: chosen from the chat template
     reasoning_parser: str = "auto"  # auto: chosen from the chat template's markers; none: off
+    responses_store: ResponseStoreConfig = field(default_factory=ResponseStoreConfig)
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:

@@ -32,6 +32,7 @@ from bastion.launch.procs import Child, ChildStartError, await_all
 from bastion.launch.ranks import RankSet
 from bastion.security.ratelimit import Limiter
 from bastion.security.shared_limits import LimitsService
+from bastion.server.responses.store.service import ResponseStoreService
 from bastion.transport import channel
 from bastion.transport.addresses import url_host
 from bastion.transport.child_pipe import ApiServerSpec, EngineEndpoint, EngineReady, EngineSet
@@ -74,6 +75,7 @@ class Launcher:
         self.dirs = [channel.private_ipc_dir(), channel.private_ipc_dir()]
         self.env = child_environment(config.server.log_level)
         self.limits: LimitsService | None = None
+        self.responses: ResponseStoreService | None = None
         self.registry: RemoteRankRegistry | None = None
         self.ranks = self._engine_ranks(first_rank)
 
@@ -124,6 +126,8 @@ class Launcher:
     def _start_serving(self, sock: socket.socket) -> None:
         cfg, par = self.config, self.config.parallel
         limits_dir = self._limits_service()
+        if cfg.server.responses_store.enabled:  # NOTE: in dirs[0], the API servers' ipc_dir
+            self.responses = ResponseStoreService(cfg.server.responses_store, str(self.dirs[0]))
         if par.multi_node:  # ranks local .. dp-1 register from other nodes
             self.registry = RemoteRankRegistry(par.data_parallel_address, par.data_parallel_rpc_port,
                                                channel.read_internal_secret(cfg.internal.secret_file),
@@ -234,6 +238,8 @@ class Launcher:
         self._kill_all()
         if self.limits is not None:
             self.limits.stop()
+        if self.responses is not None:
+            self.responses.stop()
         if self.registry is not None:
             self.registry.close()
         for folder in self.dirs:

@@ -16,19 +16,24 @@ from bastion.server.routes.info import router as info_router
 from bastion.server.routes.openai import router as openai_router
 from bastion.server.routes.openapi import openapi_document
 from bastion.server.routes.openapi import router as openapi_router
+from bastion.server.routes.responses import router as responses_router
 from bastion.server.routes.sglang import router as sglang_router
 
 
 def build_app(frontend: Frontend, authenticator: Authenticator, security: SecurityConfig,
-              audit: AuditLog | None = None, api_server: int = 0, server: str | None = None) -> FastAPI:
+              audit: AuditLog | None = None, api_server: int = 0, server: str | None = None,
+              responses_store=None) -> FastAPI:
     """The app; middleware from the outside in: metrics, audit trail, auth guard, body limit.
     `server` names this process in the audit log (default `api-server-N`). Its OpenAPI document
-    is made here, once (`GET /openapi.json`; no /docs, no /redoc)."""
+    is made here, once (`GET /openapi.json`; no /docs, no /redoc). `responses_store` is this
+    process's client of the launcher's response store (None: responses are not kept)."""
     app = FastAPI(title="bastion", version=__version__, docs_url=None, redoc_url=None,
                   openapi_url=None)
     app.state.frontend, app.state.authenticator, app.state.security = frontend, authenticator, security
+    app.state.responses_store = responses_store
     install_error_handlers(app)
-    for router in (openai_router, anthropic_router, sglang_router, info_router, admin_router, openapi_router):
+    for router in (openai_router, anthropic_router, responses_router, sglang_router, info_router, admin_router,
+                   openapi_router):
         # NOTE: the routes themselves, not include_router's lazy wrapper: the auth guard and
         # the route-walk test must see every route with its endpoint and decision.
         app.router.routes.extend(router.routes)

@@ -56,6 +56,13 @@ KV_TRANSFER_SECONDS = Histogram("bastion_kv_transfer_seconds", "Time of one KV p
                                 ["rank"], buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
                                                    0.5, 1.0, 2.5))
 
+RESPONSES_STORED = Gauge("bastion_responses_stored", "Responses the response store keeps now "
+                         "(/v1/responses with store)", multiprocess_mode="mostrecent")
+RESPONSES_STORED_BYTES = Gauge("bastion_responses_stored_bytes", "Bytes of the responses the response "
+                               "store keeps now", multiprocess_mode="mostrecent")
+RESPONSES_NOT_KEPT = Counter("bastion_responses_not_kept_total", "Responses answered but not kept: "
+                             "larger than --responses-store-max-response-bytes")
+
 
 _last_load: dict[int, tuple] = {}
 
@@ -95,6 +102,12 @@ def record_kv_pulls(rank: int, seconds: list[float]) -> None:
 def record_queue_length(queued: int) -> None:
     """The server-wide admission queue, as the limits service last reported it."""
     WAITING.labels(QUEUE_LABEL).set(queued)
+
+
+def record_responses_stored(count: int, size: int) -> None:
+    """The response store's size, as it last reported it."""
+    RESPONSES_STORED.set(count)
+    RESPONSES_STORED_BYTES.set(size)
 
 
 def record_rank_up(rank: int, up: bool) -> None:

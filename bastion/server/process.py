@@ -67,7 +67,9 @@ async def _serve(spec: ApiServerSpec, engines: EngineSet, tokenizer, sock: socke
                              _eos_ids(spec.model_path, tokenizer))
     frontend = Frontend(spec.server, client, tokenizer, engines.max_model_len, engines.vocab_size,
                         security.limits, grammar)
-    app = build_app(frontend, security.authenticator, spec.security, security.audit, spec.index, spec.name)
+    responses_store = _responses_store(spec)
+    app = build_app(frontend, security.authenticator, spec.security, security.audit, spec.index, spec.name,
+                    responses_store)
     server = HttpServer(app, spec.server, security.ssl_context, spec.server.shutdown_timeout)
     serving = await server.start(sock)
     report(ApiServerReady(spec.index))
@@ -75,6 +77,20 @@ async def _serve(spec: ApiServerSpec, engines: EngineSet, tokenizer, sock: socke
     await grammar.close()
     client.close()
     security.close()
+    if responses_store is not None:
+        responses_store.close()
+
+
+def _responses_store(spec: ApiServerSpec):
+    """This process's client of the launcher's response store (None when it keeps none)."""
+    from bastion.server import metrics
+    from bastion.server.responses.store.client import ResponseStoreClient
+
+    if not spec.server.responses_store.enabled:
+        return None
+    store = ResponseStoreClient(spec.server.responses_store, spec.ipc_dir)
+    store.on_size = metrics.record_responses_stored
+    return store
 
 
 def _eos_ids(model_path: str, tokenizer) -> list[int]:

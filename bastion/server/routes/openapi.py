@@ -29,6 +29,7 @@ from bastion.server.anthropic.request import MessagesRequest
 from bastion.server.http.errors import ANTHROPIC_ERROR_SCHEMA, ERROR_SCHEMA, is_anthropic_path
 from bastion.server.routes.protocol import (SAMPLING_FIELDS, ChatCompletionRequest,
                                             CompletionRequest, TokenizeRequest)
+from bastion.server.responses.request import ResponsesRequest
 from bastion.server.routes.response_schemas import BY_ROUTE
 from bastion.server.routes.sglang import RENAMED, GenerateRequest, SGLangSamplingParams
 
@@ -40,6 +41,7 @@ _SAMPLING_BODIES = {
     CompletionRequest.__name__: {**{name: name for name in SAMPLING_FIELDS}, "logprobs": "logprobs"},
     SGLangSamplingParams.__name__: {name: RENAMED.get(name, name) for name in SAMPLING_FIELDS},
     MessagesRequest.__name__: {"top_p": "top_p", "top_k": "top_k"},  # its temperature is Anthropic's [0, 1]
+    ResponsesRequest.__name__: {name: name for name in ("temperature", "top_p", "top_k", "logit_bias")},
 }
 # Bodies that take exactly one of two fields (null counts as absent): their `check()`.
 _EXACTLY_ONE = {TokenizeRequest.__name__: ("prompt", "messages"),

@@ -64,6 +64,21 @@ ANTHROPIC_MESSAGE = _obj({
     "stop_sequence": {"type": ["string", "null"]},
     "usage": _obj({"input_tokens": _INT, "output_tokens": _INT})})
 ANTHROPIC_TOKEN_COUNT = _obj({"input_tokens": _INT})
+_RESPONSE_ITEM = {"anyOf": [
+    _obj({"type": {"const": "message"}, "id": _STR, "role": {"const": "assistant"}, "status": _STR,
+          "content": {"type": "array", "items": _obj({"type": {"const": "output_text"}, "text": _STR,
+                                                      "annotations": {"type": "array"}})}}),
+    _obj({"type": {"const": "function_call"}, "id": _STR, "call_id": _STR, "name": _STR,
+          "arguments": _STR, "status": _STR}),
+    _obj({"type": _STR})]}  # NOTE: more item types (reasoning) may come
+RESPONSE = _obj({"id": _STR, "object": {"const": "response"}, "created_at": _INT, "model": _STR,
+                 "status": {"enum": ["completed", "incomplete", "failed", "in_progress"]},
+                 "output": {"type": "array", "items": _RESPONSE_ITEM},
+                 "usage": {"anyOf": [{"type": "null"}, _obj({
+                     "input_tokens": _INT, "output_tokens": _INT, "total_tokens": _INT,
+                     "input_tokens_details": _obj({"cached_tokens": _INT}),
+                     "output_tokens_details": _obj({"reasoning_tokens": _INT})})]}})
+RESPONSE_DELETED = _obj({"id": _STR, "object": {"const": "response"}, "deleted": {"const": True}})
 
 # (path, method) -> {status: the schema of that JSON answer}; other statuses are errors.
 BY_ROUTE = {
@@ -71,6 +86,9 @@ BY_ROUTE = {
     ("/v1/completions", "post"): {"200": COMPLETION},
     ("/v1/messages", "post"): {"200": ANTHROPIC_MESSAGE},
     ("/v1/messages/count_tokens", "post"): {"200": ANTHROPIC_TOKEN_COUNT},
+    ("/v1/responses", "post"): {"200": RESPONSE},
+    ("/v1/responses/{response_id}", "get"): {"200": RESPONSE},
+    ("/v1/responses/{response_id}", "delete"): {"200": RESPONSE_DELETED},
     ("/generate", "post"): {"200": GENERATE},
     ("/v1/models", "get"): {"200": MODELS},
     ("/tokenize", "post"): {"200": TOKENIZE},
