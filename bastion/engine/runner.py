@@ -43,6 +43,20 @@ class EngineLimits:
         return self.num_kv_blocks * self.block_size
 
 
+def _held_tensors(model: torch.nn.Module) -> list[torch.Tensor]:
+    """Every tensor the model's modules hold: parameters, buffers, KV caches, and the packed or
+    quantized weights their linear kernels keep (one level of plain objects down)."""
+    found: list[torch.Tensor] = []
+    for module in model.modules():
+        found += [*module.parameters(recurse=False), *module.buffers(recurse=False)]
+        for value in vars(module).values():
+            if isinstance(value, torch.Tensor):
+                found.append(value)
+            elif hasattr(value, "__dict__") and not isinstance(value, (torch.nn.Module, type)):
+                found += [v for v in vars(value).values() if isinstance(v, torch.Tensor)]
+    return found
+
+
 class ModelRunner:
     """Loads the checkpoint, allocates the paged KV cache and runs forward passes."""
 
@@ -81,7 +95,7 @@ class ModelRunner:
         elif not mc.enforce_eager:
             self.model.fused_decoder = FusedDecoder.build(self.model, self.block_size)
         if self.device.type == "cpu" and mc.huge_pages:
-            back_with_huge_pages()
+            back_with_huge_pages(_held_tensors(self.model))
         self.forward_seconds = 0.0
         self.logit_slice_rows = logit_slice_rows(config)
         logger.info("model %s (%s, %s on %s): %d KV blocks of %d tokens, max_model_len %d",

@@ -186,7 +186,8 @@ def test_readme_curl_one_liners_work_as_written(shared_server):
         out = subprocess.run([*argv, "-sS", "--fail-with-body"], capture_output=True, text=True, timeout=60)
         assert out.returncode == 0, (command, out.stdout, out.stderr)
         body = json.loads(out.stdout)
-        assert "error" not in body and (body.get("choices") or body.get("text") or body.get("status") == "ok")
+        assert "error" not in body and (body.get("choices") or body.get("text") or body.get("status") == "ok"
+                                        or body.get("type") == "message" and body["content"])  # Anthropic's
 
 
 def test_a_non_streaming_client_that_disconnects_is_aborted_too(server):

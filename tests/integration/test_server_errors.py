@@ -14,7 +14,7 @@ CASES = [
     ("max_tokens wrong type", COMPLETIONS, {"model": MODEL, "prompt": "a", "max_tokens": "ten"}, 400, "max_tokens", "max_tokens"),
     ("temperature wrong type", CHAT, {"model": MODEL, "messages": MSG, "temperature": "hot"}, 400, "temperature", "temperature"),
     ("messages not a list", CHAT, {"model": MODEL, "messages": "hi"}, 400, "messages", "messages"),
-    ("negative max_tokens", COMPLETIONS, {"model": MODEL, "prompt": "a", "max_tokens": -5}, 400, "greater than or equal to 1", "max_tokens"),
+    ("negative max_tokens", COMPLETIONS, {"model": MODEL, "prompt": "a", "max_tokens": -5}, 400, "greater than or equal to 0", "max_tokens"),
     ("empty messages", CHAT, {"model": MODEL, "messages": []}, 400, "messages", "messages"),
     ("missing model", CHAT, {"messages": MSG}, 400, "missing required field 'model'", "model"),
     ("unknown role", CHAT, {"model": MODEL, "messages": [{"role": "wizard", "content": "x"}]}, 400, "messages.0.role", "messages.0.role"),

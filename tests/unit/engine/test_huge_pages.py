@@ -9,19 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from bastion.engine.cpu_memory import HUGE_PAGE, THP_SETTING, huge_pages_allowed, large_private_regions
-
-MAPS = """\
-55aa48a10000-55aa48c00000 r--p 00000000 fd:01 123 /usr/bin/python3.11
-55aa48c01000-55ab50000000 rw-p 00000000 00:00 0 [heap]
-7fb30d100000-7fb30e600000 rw-p 00000000 00:00 0
-7fb30e600000-7fb30e700000 rw-p 00000000 00:00 0
-7fb313200000-7fb317200000 rw-s 00000000 00:05 77 /dev/shm/bastion-kv
-7fb317200000-7fb31b200000 rw-p 00000000 fd:01 99 /tmp/weights.bin
-7fb31b200000-7fb31f200000 r--p 00000000 00:00 0
-7ffc1c000000-7ffc1e000000 rw-p 00000000 00:00 0 [stack]
-"""
-
+from bastion.engine.cpu_memory import HUGE_PAGE, THP_SETTING, covering_ranges, huge_pages_allowed
 
 @pytest.mark.parametrize("setting, allowed", [("always [madvise] never", True), ("[always] madvise never", True),
                                               ("always madvise [never]", False), (None, False), ("", False)])
@@ -29,12 +17,11 @@ def test_huge_pages_follow_the_systems_setting(setting, allowed):
     assert huge_pages_allowed(setting) is allowed
 
 
-def test_only_large_private_anonymous_memory_is_moved():
-    regions = large_private_regions(MAPS, min_bytes=16 * 2**20)
-    # the heap, 2 MiB-aligned inside; the 21 MiB anonymous mapping; not the 1 MiB one, the
-    # shared KV file, a file-backed or read-only mapping, or the stack
-    assert regions == [(0x55aa48e00000, 0x55ab50000000), (0x7fb30d200000, 0x7fb30e600000)]
-    assert all(start % HUGE_PAGE == 0 and end % HUGE_PAGE == 0 for start, end in regions)
+def test_tensors_are_covered_by_whole_huge_pages_merged():
+    mib = 2**20
+    spans = [(5 * mib, 6 * mib), (3 * mib, 4 * mib + 1), (10 * mib + 7, 10 * mib + 8), (9 * mib, 9 * mib)]
+    assert covering_ranges(spans) == [(2 * mib, 6 * mib), (10 * mib, 12 * mib)]
+    assert all(start % HUGE_PAGE == 0 and end % HUGE_PAGE == 0 for start, end in covering_ranges(spans))
 
 
 def _run(flag: str) -> dict:
