@@ -16,6 +16,7 @@ class ServerConfig:
     host: str = "127.0.0.1"
     port: int = 8000
     served_model_names: tuple[str, ...] = ()
+    model_aliases: tuple[str, ...] = ()  # also accepted for the first served name, not listed
     max_request_body_bytes: int = 4 * 2**20
     max_queued_requests: int | None = None
     shutdown_timeout: float = 30.0

@@ -45,7 +45,8 @@ def test_the_model_folder_by_flag_is_the_positional_model(flag, tmp_path):
     folder = write_demo_model(tmp_path / "m")
     by_flag = config(flag, str(folder))
     assert by_flag == config(str(folder))
-    assert by_flag.model == str(folder) and by_flag.server.served_model_names == ("m",)
+    assert by_flag.model == str(folder) and by_flag.server.served_model_names == (str(folder),)
+    assert by_flag.server.model_aliases == ("m",)
     assert by_flag != config(), "the demo model's default config: the flag was ignored"
 
 
