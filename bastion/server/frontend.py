@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Callable
 
-from bastion.config.server import ServerConfig
+from bastion.config.server import ServedNames, ServerConfig
 from bastion.sampling_params import SamplingParams
 from bastion.security.audit import RequestRecord
 from bastion.security.shared_limits import LimitExceeded, LimitsClient
@@ -24,7 +24,6 @@ from bastion.server.engine_client import EngineClient
 from bastion.server.generation import Generation, GenerationBatch
 from bastion.server.grammar_check import GrammarChecker
 from bastion.server.http.errors import APIError
-from bastion.server.model_names import ServedNames
 from bastion.server.prompt import BatchBody, Budget, ChatPrompt, GenerationBody, Prompt, PromptBody, TextPrompt
 from bastion.server.tools.choose import AutoParsing
 
@@ -135,7 +134,7 @@ class Frontend:
 
     def check_model(self, name: str | None, caller: Caller) -> None:
         """404 for a name not served, 403 for one the caller may not use; notes the served name
-        it stands for (an alias stands for the first) for the audit (`model_names.py`)."""
+        it stands for (an alias stands for the first) for the audit (`config/server.py: ServedNames`)."""
         served = self.served.resolve(name) if name is not None else self.model_name
         if served is None:
             raise APIError(404, f"The model '{name}' does not exist", "model", "model_not_found")

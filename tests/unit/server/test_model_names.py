@@ -7,7 +7,7 @@ import pytest
 from bastion.args.serve import serve_config, served_names
 from bastion.cli import build_parser
 from bastion.model.demo import write_demo_model
-from bastion.server.model_names import ServedNames
+from bastion.config.server import ServedNames
 
 
 @pytest.mark.parametrize("given, flag, names, aliases", [
