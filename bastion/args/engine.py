@@ -23,6 +23,14 @@ def _backend(text: str) -> str:
     return text.lower().replace("_", "-")
 
 
+def _on_off(text: str) -> bool:
+    """vLLM's boolean config values: true/false (1/0)."""
+    value = {"true": True, "1": True, "false": False, "0": False}.get(text.lower())
+    if value is None:
+        raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+    return value
+
+
 def add_engine_args(parser: argparse.ArgumentParser) -> None:
     """Add the engine's flags to a sub-command's parser."""
     g = parser.add_argument_group("engine")
@@ -97,6 +105,18 @@ def add_engine_args(parser: argparse.ArgumentParser) -> None:
                    help="grammar compiles one caller (API key, JWT subject) may have waiting for "
                         "one API server's check workers at once; past it 429 with Retry-After "
                         "(default 16)")
+    s.add_argument("--structured-output-strict-properties", action=argparse.BooleanOptionalAction,
+                   default=True,
+                   help="a JSON schema's objects get only the properties the schema names, unless it "
+                        "allows others explicitly (additionalProperties true or a schema, "
+                        "patternProperties), as xgrammar, vLLM's and SGLang's default backend, does; "
+                        "--no-structured-output-strict-properties follows the JSON Schema letter (an "
+                        "unset additionalProperties allows any other property, so a model may add "
+                        "properties until max_tokens). vLLM's spelling: "
+                        "--structured-outputs-config.disable_additional_properties true|false")
+    s.add_argument("--structured-outputs-config.disable_additional_properties",
+                   dest="structured_output_strict_properties", type=_on_off, nargs="?", const=True,
+                   metavar="true|false", help=argparse.SUPPRESS)  # NOTE: vLLM's name; in the help above
 
 
 ENGINE_FLAGS = ("dtype", "quantization", "enforce_eager", "huge_pages", "attention_backend", "tensor_parallel_size", "device", "max_model_len", "block_size",
@@ -104,7 +124,7 @@ ENGINE_FLAGS = ("dtype", "quantization", "enforce_eager", "huge_pages", "attenti
                 "enable_prefix_caching", "max_num_batched_tokens", "max_num_seqs", "seed",
                 "num_threads", "structured_output_compile_timeout", "structured_output_max_bytes",
                 "structured_output_cache_size", "structured_output_max_waiting_compiles",
-                "structured_output_max_waiting_compiles_per_principal")
+                "structured_output_max_waiting_compiles_per_principal", "structured_output_strict_properties")
 
 
 def engine_kwargs(args: argparse.Namespace) -> dict:

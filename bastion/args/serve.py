@@ -28,7 +28,9 @@ def add_serve_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--port", type=int, default=8000, help="port to listen on (0 picks one; the "
                    "ready line shows it)")
     g.add_argument("--served-model-name", nargs="+", default=None,
-                   help="model name(s) clients use (default: the model folder's or GGUF file's name)")
+                   help="model name(s) clients use and /v1/models lists (default: the model argument "
+                        "as given, e.g. /models/m, as vLLM and SGLang name it; the folder's or GGUF "
+                        "file's name, m, is accepted too; bastion-demo for the demo model)")
     g.add_argument("--api-server-count", type=int, default=1,
                    help="API-server processes sharing the listening socket")
     g.add_argument("--max-request-body-bytes", type=parse_bytes, default=4 * 2**20,
@@ -128,8 +130,8 @@ def serve_config(args: argparse.Namespace) -> ServeConfig:
                               args.data_parallel_start_rank, args.data_parallel_address or
                               (os.environ.get(HOST_IP_ENV) if args.data_parallel_size_local else None),
                               args.data_parallel_rpc_port, args.headless, args.prefill_ranks, kv_role_of(args))
-    names = tuple(args.served_model_name or [_default_name(model, given is None)])
-    server = ServerConfig(host=args.host, port=args.port, served_model_names=names,
+    names, aliases = served_names(given, args.served_model_name)
+    server = ServerConfig(host=args.host, port=args.port, served_model_names=names, model_aliases=aliases,
                           max_request_body_bytes=args.max_request_body_bytes,
                           max_request_header_bytes=args.max_request_header_bytes,
                           http_header_timeout=args.http_header_timeout,
@@ -244,10 +246,18 @@ def _check_tensor_parallel(engine: EngineConfig) -> None:
                          f"process may use {cores}")
 
 
-def _default_name(model: str, is_demo: bool) -> str:
+def served_names(given: str | None, flag: list[str] | None) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The served names and their aliases: --served-model-name's names, no alias; else the model
+    argument as given (vLLM's and SGLang's default: "/models/m"), with the folder's or file's
+    last part ("m", bastion's name before) accepted too; "bastion-demo" for the demo model."""
     from pathlib import Path
 
-    return "bastion-demo" if is_demo else Path(model).resolve().name
+    if flag:
+        return tuple(flag), ()
+    if given is None:
+        return ("bastion-demo",), ()
+    last = Path(given).resolve().name
+    return (given,), (() if last == given else (last,))
 
 
 def _on_cuda(engine: EngineConfig) -> bool:

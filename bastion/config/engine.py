@@ -113,6 +113,9 @@ class StructuredOutputConfig:
     structured_output_cache_size: int = 256  # compiled grammars kept (by grammar text)
     structured_output_max_waiting_compiles: int = 64  # per API server, all principals together
     structured_output_max_waiting_compiles_per_principal: int = 16
+    # a JSON schema's objects get only the properties it names (xgrammar's strict default);
+    # False: the JSON Schema letter (an unset additionalProperties allows any other property)
+    structured_output_strict_properties: bool = True
 
     def __post_init__(self) -> None:
         if not self.structured_output_compile_timeout > 0:

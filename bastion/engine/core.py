@@ -83,7 +83,8 @@ class EngineCore:
         self.grammars = GrammarCompiler(self._grammar_tokenizer,
                                         timeout=sc.structured_output_compile_timeout,
                                         max_bytes=sc.structured_output_max_bytes,
-                                        cache_size=sc.structured_output_cache_size)
+                                        cache_size=sc.structured_output_cache_size,
+                                        strict_properties=sc.structured_output_strict_properties)
         self._compiling: dict[str, Future] = {}
         self._failed: list[tuple[str, str, int]] = []
         self.on_grammar_done: Callable[[], None] | None = None

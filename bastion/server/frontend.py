@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Callable
 
-from bastion.config.server import ServerConfig
+from bastion.config.server import ServedNames, ServerConfig
 from bastion.sampling_params import SamplingParams
 from bastion.security.audit import RequestRecord
 from bastion.security.shared_limits import LimitExceeded, LimitsClient
@@ -45,6 +45,7 @@ class Frontend:
         self.backend = tokenizer.backend_tokenizer
         self.max_model_len, self.vocab_size = max_model_len, vocab_size
         self.model_name = config.served_model_names[0]
+        self.served = ServedNames(config.served_model_names, config.model_aliases)
         # how tool_choice "auto" answers are read: --tool-call-parser's parser, else the template's
         self.tool_parsing = AutoParsing.of(config.tool_call_parser, tokenizer)
         # how thinking is read: --reasoning-parser's format, else the template's (None: it is not)
@@ -136,18 +137,19 @@ class Frontend:
 
     def models(self, caller: Caller) -> list[str]:
         """The served names this caller may use."""
-        return [name for name in self.config.served_model_names if caller.may_use(name)]
+        return self.served.listed(caller.may_use)
 
     def check_model(self, name: str | None, caller: Caller) -> None:
-        """404 for a name not served, 403 for one the caller may not use; notes it for the audit."""
-        if name is not None and name not in self.config.served_model_names:
+        """404 for a name not served, 403 for one the caller may not use; notes the served name
+        it stands for (an alias stands for the first) for the audit (`config/server.py: ServedNames`)."""
+        served = self.served.resolve(name) if name is not None else self.model_name
+        if served is None:
             raise APIError(404, f"The model '{name}' does not exist", "model", "model_not_found")
-        name = name or self.model_name
-        if not caller.may_use(name):
-            raise APIError(403, f"'{caller.name}' may not use the model '{name}'", "model",
+        if not self.served.allowed(served, caller.may_use):
+            raise APIError(403, f"'{caller.name}' may not use the model '{name or served}'", "model",
                            "model_not_allowed")
         if caller.record is not None:
-            caller.record.model = name
+            caller.record.model = served
 
     def prompt_ids(self, prompt: Prompt) -> list[int]:
         if isinstance(prompt, ChatPrompt):

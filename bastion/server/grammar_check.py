@@ -65,7 +65,8 @@ class GrammarChecker:
                  eos_token_ids: list[int], pool_size: int = POOL_SIZE) -> None:
         self.config = config
         self._setup = None if tokenizer_json is None else WorkerSetup(
-            tokenizer_json, vocab_size, list(eos_token_ids), MEMORY_HEADROOM)
+            tokenizer_json, vocab_size, list(eos_token_ids), MEMORY_HEADROOM,
+            config.structured_output_strict_properties)
         self.unavailable: str | None = None  # why this model's vocabulary cannot take grammars
         self.pool_size = pool_size
         self._idle: list[_Worker] = []

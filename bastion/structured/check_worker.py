@@ -37,6 +37,7 @@ class WorkerSetup(msgspec.Struct, tag="setup"):
     vocab_size: int  # the width of the model's logits
     eos_token_ids: list[int]
     memory_headroom_bytes: int  # address space allowed beyond what building the tokenizer took
+    strict_properties: bool = True  # --structured-output-strict-properties (grammar_text's)
 
 
 class WorkerReady(msgspec.Struct, tag="ready"):
@@ -70,14 +71,15 @@ def frame_size(head: bytes) -> int:
     return size
 
 
-def verdict(spec: StructuredOutputs, tokenizer, limits) -> str:
+def verdict(spec: StructuredOutputs, tokenizer, limits, strict_properties: bool = True) -> str:
     """Why `spec` does not compile against `tokenizer` ("" when it does): a malformed constraint,
-    our own checks (`schema_checks`), then llguidance's real compile."""
+    our own checks (`schema_checks`), then llguidance's real compile. `strict_properties`: as
+    `StructuredOutputs.grammar_text`, the engines' reading of JSON schemas."""
     from llguidance import LLMatcher
 
     from bastion.structured.schema_checks import check_spec
     try:
-        grammar = spec.grammar_text()
+        grammar = spec.grammar_text(strict_properties)
         check_spec(spec)
     except ValueError as exc:  # GrammarError, and llguidance's own (a number it cannot carry)
         return str(exc) or type(exc).__name__
@@ -139,14 +141,14 @@ def serve(stdin: BinaryIO, out_fd: int) -> None:
     except Exception as exc:  # llguidance's own errors: reported, then this worker ends
         send(WorkerReady(f"cannot build the grammar tokenizer: {exc}"))
         return
-    headroom, setup = setup.memory_headroom_bytes, None  # the JSON text is no longer needed
+    headroom, strict, setup = setup.memory_headroom_bytes, setup.strict_properties, None  # the JSON text is no longer needed
     _cap_memory(headroom)
     limits = LLParserLimits(verbose_errors=False)
     send(WorkerReady())
     while (request := _read(stdin, decoder)) is not None:
         if isinstance(request, CheckRequest):
             try:
-                error = verdict(request.spec, tokenizer, limits)
+                error = verdict(request.spec, tokenizer, limits, strict)
             except MemoryError:
                 error = "the grammar needs more memory than this server allows a check"
             send(CheckVerdict(error))

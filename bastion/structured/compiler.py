@@ -43,8 +43,9 @@ class GrammarCompiler:
     """
 
     def __init__(self, make_tokenizer: Callable[[], LLTokenizer], *, timeout: float,
-                 max_bytes: int, cache_size: int) -> None:
+                 max_bytes: int, cache_size: int, strict_properties: bool = True) -> None:
         self.timeout, self.max_bytes, self.cache_size = timeout, max_bytes, cache_size
+        self.strict_properties = strict_properties  # StructuredOutputs.grammar_text's
         self.limits = LLParserLimits(verbose_errors=False)
         self.hits = self.misses = 0
         self._cache: OrderedDict[str, Future] = OrderedDict()
@@ -92,7 +93,7 @@ class GrammarCompiler:
         return outer
 
     def _compile(self, spec: StructuredOutputs) -> LLMatcher:
-        text = spec.grammar_text()
+        text = spec.grammar_text(self.strict_properties)
         check_spec(spec)
         try:
             tokenizer = self.tokenizer()

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from llguidance import LLMatcher
 from llguidance.gbnf_to_lark import any_to_lark
 
+from bastion.structured.named_properties import only_named_properties
+
 # NOTE: compact JSON: flexible whitespace lets small models emit whitespace forever (a known
 # failure of constrained decoding); oneOf is read as anyOf (as xgrammar does), since exactly-one
 # cannot be enforced token by token. A schema's own "x-guidance" options override these.
@@ -32,6 +34,11 @@ class StructuredOutputs:
     `choice`: the output is exactly one of these strings; `grammar`: a Lark grammar, or a
     GBNF/EBNF one (rules written `name ::= ...`, llama.cpp's and SGLang's `ebnf`);
     `json_object`: any JSON object.
+
+    `disable_additional_properties` (vLLM's option of the same name): the JSON schema's objects
+    get only the properties it names (`named_properties.py`) even where the server follows the
+    JSON Schema letter (`--no-structured-output-strict-properties`); the server's default is that
+    reading already.
     """
 
     json: str | None = None
@@ -39,6 +46,7 @@ class StructuredOutputs:
     choice: list[str] | None = None
     grammar: str | None = None
     json_object: bool = False
+    disable_additional_properties: bool = False
 
     def __post_init__(self) -> None:
         given = [name for name in ("json", "regex", "choice", "grammar") if getattr(self, name) is not None]
@@ -50,6 +58,8 @@ class StructuredOutputs:
             value = getattr(self, name)
             if value is not None and not isinstance(value, str):
                 raise GrammarError(f"{name} must be a string")
+        if not isinstance(self.disable_additional_properties, bool):
+            raise GrammarError("disable_additional_properties must be a boolean")
         if self.choice is not None:
             if not self.choice or not all(isinstance(c, str) and c for c in self.choice):
                 raise GrammarError("choice must be a non-empty list of non-empty strings")
@@ -68,7 +78,8 @@ class StructuredOutputs:
         the API server are keyed by (its grammar text is a function of it)."""
         value = getattr(self, self.kind)
         text = _json.dumps(value) if isinstance(value, list) else value if isinstance(value, str) else ""
-        return f"{self.kind}\0{text}"
+        strict = "\0strict" if self.disable_additional_properties else ""
+        return f"{self.kind}{strict}\0{text}"
 
     @property
     def size(self) -> int:
@@ -78,10 +89,15 @@ class StructuredOutputs:
             return sum(len(c.encode()) for c in value)
         return len(value.encode()) if isinstance(value, str) else 0
 
-    def grammar_text(self) -> str:
+    def grammar_text(self, strict_properties: bool = True) -> str:
         """The llguidance grammar (a string); a GrammarError when the constraint is malformed
         before it reaches the compiler (a schema that is not a JSON object, a GBNF that does not
-        parse). Whether the grammar compiles is the compiler's to say."""
+        parse). Whether the grammar compiles is the compiler's to say.
+
+        `strict_properties` (`--structured-output-strict-properties`, the default): a JSON
+        schema's objects get only the properties it names unless it allows others explicitly
+        (`named_properties.py`); False follows the JSON Schema letter (unless this constraint
+        sets `disable_additional_properties`)."""
         kind = self.kind
         if kind == "regex":
             return LLMatcher.grammar_from_regex(self.regex)
@@ -90,6 +106,11 @@ class StructuredOutputs:
         if kind == "grammar":
             return LLMatcher.grammar_from_lark(_lark_of(self.grammar))
         schema = _schema_of(self)
+        if self.json is not None and (strict_properties or self.disable_additional_properties):
+            try:
+                schema = only_named_properties(schema)
+            except RecursionError:
+                raise GrammarError("the JSON schema is nested too deeply to read") from None
         try:
             return LLMatcher.grammar_from_json_schema(schema, defaults=JSON_DEFAULTS)
         except (ValueError, TypeError, OverflowError) as exc:  # e.g. "Value is not JSON serializable"

@@ -31,7 +31,7 @@ def server(tmp_path_factory):
                          "--ssl-key-file", str(pair.key), "--ssl-cert-file", str(pair.cert)], SERVING)
     try:
         url = proc.wait_ready(240)["url"]
-        yield url, ssl.create_default_context(cafile=str(ca.path))
+        yield url, ssl.create_default_context(cafile=str(ca.path)), str(model)
     finally:
         proc.stop()
 
@@ -42,10 +42,11 @@ def client(url: str, context: ssl.SSLContext, key: str = KEY) -> openai.OpenAI:
 
 
 def test_the_sglang_style_line_serves_over_verified_tls_with_the_key(server):
-    url, context = server
+    url, context, model = server
     assert url.startswith("https://127.0.0.1:")
     sdk = client(url, context)
-    assert [m.id for m in sdk.models.list().data] == ["m"]  # the --model-path folder's name
+    assert [m.id for m in sdk.models.list().data] == [model]  # --model-path as given, as SGLang
+    # NOTE: "m", the folder's name, is accepted too (bastion's name before)
     for _ in range(4):
         reply = sdk.completions.create(model="m", prompt="Once upon a time", max_tokens=4,
                                        extra_body={"ignore_eos": True})
@@ -57,7 +58,7 @@ def test_the_sglang_style_line_serves_over_verified_tls_with_the_key(server):
 
 
 def test_the_key_is_required_and_the_certificate_verified(server):
-    url, context = server
+    url, context, _ = server
     with pytest.raises(openai.AuthenticationError):
         client(url, context, key="not-the-key-0000000000000").models.list()
     with pytest.raises(openai.APIConnectionError):  # a client that trusts nothing of ours

@@ -37,7 +37,8 @@ def make_grammar_tokenizer(model: str):
 def make_compiler(tok, args: argparse.Namespace) -> GrammarCompiler:
     """The engine's compile pool for `tok`, with the bench's engine flags' bounds and no cache."""
     compiler = GrammarCompiler(lambda: tok, timeout=args.structured_output_compile_timeout,
-                               max_bytes=args.structured_output_max_bytes, cache_size=0)
+                               max_bytes=args.structured_output_max_bytes, cache_size=0,
+                               strict_properties=args.structured_output_strict_properties)
     compiler.tokenizer()
     return compiler
 

@@ -61,8 +61,10 @@ class StructuredOutputsField(_Fixed):
     """vLLM's `structured_outputs` (`StructuredOutputsParams`): exactly one of `json`, `regex`,
     `choice`, `grammar`, `json_object`. Of its options, `disable_any_whitespace` and
     `disable_fallback` are accepted either way (JSON is always compact here, and there is no
-    fallback backend: a constraint that does not compile is refused); those that would change
-    the answer and are not implemented are refused when set."""
+    fallback backend: a constraint that does not compile is refused); `disable_additional_properties`
+    holds `json` to the properties it names even under `--no-structured-output-strict-properties`
+    (the default reading already); those that would change the answer and are not implemented
+    are refused when set."""
 
     json_: JsonSchema | str | None = Field(None, alias="json")
     regex: str | None = None
@@ -76,7 +78,7 @@ class StructuredOutputsField(_Fixed):
     structural_tag: str | None = None
 
     def constraints(self) -> list[tuple[str, dict]]:
-        for name in ("disable_additional_properties", "whitespace_pattern", "structural_tag"):
+        for name in ("whitespace_pattern", "structural_tag"):
             if getattr(self, name):
                 raise APIError(400, f"'structured_outputs.{name}' is not supported by this server",
                                f"structured_outputs.{name}", CODE)
@@ -88,7 +90,8 @@ class StructuredOutputsField(_Fixed):
         if not found:
             raise APIError(400, "'structured_outputs' needs one of json, regex, choice, grammar or "
                                 "json_object", "structured_outputs", CODE)
-        return [(field, {"json": _json_text(kw["json"])} if "json" in kw else kw) for field, kw in found]
+        strict = {"disable_additional_properties": True} if self.disable_additional_properties else {}
+        return [(field, {"json": _json_text(kw["json"]), **strict} if "json" in kw else kw) for field, kw in found]
 
 
 def openai_constraint(response_format: ResponseFormat | None,

@@ -21,6 +21,6 @@ def test_default_engine_flags_parse_again_as_serve_flags():
 
 def test_set_engine_flags_parse_again_as_serve_flags():
     bench, serve = _roundtrip("--enforce-eager", "--no-huge-pages", "--no-enable-prefix-caching", "--dtype", "float32",
-                              "--quantization", "int8", "--num-threads", "2")
-    assert serve == bench
+                              "--quantization", "int8", "--num-threads", "2", "--no-structured-output-strict-properties")
+    assert serve == bench and serve["structured_output_strict_properties"] is False
     assert serve["enforce_eager"] is True and serve["huge_pages"] is False and serve["quantization"] == "int8" and serve["num_threads"] == 2

@@ -45,7 +45,8 @@ def test_the_model_folder_by_flag_is_the_positional_model(flag, tmp_path):
     folder = write_demo_model(tmp_path / "m")
     by_flag = config(flag, str(folder))
     assert by_flag == config(str(folder))
-    assert by_flag.model == str(folder) and by_flag.server.served_model_names == ("m",)
+    assert by_flag.model == str(folder) and by_flag.server.served_model_names == (str(folder),)
+    assert by_flag.server.model_aliases == ("m",)
     assert by_flag != config(), "the demo model's default config: the flag was ignored"
 
 
@@ -101,3 +102,22 @@ def test_an_unknown_grammar_backend_is_refused_naming_the_flag(capsys):
         build_parser().parse_args(["serve", "--grammar-backend", "regex-magic"])
     assert exit_info.value.code == 2
     assert "--grammar-backend" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, strict", [([], True),
+                                          (["--no-structured-output-strict-properties"], False),
+                                          (["--structured-outputs-config.disable_additional_properties", "false"], False),
+                                          (["--structured-outputs-config.disable_additional_properties", "true"], True),
+                                          (["--structured-outputs-config.disable_additional_properties"], True)])
+def test_vllms_disable_additional_properties_is_the_strict_properties_flag(argv, strict):
+    """vLLM's `disable_additional_properties` (true: only the properties a schema names) is
+    `--structured-output-strict-properties`; the engines and the API servers' checks both read it."""
+    built = config(*argv)
+    assert built.engine.structured.structured_output_strict_properties is strict
+    assert built.server.structured == built.engine.structured
+
+
+def test_a_bad_disable_additional_properties_value_is_refused(capsys):
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["serve", "--structured-outputs-config.disable_additional_properties", "maybe"])
+    assert "expected true or false" in capsys.readouterr().err

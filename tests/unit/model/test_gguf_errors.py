@@ -104,9 +104,9 @@ def test_serve_refuses_a_bad_gguf_with_exit_2_and_no_traceback(demo_model, tmp_p
     assert "Traceback" not in err
 
 
-def test_served_name_of_a_gguf_is_its_file_name(good):
+def test_served_name_of_a_gguf_is_its_path_and_its_file_name_an_alias(good):
     from bastion.args.serve import serve_config
     from bastion.cli import build_parser
 
     config = serve_config(build_parser().parse_args(["serve", str(good)]))
-    assert config.server.served_model_names == ("demo.gguf",)
+    assert config.server.served_model_names == (str(good),) and config.server.model_aliases == ("demo.gguf",)
