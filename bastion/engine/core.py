@@ -1,12 +1,8 @@
-"""The engine core: requests in, per-step token deltas out. Knows token ids, never text.
-
-Over 300 lines: the step's stages and the request groups' lifecycle read best in one place.
-"""
+"""The engine core: requests in, per-step token deltas out. Knows token ids, never text."""
 from __future__ import annotations
 
 import logging
 from concurrent.futures import FIRST_COMPLETED, Future, wait
-from dataclasses import replace
 from typing import Callable
 
 from bastion.config.engine import EngineConfig
@@ -127,21 +123,9 @@ class EngineCore:
             validate_request(prompt_token_ids + kv_source.output_token_ids, params, self.limits.vocab_size,
                              self.limits.max_model_len, self.limits.pool_tokens)
         max_total = min(self.limits.max_model_len, self.limits.pool_tokens)
-        group = RequestGroup([], client)
-        for i in range(params.n):
-            child_params = params if params.n == 1 or params.seed is None else replace(
-                params, seed=_wrap_int64(params.seed + i))
-            req = Request(request_id, prompt_token_ids, child_params, self.eos_token_ids,
-                          max_total, cache_salt, index=i)
-            # NOTE: with prompt logprobs, the siblings' deltas come after those of the first sequence
-            if i and (self.blocks.enable_prefix_caching or params.prompt_logprobs is not None):
-                req.wait_for = group.sequences[0]
-            req.kv_hold = kv_hold and self.kv is not None
-            if kv_source is not None:  # NOTE: its prompt was scored on the prefill rank
-                req.prompt_logprobs = None
-            for token in kv_source.output_token_ids if kv_source is not None else ():
-                req.append_token(token)
-            group.sequences.append(req)
+        group = RequestGroup.make(request_id, prompt_token_ids, params, self.eos_token_ids, max_total, cache_salt,
+                                  client, ordered=self.blocks.enable_prefix_caching,
+                                  kv_hold=kv_hold and self.kv is not None, kv_source=kv_source)
         # NOTE: scheduled only once every sequence is made: a sequence that fails to be made must
         # not leave its siblings running for a group nobody knows.
         self._groups[request_id] = group
@@ -278,7 +262,7 @@ class EngineCore:
         ended = [s.request for s in out.scheduled if s.completes and not s.samples and not s.request.is_finished]
         for req in ended:
             self.scheduler.finish(req, FinishReason.LENGTH)
-            req.matcher = None
+            req.drop_grammar()
             self._end_if_finished(req.request_id, self._groups[req.request_id])
         return [TokenDelta(req.request_id, req.index, [], [], FinishReason.LENGTH, req.num_cached_tokens,
                            prompt_logprobs=taken(req.prompt_logprobs)) for req in ended]
@@ -306,7 +290,3 @@ class EngineCore:
         if group.finished:
             self._ended[request_id] = self._groups.pop(request_id)
 
-
-def _wrap_int64(value: int) -> int:
-    """`value` wrapped into a signed 64-bit integer (the seeds of a request's n sequences)."""
-    return (value + 2**63) % 2**64 - 2**63

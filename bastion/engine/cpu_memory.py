@@ -97,8 +97,10 @@ def back_with_huge_pages(tensors: Iterable[torch.Tensor]) -> int:
     madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
     spans = set()
     for tensor in tensors:
+        if tensor.device.type != "cpu" or tensor.layout != torch.strided or tensor.is_mkldnn:
+            continue  # NOTE: oneDNN's packed weights are opaque: no storage to point at
         storage = tensor.untyped_storage()
-        if tensor.device.type == "cpu" and storage.nbytes() >= MIN_TENSOR:
+        if storage.nbytes() >= MIN_TENSOR:
             spans.add((storage.data_ptr(), storage.data_ptr() + storage.nbytes()))
     moved = refused = 0
     for start, end in covering_ranges(spans):

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import enum
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -13,6 +14,9 @@ from bastion.engine.outputs import FinishReason, TokenLogprob
 from bastion.engine.prompt_logprobs import PromptLogprobs
 from bastion.sampling_params import SamplingParams
 from bastion.structured.gate import GrammarGate
+
+if TYPE_CHECKING:
+    from bastion.engine.disagg.handle import KvSource
 
 logger = logging.getLogger(__name__)
 
@@ -137,6 +141,34 @@ class RequestGroup:
     @property
     def finished(self) -> bool:
         return all(r.is_finished for r in self.sequences)
+
+    @classmethod
+    def make(cls, request_id: str, prompt_token_ids: list[int], params: SamplingParams,
+             eos_token_ids: frozenset[int], max_total: int, cache_salt: str | None, client: int,
+             ordered: bool, kv_hold: bool, kv_source: "KvSource | None") -> "RequestGroup":
+        """The request's n sequences (sequence i seeded `seed + i`). `ordered`: the siblings
+        wait for the first (a shared prompt's cached blocks; with prompt logprobs, their deltas
+        after the first's). `kv_hold`/`kv_source`: a prefill rank's hand-over, a decode rank's
+        pull (its sampled tokens appended, its prompt already scored)."""
+        group = cls([], client)
+        for i in range(params.n):
+            child_params = params if params.n == 1 or params.seed is None else replace(
+                params, seed=_wrap_int64(params.seed + i))
+            req = Request(request_id, prompt_token_ids, child_params, eos_token_ids, max_total, cache_salt, index=i)
+            if i and (ordered or params.prompt_logprobs is not None):
+                req.wait_for = group.sequences[0]
+            req.kv_hold = kv_hold
+            if kv_source is not None:
+                req.prompt_logprobs = None
+            for token in kv_source.output_token_ids if kv_source is not None else ():
+                req.append_token(token)
+            group.sequences.append(req)
+        return group
+
+
+def _wrap_int64(value: int) -> int:
+    """`value` wrapped into a signed 64-bit integer (the seeds of a request's n sequences)."""
+    return (value + 2**63) % 2**64 - 2**63
 
 
 def validate_request(prompt_token_ids: list[int], params: SamplingParams, vocab_size: int,

@@ -25,7 +25,8 @@ from bastion.server.generation import Generation, GenerationBatch
 from bastion.server.grammar_check import GrammarChecker
 from bastion.server.http.errors import APIError
 from bastion.server.scoring.fields import check_scoring
-from bastion.server.prompt import BatchBody, Budget, ChatPrompt, GenerationBody, Prompt, PromptBody, TextPrompt
+from bastion.server.prompt import (BatchBody, Budget, ChatPrompt, GenerationBody, Prompt, PromptBody, TextPrompt,
+                                   check_text)
 from bastion.server.reasoning.choose import Reasoning
 from bastion.server.tools.choose import AutoParsing
 
@@ -154,10 +155,10 @@ class Frontend:
     def prompt_ids(self, prompt: Prompt) -> list[int]:
         if isinstance(prompt, ChatPrompt):
             for message in prompt.conversation:
-                _check_text(message["content"], prompt.field)
+                check_text(message["content"], prompt.field)
             return self._chat_ids(prompt)
         if isinstance(prompt, TextPrompt):
-            _check_text(prompt.text, prompt.field)
+            check_text(prompt.text, prompt.field)
             return list(self.tokenizer(prompt.text, add_special_tokens=prompt.add_special_tokens).input_ids)
         return list(prompt.ids)
 
@@ -247,15 +248,6 @@ class Frontend:
 def _reserved(prompt_ids: list[int], params: SamplingParams) -> int:
     """The tokens a generation reserves against its caller's token rate: prompt and budget."""
     return len(prompt_ids) + params.max_tokens * params.n
-
-
-def _check_text(text: str, field: str) -> None:
-    """400 for text that is not Unicode a tokenizer can read (JSON lets a lone surrogate through)."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError as exc:
-        raise APIError(400, f"'{field}' is not valid Unicode: a lone surrogate at position "
-                            f"{exc.start}", field) from None
 
 
 class Admission:

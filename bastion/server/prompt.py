@@ -6,6 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
+from bastion.server.http.errors import APIError
+
 if TYPE_CHECKING:
     from bastion.sampling_params import SamplingParams
     from bastion.server.grammar_check import Constraint
@@ -15,7 +17,7 @@ if TYPE_CHECKING:
 class ChatPrompt:
     """Messages for the chat template (`{"role", "content", "name"?, "tool_calls"?,
     "tool_call_id"?}` each) and the tools it shows (OpenAI's tool objects; None: none), and
-    the template's extra variables (`chat_template_kwargs`, checked: template_kwargs.py)."""
+    the template's extra variables (`chat_template_kwargs`, checked: routes/fields/template_kwargs.py)."""
 
     conversation: list[dict]
     add_generation_prompt: bool = True
@@ -81,3 +83,12 @@ class BatchBody(GenerationBody, Protocol):
     """A body that may hold several prompts (`/v1/completions`), each its own generation."""
 
     def to_prompts(self) -> list[Prompt]: ...
+
+
+def check_text(text: str, field: str) -> None:
+    """400 for text that is not Unicode a tokenizer can read (JSON lets a lone surrogate through)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise APIError(400, f"'{field}' is not valid Unicode: a lone surrogate at position "
+                            f"{exc.start}", field) from None

@@ -20,7 +20,7 @@ from typing import Annotated, Any, Literal, Union
 from pydantic import BaseModel, ConfigDict, Field
 
 from bastion.server.routes.protocol import MAX_STOP_STRINGS
-from bastion.server.routes.unsupported import refuse_unsupported
+from bastion.server.routes.fields.unsupported import refuse_unsupported
 from bastion.server.tools.request import MAX_TOOLS
 
 # Top-level fields that would change the answer, with the values that leave it as bastion gives it.

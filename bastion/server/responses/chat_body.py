@@ -21,8 +21,8 @@ from bastion.server.http.errors import APIError
 from bastion.server.prompt import Budget, ChatPrompt
 from bastion.server.responses.conversation import chat_messages
 from bastion.server.responses.request import InputItem, ResponsesRequest, TextFormatJsonSchema
-from bastion.server.routes.protocol import SAMPLING_FIELDS, build_sampling_params
-from bastion.server.routes.structured_fields import one_constraint
+from bastion.server.routes.fields.sampling import SAMPLING_FIELDS, build_sampling_params
+from bastion.server.routes.fields.structured import one_constraint
 from bastion.server.tools.constraint import tool_constraint
 from bastion.server.tools.request import (FunctionDefinition, FunctionName, NamedToolChoice,
                                           ToolDefinition, ToolPlan, plan_tools)

@@ -20,9 +20,10 @@ from typing import Annotated, Any, Literal, Union
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, model_validator
 
 from bastion.server.http.errors import APIError
-from bastion.server.routes.protocol import LogitBias, StreamOptions
-from bastion.server.routes.structured_fields import JsonSchema
-from bastion.server.routes.unsupported import refuse_unsupported
+from bastion.server.routes.fields.sampling import LogitBias
+from bastion.server.routes.protocol import StreamOptions
+from bastion.server.routes.fields.structured import JsonSchema
+from bastion.server.routes.fields.unsupported import refuse_unsupported
 from bastion.server.tools.request import MAX_TOOLS
 
 

@@ -27,8 +27,8 @@ from bastion.sampling_params import BOUNDS
 from bastion.security.auth import PUBLIC, decision_of, requires
 from bastion.server.anthropic.request import MessagesRequest
 from bastion.server.http.errors import ANTHROPIC_ERROR_SCHEMA, ERROR_SCHEMA, is_anthropic_path
-from bastion.server.routes.protocol import (SAMPLING_FIELDS, ChatCompletionRequest,
-                                            CompletionRequest, TokenizeRequest)
+from bastion.server.routes.fields.sampling import SAMPLING_FIELDS
+from bastion.server.routes.protocol import ChatCompletionRequest, CompletionRequest, TokenizeRequest
 from bastion.server.responses.request import ResponsesRequest
 from bastion.server.routes.response_schemas import BY_ROUTE
 from bastion.server.routes.sglang import RENAMED, GenerateRequest, SGLangSamplingParams

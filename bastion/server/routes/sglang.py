@@ -22,9 +22,9 @@ from bastion.server.http.streaming import (SSE_OR_JSON, collect_unless_disconnec
                                             unless_disconnected)
 from bastion.server.prompt import Budget, TextPrompt, TokenPrompt
 from bastion.server.routes import frontend_of
-from bastion.server.routes.protocol import (MAX_N, LogitBias, PositiveInt, StopField, _Body,
-                                            _Fixed, build_sampling_params, stop_strings)
-from bastion.server.routes.structured_fields import Constraint, sglang_constraint
+from bastion.server.routes.fields.sampling import LogitBias, build_sampling_params, stop_strings
+from bastion.server.routes.protocol import MAX_N, PositiveInt, StopField, _Body, _Fixed
+from bastion.server.routes.fields.structured import Constraint, sglang_constraint
 
 router = APIRouter()
 

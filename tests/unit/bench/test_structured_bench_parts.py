@@ -46,7 +46,8 @@ def test_select_narrows_by_category_then_limit():
     assert select(corpus, 3) == corpus[:3]
 
 
-BOUNDS = argparse.Namespace(structured_output_compile_timeout=10.0, structured_output_max_bytes=2**18)
+BOUNDS = argparse.Namespace(structured_output_compile_timeout=10.0, structured_output_max_bytes=2**18,
+                            structured_output_strict_properties=True)
 
 
 def test_a_cold_compile_times_a_good_schema_and_reports_a_bad_ones_error():
@@ -66,7 +67,8 @@ def test_measure_compile_goes_through_the_engines_compiler_and_counts_failures()
                CorpusSchema("c", "t", "d", {"$ref": "#/$defs/nope"}),
                CorpusSchema("d", "t", "d", {"$ref": "#"}),  # llguidance takes it; the engine's own check does not
                CorpusSchema("e", "t", "d", {"type": "string", "maxLength": 10, "description": "x" * 300})]
-    bounds = argparse.Namespace(structured_output_compile_timeout=10.0, structured_output_max_bytes=300)
+    bounds = argparse.Namespace(structured_output_compile_timeout=10.0, structured_output_max_bytes=300,
+                                structured_output_strict_properties=True)
     result = measure_compile(str(DEMO_MODEL_DIR), "demo", schemas, bounds)
     assert (result["schemas"], result["compiled"], result["failed"]) == (5, 1, 4)
     assert [f["name"] for f in result["failures"]] == ["b", "c", "d", "e"]

@@ -54,7 +54,7 @@ def test_the_seeds_of_n_sequences_wrap_at_64_bits_and_a_failed_group_leaves_noth
     while engine.has_unfinished:
         engine.step()
     # a sequence that cannot be made (here: the second) leaves no sibling scheduled
-    import bastion.engine.core as core
+    import bastion.engine.request as core
     made = []
 
     def failing(*args, index=0, **kwargs):

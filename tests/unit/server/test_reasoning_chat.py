@@ -18,7 +18,7 @@ from bastion.server.reasoning.choose import Reasoning
 from bastion.server.reasoning.formats import FORMATS
 from bastion.server.reasoning.chat import ChatReasoning
 from bastion.server.routes.openai_responses import ResponseBuilder
-from bastion.server.routes.template_kwargs import template_kwargs
+from bastion.server.routes.fields.template_kwargs import template_kwargs
 from bastion.server.tools.choose import AutoParsing
 from bastion.server.tools.request import FunctionDefinition, ToolDefinition, ToolPlan
 from bastion.server.tools.shaping import ToolAnswer
