@@ -11,12 +11,20 @@ import psutil
 from bastion.bench.harness import SERVING, ServeProcess
 
 
+TEST_SERVER_KV_MEMORY = "512MiB"
+
+
 class ServerProcess(ServeProcess):
     """`bastion serve ARGS --port 0`; raises with its output if it never becomes ready."""
 
     def __init__(self, *args: str, timeout: float = 180.0, env: dict[str, str] | None = None,
                  http: dict | None = None, cwd: str | None = None) -> None:
-        super().__init__(["--port", "0", *args], SERVING, log_level="warning", env=env, cwd=cwd)
+        # NOTE: a test server's KV pool is 512 MiB unless the test sizes it (the default fills up to
+        # 4 GiB: the demo model's 128 full sequences take 1 GiB an engine, and two xdist workers'
+        # servers together ran the 24 GiB machine out of memory)
+        sized = any(a.split("=")[0] in ("--kv-cache-memory", "--num-kv-blocks") for a in args)
+        pool = () if sized else ("--kv-cache-memory", TEST_SERVER_KV_MEMORY)
+        super().__init__(["--port", "0", *args, *pool], SERVING, log_level="warning", env=env, cwd=cwd)
         self.http = http or {}  # httpx options (headers, verify, cert) for metric()
         self.children: list[psutil.Process] = []
         self.url = self.wait_ready(timeout)["url"]
