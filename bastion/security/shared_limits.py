@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-import threading
 from typing import Callable
 
 import msgspec
@@ -22,6 +21,7 @@ import zmq.asyncio
 
 from bastion.config.security import Limits
 from bastion.security.ratelimit import Limiter, Refusal
+from bastion.transport.router_service import RouterService
 
 logger = logging.getLogger(__name__)
 
@@ -90,66 +90,34 @@ def endpoint(ipc_dir: str) -> str:
     return f"ipc://{ipc_dir}/limits"
 
 
-class LimitsService:
+class LimitsService(RouterService):
     """The one Limiter of a server, answering every API server (a launcher thread)."""
 
     def __init__(self, limiter: Limiter, ipc_dir: str) -> None:
         self.limiter = limiter
-        self.ctx = zmq.Context()
-        self.sock = self.ctx.socket(zmq.ROUTER)
-        self.sock.setsockopt(zmq.LINGER, 0)
-        self.sock.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE_BYTES)
-        self.sock.bind(endpoint(ipc_dir))
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="limits", daemon=True)
-        self._thread.start()
+        super().__init__("limits", endpoint(ipc_dir), _request_decoder, MAX_MESSAGE_BYTES)
 
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=2)
-        self.sock.close()
-        self.ctx.term()
-
-    def _loop(self) -> None:
-        while not self._stop.is_set():
-            if not self.sock.poll(200):
-                continue
-            frames = self.sock.recv_multipart()
-            if len(frames) != 2:
-                logger.warning("dropped a malformed limits message (%d frames)", len(frames))
-                continue
-            identity, payload = frames
-            try:
-                message = _request_decoder.decode(payload)
-            except msgspec.DecodeError as exc:
-                logger.warning("dropped a malformed limits message: %s", exc)
-                continue
-            self._handle(identity, message)
-
-    def _handle(self, identity: bytes, message: Acquire | Release | QueueQuery) -> None:
+    def handle(self, identity: bytes, message: Acquire | Release | QueueQuery) -> None:
         lim = self.limiter
         if isinstance(message, QueueQuery):
-            self._reply(identity, QueueReport(message.ticket, lim.queued))
+            self.send(identity, QueueReport(message.ticket, lim.queued))
             return
         if isinstance(message, Acquire):
             result = lim.acquire((identity, message.ticket), message.key, message.limits,
                                  message.tokens, message.group or None, max(1, message.seqs))
             if isinstance(result, Refusal):
-                self._reply(identity, Refused(message.ticket, result.retry_after, result.message,
+                self.send(identity, Refused(message.ticket, result.retry_after, result.message,
                                               result.status, lim.queued))
             else:
                 reply = Admitted if result else Queued
-                self._reply(identity, reply(message.ticket, lim.queued))
+                self.send(identity, reply(message.ticket, lim.queued))
             return
         before = lim.queued
         admitted = lim.release((identity, message.ticket), message.used_tokens)
         for waiting_identity, ticket in admitted:
-            self._reply(waiting_identity, Admitted(ticket, lim.queued))
+            self.send(waiting_identity, Admitted(ticket, lim.queued))
         if not admitted and lim.queued != before:
-            self._reply(identity, QueueLength(lim.queued))
-
-    def _reply(self, identity: bytes, message) -> None:
-        self.sock.send_multipart([identity, _encoder.encode(message)])
+            self.send(identity, QueueLength(lim.queued))
 
 
 class LimitExceeded(Exception):

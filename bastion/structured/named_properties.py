@@ -30,6 +30,8 @@ from __future__ import annotations
 
 from urllib.parse import unquote
 
+from bastion.structured.json_pointer import resolve_pointer
+
 # keywords whose value is one subschema, a list of them, or a map of them
 # (`not`, `if` and `dependentSchemas` are conditions on the instance, left as written)
 _ONE = ("additionalProperties", "additionalItems", "items", "contains", "propertyNames",
@@ -152,17 +154,7 @@ class _Rewrite:
         """The subschema a local `$ref` names (None when it is not local or does not resolve)."""
         if ref != "#" and not ref.startswith("#/"):
             return None
-        node = self.root
-        for part in ref[2:].split("/") if ref != "#" else []:
-            part = unquote(part).replace("~1", "/").replace("~0", "~")
-            if isinstance(node, dict) and part in node:
-                node = node[part]
-            elif isinstance(node, list) and part.isdigit() and int(part) < len(node):
-                node = node[int(part)]
-            else:
-                return None
-        return node
-
+        return resolve_pointer(self.root, ref, None)
 
 def _merge_branches(node: dict) -> list:
     branches = [b for key in _MERGED_LISTS if isinstance(node.get(key), list) for b in node[key]]

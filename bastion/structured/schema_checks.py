@@ -10,8 +10,8 @@ call the same code.
 from __future__ import annotations
 
 import json
-from urllib.parse import unquote
 
+from bastion.structured.json_pointer import MISSING, resolve_pointer
 from bastion.structured.spec import GrammarError, StructuredOutputs
 
 _ANY_OF = ("anyOf", "oneOf")
@@ -43,8 +43,8 @@ def ref_cycle_error(schema: dict) -> str | None:
     try:
         targets = {}
         for ref in _local_refs(schema):
-            node = _resolve(schema, ref)
-            if node is not _MISSING:
+            node = resolve_pointer(schema, ref)
+            if node is not MISSING:
                 targets[ref] = node
         finite: set[str] = set()
         changed = True
@@ -64,7 +64,6 @@ def ref_cycle_error(schema: dict) -> str | None:
             "give the recursion a way out, e.g. an optional property or an array that may be empty")
 
 
-_MISSING = object()
 
 
 def _finite(node, finite: set[str], targets: dict) -> bool:
@@ -113,17 +112,3 @@ def _local_refs(node) -> set[str]:
         elif isinstance(item, list):
             stack.extend(item)
     return refs
-
-
-def _resolve(schema: dict, ref: str):
-    """The subschema a "#/a/b" JSON pointer names, or _MISSING."""
-    node = schema
-    for part in ref[2:].split("/") if ref != "#" else []:
-        part = unquote(part).replace("~1", "/").replace("~0", "~")
-        if isinstance(node, dict) and part in node:
-            node = node[part]
-        elif isinstance(node, list) and part.isdigit() and int(part) < len(node):
-            node = node[int(part)]
-        else:
-            return _MISSING
-    return node

@@ -5,56 +5,31 @@ stops, they are gone."""
 from __future__ import annotations
 
 import logging
-import threading
-
-import msgspec
-import zmq
 
 from bastion.config.responses import ResponseStoreConfig
 from bastion.server.responses.store import wire
 from bastion.server.responses.store.table import ResponseTable
+from bastion.transport.router_service import RouterService
 
 logger = logging.getLogger(__name__)
 
 POLL_MS = 1000  # the longest wait between sweeps of expired records
 
 
-class ResponseStoreService:
-    """The one response table of a server (a launcher thread)."""
+class ResponseStoreService(RouterService):
+    """The one response table of a server (a launcher thread); expired records are swept
+    whenever a poll interval passes with nothing to read."""
 
     def __init__(self, config: ResponseStoreConfig, ipc_dir: str) -> None:
         self.table = ResponseTable(config)
-        self.ctx = zmq.Context()
-        self.sock = self.ctx.socket(zmq.ROUTER)
-        self.sock.setsockopt(zmq.LINGER, 0)
-        self.sock.setsockopt(zmq.MAXMSGSIZE, config.max_message_bytes)
-        self.sock.bind(wire.endpoint(ipc_dir))
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="response-store", daemon=True)
-        self._thread.start()
+        super().__init__("response-store", wire.endpoint(ipc_dir), wire.request_decoder,
+                         config.max_message_bytes, POLL_MS)
 
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=2)
-        self.sock.close()
-        self.ctx.term()
+    def idle(self) -> None:
+        self.table.expire()
 
-    def _loop(self) -> None:
-        while not self._stop.is_set():
-            if not self.sock.poll(POLL_MS):
-                self.table.expire()
-                continue
-            frames = self.sock.recv_multipart()
-            if len(frames) != 2:
-                logger.warning("dropped a malformed response-store message (%d frames)", len(frames))
-                continue
-            identity, payload = frames
-            try:
-                message = wire.request_decoder.decode(payload)
-            except msgspec.DecodeError as exc:
-                logger.warning("dropped a malformed response-store message: %s", type(exc).__name__)
-                continue
-            self.sock.send_multipart([identity, wire.encoder.encode(self._answer(message))])
+    def handle(self, identity: bytes, message: wire.Request) -> None:
+        self.send(identity, self._answer(message))
 
     def _answer(self, message: wire.Request) -> wire.Reply:
         table = self.table
