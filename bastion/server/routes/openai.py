@@ -10,7 +10,7 @@ from bastion.server.http.streaming import (SSE_OR_JSON, collect_unless_disconnec
                                             unless_disconnected)
 from bastion.server.routes import frontend_of
 from bastion.server.reasoning.chat import ChatReasoning
-from bastion.server.routes.openai_responses import ResponseBuilder, StreamUsage
+from bastion.server.routes.openai_answers import ResponseBuilder, StreamUsage
 from bastion.server.routes.protocol import ChatCompletionRequest, CompletionRequest
 from bastion.server.scoring.echo import Echo, returns_prompt_logprobs
 from bastion.server.tools.shaping import ToolAnswer

@@ -1,6 +1,6 @@
 """The JSON shapes of successful (200) answers, as JSON Schema, for the OpenAPI document.
 
-The routes build their answers as plain dicts (`openai_responses.py`, `sglang.py`, `info.py`);
+The routes build their answers as plain dicts (`openai_answers.py`, `sglang.py`, `info.py`);
 these schemas describe them for clients. They name the fields a client can rely on and leave
 objects open to more; the fuzz test (tests/integration/test_openapi.py) checks every answer
 it gets against them, so a change of shape that breaks a client fails there.

@@ -17,7 +17,7 @@ from bastion.server.http.errors import APIError
 from bastion.server.reasoning.choose import Reasoning
 from bastion.server.reasoning.formats import FORMATS
 from bastion.server.reasoning.chat import ChatReasoning
-from bastion.server.routes.openai_responses import ResponseBuilder
+from bastion.server.routes.openai_answers import ResponseBuilder
 from bastion.server.routes.fields.template_kwargs import template_kwargs
 from bastion.server.tools.choose import AutoParsing
 from bastion.server.tools.request import FunctionDefinition, ToolDefinition, ToolPlan

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from bastion.server.http.errors import APIError
-from bastion.server.routes.openai_responses import _OMIT, StreamUsage
+from bastion.server.routes.openai_answers import _OMIT, StreamUsage
 from bastion.server.routes.protocol import ChatCompletionRequest, CompletionRequest, StreamOptions
 
 MSG = [{"role": "user", "content": [{"type": "text", "text": "hi"}]}]
