@@ -11,17 +11,14 @@ one is logged and dropped.
 from __future__ import annotations
 
 import asyncio
-import itertools
 import logging
 from typing import Callable
 
 import msgspec
-import zmq
-import zmq.asyncio
 
 from bastion.config.security import Limits
 from bastion.security.ratelimit import Limiter, Refusal
-from bastion.transport.router_service import RouterService
+from bastion.transport.router_service import DealerClient, RouterService
 
 logger = logging.getLogger(__name__)
 
@@ -81,7 +78,6 @@ class QueueReport(msgspec.Struct, tag="queue_report"):
     queued: int
 
 
-_encoder = msgspec.msgpack.Encoder()
 _request_decoder = msgspec.msgpack.Decoder(Acquire | Release | QueueQuery)
 _reply_decoder = msgspec.msgpack.Decoder(Admitted | Queued | Refused | QueueLength | QueueReport)
 
@@ -128,80 +124,48 @@ class LimitExceeded(Exception):
         self.refusal = refusal
 
 
-class LimitsClient:
+class LimitsClient(DealerClient):
     """An API server's side: `acquire` (awaits a slot or raises LimitExceeded), then `release`.
     `on_queue_length` hears the server-wide queue length with every reply (for /metrics)."""
 
     def __init__(self, ipc_dir: str) -> None:
         self.on_queue_length: Callable[[int], None] | None = None
-        self.ctx = zmq.asyncio.Context()
-        self.sock = self.ctx.socket(zmq.DEALER)
-        self.sock.setsockopt(zmq.LINGER, 0)
-        self.sock.connect(endpoint(ipc_dir))
-        self._ids = itertools.count(1)
-        self._pending: dict[int, asyncio.Future] = {}
-        self._reader: asyncio.Task | None = None
+        super().__init__("limits", endpoint(ipc_dir), _reply_decoder)
+
+    def heard(self, reply) -> bool:
+        if self.on_queue_length is not None:
+            self.on_queue_length(reply.queued)
+        return not isinstance(reply, (QueueLength, Queued))
 
     async def acquire(self, key: str, limits: Limits, tokens: int, group: str = "",
                       seqs: int = 1) -> int:
         """A ticket once admitted; LimitExceeded if refused. Cancelling gives the place back.
         `group` is the round-robin group (the tenant); `seqs` the sequences the request runs."""
-        ticket, future = self._expect_reply()
+        ticket, future = self.expect_reply()
         try:
             # NOTE: a Release for a ticket the service never saw is a no-op; one socket keeps order.
-            await self.sock.send(_encoder.encode(Acquire(ticket, key, limits, tokens, group, seqs)))
+            await self.send(Acquire(ticket, key, limits, tokens, group, seqs))
             reply = await future
         except asyncio.CancelledError:
             self.release(ticket, 0)
             raise
         finally:
-            self._pending.pop(ticket, None)
+            self.forget(ticket)
         if isinstance(reply, Refused):
             raise LimitExceeded(Refusal(reply.retry_after, reply.message, reply.status))
         return ticket
 
     def release(self, ticket: int, used_tokens: int) -> None:
-        self.sock.send(_encoder.encode(Release(ticket, used_tokens)), flags=zmq.NOBLOCK)
+        self.send_now(Release(ticket, used_tokens))
 
     async def queue_length(self, timeout: float = 1.0) -> int | None:
         """The server-wide queue length now (also handed to `on_queue_length`); None if the
         service does not answer within `timeout` seconds."""
-        ticket, future = self._expect_reply()
+        ticket, future = self.expect_reply()
         try:
-            await self.sock.send(_encoder.encode(QueueQuery(ticket)))
+            await self.send(QueueQuery(ticket))
             return (await asyncio.wait_for(future, timeout)).queued
         except asyncio.TimeoutError:
             return None
         finally:
-            self._pending.pop(ticket, None)
-
-    def _expect_reply(self) -> tuple[int, asyncio.Future]:
-        """A new ticket and the future its reply will fill (the reader starts with the first)."""
-        if self._reader is None:
-            self._reader = asyncio.create_task(self._read())
-        ticket = next(self._ids)
-        future = asyncio.get_running_loop().create_future()
-        self._pending[ticket] = future
-        return ticket, future
-
-    async def _read(self) -> None:
-        while True:
-            payload = await self.sock.recv()
-            try:
-                reply = _reply_decoder.decode(payload)
-            except msgspec.DecodeError:
-                logger.warning("dropped a malformed limits reply")
-                continue
-            if self.on_queue_length is not None:
-                self.on_queue_length(reply.queued)
-            if isinstance(reply, (QueueLength, Queued)):
-                continue
-            future = self._pending.get(reply.ticket)
-            if future is not None and not future.done():
-                future.set_result(reply)
-
-    def close(self) -> None:
-        if self._reader is not None:
-            self._reader.cancel()
-        self.sock.close()
-        self.ctx.term()
+            self.forget(ticket)

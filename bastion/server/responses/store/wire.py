@@ -61,7 +61,6 @@ class Deleted(msgspec.Struct, tag="deleted"):
 Request = Put | Get | Delete
 Reply = Kept | Found | Missing | Deleted
 
-encoder = msgspec.msgpack.Encoder()
 request_decoder = msgspec.msgpack.Decoder(Request)
 reply_decoder = msgspec.msgpack.Decoder(Reply)
 
